@@ -1,0 +1,3 @@
+from bsud.cli import main
+
+raise SystemExit(main())

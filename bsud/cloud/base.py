@@ -1,0 +1,231 @@
+"""What the reconcile engine knows of a cloud: volumes, this VM, and a few verbs.
+
+Providers (EC2 API through boto3, local loop-file volumes) implement
+:class:`CloudProvider`; the engine cannot tell them apart. Data types here are plain
+frozen dataclasses, and the device-name choice is a pure function.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from bsud.config import DRIVE_TAG
+from bsud.errors import CloudError, CloudTimeout, VolumeStateError
+from bsud.logs import get_logger
+
+log = get_logger("bsud.cloud")
+
+#: States a volume can be in (EC2 vocabulary).
+CREATING, AVAILABLE, IN_USE, DELETING, DELETED, ERROR = (
+    "creating", "available", "in-use", "deleting", "deleted", "error",
+)
+UNUSABLE_STATES = frozenset({DELETING, DELETED, ERROR})
+
+
+@dataclass(frozen=True)
+class Identity:
+    """This VM as the cloud knows it."""
+
+    instance_id: str
+    availability_zone: str
+    region: str
+
+
+@dataclass(frozen=True)
+class Attachment:
+    instance_id: str
+    device: str
+    state: str  # attaching | attached | detaching | detached
+
+
+@dataclass(frozen=True)
+class Volume:
+    id: str
+    size_gib: int
+    state: str
+    volume_type: str
+    zone: str
+    tags: Mapping[str, str] = field(default_factory=dict)
+    attachments: tuple[Attachment, ...] = ()
+    iops: int | None = None
+    create_time: float | None = None
+    #: Local provider only: the sparse file behind the volume.
+    backing_file: str | None = None
+
+    @property
+    def drive(self) -> str | None:
+        return self.tags.get(DRIVE_TAG)
+
+    @property
+    def usable(self) -> bool:
+        """False for volumes in error, being deleted or gone: reported, never used."""
+        return self.state not in UNUSABLE_STATES
+
+    def attachment_to(self, instance_id: str) -> Attachment | None:
+        for att in self.attachments:
+            if att.instance_id == instance_id and att.state != "detached":
+                return att
+        return None
+
+    def attached_elsewhere(self, instance_id: str) -> Attachment | None:
+        for att in self.attachments:
+            if att.instance_id != instance_id and att.state != "detached":
+                return att
+        return None
+
+
+def volumes_by_drive(volumes: Iterable[Volume]) -> dict[str, list[Volume]]:
+    """Group tagged volumes per drive name (volumes without the tag are left out)."""
+    grouped: dict[str, list[Volume]] = {}
+    for vol in volumes:
+        if vol.drive:
+            grouped.setdefault(vol.drive, []).append(vol)
+    for vols in grouped.values():
+        vols.sort(key=lambda v: (v.create_time or 0.0, v.id))
+    return grouped
+
+
+# --- device names ---------------------------------------------------------------------------
+
+_DEVICE_RE = re.compile(r"^/dev/(?:xvd|sd|vd|hd)([a-z]{1,2})\d*$")
+
+
+def device_suffix(name: str) -> str | None:
+    """``/dev/xvdc`` → ``c``, ``/dev/sda1`` → ``a``; None for names that are not disk names."""
+    m = _DEVICE_RE.match(name)
+    return m.group(1) if m else None
+
+
+def candidate_device_names() -> list[str]:
+    """Valid attach names in preference order: /dev/xvdb … /dev/xvdz, then /dev/xvdba … /dev/xvdzz."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    singles = [f"/dev/xvd{c}" for c in letters[1:]]
+    doubles = [f"/dev/xvd{a}{b}" for a in letters[1:] for b in letters]
+    return singles + doubles
+
+
+def choose_device_name(taken: Iterable[str]) -> str:
+    """First valid attach name whose suffix nobody uses (``/dev/sdc`` and ``/dev/xvdc`` clash). Pure."""
+    used = {s for s in (device_suffix(n) for n in taken) if s}
+    for name in candidate_device_names():
+        if device_suffix(name) not in used:
+            return name
+    raise CloudError("AttachVolume", "no free device name left on this VM")
+
+
+# --- the provider interface -------------------------------------------------------------------
+
+
+class CloudProvider(ABC):
+    """A cloud's block volumes, seen from one VM."""
+
+    name = "abstract"
+    poll_interval = 2.0
+
+    def __init__(self) -> None:
+        self.stop_event = threading.Event()
+
+    @abstractmethod
+    def identity(self) -> Identity:
+        """This VM's instance id, zone and region."""
+
+    @abstractmethod
+    def list_volumes(self) -> list[Volume]:
+        """Every volume carrying the drive tag, all drives at once (one API call per page)."""
+
+    @abstractmethod
+    def get_volume(self, volume_id: str) -> Volume | None:
+        """One volume, or None when it no longer exists."""
+
+    @abstractmethod
+    def create_volume(self, drive: str, size_gib: int, volume_type: str, iops: int | None = None) -> Volume:
+        """Create a volume in this VM's zone, tagged for ``drive`` from its first moment."""
+
+    @abstractmethod
+    def attach_volume(self, volume_id: str) -> str:
+        """Attach to this VM under a free device name; return the name requested."""
+
+    @abstractmethod
+    def detach_volume(self, volume_id: str) -> None:
+        """Detach from this VM (only from this VM)."""
+
+    @abstractmethod
+    def delete_volume(self, volume_id: str) -> None:
+        """Delete an available (detached) volume."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources."""
+
+    # -- waiting ---------------------------------------------------------------------------
+
+    def wait_for(
+        self,
+        volume_id: str,
+        done: Callable[[Volume | None], bool],
+        wanted: Sequence[str],
+        timeout: float,
+        *,
+        gone_ok: bool = False,
+    ) -> Volume | None:
+        """Poll until ``done(volume)``; raise CloudTimeout after ``timeout`` seconds.
+
+        A volume in ``error`` (unless wanted) or gone (unless ``gone_ok``) fails at once
+        instead of being waited on forever.
+        """
+        deadline = time.monotonic() + timeout
+        last = "unknown"
+        while True:
+            vol = self.get_volume(volume_id)
+            if done(vol):
+                return vol
+            if vol is None:
+                if not gone_ok:
+                    raise VolumeStateError(volume_id, DELETED, " (it no longer exists)")
+                last = DELETED
+            else:
+                last = vol.state
+                if vol.state == ERROR and ERROR not in wanted:
+                    raise VolumeStateError(volume_id, ERROR)
+            if time.monotonic() >= deadline:
+                raise CloudTimeout(volume_id, wanted, last, timeout)
+            if self.stop_event.wait(self.poll_interval):
+                raise CloudError("wait", "interrupted by shutdown", volume_id=volume_id, temporary=True)
+
+    def wait_available(self, volume_id: str, timeout: float = 300.0) -> Volume:
+        vol = self.wait_for(volume_id, lambda v: v is not None and v.state == AVAILABLE, [AVAILABLE], timeout)
+        assert vol is not None
+        return vol
+
+    def wait_attached(self, volume_id: str, timeout: float = 300.0) -> Volume:
+        me = self.identity().instance_id
+
+        def done(v: Volume | None) -> bool:
+            if v is None:
+                return False
+            other = v.attached_elsewhere(me)
+            if other is not None:
+                raise VolumeStateError(volume_id, v.state, f" (attached to {other.instance_id})")
+            att = v.attachment_to(me)
+            return att is not None and att.state == "attached"
+
+        vol = self.wait_for(volume_id, done, ["attached"], timeout)
+        assert vol is not None
+        return vol
+
+    def wait_detached(self, volume_id: str, timeout: float = 300.0) -> Volume | None:
+        me = self.identity().instance_id
+        return self.wait_for(
+            volume_id,
+            lambda v: v is None or v.attachment_to(me) is None,
+            ["detached"],
+            timeout,
+            gone_ok=True,
+        )
+
+    def wait_deleted(self, volume_id: str, timeout: float = 300.0) -> None:
+        self.wait_for(volume_id, lambda v: v is None or v.state == DELETED, [DELETED], timeout, gone_ok=True)

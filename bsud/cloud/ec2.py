@@ -1,0 +1,275 @@
+"""Volumes through an EC2-compatible API (Outscale FCU, AWS, any compatible endpoint) with boto3.
+
+Retries: botocore's ``standard`` mode retries throttling (``RequestLimitExceeded``, 429) and
+5xx with jittered exponential backoff; a token bucket (``before-send`` hook, so retries count
+too) keeps all drives together under ``cloud.api-calls-per-second``. Old endpoints that
+refuse ``TagSpecifications`` or ``ClientToken`` on CreateVolume get the plain call followed
+at once by CreateTags, and the log says so.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from bsud.cloud.base import (
+    AVAILABLE,
+    CREATING,
+    Attachment,
+    CloudProvider,
+    Identity,
+    Volume,
+    choose_device_name,
+)
+from bsud.cloud.metadata import resolve_identity
+from bsud.config import DRIVE_TAG, CloudSettings, Provider
+from bsud.errors import CloudError, VolumeStateError
+from bsud.logs import get_logger
+from bsud.ratelimit import RateLimiter
+
+log = get_logger("bsud.cloud.ec2")
+
+_THROTTLE_CODES = frozenset(
+    {"RequestLimitExceeded", "Throttling", "ThrottlingException", "TooManyRequestsException",
+     "RequestThrottled", "SlowDown", "ServiceUnavailable", "InternalError", "Unavailable"}
+)
+_REFUSED_PARAMETER_CODES = frozenset(
+    {"UnknownParameter", "InvalidParameter", "InvalidParameterValue", "InvalidParameterCombination",
+     "InvalidAction", "OperationNotPermitted", "UnsupportedOperation"}
+)
+
+
+def endpoint_for(settings: CloudSettings, region: str) -> str | None:
+    if settings.endpoint:
+        return settings.endpoint
+    if settings.provider == Provider.OUTSCALE:
+        return f"https://fcu.{region}.outscale.com"
+    return None  # AWS: boto3 knows
+
+
+def _to_volume(item: dict[str, Any]) -> Volume:
+    tags = {t["Key"]: t.get("Value", "") for t in item.get("Tags", []) or []}
+    attachments = tuple(
+        Attachment(instance_id=a.get("InstanceId", ""), device=a.get("Device", ""), state=a.get("State", ""))
+        for a in item.get("Attachments", []) or []
+    )
+    created = item.get("CreateTime")
+    return Volume(
+        id=item["VolumeId"],
+        size_gib=int(item["Size"]),
+        state=item.get("State", "unknown"),
+        volume_type=item.get("VolumeType", ""),
+        zone=item.get("AvailabilityZone", ""),
+        tags=tags,
+        attachments=attachments,
+        iops=item.get("Iops"),
+        create_time=created.timestamp() if hasattr(created, "timestamp") else None,
+    )
+
+
+class Ec2Cloud(CloudProvider):
+    name = "ec2"
+
+    def __init__(
+        self,
+        settings: CloudSettings,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        *,
+        identity: Identity | None = None,
+        session: boto3.session.Session | None = None,
+    ) -> None:
+        super().__init__()
+        self.settings = settings
+        self._identity = identity or resolve_identity(settings)
+        self.region = self._identity.region
+        self.endpoint = endpoint_for(settings, self.region)
+        self.limiter = RateLimiter(settings.api_calls_per_second, burst=max(1, int(settings.api_calls_per_second)))
+        config = botocore.config.Config(
+            retries={"mode": "standard", "max_attempts": settings.max_attempts},
+            connect_timeout=10,
+            read_timeout=60,
+            user_agent_extra="bsud",
+        )
+        session = session or boto3.session.Session()
+        kwargs: dict[str, Any] = {"region_name": self.region, "config": config}
+        if self.endpoint:
+            kwargs["endpoint_url"] = self.endpoint
+        if access_key and secret_key:
+            kwargs["aws_access_key_id"] = access_key
+            kwargs["aws_secret_access_key"] = secret_key
+        self.client = session.client("ec2", **kwargs)
+        # Every HTTP attempt (retries included) takes a token from the shared bucket.
+        self.client.meta.events.register("before-send.ec2", self._rate_limit)
+        self._tag_on_create = True
+        self._client_token = True
+        self.calls = 0
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _rate_limit(self, **_: Any) -> None:
+        self.calls += 1
+        self.limiter.acquire()
+
+    def _call(self, operation: str, *, volume_id: str | None = None, **params: Any) -> dict[str, Any]:
+        method = getattr(self.client, _snake(operation))
+        try:
+            return method(**params)
+        except botocore.exceptions.ClientError as exc:
+            err = exc.response.get("Error", {})
+            code = err.get("Code", "Unknown")
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            temporary = code in _THROTTLE_CODES or status in (429, 500, 502, 503, 504)
+            message = f"{code}: {err.get('Message', '')}".rstrip(": ")
+            if temporary:
+                message += f" (still failing after {self.settings.max_attempts} attempts)"
+            raise CloudError(operation, message, volume_id=volume_id, code=code, temporary=temporary) from None
+        except (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError,
+                botocore.exceptions.ReadTimeoutError, botocore.exceptions.ConnectionClosedError) as exc:
+            raise CloudError(operation, f"cannot reach {self.endpoint or 'the API'}: {exc}",
+                             volume_id=volume_id, temporary=True) from None
+        except botocore.exceptions.NoCredentialsError:
+            raise CloudError(operation, "no credentials: set authentication in the config or "
+                             "OSC_ACCESS_KEY/OSC_SECRET_KEY") from None
+
+    # -- interface -------------------------------------------------------------------------------
+
+    def identity(self) -> Identity:
+        return self._identity
+
+    def _describe(self, **params: Any) -> list[Volume]:
+        volumes: list[Volume] = []
+        token: str | None = None
+        while True:
+            page = self._call("DescribeVolumes", **params, **({"NextToken": token} if token else {}))
+            volumes.extend(_to_volume(v) for v in page.get("Volumes", []))
+            token = page.get("NextToken")
+            if not token:
+                return volumes
+
+    def list_volumes(self) -> list[Volume]:
+        return self._describe(Filters=[{"Name": "tag-key", "Values": [DRIVE_TAG]}])
+
+    def get_volume(self, volume_id: str) -> Volume | None:
+        try:
+            found = self._describe(VolumeIds=[volume_id])
+        except CloudError as exc:
+            if exc.code in {"InvalidVolume.NotFound", "InvalidVolumeID.NotFound"}:
+                return None
+            raise
+        return found[0] if found else None
+
+    def create_volume(self, drive: str, size_gib: int, volume_type: str, iops: int | None = None) -> Volume:
+        params: dict[str, Any] = {
+            "AvailabilityZone": self._identity.availability_zone,
+            "Size": size_gib,
+            "VolumeType": volume_type,
+        }
+        if iops is not None:
+            params["Iops"] = iops
+        tags = [{"Key": DRIVE_TAG, "Value": drive}]
+        token = str(uuid.uuid4())
+        while True:
+            attempt = dict(params)
+            if self._tag_on_create:
+                attempt["TagSpecifications"] = [{"ResourceType": "volume", "Tags": tags}]
+            if self._client_token:
+                attempt["ClientToken"] = token
+            try:
+                item = self._call("CreateVolume", **attempt)
+                break
+            except CloudError as exc:
+                if exc.code not in _REFUSED_PARAMETER_CODES:
+                    raise
+                text = str(exc).lower()
+                if self._client_token and "clienttoken" in text:
+                    self._client_token = False
+                    log.warning("endpoint refuses ClientToken on CreateVolume; creating without it", error=str(exc))
+                elif self._tag_on_create and ("tag" in text or exc.code == "UnknownParameter"):
+                    self._tag_on_create = False
+                    log.warning("endpoint refuses TagSpecifications on CreateVolume; "
+                                "tagging with CreateTags right after creation", error=str(exc))
+                elif self._client_token and exc.code == "UnknownParameter":
+                    self._client_token = False
+                    log.warning("CreateVolume refused a parameter; retrying without ClientToken", error=str(exc))
+                else:
+                    raise
+        volume = _to_volume(item)
+        if not self._tag_on_create or volume.drive != drive:
+            self._call("CreateTags", volume_id=volume.id, Resources=[volume.id], Tags=tags)
+            volume = Volume(**{**volume.__dict__, "tags": {**volume.tags, DRIVE_TAG: drive}})
+        log.info("volume created", volume=volume.id, drive=drive, size_gib=size_gib, type=volume_type, iops=iops)
+        return volume
+
+    def _taken_device_names(self) -> set[str]:
+        me = self._identity.instance_id
+        taken: set[str] = set()
+        page = self._call("DescribeInstances", InstanceIds=[me])
+        for reservation in page.get("Reservations", []):
+            for inst in reservation.get("Instances", []):
+                if inst.get("RootDeviceName"):
+                    taken.add(inst["RootDeviceName"])
+                for mapping in inst.get("BlockDeviceMappings", []) or []:
+                    taken.add(mapping.get("DeviceName", ""))
+        for vol in self._describe(Filters=[{"Name": "attachment.instance-id", "Values": [me]}]):
+            taken.update(a.device for a in vol.attachments if a.instance_id == me)
+        # Names the kernel already shows (e.g. Outscale's /dev/xvdX udev links) are taken too.
+        if os.path.isdir("/dev"):
+            taken.update(f"/dev/{n}" for n in os.listdir("/dev") if n.startswith(("xvd", "sd")))
+        return taken
+
+    def attach_volume(self, volume_id: str) -> str:
+        me = self._identity.instance_id
+        vol = self.get_volume(volume_id)
+        if vol is None:
+            raise VolumeStateError(volume_id, "deleted", " (it no longer exists)")
+        mine = vol.attachment_to(me)
+        if mine is not None:
+            return mine.device
+        other = vol.attached_elsewhere(me)
+        if other is not None:
+            raise VolumeStateError(volume_id, vol.state, f" (attached to {other.instance_id} as {other.device}; "
+                                   "detach it there first)")
+        if vol.state == CREATING:
+            raise CloudError("AttachVolume", "still being created; will attach once available",
+                             volume_id=volume_id, temporary=True)
+        if vol.state != AVAILABLE:
+            raise VolumeStateError(volume_id, vol.state)
+        if vol.zone and vol.zone != self._identity.availability_zone:
+            raise VolumeStateError(volume_id, vol.state, f" (in zone {vol.zone}, this VM is in "
+                                   f"{self._identity.availability_zone})")
+        device = choose_device_name(self._taken_device_names())
+        self._call("AttachVolume", volume_id=volume_id, VolumeId=volume_id, InstanceId=me, Device=device)
+        log.info("volume attach requested", volume=volume_id, device=device)
+        return device
+
+    def detach_volume(self, volume_id: str) -> None:
+        me = self._identity.instance_id
+        vol = self.get_volume(volume_id)
+        if vol is None or vol.attachment_to(me) is None:
+            return
+        self._call("DetachVolume", volume_id=volume_id, VolumeId=volume_id, InstanceId=me)
+        log.info("volume detach requested", volume=volume_id)
+
+    def delete_volume(self, volume_id: str) -> None:
+        vol = self.get_volume(volume_id)
+        if vol is None or vol.state in ("deleting", "deleted"):
+            return
+        if vol.attachments and any(a.state != "detached" for a in vol.attachments):
+            raise VolumeStateError(volume_id, vol.state, " (still attached; detach it first)")
+        self._call("DeleteVolume", volume_id=volume_id, VolumeId=volume_id)
+        log.info("volume delete requested", volume=volume_id)
+
+
+def _snake(operation: str) -> str:
+    out = []
+    for i, ch in enumerate(operation):
+        if ch.isupper() and i:
+            out.append("_")
+        out.append(ch.lower())
+    return "".join(out)

@@ -1,0 +1,495 @@
+"""The configuration file: its schema, defaults, validation and one-line errors.
+
+Accepts the original (Rust) bsud's file unchanged — kebab-case keys, same defaults —
+plus an optional ``cloud`` section and a per-drive ``layout``. Everything is checked
+at load time; each problem becomes one :class:`ConfigError` naming the file, the
+drive and the field. Nothing here does I/O besides reading the file and its mode.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bsud.errors import BsudError, ConfigError
+
+DEFAULT_CONFIG_PATH = "/etc/osc/bsud.json"
+DRIVE_TAG = "osc.bsud.drive-name"
+LV_NAME = "bsud"
+
+OUTSCALE_REGIONS = ("eu-west-2", "us-east-2", "us-west-1", "cloudgouv-eu-west-1", "ap-northeast-1")
+#: Volumes a VM can hold on Outscale, its root volume included.
+MAX_VOLUMES_PER_VM = 40
+
+
+class Target(StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+    DELETE = "delete"
+
+
+class DiskType(StrEnum):
+    STANDARD = "standard"
+    GP2 = "gp2"
+    GP3 = "gp3"
+    IO1 = "io1"
+    IO2 = "io2"
+    ST1 = "st1"
+    SC1 = "sc1"
+
+
+class Layout(StrEnum):
+    LVM = "lvm"
+    BTRFS = "btrfs"
+
+
+class Provider(StrEnum):
+    OUTSCALE = "outscale"
+    AWS = "aws"
+    EC2 = "ec2"
+    LOCAL = "local"
+
+
+@dataclass(frozen=True)
+class VolumeLimits:
+    """What one cloud accepts for one volume type (sizes in GiB)."""
+
+    min_size: int
+    max_size: int
+    max_iops: int | None = None
+    max_iops_per_gib: int | None = None
+    min_iops: int = 100
+
+
+_OUTSCALE_LIMITS = {
+    DiskType.STANDARD: VolumeLimits(1, 14901),
+    DiskType.GP2: VolumeLimits(1, 14901),
+    DiskType.IO1: VolumeLimits(4, 14901, max_iops=13000, max_iops_per_gib=300),
+}
+_AWS_LIMITS = {
+    DiskType.STANDARD: VolumeLimits(1, 1024),
+    DiskType.GP2: VolumeLimits(1, 16384),
+    DiskType.GP3: VolumeLimits(1, 16384),
+    DiskType.IO1: VolumeLimits(4, 16384, max_iops=64000, max_iops_per_gib=50),
+    DiskType.IO2: VolumeLimits(4, 16384, max_iops=64000, max_iops_per_gib=500),
+    DiskType.ST1: VolumeLimits(125, 16384),
+    DiskType.SC1: VolumeLimits(125, 16384),
+}
+# A generic EC2-compatible endpoint and the local provider: the union, Outscale's caps for io1.
+_GENERIC_LIMITS = {**_AWS_LIMITS, **_OUTSCALE_LIMITS}
+_LIMITS = {
+    Provider.OUTSCALE: _OUTSCALE_LIMITS,
+    Provider.AWS: _AWS_LIMITS,
+    Provider.EC2: _GENERIC_LIMITS,
+    Provider.LOCAL: _GENERIC_LIMITS,
+}
+PROVISIONED_IOPS_TYPES = frozenset({DiskType.IO1, DiskType.IO2})
+
+
+def volume_limits(provider: Provider, disk_type: DiskType) -> VolumeLimits | None:
+    """Limits of ``disk_type`` on ``provider``; None when that cloud has no such type."""
+    return _LIMITS[provider].get(disk_type)
+
+
+def provisioned_iops(size_gib: int, iops_per_gib: int, limits: VolumeLimits) -> int:
+    """IOPS to request for a provisioned volume: clamp(size × per-GiB, min, min(cap, ratio × size)).
+
+    The original bsud used max() where min() was meant and always asked for ≥ 13000.
+    """
+    ceiling = limits.max_iops or size_gib * iops_per_gib
+    if limits.max_iops_per_gib:
+        ceiling = min(ceiling, limits.max_iops_per_gib * size_gib)
+    return max(limits.min_iops, min(size_gib * iops_per_gib, ceiling))
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=_kebab,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        strict=True,
+    )
+
+
+class Authentication(_Section):
+    access_key: str = Field(min_length=1)
+    secret_key: SecretStr
+
+
+class CloudSettings(_Section):
+    provider: Provider = Provider.OUTSCALE
+    region: str | None = None
+    endpoint: str | None = None
+    instance_id: str | None = None
+    availability_zone: str | None = None
+    metadata_url: str = "http://169.254.169.254"
+    state_dir: str = "/var/lib/bsud/local"
+    api_calls_per_second: float = Field(default=5.0, gt=0)
+    max_attempts: int = Field(default=8, ge=1, le=50)
+
+
+class DriveConfig(_Section):
+    name: str
+    target: Target
+    mount_path: str
+    disk_type: DiskType = DiskType.GP2
+    disk_iops_per_gib: int | None = None
+    max_total_size_gib: int | None = None
+    initial_size_gib: int = 10
+    max_bsu_count: int = 10
+    max_used_space_perc: int = 85
+    min_used_space_perc: int = 40
+    disk_scale_factor_perc: int = 20
+    layout: Layout = Layout.LVM
+
+
+class _ConfigFile(_Section):
+    authentication: Authentication | None = None
+    cloud: CloudSettings = CloudSettings()
+    drives: list[DriveConfig]
+
+
+class EnvSettings(BaseSettings):
+    """What bsud reads from its environment (credentials, log level)."""
+
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False)
+
+    osc_access_key: str | None = None
+    osc_secret_key: SecretStr | None = None
+    bsud_log: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """A loaded, validated configuration."""
+
+    path: str
+    drives: tuple[DriveConfig, ...]
+    cloud: CloudSettings
+    access_key: str | None
+    secret_key: SecretStr | None
+    credentials_from: str
+    warnings: tuple[str, ...] = field(default=())
+
+    def drive(self, name: str) -> DriveConfig:
+        for drive in self.drives:
+            if drive.name == name:
+                return drive
+        raise KeyError(name)
+
+    def secrets(self) -> list[str]:
+        """Values that must never appear in a log."""
+        return [self.secret_key.get_secret_value()] if self.secret_key else []
+
+    def effective(self) -> dict[str, Any]:
+        """The config with every default filled in and secrets masked (for check-config)."""
+        auth: dict[str, Any] = {"from": self.credentials_from}
+        if self.access_key:
+            auth["access-key"] = mask(self.access_key, keep=4)
+        if self.secret_key:
+            auth["secret-key"] = mask(self.secret_key.get_secret_value())
+        return {
+            "config": self.path,
+            "authentication": auth,
+            "cloud": self.cloud.model_dump(mode="json", by_alias=True),
+            "drives": [d.model_dump(mode="json", by_alias=True) for d in self.drives],
+        }
+
+
+def mask(value: str, keep: int = 0) -> str:
+    """``AKIAXXXX********`` style masking; never shows more than ``keep`` characters."""
+    return value[:keep] + "*" * 8 if keep and len(value) > keep * 2 else "*" * 8
+
+
+class InvalidConfig(BsudError):
+    """A config with one or more problems; ``str()`` is one line per problem."""
+
+    def __init__(self, problems: list[ConfigError]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+# --- validation rules --------------------------------------------------------------------
+
+# VG names: LVM allows [a-zA-Z0-9+_.-], not starting with '-'. We also keep the name usable as
+# a tag value, a btrfs label and a path component, and out of /dev's own namespace.
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+_.-]{0,62}$")
+_RESERVED_NAMES = frozenset(
+    {
+        "block", "bsg", "bus", "char", "console", "core", "cpu", "disk", "dma_heap", "dri", "fd",
+        "full", "hugepages", "input", "kmsg", "log", "lvm", "mapper", "mem", "mqueue", "net",
+        "null", "port", "ptmx", "pts", "random", "rtc", "shm", "snd", "stderr", "stdin", "stdout",
+        "tty", "urandom", "vfio", "zero",
+    }
+)
+_RESERVED_PREFIXES = ("loop", "nvme", "sd", "xvd", "vd", "dm-", "md", "tty", "snapshot", "pvmove")
+
+# Mount paths that are (or hold) the operating system.
+_SYSTEM_DIRS = frozenset(
+    {
+        "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/media",
+        "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr",
+        "/var", "/var/lib", "/var/log", "/var/cache", "/var/tmp", "/var/spool", "/var/lib/bsud",
+    }
+)
+_SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc",
+                 "/run", "/sbin", "/sys", "/usr")
+
+
+def check_drive_name(name: str) -> str | None:
+    """Why ``name`` cannot be a drive name (VG name, tag value, label), or None when it can."""
+    if not _NAME_RE.match(name):
+        return (
+            f"{name!r} is not a usable drive name: use 1 to 63 letters, digits or + _ . -, "
+            "starting with a letter or digit"
+        )
+    lowered = name.lower()
+    if lowered in _RESERVED_NAMES or any(lowered.startswith(p) for p in _RESERVED_PREFIXES):
+        return f"{name!r} is reserved (it would clash with a name under /dev or in LVM); choose another name"
+    if name in {".", ".."}:
+        return f"{name!r} is not a usable drive name"
+    return None
+
+
+def check_mount_path(path: str) -> str | None:
+    """Why ``path`` cannot be a drive's mount path, or None when it can."""
+    if not path.startswith("/"):
+        return f"{path!r} must be an absolute path (starting with /)"
+    if any(ch.isspace() or ord(ch) < 32 for ch in path):
+        return f"{path!r} must not contain spaces or control characters"
+    parts = path.split("/")[1:]
+    if any(p in {".", ".."} for p in parts):
+        return f"{path!r} must not contain '.' or '..' components"
+    normal = str(PurePosixPath(path))
+    if normal == "/":
+        return "the mount path must not be '/'"
+    if normal in _SYSTEM_DIRS or any(normal == t or normal.startswith(t + "/") for t in _SYSTEM_TREES):
+        return f"{normal!r} is a system directory; mount the drive elsewhere (e.g. /mnt/<drive> or /data)"
+    return None
+
+
+def _nearest(word: str, choices: Iterable[str]) -> str | None:
+    found = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class whose keys live at ``loc`` (for did-you-mean suggestions)."""
+    if not loc:
+        return _ConfigFile
+    head = loc[0]
+    if head == "drives" and len(loc) == 2:
+        return DriveConfig
+    if head == "cloud" and len(loc) == 1:
+        return CloudSettings
+    if head == "authentication" and len(loc) == 1:
+        return Authentication
+    return None
+
+
+def _aliases(model: type[BaseModel]) -> list[str]:
+    return [info.alias or name for name, info in model.model_fields.items()]
+
+
+def _describe(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _translate(error: Any, raw: dict[str, Any], path: str) -> ConfigError:
+    """One pydantic error → one ConfigError with file, drive and field."""
+    loc = tuple(error["loc"])
+    drive = None
+    if len(loc) >= 2 and loc[0] == "drives" and isinstance(loc[1], int):
+        try:
+            drive = raw["drives"][loc[1]].get("name") or f"#{loc[1] + 1}"
+        except (KeyError, IndexError, TypeError, AttributeError):
+            drive = f"#{loc[1] + 1}"
+        rest = loc[2:]
+    else:
+        rest = loc
+    keys = [str(p) for p in rest if not isinstance(p, int)]
+    field_name = ".".join(keys) if keys else None
+    kind = error["type"]
+    value = error.get("input")
+    if kind == "extra_forbidden":
+        parent = _model_at(loc[:-1] if drive is None else ("drives", 0))
+        hint = _nearest(str(loc[-1]), _aliases(parent)) if parent else None
+        message = "unknown key" + (f"; did you mean {hint!r}?" if hint else "; remove it")
+    elif kind == "missing":
+        message = "required key is missing"
+    elif kind in {"int_type", "int_from_float"}:
+        message = f"must be a whole number (got {_describe(value)})"
+    elif kind in {"float_type"}:
+        message = f"must be a number (got {_describe(value)})"
+    elif kind in {"string_type"}:
+        message = f"must be a string (got {_describe(value)})"
+    elif kind == "enum":
+        expected = error.get("ctx", {}).get("expected", "")
+        message = f"must be one of {expected} (got {_describe(value)})"
+    elif kind in {"list_type", "model_type", "dict_type", "model_attributes_type"}:
+        want = "a list" if kind == "list_type" else "an object"
+        message = f"must be {want} (got {_describe(value)})"
+    else:
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if value is not None and not isinstance(value, dict | list):
+            message += f" (got {_describe(value)})"
+    return ConfigError(message, path=path, drive=drive, field=field_name)
+
+
+def _check_semantics(cfg: _ConfigFile, path: str) -> tuple[list[ConfigError], list[str]]:
+    problems: list[ConfigError] = []
+    warnings: list[str] = []
+
+    def problem(drive: str | None, key: str, message: str) -> None:
+        problems.append(ConfigError(message, path=path, drive=drive, field=key))
+
+    cloud = cfg.cloud
+    if cloud.provider == Provider.OUTSCALE and not cloud.endpoint and cloud.region:
+        if cloud.region not in OUTSCALE_REGIONS:
+            problem(None, "cloud.region", f"unknown Outscale region {cloud.region!r}; "
+                    f"use one of {', '.join(OUTSCALE_REGIONS)} or set cloud.endpoint")
+    if cloud.provider == Provider.EC2 and not cloud.endpoint:
+        problem(None, "cloud.endpoint", "provider 'ec2' needs the endpoint URL of the EC2-compatible API")
+    if cloud.endpoint and not re.match(r"^https?://[^\s/]+", cloud.endpoint):
+        problem(None, "cloud.endpoint", f"{cloud.endpoint!r} is not an http(s) URL")
+    if cloud.availability_zone and not cloud.region and len(cloud.availability_zone) < 2:
+        problem(None, "cloud.availability-zone", f"{cloud.availability_zone!r} is not a zone name")
+    if cloud.provider == Provider.LOCAL and not cloud.state_dir.startswith("/"):
+        problem(None, "cloud.state-dir", f"{cloud.state_dir!r} must be an absolute path")
+
+    if not cfg.drives:
+        warnings.append(f"{path}: no drives are defined; bsud will have nothing to do")
+    seen_names: dict[str, int] = {}
+    seen_paths: dict[str, str] = {}
+    for index, d in enumerate(cfg.drives):
+        name = d.name
+        why = check_drive_name(name)
+        if why:
+            problem(name or f"#{index + 1}", "name", why)
+        if name in seen_names:
+            problem(name, "name", f"duplicate drive name (drive #{seen_names[name] + 1} has it too)")
+        seen_names.setdefault(name, index)
+        why = check_mount_path(d.mount_path)
+        if why:
+            problem(name, "mount-path", why)
+        else:
+            normal = str(PurePosixPath(d.mount_path))
+            for other_path, other in seen_paths.items():
+                if normal == other_path:
+                    problem(name, "mount-path", f"{normal!r} is also the mount path of drive {other!r}")
+                elif normal.startswith(other_path + "/") or other_path.startswith(normal + "/"):
+                    problem(name, "mount-path", f"{normal!r} and drive {other!r}'s {other_path!r} are nested; "
+                            "give each drive its own directory")
+            seen_paths.setdefault(normal, name)
+
+        if not 0 < d.min_used_space_perc < d.max_used_space_perc <= 100:
+            key = "max-used-space-perc" if d.max_used_space_perc > 100 else "min-used-space-perc"
+            problem(name, key, f"need 0 < min-used-space-perc ({d.min_used_space_perc}) < "
+                    f"max-used-space-perc ({d.max_used_space_perc}) <= 100")
+        if not 1 <= d.disk_scale_factor_perc <= 100:
+            problem(name, "disk-scale-factor-perc", f"must be between 1 and 100 (got {d.disk_scale_factor_perc})")
+        if not 1 <= d.max_bsu_count < MAX_VOLUMES_PER_VM:
+            problem(name, "max-bsu-count", f"must be between 1 and {MAX_VOLUMES_PER_VM - 1} "
+                    f"(a VM holds {MAX_VOLUMES_PER_VM} volumes, its root included; got {d.max_bsu_count})")
+
+        limits = volume_limits(cloud.provider, d.disk_type)
+        if limits is None:
+            allowed = ", ".join(sorted(_LIMITS[cloud.provider]))
+            problem(name, "disk-type", f"{d.disk_type.value!r} is not offered by provider "
+                    f"{cloud.provider.value!r}; use one of {allowed}")
+            continue
+        if not limits.min_size <= d.initial_size_gib <= limits.max_size:
+            problem(name, "initial-size-gib", f"must be between {limits.min_size} and {limits.max_size} GiB "
+                    f"for {d.disk_type.value} volumes (got {d.initial_size_gib})")
+        if d.max_total_size_gib is not None:
+            ceiling = d.max_bsu_count * limits.max_size
+            if d.max_total_size_gib < d.initial_size_gib:
+                problem(name, "max-total-size-gib", f"({d.max_total_size_gib}) must be at least "
+                        f"initial-size-gib ({d.initial_size_gib})")
+            elif d.max_total_size_gib > ceiling:
+                warnings.append(f"{path}: drive {name!r}: max-total-size-gib ({d.max_total_size_gib}) cannot be "
+                                f"reached with {d.max_bsu_count} volumes of at most {limits.max_size} GiB")
+        if d.disk_type in PROVISIONED_IOPS_TYPES:
+            if d.disk_iops_per_gib is None:
+                problem(name, "disk-iops-per-gib", f"is required with disk-type {d.disk_type.value} "
+                        f"(IOPS per GiB, 1 to {limits.max_iops_per_gib})")
+            elif not 1 <= d.disk_iops_per_gib <= (limits.max_iops_per_gib or 1_000_000):
+                problem(name, "disk-iops-per-gib", f"must be between 1 and {limits.max_iops_per_gib} "
+                        f"for {d.disk_type.value} (got {d.disk_iops_per_gib})")
+        elif d.disk_iops_per_gib is not None:
+            warnings.append(f"{path}: drive {name!r}: disk-iops-per-gib is ignored with "
+                            f"disk-type {d.disk_type.value}")
+    return problems, warnings
+
+
+def parse_config(text: str, path: str = "<config>", env: EnvSettings | None = None) -> Config:
+    """Validate a config file's text; raise :class:`InvalidConfig` listing every problem."""
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidConfig([ConfigError(f"line {exc.lineno} column {exc.colno}: invalid JSON: {exc.msg}",
+                                         path=path)]) from None
+    if not isinstance(raw, dict):
+        raise InvalidConfig([ConfigError("must hold a JSON object with a 'drives' list", path=path)])
+    try:
+        parsed = _ConfigFile.model_validate_json(text, strict=True)
+    except ValidationError as exc:
+        raise InvalidConfig([_translate(e, raw, path) for e in exc.errors()]) from None
+    problems, warnings = _check_semantics(parsed, path)
+    if problems:
+        raise InvalidConfig(problems)
+
+    env = env if env is not None else EnvSettings()
+    if parsed.authentication is not None:
+        access, secret, origin = parsed.authentication.access_key, parsed.authentication.secret_key, "config file"
+    elif env.osc_access_key and env.osc_secret_key:
+        access, secret, origin = env.osc_access_key, env.osc_secret_key, "OSC_ACCESS_KEY/OSC_SECRET_KEY"
+    else:
+        access, secret = None, None
+        origin = "none needed" if parsed.cloud.provider == Provider.LOCAL else "boto3 default chain"
+        if env.osc_access_key or env.osc_secret_key:
+            warnings.append("only one of OSC_ACCESS_KEY / OSC_SECRET_KEY is set; both are needed, ignoring it")
+    return Config(
+        path=path,
+        drives=tuple(parsed.drives),
+        cloud=parsed.cloud,
+        access_key=access,
+        secret_key=secret,
+        credentials_from=origin,
+        warnings=tuple(warnings),
+    )
+
+
+def load_config(path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH, env: EnvSettings | None = None) -> Config:
+    """Read and validate the config file at ``path``."""
+    name = str(path)
+    try:
+        text = Path(name).read_text(encoding="utf-8")
+        mode = os.stat(name).st_mode
+    except FileNotFoundError:
+        raise InvalidConfig([ConfigError("file not found; pass the config with -c PATH", path=name)]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidConfig([ConfigError(f"cannot read: {exc}", path=name)]) from None
+    config = parse_config(text, name, env)
+    if '"secret-key"' in text and mode & (stat.S_IRGRP | stat.S_IROTH):
+        readable = "others" if mode & stat.S_IROTH else "its group"
+        warning = f"{name}: holds a secret key and is readable by {readable}; run: chmod 600 {name}"
+        config = Config(**{**config.__dict__, "warnings": (*config.warnings, warning)})
+    return config

@@ -1,0 +1,130 @@
+"""Every error bsud raises on purpose, and whether retrying later can help.
+
+An error's ``str()`` is one line a person can act on: it names the file, drive,
+field, command or volume concerned. ``temporary`` tells the reconcile loop
+whether to retry after a delay (throttling, a wait that timed out, a device
+still settling) or to stop and report (bad config, foreign data on a device).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class BsudError(Exception):
+    """Base of bsud's own errors; ``temporary`` means a later retry may succeed."""
+
+    temporary: bool = False
+
+    def __init__(self, message: str, *, temporary: bool | None = None) -> None:
+        super().__init__(message)
+        if temporary is not None:
+            self.temporary = temporary
+
+
+class ConfigError(BsudError):
+    """The configuration cannot be used: names the file, the drive and the field."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        drive: str | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.path = path
+        self.drive = drive
+        self.field = field
+        self.reason = message
+        where = []
+        if path:
+            where.append(str(path))
+        if drive:
+            where.append(f"drive {drive!r}")
+        if field:
+            where.append(f"field {field!r}")
+        prefix = ": ".join(where)
+        super().__init__(f"{prefix}: {message}" if prefix else message)
+
+
+class MissingToolsError(BsudError):
+    """Some external programs bsud needs are not installed (all listed at once)."""
+
+    def __init__(self, missing: Sequence[tuple[str, str]]) -> None:
+        self.missing = list(missing)
+        names = ", ".join(f"{tool} (package {pkg})" for tool, pkg in self.missing)
+        super().__init__(f"missing programs: {names}; install them and start bsud again")
+
+
+def _clip(text: str, limit: int = 400) -> str:
+    text = " ".join(text.strip().split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class CommandError(BsudError):
+    """An external command failed or timed out; carries argv, rc, stdout and stderr."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        returncode: int | None,
+        stdout: str = "",
+        stderr: str = "",
+        *,
+        timeout: float | None = None,
+        temporary: bool = False,
+    ) -> None:
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        self.timeout = timeout
+        cmd = " ".join(self.argv)
+        if returncode is None:
+            message = f"command timed out after {timeout:g} s: {cmd}"
+        else:
+            output = _clip(stderr) or _clip(stdout) or "no output"
+            message = f"command failed (exit {returncode}): {cmd}: {output}"
+        super().__init__(message, temporary=temporary or returncode is None)
+
+
+class CloudError(BsudError):
+    """A cloud API call failed; names the call and, when known, the volume."""
+
+    def __init__(
+        self,
+        call: str,
+        message: str,
+        *,
+        volume_id: str | None = None,
+        code: str | None = None,
+        temporary: bool = False,
+    ) -> None:
+        self.call = call
+        self.volume_id = volume_id
+        self.code = code
+        target = f" on {volume_id}" if volume_id else ""
+        super().__init__(f"{call}{target}: {message}", temporary=temporary)
+
+
+class CloudTimeout(CloudError):
+    """A volume did not reach the wanted state in time (retry later)."""
+
+    def __init__(self, volume_id: str, wanted: Sequence[str], last_state: str, timeout: float) -> None:
+        self.wanted = list(wanted)
+        self.last_state = last_state
+        super().__init__(
+            "wait",
+            f"did not become {'/'.join(wanted)} within {timeout:g} s (last state: {last_state})",
+            volume_id=volume_id,
+            temporary=True,
+        )
+
+
+class VolumeStateError(CloudError):
+    """A volume reached a state it cannot leave by waiting (error, deleted, attached elsewhere)."""
+
+    def __init__(self, volume_id: str, state: str, detail: str = "") -> None:
+        self.state = state
+        super().__init__("wait", f"is in state {state!r}{detail}", volume_id=volume_id)

@@ -1,0 +1,149 @@
+"""The one way bsud runs external programs.
+
+Argument lists only (never a shell), binaries resolved once, a copied environment with
+``LC_ALL=C`` and ``LVM_SUPPRESS_FD_WARNINGS=1``, a mandatory timeout, stdin closed, one
+log event per command, and :class:`~bsud.errors.CommandError` on failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from bsud.errors import CommandError, MissingToolsError
+from bsud.logs import get_logger
+
+log = get_logger("bsud.runner")
+
+#: Where system tools live even when PATH (e.g. under systemd or sudo) lacks them.
+_SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+#: Tool → Debian package, for the pre-flight report.
+TOOL_PACKAGES: dict[str, str] = {
+    "lvm": "lvm2",
+    "pvs": "lvm2",
+    "btrfs": "btrfs-progs",
+    "mkfs.btrfs": "btrfs-progs",
+    "blkid": "util-linux",
+    "wipefs": "util-linux",
+    "losetup": "util-linux",
+    "mount": "mount",
+    "umount": "mount",
+    "udevadm": "udev",
+    "fuser": "psmisc",
+}
+
+
+def search_path() -> str:
+    parts = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p]
+    return os.pathsep.join(parts + [p for p in _SYSTEM_PATH if p not in parts])
+
+
+def find_tool(name: str) -> str | None:
+    return shutil.which(name, path=search_path())
+
+
+def missing_tools(tools: Iterable[str]) -> list[tuple[str, str]]:
+    """Every tool in ``tools`` that is not installed, with its package."""
+    return [(t, TOOL_PACKAGES.get(t, t)) for t in tools if find_tool(t) is None]
+
+
+def preflight(tools: Iterable[str]) -> None:
+    """Raise one :class:`MissingToolsError` naming all missing tools at once."""
+    missing = missing_tools(tools)
+    if missing:
+        raise MissingToolsError(missing)
+
+
+@dataclass(frozen=True)
+class Completed:
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+    duration: float
+
+
+class Runner:
+    """Runs commands; every call needs a timeout, every call is logged once."""
+
+    def __init__(self, extra_env: Mapping[str, str] | None = None, default_timeout: float = 120.0) -> None:
+        self.extra_env = dict(extra_env or {})
+        self.default_timeout = default_timeout
+        self._resolved: dict[str, str] = {}
+
+    def _environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.extra_env)
+        env["LC_ALL"] = "C"
+        env["LANG"] = "C"
+        env["LVM_SUPPRESS_FD_WARNINGS"] = "1"
+        env["PATH"] = search_path()
+        return env
+
+    def resolve(self, tool: str) -> str:
+        if "/" in tool:
+            return tool
+        path = self._resolved.get(tool)
+        if path is None:
+            path = find_tool(tool)
+            if path is None:
+                raise MissingToolsError([(tool, TOOL_PACKAGES.get(tool, tool))])
+            self._resolved[tool] = path
+        return path
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float | None = None,
+        check: bool = True,
+        ok_codes: Iterable[int] = (0,),
+        input_text: str | None = None,
+        quiet: bool = False,
+    ) -> Completed:
+        """Run ``argv``; raise CommandError when the exit code is not in ``ok_codes`` (if ``check``)."""
+        if isinstance(argv, str):  # a string would be split by nobody: refuse it loudly
+            raise TypeError("Runner.run takes an argument list, not a string")
+        argv = [str(a) for a in argv]
+        timeout = self.default_timeout if timeout is None else timeout
+        executable = self.resolve(argv[0])
+        started = time.monotonic()
+        try:
+            proc = subprocess.run(
+                [executable, *argv[1:]],
+                input=input_text,
+                stdin=None if input_text is not None else subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                errors="replace",
+                timeout=timeout,
+                env=self._environment(),
+                check=False,
+                close_fds=True,
+            )
+        except subprocess.TimeoutExpired as exc:
+            duration = time.monotonic() - started
+            log.warning("command timed out", argv=argv, timeout=timeout, duration=round(duration, 3))
+            raise CommandError(argv, None, _text(exc.stdout), _text(exc.stderr), timeout=timeout) from None
+        duration = time.monotonic() - started
+        ok = proc.returncode in set(ok_codes)
+        event = "command" if ok else "command failed"
+        level = log.debug if (ok and quiet) else (log.info if ok else log.warning)
+        fields = {"argv": argv, "rc": proc.returncode, "duration": round(duration, 3)}
+        if not ok:
+            fields["stderr"] = proc.stderr.strip()[-2000:]
+        level(event, **fields)
+        if check and not ok:
+            raise CommandError(argv, proc.returncode, proc.stdout, proc.stderr)
+        return Completed(tuple(argv), proc.returncode, proc.stdout, proc.stderr, duration)
+
+
+def _text(data: bytes | str | None) -> str:
+    if data is None:
+        return ""
+    return data.decode(errors="replace") if isinstance(data, bytes) else data

@@ -1,0 +1,88 @@
+"""The bsud command as a user runs it: exit codes and one-line errors, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bsud import __version__
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def bsud(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OSC_", "BSUD_"))}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "bsud", *args], capture_output=True, text=True, timeout=60,
+                          env=full_env, cwd=ROOT)
+
+
+def test_version():
+    out = bsud("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"bsud {__version__}"
+
+
+def test_help_lists_commands():
+    out = bsud("--help")
+    assert out.returncode == 0
+    assert "check-config" in out.stdout and "--config" in out.stdout
+
+
+def test_check_config_on_example_prints_effective_config():
+    out = bsud("check-config", "-c", "config.example.json")
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(out.stdout)
+    assert shown["drives"][0]["initial-size-gib"] == 2
+    assert shown["drives"][0]["min-used-space-perc"] == 40
+
+
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        ('{"drives": [{"name": "d", "target": "online"}]}', "field 'mount-path': required key is missing"),
+        ('{"drives": [{"name": "d", "target": "online", "mount-path": "/m", "colour": 1}]}', "field 'colour'"),
+        ('{"drives": [{"name": "d", "target": "online", "mount-path": "/m", "initial-size-gib": "ten"}]}',
+         "must be a whole number"),
+        ('{"drives": [{"name": "a b", "target": "online", "mount-path": "/m"}]}', "not a usable drive name"),
+        ('{"drives": [{"name": "d", "target": "online", "mount-path": "/m", "min-used-space-perc": 85}]}',
+         "need 0 < min-used-space-perc"),
+        ('{"drives": [{"name": "d", "target": "online", "mount-path": "m"}]}', "must be an absolute path"),
+        ('{"drives": [{"name": "d", "target": "online", "mount-path": "/"}]}', "must not be '/'"),
+        ('{"drives": [{"name": "d", "target": "online", "mount-path": "/a"},'
+         ' {"name": "d", "target": "online", "mount-path": "/b"}]}', "duplicate drive name"),
+        ("{not json", "invalid JSON"),
+    ],
+    ids=["missing", "unknown", "type", "name", "min-max", "relative", "root", "duplicate", "json"],
+)
+def test_malformed_config_exits_nonzero_with_one_line(tmp_path, doc, expected):
+    path = tmp_path / "bad.json"
+    path.write_text(doc)
+    out = bsud("check-config", "-c", str(path))
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert expected in lines[0] and str(path) in lines[0]
+    assert "Traceback" not in out.stderr
+
+
+def test_missing_config_file(tmp_path):
+    out = bsud("check-config", "-c", str(tmp_path / "absent.json"))
+    assert out.returncode == 2
+    assert "file not found" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_secrets_never_printed(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"authentication": {"access-key": "AKIAEXAMPLEKEY", "secret-key": "TopSecret123"},
+                                "drives": [{"name": "d", "target": "online", "mount-path": "/mnt/d"}]}))
+    path.chmod(0o644)
+    out = bsud("check-config", "-c", str(path), "--log-level", "debug")
+    assert out.returncode == 0
+    assert "TopSecret123" not in out.stdout + out.stderr
+    assert "chmod 600" in out.stderr

@@ -1,0 +1,225 @@
+"""Config loading: original bsud files accepted as they are, every bad input one clear line."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bsud.config import (
+    DiskType,
+    EnvSettings,
+    InvalidConfig,
+    Layout,
+    Provider,
+    Target,
+    check_drive_name,
+    check_mount_path,
+    load_config,
+    parse_config,
+    provisioned_iops,
+    volume_limits,
+)
+
+NO_ENV = EnvSettings(osc_access_key=None, osc_secret_key=None, bsud_log=None)
+
+ORIGINAL = {
+    "authentication": {"access-key": "AKIAORIGINAL", "secret-key": "s3cr3t-value"},
+    "drives": [
+        {
+            "name": "example",
+            "target": "online",
+            "mount-path": "/mnt",
+            "disk-type": "gp2",
+            "initial-size-gib": 10,
+            "max-bsu-count": 10,
+            "max-used-space-perc": 85,
+            "min-used-space-perc": 40,
+            "disk-scale-factor-perc": 20,
+        }
+    ],
+}
+
+
+def drive(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"name": "data", "target": "online", "mount-path": "/mnt/data"}
+    base.update(overrides)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def parse(doc: dict[str, Any], env: EnvSettings = NO_ENV):
+    return parse_config(json.dumps(doc), "bsud.json", env)
+
+
+def problems(doc: dict[str, Any] | str) -> list[str]:
+    text = doc if isinstance(doc, str) else json.dumps(doc)
+    with pytest.raises(InvalidConfig) as info:
+        parse_config(text, "bsud.json", NO_ENV)
+    return [str(p) for p in info.value.problems]
+
+
+def test_original_config_is_accepted_unchanged():
+    config = parse(ORIGINAL)
+    (d,) = config.drives
+    assert (d.name, d.target, d.mount_path, d.disk_type) == ("example", Target.ONLINE, "/mnt", DiskType.GP2)
+    assert d.layout == Layout.LVM
+    assert config.cloud.provider == Provider.OUTSCALE
+    assert config.access_key == "AKIAORIGINAL"
+    assert config.credentials_from == "config file"
+
+
+def test_defaults_are_the_originals():
+    d = parse({"drives": [drive()]}).drives[0]
+    assert (d.disk_type, d.initial_size_gib, d.max_bsu_count) == (DiskType.GP2, 10, 10)
+    assert (d.max_used_space_perc, d.min_used_space_perc, d.disk_scale_factor_perc) == (85, 40, 20)
+    assert d.max_total_size_gib is None and d.disk_iops_per_gib is None
+
+
+def test_credentials_from_environment_when_no_authentication_section():
+    env = EnvSettings(osc_access_key="AKENV", osc_secret_key="envsecret")
+    config = parse({"drives": [drive()]}, env)
+    assert config.access_key == "AKENV"
+    assert config.secret_key.get_secret_value() == "envsecret"
+    assert config.credentials_from == "OSC_ACCESS_KEY/OSC_SECRET_KEY"
+
+
+def test_credentials_fall_back_to_boto3_chain():
+    config = parse({"cloud": {"provider": "aws", "region": "eu-west-1"}, "drives": [drive()]})
+    assert config.access_key is None and config.credentials_from == "boto3 default chain"
+
+
+def test_effective_config_masks_secrets():
+    shown = json.dumps(parse(ORIGINAL).effective())
+    assert "s3cr3t-value" not in shown
+    assert "AKIAORIGINAL" not in shown
+    assert '"secret-key": "********"' in shown
+
+
+BAD = [
+    ("unknown-key-suggests", {"drives": [drive(**{"max-used-space-pct": 80})]},
+     "drive 'data': field 'max-used-space-pct': unknown key; did you mean 'max-used-space-perc'?"),
+    ("unknown-top-key", {"drives": [drive()], "clouds": {}}, "field 'clouds': unknown key; did you mean 'cloud'?"),
+    ("unknown-cloud-key", {"cloud": {"provder": "aws"}, "drives": [drive()]},
+     "field 'cloud.provder': unknown key; did you mean 'provider'?"),
+    ("missing-target", {"drives": [drive(target=None)]}, "drive 'data': field 'target': required key is missing"),
+    ("missing-drives", {}, "field 'drives': required key is missing"),
+    ("string-number", {"drives": [drive(**{"max-bsu-count": "10"})]},
+     "field 'max-bsu-count': must be a whole number (got '10')"),
+    ("float-number", {"drives": [drive(**{"initial-size-gib": 1.5})]}, "field 'initial-size-gib': must be a whole"),
+    ("bad-target", {"drives": [drive(target="up")]}, "field 'target': must be one of"),
+    ("bad-layout", {"drives": [drive(layout="zfs")]}, "field 'layout': must be one of"),
+    ("shell-name", {"drives": [drive(name="a;rm -rf /")]}, "field 'name': 'a;rm -rf /' is not a usable drive name"),
+    ("path-name", {"drives": [drive(name="../etc")]}, "is not a usable drive name"),
+    ("empty-name", {"drives": [drive(name="")]}, "is not a usable drive name"),
+    ("reserved-name", {"drives": [drive(name="mapper")]}, "is reserved"),
+    ("min-ge-max", {"drives": [drive(**{"min-used-space-perc": 90})]},
+     "field 'min-used-space-perc': need 0 < min-used-space-perc (90) < max-used-space-perc (85) <= 100"),
+    ("min-zero", {"drives": [drive(**{"min-used-space-perc": 0})]}, "need 0 < min-used-space-perc (0)"),
+    ("max-over-100", {"drives": [drive(**{"max-used-space-perc": 101})]}, "field 'max-used-space-perc'"),
+    ("relative-path", {"drives": [drive(**{"mount-path": "mnt/data"})]}, "must be an absolute path"),
+    ("root-path", {"drives": [drive(**{"mount-path": "/"})]}, "must not be '/'"),
+    ("system-dir", {"drives": [drive(**{"mount-path": "/usr/lib/x"})]}, "is a system directory"),
+    ("etc", {"drives": [drive(**{"mount-path": "/etc"})]}, "is a system directory"),
+    ("dotdot", {"drives": [drive(**{"mount-path": "/mnt/../etc"})]}, "must not contain '.' or '..'"),
+    ("duplicate-name", {"drives": [drive(), drive(**{"mount-path": "/mnt/other"})]}, "duplicate drive name"),
+    ("duplicate-path", {"drives": [drive(), drive(name="other")]}, "is also the mount path of drive 'data'"),
+    ("nested-path", {"drives": [drive(), drive(name="other", **{"mount-path": "/mnt/data/sub"})]}, "are nested"),
+    ("too-big", {"drives": [drive(**{"initial-size-gib": 20000})]}, "must be between 1 and 14901 GiB"),
+    ("count-too-high", {"drives": [drive(**{"max-bsu-count": 40})]}, "field 'max-bsu-count': must be between 1 and 39"),
+    ("count-zero", {"drives": [drive(**{"max-bsu-count": 0})]}, "must be between 1 and 39"),
+    ("total-below-initial", {"drives": [drive(**{"max-total-size-gib": 5})]}, "must be at least initial-size-gib"),
+    ("io1-no-iops", {"drives": [drive(**{"disk-type": "io1"})]}, "field 'disk-iops-per-gib': is required"),
+    ("io1-too-many-iops", {"drives": [drive(**{"disk-type": "io1", "disk-iops-per-gib": 301})]},
+     "must be between 1 and 300"),
+    ("gp3-on-outscale", {"drives": [drive(**{"disk-type": "gp3"})]}, "is not offered by provider 'outscale'"),
+    ("scale-factor", {"drives": [drive(**{"disk-scale-factor-perc": 0})]}, "field 'disk-scale-factor-perc'"),
+    ("ec2-needs-endpoint", {"cloud": {"provider": "ec2"}, "drives": [drive()]}, "field 'cloud.endpoint'"),
+    ("bad-region", {"cloud": {"region": "mars-1"}, "drives": [drive()]}, "unknown Outscale region 'mars-1'"),
+    ("not-object", [1, 2], "must hold a JSON object"),
+    ("drives-not-list", {"drives": {}}, "field 'drives': must be a list"),
+]
+
+
+@pytest.mark.parametrize(("doc", "expected"), [(d, e) for _, d, e in BAD], ids=[i for i, _, _ in BAD])
+def test_bad_config_gives_one_line_naming_file_and_field(doc, expected):
+    found = problems(doc)
+    assert found, "expected at least one problem"
+    assert any(expected in p for p in found), found
+    for line in found:
+        assert "\n" not in line
+        assert line.startswith("bsud.json")
+
+
+def test_invalid_json_names_line_and_column():
+    (line,) = problems('{"drives": [\n  {"name": }\n]}')
+    assert line.startswith("bsud.json: line 2 column")
+
+
+def test_several_problems_are_all_reported():
+    found = problems({"drives": [drive(target="up", **{"max-bsu-count": "x"})]})
+    assert len(found) == 2
+
+
+def test_iops_per_gib_ignored_with_gp2_is_a_warning_not_an_error():
+    config = parse({"drives": [drive(**{"disk-iops-per-gib": 30})]})
+    assert any("disk-iops-per-gib is ignored" in w for w in config.warnings)
+
+
+@pytest.mark.parametrize(
+    ("size", "per_gib", "expected"),
+    [
+        (10, 30, 300),        # plain product
+        (1, 30, 100),         # floor 100
+        (100, 300, 13000),    # 30000 capped at 13000 (the original asked max() → always >= 13000)
+        (20, 500, 6000),      # capped at 300 per GiB
+        (50, 200, 10000),
+    ],
+)
+def test_outscale_io1_iops(size, per_gib, expected):
+    limits = volume_limits(Provider.OUTSCALE, DiskType.IO1)
+    assert provisioned_iops(size, per_gib, limits) == expected
+
+
+@pytest.mark.parametrize("name", ["data", "my-drive", "Drive_2", "a", "x.y+z", "a" * 63])
+def test_good_drive_names(name):
+    assert check_drive_name(name) is None
+
+
+@pytest.mark.parametrize("name", ["-data", "a b", "a/b", "$(id)", "dm-0", "loop0", "a" * 64, "ü", "disk"])
+def test_bad_drive_names(name):
+    assert check_drive_name(name) is not None
+
+
+@pytest.mark.parametrize("path", ["/mnt", "/mnt/data", "/data", "/srv/bsud", "/var/lib/docker", "/home/me/d"])
+def test_good_mount_paths(path):
+    assert check_mount_path(path) is None
+
+
+@pytest.mark.parametrize("path", ["", "data", "/", "/proc", "/sys/x", "/dev/foo", "/usr", "/var", "/home",
+                                  "/a b", "/a/./b", "/boot/efi"])
+def test_bad_mount_paths(path):
+    assert check_mount_path(path) is not None
+
+
+def test_load_config_reports_missing_file(tmp_path):
+    with pytest.raises(InvalidConfig) as info:
+        load_config(tmp_path / "nope.json", NO_ENV)
+    assert "file not found" in str(info.value) and "nope.json" in str(info.value)
+
+
+def test_readable_secret_file_warns(tmp_path):
+    path = tmp_path / "bsud.json"
+    path.write_text(json.dumps(ORIGINAL))
+    os.chmod(path, 0o644)
+    assert any("chmod 600" in w for w in load_config(path, NO_ENV).warnings)
+    os.chmod(path, 0o600)
+    assert not any("chmod 600" in w for w in load_config(path, NO_ENV).warnings)
+
+
+def test_example_config_is_valid():
+    example = Path(__file__).resolve().parents[2] / "config.example.json"
+    config = load_config(example, NO_ENV)
+    assert config.drives
