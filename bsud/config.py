@@ -123,7 +123,6 @@ class _Section(BaseModel):
         populate_by_name=True,
         extra="forbid",
         frozen=True,
-        strict=True,
     )
 
 
