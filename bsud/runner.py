@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from bsud.errors import CommandError, MissingToolsError
@@ -105,6 +106,7 @@ class Runner:
         ok_codes: Iterable[int] = (0,),
         input_text: str | None = None,
         quiet: bool = False,
+        on_line: Callable[[str], None] | None = None,
     ) -> Completed:
         """Run ``argv``; raise CommandError when the exit code is not in ``ok_codes`` (if ``check``)."""
         if isinstance(argv, str):  # a string would be split by nobody: refuse it loudly
@@ -113,9 +115,28 @@ class Runner:
         timeout = self.default_timeout if timeout is None else timeout
         executable = self.resolve(argv[0])
         started = time.monotonic()
+        if on_line is not None:
+            proc = self._stream([executable, *argv[1:]], argv, timeout, on_line)
+        else:
+            proc = self._capture([executable, *argv[1:]], argv, timeout, input_text)
+        duration = time.monotonic() - started
+        ok = proc.returncode in set(ok_codes)
+        event = "command" if ok else "command failed"
+        level = log.debug if (ok and quiet) else (log.info if ok else log.warning)
+        fields = {"argv": argv, "rc": proc.returncode, "duration": round(duration, 3)}
+        if not ok:
+            fields["stderr"] = proc.stderr.strip()[-2000:]
+        level(event, **fields)
+        if check and not ok:
+            raise CommandError(argv, proc.returncode, proc.stdout, proc.stderr)
+        return Completed(tuple(argv), proc.returncode, proc.stdout, proc.stderr, duration)
+
+    def _capture(self, full: list[str], argv: list[str], timeout: float,
+                 input_text: str | None) -> subprocess.CompletedProcess[str]:
+        started = time.monotonic()
         try:
-            proc = subprocess.run(
-                [executable, *argv[1:]],
+            return subprocess.run(
+                full,
                 input=input_text,
                 stdin=None if input_text is not None else subprocess.DEVNULL,
                 capture_output=True,
@@ -130,17 +151,41 @@ class Runner:
             duration = time.monotonic() - started
             log.warning("command timed out", argv=argv, timeout=timeout, duration=round(duration, 3))
             raise CommandError(argv, None, _text(exc.stdout), _text(exc.stderr), timeout=timeout) from None
-        duration = time.monotonic() - started
-        ok = proc.returncode in set(ok_codes)
-        event = "command" if ok else "command failed"
-        level = log.debug if (ok and quiet) else (log.info if ok else log.warning)
-        fields = {"argv": argv, "rc": proc.returncode, "duration": round(duration, 3)}
-        if not ok:
-            fields["stderr"] = proc.stderr.strip()[-2000:]
-        level(event, **fields)
-        if check and not ok:
-            raise CommandError(argv, proc.returncode, proc.stdout, proc.stderr)
-        return Completed(tuple(argv), proc.returncode, proc.stdout, proc.stderr, duration)
+
+    def _stream(self, full: list[str], argv: list[str], timeout: float,
+                on_line: Callable[[str], None]) -> subprocess.CompletedProcess[str]:
+        """Run with stdout handed to ``on_line`` line by line as it comes (progress reports)."""
+        proc = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, errors="replace", env=self._environment(), close_fds=True)
+        out_lines: list[str] = []
+        err_chunks: list[str] = []
+
+        def read_out() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                out_lines.append(line)
+                try:
+                    on_line(line.rstrip("\n"))
+                except Exception:  # noqa: BLE001 - a progress callback never breaks the command
+                    pass
+
+        def read_err() -> None:
+            assert proc.stderr is not None
+            err_chunks.append(proc.stderr.read())
+
+        readers = [threading.Thread(target=read_out, daemon=True), threading.Thread(target=read_err, daemon=True)]
+        for t in readers:
+            t.start()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            log.warning("command timed out", argv=argv, timeout=timeout)
+            raise CommandError(argv, None, "".join(out_lines), "".join(err_chunks), timeout=timeout) from None
+        for t in readers:
+            t.join(timeout=10)
+        return subprocess.CompletedProcess(full, proc.returncode, "".join(out_lines), "".join(err_chunks))
 
 
 def _text(data: bytes | str | None) -> str:

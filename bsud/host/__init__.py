@@ -1,0 +1,1 @@
+"""The host side: block devices of attached volumes, LVM, btrfs, mounts and the safety gate."""

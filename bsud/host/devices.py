@@ -1,0 +1,261 @@
+"""Which block device is an attached volume — found by identity, verified by serial and size.
+
+Block devices are read into plain dicts at the boundary (:func:`block_devices`), so the
+rules in :func:`resolve_device` are pure and tested on recorded data. Rules, in order:
+
+1. AWS Nitro NVMe: the controller's serial is the volume id without its dash;
+2. virtio-blk: the disk serial is the volume id (virtio keeps at most 20 bytes);
+3. Outscale virtio-scsi: the SCSI serial is ``sd<suffix>`` of the requested ``/dev/xvd<suffix>``;
+4. the requested name itself, or a link of that name (Outscale's udev rules);
+5. the local provider: a loop device whose backing file is the volume's file.
+
+A match by identity whose size differs is refused with an error naming both; the name
+rule is refused when the device carries another volume's serial.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bsud.errors import BsudError
+from bsud.logs import get_logger
+
+log = get_logger("bsud.host.devices")
+
+GIB = 1024**3
+VIRTIO_SERIAL_MAX = 20
+_REQUESTED_RE = re.compile(r"^/dev/(?:xvd|sd)([a-z]{1,2})$")
+
+
+class DeviceMismatch(BsudError):
+    """A device claims to be a volume but its size or serial says otherwise (never used)."""
+
+
+class DeviceNotFound(BsudError):
+    temporary = True
+
+
+@dataclass(frozen=True)
+class VolumeRef:
+    """What we know of an attached volume from the cloud."""
+
+    volume_id: str
+    size_bytes: int
+    requested_device: str | None = None
+    backing_file: str | None = None
+
+    @classmethod
+    def from_volume(cls, volume: Any, instance_id: str) -> VolumeRef:
+        att = volume.attachment_to(instance_id)
+        return cls(volume.id, volume.size_gib * GIB, att.device if att else None, volume.backing_file)
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """A verified answer: ``device`` is the volume, by ``rule``."""
+
+    volume_id: str
+    device: str
+    rule: str
+    size_bytes: int
+    serial: str | None
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(errors="replace").strip()
+    except OSError:
+        return None
+
+
+def _scsi_serial(sysdir: Path) -> str | None:
+    """Unit serial number from VPD page 0x80 (4-byte header, then the serial)."""
+    try:
+        raw = (sysdir / "device" / "vpd_pg80").read_bytes()
+    except OSError:
+        return None
+    return raw[4:].decode(errors="replace").strip("\x00 ").strip() or None
+
+
+def device_record(name: str, sys_block: Path = Path("/sys/block"), dev: Path = Path("/dev"),
+                  links: Iterable[str] = ()) -> dict[str, Any]:
+    """One block device as a plain dict, read from sysfs."""
+    sysdir = sys_block / name
+    size = _read(sysdir / "size")
+    record: dict[str, Any] = {
+        "name": name,
+        "path": str(dev / name),
+        "size_bytes": int(size) * 512 if size and size.isdigit() else 0,
+        "transport": "other",
+        "serial": None,
+        "backing_file": None,
+        "links": sorted(links),
+    }
+    if name.startswith("nvme"):
+        record["transport"] = "nvme"
+        record["serial"] = _read(sysdir / "device" / "serial")
+    elif name.startswith("vd"):
+        record["transport"] = "virtio"
+        record["serial"] = _read(sysdir / "serial")
+    elif name.startswith("sd"):
+        record["transport"] = "scsi"
+        record["serial"] = _scsi_serial(sysdir)
+    elif name.startswith("loop"):
+        record["transport"] = "loop"
+        record["backing_file"] = _read(sysdir / "loop" / "backing_file")
+    return record
+
+
+def _links_by_device(dev: Path = Path("/dev")) -> dict[str, list[str]]:
+    """Symlinks under /dev/disk/by-id and /dev/xvd* (when udev made them), per kernel name."""
+    found: dict[str, list[str]] = {}
+    candidates = []
+    by_id = dev / "disk" / "by-id"
+    if by_id.is_dir():
+        candidates += list(by_id.iterdir())
+    candidates += [p for p in dev.glob("xvd*") if p.is_symlink()]
+    for link in candidates:
+        try:
+            target = os.path.basename(os.path.realpath(link))
+        except OSError:
+            continue
+        found.setdefault(target, []).append(str(link))
+    return found
+
+
+def block_devices(sys_block: Path = Path("/sys/block"), dev: Path = Path("/dev")) -> list[dict[str, Any]]:
+    """Every whole disk the kernel shows, as plain dicts."""
+    links = _links_by_device(dev)
+    try:
+        names = sorted(os.listdir(sys_block))
+    except OSError:
+        return []
+    return [device_record(n, sys_block, dev, links.get(n, ())) for n in names if not n.startswith(("ram", "zram"))]
+
+
+def _size_checked(ref: VolumeRef, dev: dict[str, Any], rule: str) -> Resolution:
+    if dev["size_bytes"] != ref.size_bytes:
+        raise DeviceMismatch(
+            f"volume {ref.volume_id}: {dev['path']} matches it by {rule} but has {dev['size_bytes']} bytes, "
+            f"the volume {ref.size_bytes}; not using it"
+        )
+    return Resolution(ref.volume_id, dev["path"], rule, dev["size_bytes"], dev.get("serial"))
+
+
+def _foreign_identity(dev: dict[str, Any], ref: VolumeRef) -> str | None:
+    """The other volume a device says it is, when its serial names one."""
+    serial = (dev.get("serial") or "").strip()
+    if dev["transport"] == "nvme" and serial.startswith("vol") and serial != ref.volume_id.replace("-", ""):
+        return serial
+    if dev["transport"] == "virtio" and serial.startswith("vol-") and serial != ref.volume_id[:VIRTIO_SERIAL_MAX]:
+        return serial
+    return None
+
+
+def resolve_device(ref: VolumeRef, devices: list[dict[str, Any]]) -> Resolution | None:
+    """The device of ``ref`` among ``devices`` (pure), None when it has not appeared yet."""
+    nvme_serial = ref.volume_id.replace("-", "")
+    for dev in devices:
+        if dev["transport"] == "nvme" and (dev.get("serial") or "").strip() == nvme_serial:
+            return _size_checked(ref, dev, "nvme serial")
+    for dev in devices:
+        if dev["transport"] == "virtio" and dev.get("serial") and \
+                dev["serial"].strip() == ref.volume_id[:VIRTIO_SERIAL_MAX]:
+            return _size_checked(ref, dev, "virtio serial")
+    requested = ref.requested_device
+    m = _REQUESTED_RE.match(requested or "")
+    if m:
+        scsi_serial = f"sd{m.group(1)}"
+        for dev in devices:
+            if dev["transport"] == "scsi" and (dev.get("serial") or "").strip() == scsi_serial:
+                return _size_checked(ref, dev, "scsi serial")
+    if requested:
+        for dev in devices:
+            if dev["path"] == requested or requested in dev.get("links", []):
+                other = _foreign_identity(dev, ref)
+                if other:
+                    raise DeviceMismatch(f"volume {ref.volume_id}: {requested} is {dev['path']} whose serial "
+                                         f"{other!r} names another volume; not using it")
+                if dev["transport"] == "scsi" and m and dev.get("serial") and \
+                        dev["serial"].startswith("sd") and dev["serial"] != f"sd{m.group(1)}":
+                    raise DeviceMismatch(f"volume {ref.volume_id}: {requested} is {dev['path']} whose SCSI serial "
+                                         f"{dev['serial']!r} belongs to another attachment; not using it")
+                return _size_checked(ref, dev, "requested name")
+    if ref.backing_file:
+        wanted = os.path.realpath(ref.backing_file)
+        for dev in devices:
+            if dev["transport"] == "loop" and dev.get("backing_file") and \
+                    os.path.realpath(dev["backing_file"].removesuffix(" (deleted)")) == wanted:
+                return _size_checked(ref, dev, "loop backing file")
+    return None
+
+
+def udevd_running() -> bool:
+    return os.path.exists("/run/udev/control")
+
+
+class DeviceWaiter:
+    """Waits for a volume's device with pyudev events (started before the attach), polling sysfs too.
+
+    Uses udev events where udevd runs (links are made by then), kernel events elsewhere.
+    """
+
+    def __init__(self) -> None:
+        self.monitor: Any = None
+        try:
+            import pyudev
+
+            context = pyudev.Context()
+            source = "udev" if udevd_running() else "kernel"
+            monitor = pyudev.Monitor.from_netlink(context, source=source)
+            monitor.filter_by("block")
+            monitor.start()
+            self.monitor = monitor
+            self.source = source
+        except Exception as exc:  # noqa: BLE001 - no netlink (unprivileged, container): poll only
+            log.debug("no udev monitor, polling sysfs", error=str(exc))
+            self.source = "poll"
+
+    def __enter__(self) -> DeviceWaiter:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.monitor = None
+
+    def _pause(self, seconds: float) -> None:
+        if self.monitor is not None:
+            self.monitor.poll(timeout=seconds)
+            # Drain whatever else queued: the next resolve reads fresh sysfs anyway.
+            while self.monitor.poll(timeout=0) is not None:
+                pass
+        else:
+            time.sleep(seconds)
+
+    def wait(self, ref: VolumeRef, timeout: float = 60.0) -> Resolution:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = resolve_device(ref, block_devices())
+            if found is not None:
+                log.info("device found", volume=ref.volume_id, device=found.device, rule=found.rule)
+                return found
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DeviceNotFound(
+                    f"volume {ref.volume_id} (attached as {ref.requested_device}) did not appear as a block "
+                    f"device within {timeout:g} s"
+                )
+            self._pause(min(remaining, 1.0))
+
+
+def find_device(ref: VolumeRef) -> Resolution | None:
+    """Resolve without waiting (for observing the current state)."""
+    return resolve_device(ref, block_devices())

@@ -1,0 +1,219 @@
+"""LVM for the ``lvm`` layout: one PV per volume, a VG named after the drive, one LV ``bsud``.
+
+Reports come from ``--reportformat json --units b --nosuffix`` (all values are strings).
+Commands run with stdin closed, so a prompt is answered "no"; pvcreate never gets
+``-y``/``-ff``. Exit codes are not trusted alone: callers observe again after acting.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from bsud.config import LV_NAME
+from bsud.errors import CommandError
+from bsud.logs import get_logger
+from bsud.runner import Runner
+
+log = get_logger("bsud.host.lvm")
+
+PVMOVE_TIMEOUT = 48 * 3600.0
+
+
+@dataclass(frozen=True)
+class PhysicalVolume:
+    name: str
+    vg_name: str
+    size: int
+    free: int
+    uuid: str
+    dev_size: int
+
+
+@dataclass(frozen=True)
+class VolumeGroup:
+    name: str
+    uuid: str
+    size: int
+    free: int
+    extent_size: int
+    pv_count: int
+    lv_count: int
+
+
+@dataclass(frozen=True)
+class LogicalVolume:
+    name: str
+    vg_name: str
+    size: int
+    path: str
+    attr: str
+    active: bool
+    move_pv: str
+    copy_percent: float | None
+    devices: tuple[str, ...]
+
+    @property
+    def is_pvmove(self) -> bool:
+        return self.name.strip("[]").startswith("pvmove") or bool(self.move_pv)
+
+
+def _int(value: str | None) -> int:
+    return int(value) if value not in (None, "") else 0
+
+
+def parse_report(text: str, kind: str) -> list[dict[str, str]]:
+    """``{"report": [{"pv": [...]}]}`` → the rows of ``kind`` (pv, vg or lv)."""
+    if not text.strip():
+        return []
+    rows: list[dict[str, str]] = []
+    for block in json.loads(text).get("report", []):
+        rows.extend(block.get(kind, []))
+    return rows
+
+
+def parse_pvs(text: str) -> list[PhysicalVolume]:
+    return [
+        PhysicalVolume(r["pv_name"], r.get("vg_name", ""), _int(r.get("pv_size")), _int(r.get("pv_free")),
+                       r.get("pv_uuid", ""), _int(r.get("dev_size")))
+        for r in parse_report(text, "pv")
+    ]
+
+
+def parse_vgs(text: str) -> list[VolumeGroup]:
+    return [
+        VolumeGroup(r["vg_name"], r.get("vg_uuid", ""), _int(r.get("vg_size")), _int(r.get("vg_free")),
+                    _int(r.get("vg_extent_size")), _int(r.get("pv_count")), _int(r.get("lv_count")))
+        for r in parse_report(text, "vg")
+    ]
+
+
+def parse_lvs(text: str) -> list[LogicalVolume]:
+    out = []
+    for r in parse_report(text, "lv"):
+        copy = r.get("copy_percent", "")
+        devices = tuple(re.sub(r"\(\d+\)$", "", d) for d in r.get("devices", "").split(",") if d)
+        out.append(LogicalVolume(
+            name=r["lv_name"], vg_name=r.get("vg_name", ""), size=_int(r.get("lv_size")),
+            path=r.get("lv_path", ""), attr=r.get("lv_attr", ""), active=r.get("lv_active", "") == "active",
+            move_pv=r.get("move_pv", ""), copy_percent=float(copy) if copy else None, devices=devices,
+        ))
+    return out
+
+
+_PROGRESS_RE = re.compile(r"(\S+): Moved: ([\d.]+)%")
+
+_PV_FIELDS = "pv_name,vg_name,pv_size,pv_free,pv_uuid,dev_size"
+_VG_FIELDS = "vg_name,vg_uuid,vg_size,vg_free,vg_extent_size,pv_count,lv_count"
+_LV_FIELDS = "lv_name,vg_name,lv_size,lv_path,lv_attr,lv_active,move_pv,copy_percent,devices"
+
+
+class Lvm:
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+
+    # -- observation ---------------------------------------------------------------------------
+
+    def pvs(self, devices: list[str] | None = None) -> list[PhysicalVolume]:
+        """PVs among ``devices`` (all when None); devices that are not PVs are left out."""
+        if devices == []:
+            return []
+        argv = ["lvm", "pvs", "--reportformat", "json", "--units", "b", "--nosuffix", "-o", _PV_FIELDS,
+                *(devices or [])]
+        # Exit 5 with the found ones still reported when some devices are not PVs.
+        return parse_pvs(self.runner.run(argv, timeout=120, ok_codes=(0, 5), quiet=True).stdout)
+
+    def vg(self, name: str) -> VolumeGroup | None:
+        out = self.runner.run(["lvm", "vgs", "--reportformat", "json", "--units", "b", "--nosuffix", "-o",
+                               _VG_FIELDS, name], timeout=120, check=False, quiet=True)
+        found = parse_vgs(out.stdout) if out.returncode == 0 else []
+        return found[0] if found else None
+
+    def lvs(self, vg: str) -> list[LogicalVolume]:
+        out = self.runner.run(["lvm", "lvs", "-a", "--reportformat", "json", "--units", "b", "--nosuffix",
+                               "-o", _LV_FIELDS, vg], timeout=120, check=False, quiet=True)
+        return parse_lvs(out.stdout) if out.returncode == 0 else []
+
+    def lv(self, vg: str) -> LogicalVolume | None:
+        for lv in self.lvs(vg):
+            if lv.name == LV_NAME:
+                return lv
+        return None
+
+    def moves_in_progress(self, vg: str) -> list[LogicalVolume]:
+        return [lv for lv in self.lvs(vg) if lv.is_pvmove]
+
+    # -- actions -------------------------------------------------------------------------------
+
+    def pvcreate(self, device: str) -> None:
+        """Never -y / -ff: with stdin closed pvcreate refuses a device carrying a signature."""
+        self.runner.run(["lvm", "pvcreate", device], timeout=120)
+
+    def vgcreate(self, vg: str, devices: list[str]) -> None:
+        self.runner.run(["lvm", "vgcreate", vg, *devices], timeout=120)
+
+    def vgextend(self, vg: str, device: str) -> None:
+        self.runner.run(["lvm", "vgextend", vg, device], timeout=120)
+
+    def lvcreate_full(self, vg: str) -> None:
+        """The one LV of 100% of the VG (no signature wiping: the gate checks the LV afterwards)."""
+        self.runner.run(["lvm", "lvcreate", "-n", LV_NAME, "-l", "100%FREE", "--wipesignatures", "n", vg],
+                        timeout=300)
+
+    def lvextend_full(self, vg: str) -> bool:
+        """Extend the LV over the VG's free extents; False when there were none (lvextend would exit 5)."""
+        group = self.vg(vg)
+        if group is None or group.free < max(group.extent_size, 1):
+            return False
+        self.runner.run(["lvm", "lvextend", "-l", "+100%FREE", f"{vg}/{LV_NAME}"], timeout=300)
+        return True
+
+    def lvreduce(self, vg: str, size_bytes: int) -> None:
+        """Reduce the LV to ``size_bytes`` (rounded up to an extent by LVM).
+
+        ``--yes`` answers lvreduce's "really reduce?" prompt: callers shrink btrfs below this
+        size first and verify it, which is what makes the reduction safe.
+        """
+        self.runner.run(["lvm", "lvreduce", "--yes", "-L", f"{int(size_bytes)}b", f"{vg}/{LV_NAME}"],
+                        timeout=300)
+
+    def pvmove(self, device: str | None = None, *, interval: int = 5) -> None:
+        """Move extents off ``device`` (or, without one, resume an interrupted move), logging progress."""
+        argv = ["lvm", "pvmove", "-i", str(interval)]
+        if device:
+            argv.append(device)
+
+        def progress(line: str) -> None:
+            m = _PROGRESS_RE.search(line)
+            if m:
+                log.info("pvmove progress", device=m.group(1), percent=float(m.group(2)))
+
+        self.runner.run(argv, timeout=PVMOVE_TIMEOUT, on_line=progress)
+
+    def vgreduce(self, vg: str, device: str) -> None:
+        self.runner.run(["lvm", "vgreduce", vg, device], timeout=120)
+
+    def pvremove(self, device: str) -> None:
+        self.runner.run(["lvm", "pvremove", device], timeout=120)
+
+    def vgchange(self, vg: str, active: bool) -> None:
+        self.runner.run(["lvm", "vgchange", "-a", "y" if active else "n", vg], timeout=300)
+
+    # -- devices file (use_devicesfile=1, the RHEL 9 default) --------------------------------------
+
+    def devices_file_enabled(self) -> bool:
+        out = self.runner.run(["lvm", "config", "--typeconfig", "full", "devices/use_devicesfile"],
+                              timeout=60, check=False, quiet=True)
+        return out.returncode == 0 and out.stdout.strip().endswith("=1")
+
+    def devices_file_has(self, device: str) -> bool:
+        out = self.runner.run(["lvm", "lvmdevices"], timeout=60, check=False, quiet=True)
+        return device in out.stdout
+
+    def devices_file_add(self, device: str) -> None:
+        """Register a (verified, ours) device so LVM sees it after a re-attach."""
+        self.runner.run(["lvm", "lvmdevices", "--adddev", device], timeout=60)
+
+    def vgimportdevices(self, vg: str) -> None:
+        self.runner.run(["lvm", "vgimportdevices", vg], timeout=120)
+

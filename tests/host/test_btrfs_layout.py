@@ -1,0 +1,146 @@
+"""The btrfs layout on real loop devices: make, mount, grow by adding devices, shrink by removing one."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bsud.config import DRIVE_TAG
+from bsud.host import mounts
+from bsud.host.devices import GIB, DeviceMismatch, DeviceWaiter, VolumeRef
+from bsud.host.layouts import BtrfsLayout, LayoutError
+
+from .conftest import attach, verify_files, write_files
+
+pytestmark = pytest.mark.host
+
+DRIVE = "hosttest"
+TAGS = {DRIVE_TAG: DRIVE}
+
+
+def test_grow_by_adding_and_shrink_by_removing_a_device_with_data(local, runner, workdir: Path):
+    layout = BtrfsLayout(DRIVE, runner)
+    mnt = workdir / "mnt"
+    v1 = local.create_volume(DRIVE, 1, "gp2")
+    r1 = attach(local, v1.id)
+    assert r1.rule == "loop backing file" and r1.size_bytes == GIB
+
+    state = layout.observe([r1.device])
+    assert not state.has_filesystem and not state.members
+    layout.ensure_filesystem(r1, TAGS)
+    layout.ensure_filesystem(r1, TAGS)  # idempotent: the second call sees its own filesystem
+    state = layout.observe([r1.device])
+    assert state.has_filesystem and state.members == {r1.device}
+
+    layout.mount([r1.device], str(mnt))
+    layout.mount([r1.device], str(mnt))  # idempotent
+    assert mounts.mount_at(str(mnt)).fstype == "btrfs"
+    sums = write_files(mnt, 3, 100, "a")
+    before = layout.usage(str(mnt))
+    assert before.device_size == GIB and 25 < before.used_percent < 45
+
+    v2 = local.create_volume(DRIVE, 1, "gp2")
+    r2 = attach(local, v2.id)
+    layout.join(r2, TAGS, str(mnt))
+    layout.join(r2, TAGS, str(mnt))  # idempotent: already a member
+    assert layout.observe([r1.device, r2.device]).members == {r1.device, r2.device}
+    after = layout.usage(str(mnt))
+    assert after.device_size == 2 * GIB
+    assert after.used_percent < before.used_percent
+    sums |= write_files(mnt, 3, 100, "b")
+
+    layout.remove_device(r1.device, str(mnt))
+    layout.remove_device(r1.device, str(mnt))  # idempotent: already out
+    fs = layout.btrfs.show(str(mnt))
+    assert [d.path for d in fs.devices] == [r2.device]
+    assert layout.usage(str(mnt)).device_size == GIB
+    verify_files(sums)
+    # The removed device carries no btrfs signature any more: it can be detached and deleted.
+    assert layout.observe([r1.device, r2.device]).members == {r2.device}
+
+    layout.unmount(str(mnt))
+    assert mounts.mount_at(str(mnt)) is None
+    layout.deactivate([r2.device])
+    # Mount again from the remaining device: data intact.
+    layout.mount([r2.device], str(mnt))
+    verify_files(sums)
+    layout.unmount(str(mnt))
+
+
+def test_removing_the_only_device_is_refused(local, runner, workdir: Path):
+    layout = BtrfsLayout(DRIVE, runner)
+    v1 = local.create_volume(DRIVE, 1, "gp2")
+    r1 = attach(local, v1.id)
+    layout.ensure_filesystem(r1, TAGS)
+    layout.mount([r1.device], str(workdir / "m"))
+    with pytest.raises(LayoutError):
+        layout.remove_device(r1.device, str(workdir / "m"))
+    layout.unmount(str(workdir / "m"))
+
+
+def test_grow_after_the_volume_got_bigger(local, runner, workdir: Path):
+    layout = BtrfsLayout(DRIVE, runner)
+    v1 = local.create_volume(DRIVE, 1, "gp2")
+    r1 = attach(local, v1.id)
+    layout.ensure_filesystem(r1, TAGS)
+    mnt = str(workdir / "m")
+    layout.mount([r1.device], mnt)
+    assert layout.grow(mnt) is False
+    # Enlarge the backing file and tell the loop driver (what a cloud volume resize looks like).
+    with open(v1.backing_file, "r+b") as fh:
+        fh.truncate(2 * GIB)
+    subprocess.run(["losetup", "--set-capacity", r1.device], check=True)
+    assert layout.grow(mnt) is True
+    assert layout.usage(mnt).device_size == 2 * GIB
+    layout.unmount(mnt)
+
+
+def test_busy_unmount_names_the_holder(local, runner, workdir: Path):
+    layout = BtrfsLayout(DRIVE, runner)
+    v1 = local.create_volume(DRIVE, 1, "gp2")
+    r1 = attach(local, v1.id)
+    layout.ensure_filesystem(r1, TAGS)
+    mnt = workdir / "m"
+    layout.mount([r1.device], str(mnt))
+    holder = subprocess.Popen(["sleep", "60"], cwd=mnt)
+    try:
+        with pytest.raises(mounts.MountError) as info:
+            layout.unmount(str(mnt))
+        assert f"{holder.pid} (sleep)" in str(info.value) and info.value.temporary
+    finally:
+        holder.kill()
+        holder.wait()
+    layout.unmount(str(mnt))
+
+
+def test_mount_refuses_a_non_empty_directory_or_another_filesystem(local, runner, workdir: Path):
+    layout = BtrfsLayout(DRIVE, runner)
+    v1 = local.create_volume(DRIVE, 1, "gp2")
+    r1 = attach(local, v1.id)
+    layout.ensure_filesystem(r1, TAGS)
+    busy = workdir / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("user data")
+    with pytest.raises(mounts.MountError) as info:
+        layout.mount([r1.device], str(busy))
+    assert "not empty" in str(info.value)
+    other = workdir / "other"
+    other.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(other)], check=True)
+    try:
+        with pytest.raises(mounts.MountError) as info:
+            layout.mount([r1.device], str(other))
+        assert "tmpfs" in str(info.value)
+    finally:
+        subprocess.run(["umount", str(other)], check=True)
+    assert (busy / "keep.txt").read_text() == "user data"
+
+
+def test_resolver_on_loop_devices_refuses_a_wrong_size(local, workdir: Path):
+    v1 = local.create_volume(DRIVE, 1, "gp2")
+    r1 = attach(local, v1.id)
+    with DeviceWaiter() as waiter, pytest.raises(DeviceMismatch) as info:
+        waiter.wait(VolumeRef(v1.id, 2 * GIB, "/dev/xvdb", v1.backing_file), timeout=5)
+    assert r1.device in str(info.value) and str(2 * GIB) in str(info.value)
