@@ -1,0 +1,346 @@
+#!/usr/bin/env python3
+"""Host side of the throwaway test VM (run through scripts/vm-test).
+
+Boots Debian's generic kernel under QEMU (software emulation, no network card) on the
+host's own root, read-only over 9p with a tmpfs overlay, from a tiny initramfs built here
+at run time. Inside, tests/vm/guest-init.sh starts udevd and runs pytest's ``vm`` lane.
+
+The hypervisor bridge: the guest writes JSON lines to a virtio-serial port
+(``bsud.bridge``); this side answers them by hot-plugging disks through QMP:
+
+- ``{"op": "plug", "volume": ID, "size_gib": N, "device": "/dev/xvdc", "flavour": F}``
+  F = ``virtio`` (virtio-blk, serial = volume id), ``outscale`` (scsi-hd on virtio-scsi,
+  serial = sd<suffix>), ``aws`` (nvme, serial = volume id without its dash);
+- ``{"op": "unplug", "volume": ID}``, ``{"op": "delete", "volume": ID}``.
+
+Each volume is a sparse file that outlives unplugging (like a cloud volume), removed on
+delete. The guest's console is streamed to stdout; the exit code is pytest's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import re
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+GIB = 1024**3
+EXIT_MARK = re.compile(r"BSUD-VM-EXIT=(\d+)")
+INITRAMFS_MODULES = ["virtio_pci", "9pnet_virtio", "9p", "overlay"]
+
+INIT = """#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in $(cat /modules.list); do insmod "/lib/modules/$m" 2>/dev/null; done
+mkdir -p /lower /rw /newroot
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 hostroot /lower || exec sh
+mount -t tmpfs -o size=75% tmpfs /rw
+mkdir -p /rw/upper /rw/work
+mount -t overlay overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work /newroot || exec sh
+repo=$(sed -n 's/.*bsud.repo=\\([^ ]*\\).*/\\1/p' /proc/cmdline)
+umount /proc /sys
+mount --move /dev /newroot/dev 2>/dev/null || umount /dev
+exec switch_root /newroot /bin/bash "$repo/tests/vm/guest-init.sh"
+"""
+
+
+def log(message: str) -> None:
+    print(f"vm-test: {message}", file=sys.stderr, flush=True)
+
+
+# --- initramfs ---------------------------------------------------------------------------------
+
+
+def _cpio_entry(name: str, mode: int, data: bytes, ino: int) -> bytes:
+    name_bytes = name.encode() + b"\0"
+    fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(name_bytes), 0]
+    header = b"070701" + b"".join(f"{f:08x}".encode() for f in fields)
+    out = header + name_bytes
+    out += b"\0" * (-len(out) % 4)
+    out += data
+    out += b"\0" * (-len(out) % 4)
+    return out
+
+
+def build_initramfs(kver: str, dest: Path) -> None:
+    """A newc cpio (gzip) with busybox-static, the 9p/overlay modules and /init."""
+    deps: list[str] = []
+    for module in INITRAMFS_MODULES:
+        out = subprocess.run(["modprobe", "-S", kver, "--show-depends", module], capture_output=True, text=True,
+                             check=True).stdout
+        for line in out.splitlines():
+            parts = line.split()
+            if parts and parts[0] == "insmod" and parts[1] not in deps:
+                deps.append(parts[1])
+    entries: list[tuple[str, int, bytes]] = [
+        ("bin", stat.S_IFDIR | 0o755, b""),
+        ("dev", stat.S_IFDIR | 0o755, b""),
+        ("proc", stat.S_IFDIR | 0o755, b""),
+        ("sys", stat.S_IFDIR | 0o755, b""),
+        ("lib", stat.S_IFDIR | 0o755, b""),
+        ("lib/modules", stat.S_IFDIR | 0o755, b""),
+        ("bin/busybox", stat.S_IFREG | 0o755, Path("/bin/busybox").read_bytes()),
+        ("init", stat.S_IFREG | 0o755, INIT.encode()),
+    ]
+    names = []
+    for path in deps:
+        name = os.path.basename(path)
+        data = Path(path).read_bytes()
+        if name.endswith(".xz") or name.endswith(".zst"):
+            raise SystemExit(f"vm-test: compressed module {path} is not supported by busybox insmod here")
+        entries.append((f"lib/modules/{name}", stat.S_IFREG | 0o644, data))
+        names.append(name)
+    entries.append(("modules.list", stat.S_IFREG | 0o644, "\n".join(names).encode() + b"\n"))
+    blob = b"".join(_cpio_entry(n, m, d, i + 1) for i, (n, m, d) in enumerate(entries))
+    blob += _cpio_entry("TRAILER!!!", 0, b"", 0)
+    dest.write_bytes(gzip.compress(blob, compresslevel=1))
+
+
+def find_kernel() -> tuple[str, Path]:
+    kernels = sorted(Path("/boot").glob("vmlinuz-*"))
+    for kernel in reversed(kernels):
+        kver = kernel.name.removeprefix("vmlinuz-")
+        if (Path("/lib/modules") / kver / "kernel" / "drivers" / "md").is_dir():
+            return kver, kernel
+    raise SystemExit("vm-test: no /boot/vmlinuz-* with modules (install linux-image-amd64)")
+
+
+# --- QMP ---------------------------------------------------------------------------------------
+
+
+class Qmp:
+    def __init__(self, path: Path) -> None:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self.sock.connect(str(path))
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        self.file = self.sock.makefile("rw")
+        self.lock = threading.Lock()
+        self.events: list[dict] = []
+        self.file.readline()  # greeting
+        self.execute("qmp_capabilities")
+
+    def _read(self) -> dict:
+        line = self.file.readline()
+        if not line:
+            raise ConnectionError("QMP closed")
+        return json.loads(line)
+
+    def execute(self, command: str, **arguments: object) -> object:
+        with self.lock:
+            msg: dict[str, object] = {"execute": command}
+            if arguments:
+                msg["arguments"] = arguments
+            self.file.write(json.dumps(msg) + "\n")
+            self.file.flush()
+            while True:
+                reply = self._read()
+                if "event" in reply:
+                    self.events.append(reply)
+                    continue
+                if "error" in reply:
+                    raise RuntimeError(f"QMP {command}: {reply['error'].get('desc')}")
+                return reply.get("return")
+
+    def wait_event(self, name: str, device_id: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                for ev in self.events:
+                    if ev.get("event") == name and ev.get("data", {}).get("device") == device_id:
+                        self.events.remove(ev)
+                        return True
+            # Poll QMP so that events get read.
+            self.execute("query-status")
+            time.sleep(0.1)
+        return False
+
+
+# --- the bridge --------------------------------------------------------------------------------
+
+
+class Bridge:
+    """Answers the guest's plug/unplug/delete requests."""
+
+    def __init__(self, qmp: Qmp, disk_dir: Path) -> None:
+        self.qmp = qmp
+        self.disk_dir = disk_dir
+        self.plugged: dict[str, str] = {}
+
+    def handle(self, req: dict) -> dict:
+        op = req.get("op")
+        vol = str(req.get("volume", ""))
+        if not re.fullmatch(r"vol-[0-9a-f]+", vol):
+            return {"ok": False, "error": f"bad volume id {vol!r}"}
+        node, dev_id = f"n-{vol}", f"d-{vol}"
+        image = self.disk_dir / f"{vol}.img"
+        if op == "plug":
+            if vol in self.plugged:
+                return {"ok": True, "already": True}
+            if not image.exists():
+                with open(image, "wb") as fh:
+                    fh.truncate(int(req["size_gib"]) * GIB)
+            self.qmp.execute("blockdev-add", **{"driver": "raw", "node-name": node,
+                                                "file": {"driver": "file", "filename": str(image)}})
+            flavour = req.get("flavour", "virtio")
+            if flavour == "virtio":
+                device = {"driver": "virtio-blk-pci", "serial": vol[:20]}
+            elif flavour == "outscale":
+                m = re.fullmatch(r"/dev/(?:xvd|sd)([a-z]{1,2})", str(req.get("device", "")))
+                if not m:
+                    return {"ok": False, "error": f"outscale flavour needs /dev/xvdX, got {req.get('device')!r}"}
+                device = {"driver": "scsi-hd", "bus": "scsi0.0", "serial": f"sd{m.group(1)}"}
+            elif flavour == "aws":
+                device = {"driver": "nvme", "serial": vol.replace("-", "")[:20]}
+            else:
+                return {"ok": False, "error": f"unknown flavour {flavour!r}"}
+            self.qmp.execute("device_add", id=dev_id, drive=node, **device)
+            self.plugged[vol] = flavour
+            return {"ok": True}
+        if op == "unplug":
+            if vol not in self.plugged:
+                return {"ok": True, "already": True}
+            self.qmp.execute("device_del", id=dev_id)
+            if not self.qmp.wait_event("DEVICE_DELETED", dev_id, 30):
+                return {"ok": False, "error": f"guest did not release {dev_id} within 30 s"}
+            self.qmp.execute("blockdev-del", **{"node-name": node})
+            del self.plugged[vol]
+            return {"ok": True}
+        if op == "delete":
+            if vol in self.plugged:
+                return {"ok": False, "error": f"{vol} is still plugged"}
+            image.unlink(missing_ok=True)
+            return {"ok": True}
+        if op == "ping":
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown op {op!r}"}
+
+    def serve(self, path: Path) -> None:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.connect(str(path))
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    log("cannot connect to the bridge socket")
+                    return
+                time.sleep(0.1)
+        stream = sock.makefile("rw")
+        for line in stream:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                req = json.loads(line)
+                reply = self.handle(req)
+            except Exception as exc:  # noqa: BLE001 - reported to the guest
+                reply = {"ok": False, "error": str(exc)}
+            reply["id"] = req.get("id") if isinstance(req, dict) else None
+            stream.write(json.dumps(reply) + "\n")
+            stream.flush()
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Run pytest's vm lane inside a throwaway QEMU VM.")
+    parser.add_argument("--timeout", type=float, default=float(os.environ.get("BSUD_VM_TIMEOUT", "1800")),
+                        help="kill the guest after this many seconds (default 1800, env BSUD_VM_TIMEOUT)")
+    parser.add_argument("--memory", default=os.environ.get("BSUD_VM_MEMORY", "3072"), help="guest RAM in MiB")
+    parser.add_argument("--smp", default=os.environ.get("BSUD_VM_SMP", "2"))
+    parser.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    args = parser.parse_args()
+    if shutil.which("qemu-system-x86_64") is None:
+        raise SystemExit("vm-test: qemu-system-x86_64 is missing (package qemu-system-x86)")
+
+    kver, kernel = find_kernel()
+    work = Path(tempfile.mkdtemp(prefix="bsud-vm-"))
+    share = work / "share"
+    disks = work / "disks"
+    share.mkdir()
+    disks.mkdir()
+    pytest_args = [a for a in args.pytest_args if a != "--"]
+    (share / "args.json").write_text(json.dumps(pytest_args))
+    initrd = work / "initrd.gz"
+    started = time.monotonic()
+    build_initramfs(kver, initrd)
+    qmp_path, bridge_path = work / "qmp.sock", work / "bridge.sock"
+    argv = [
+        "qemu-system-x86_64", "-machine", "pc,accel=tcg", "-cpu", "max", "-smp", args.smp, "-m", args.memory,
+        "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-monitor", "none",
+        "-no-reboot", "-nic", "none",
+        "-kernel", str(kernel), "-initrd", str(initrd),
+        "-append", f"console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init bsud.repo={REPO}",
+        "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        "-virtfs", f"local,path={share},mount_tag=vmshare,security_model=none,multidevs=remap",
+        "-device", "virtio-scsi-pci,id=scsi0",
+        "-device", "virtio-serial-pci,id=vser0",
+        "-chardev", f"socket,id=bridge,path={bridge_path},server=on,wait=off",
+        "-device", "virtserialport,chardev=bridge,name=bsud.bridge",
+        "-qmp", f"unix:{qmp_path},server=on,wait=off",
+    ]
+    log(f"booting {kernel.name} (initramfs built in {time.monotonic() - started:.1f} s), "
+        f"timeout {args.timeout:g} s")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    qmp = Qmp(qmp_path)
+    bridge = Bridge(qmp, disks)
+    threading.Thread(target=bridge.serve, args=(bridge_path,), daemon=True).start()
+
+    exit_code: int | None = None
+    timed_out = threading.Event()
+
+    def killer() -> None:
+        deadline = started + args.timeout
+        while proc.poll() is None:
+            if time.monotonic() > deadline:
+                timed_out.set()
+                proc.kill()
+                return
+            time.sleep(0.5)
+
+    threading.Thread(target=killer, daemon=True).start()
+    assert proc.stdout is not None
+    for raw in iter(proc.stdout.readline, b""):
+        line = raw.decode(errors="replace").rstrip("\r\n")
+        print(line, flush=True)
+        m = EXIT_MARK.search(line)
+        if m:
+            exit_code = int(m.group(1))
+    proc.wait()
+    shutil.rmtree(work, ignore_errors=True)
+    took = time.monotonic() - started
+    if timed_out.is_set():
+        log(f"the guest did not finish within {args.timeout:g} s and was killed (raise --timeout or "
+            "BSUD_VM_TIMEOUT if the tests are just slow)")
+        return 124
+    if exit_code is None:
+        log(f"the guest stopped after {took:.1f} s without reporting a pytest exit code (see the console above)")
+        return 1
+    log(f"guest finished in {took:.1f} s, pytest exit code {exit_code}")
+    return exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Guest side of the hypervisor bridge: moto's EC2 server whose attach/detach really plug disks.
+
+A WSGI middleware in front of moto's app watches AttachVolume, DetachVolume and
+DeleteVolume. When moto accepts one, it asks the host (scripts/vmtest.py) over the
+``bsud.bridge`` virtio-serial port to hot-plug or unplug the volume's disk with the
+identity of the chosen cloud flavour, before answering bsud. bsud's production EC2
+provider talks to this endpoint unchanged.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import json
+import re
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+from moto.backends import get_backend
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.server import DomainDispatcherApplication, create_backend_app
+from werkzeug.serving import make_server
+
+logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+FLAVOURS = ("virtio", "outscale", "aws")
+
+
+def _port_device(name: str = "bsud.bridge") -> str:
+    for entry in Path("/sys/class/virtio-ports").iterdir():
+        if (entry / "name").read_text().strip() == name:
+            return f"/dev/{entry.name}"
+    raise RuntimeError(f"no virtio-serial port named {name} (not inside scripts/vm-test?)")
+
+
+class HostChannel:
+    """JSON-line requests to the host, one at a time."""
+
+    def __init__(self) -> None:
+        self.path = _port_device()
+        self.lock = threading.Lock()
+        self.counter = 0
+        self.stream = open(self.path, "r+b", buffering=0)  # noqa: SIM115 - lives as long as the bridge
+
+    def request(self, **req: Any) -> dict[str, Any]:
+        with self.lock:
+            self.counter += 1
+            req["id"] = self.counter
+            self.stream.write((json.dumps(req) + "\n").encode())
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = self.stream.read(4096)
+                if chunk:
+                    buf += chunk
+            reply = json.loads(buf.decode().strip().splitlines()[-1])
+        if not reply.get("ok"):
+            raise RuntimeError(f"host refused {req}: {reply.get('error')}")
+        return reply
+
+
+class BridgedMoto:
+    """moto's EC2 API on loopback, with disk hot-plug on attach/detach. ``flavour`` may change per test."""
+
+    def __init__(self, flavour: str = "virtio") -> None:
+        self.flavour = flavour
+        self.host = HostChannel()
+        self.app = DomainDispatcherApplication(create_backend_app)
+        self.server = make_server("127.0.0.1", 0, self, threaded=True)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.plugged: set[str] = set()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+    def reset(self) -> None:
+        for vol in list(self.plugged):
+            self.host.request(op="unplug", volume=vol)
+            self.plugged.discard(vol)
+
+    @staticmethod
+    def _region(environ: dict[str, Any]) -> str:
+        m = re.search(r"Credential=[^/]+/\d+/([^/]+)/ec2/", environ.get("HTTP_AUTHORIZATION", ""))
+        return m.group(1) if m else "us-east-1"
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        form = {k: v[0] for k, v in parse_qs(body.decode(errors="replace")).items()}
+        action = form.get("Action")
+        captured: dict[str, Any] = {}
+
+        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[..., Any]:
+            captured["status"], captured["headers"] = status, headers
+            return lambda _data: None
+
+        chunks = b"".join(self.app(environ, capture))
+        if captured["status"].startswith("200") and action in ("AttachVolume", "DetachVolume", "DeleteVolume"):
+            vol = form.get("VolumeId", "")
+            if action == "AttachVolume":
+                size = get_backend("ec2")[DEFAULT_ACCOUNT_ID][self._region(environ)].get_volume(vol).size
+                self.host.request(op="plug", volume=vol, size_gib=size, device=form.get("Device", ""),
+                                  flavour=self.flavour)
+                self.plugged.add(vol)
+            elif action == "DetachVolume":
+                self.host.request(op="unplug", volume=vol)
+                self.plugged.discard(vol)
+            else:
+                self.host.request(op="delete", volume=vol)
+        start_response(captured["status"], captured["headers"])
+        return [chunks]

@@ -1,0 +1,34 @@
+#!/bin/bash
+# PID 1 of the test VM (started by scripts/vmtest.py's initramfs on the overlay root):
+# mounts the basics, loads the storage modules, starts udevd, runs pytest's vm lane,
+# reports its exit code on the console and powers off.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mountpoint -q /dev || mount -t devtmpfs dev /dev
+mkdir -p /dev/pts /dev/shm
+[ -e /dev/fd ] || ln -s /proc/self/fd /dev/fd
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /tmp
+mkdir -p /run/vmshare /run/lock
+mount -t 9p -o trans=virtio,version=9p2000.L vmshare /run/vmshare
+for m in dm_mod dm_mirror btrfs virtio_blk virtio_scsi sd_mod nvme loop virtio_console; do modprobe "$m"; done
+ip link set lo up
+/lib/systemd/systemd-udevd --daemon
+udevadm trigger --action=add
+udevadm settle --timeout=30
+
+repo=$(sed -n 's/.*bsud.repo=\([^ ]*\).*/\1/p' /proc/cmdline)
+cd "$repo" || { echo "BSUD-VM-EXIT=3"; echo o > /proc/sysrq-trigger; }
+mapfile -t args < <(/usr/bin/python3 -c 'import json,sys; print("\n".join(json.load(open("/run/vmshare/args.json"))))' 2>/dev/null)
+[ "${#args[@]}" -eq 0 ] || [ -z "${args[0]}" ] && args=(tests/vm)
+export BSUD_IN_VM=1 HOME=/root PYTHONDONTWRITEBYTECODE=1 TERM=dumb
+echo "vm: kernel $(uname -r), udevd running, starting pytest ${args[*]}"
+.venv/bin/python -m pytest -p no:cacheprovider -m vm "${args[@]}"
+rc=$?
+sync
+echo "BSUD-VM-EXIT=$rc"
+echo o > /proc/sysrq-trigger
+sleep 10

@@ -1,0 +1,139 @@
+"""The lvm layout for real: PVs, VG, LV, btrfs, grow, remove with data, pvmove resume, devices file."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from bsud.config import DRIVE_TAG
+from bsud.host import mounts
+from bsud.host.layouts import LvmLayout
+from bsud.runner import Runner
+
+from ..host.conftest import verify_files, write_files
+
+pytestmark = pytest.mark.vm
+
+GIB = 1024**3
+
+
+def test_lvm_end_to_end_grow_and_remove_with_data(vm, tmp_path: Path):
+    drive = "lvmdrive"
+    tags = {DRIVE_TAG: drive}
+    cloud = vm.cloud("outscale")
+    layout = LvmLayout(drive, Runner())
+    mnt = str(tmp_path / "mnt")
+    v1 = cloud.create_volume(drive, 1, "gp2")
+    r1 = vm.attach(cloud, v1)
+    layout.join(r1, tags, None)
+    layout.join(r1, tags, None)  # idempotent
+    layout.ensure_filesystem()
+    layout.ensure_filesystem()  # idempotent: btrfs already there
+    state = layout.observe([r1.device])
+    assert state.members == {r1.device} and state.has_filesystem and state.active
+    assert Path(f"/dev/mapper/{drive}-bsud").exists()
+    layout.mount([r1.device], mnt)
+    sums = write_files(Path(mnt), 2, 100, "a")
+    size_one = layout.usage(mnt).device_size
+
+    v2 = cloud.create_volume(drive, 1, "gp2")
+    r2 = vm.attach(cloud, v2)
+    layout.join(r2, tags, mnt)
+    assert layout.grow(mnt) is True
+    assert layout.grow(mnt) is False  # nothing left to grow into
+    assert layout.usage(mnt).device_size > 1.9 * size_one
+    assert layout.lvm.vg(drive).pv_count == 2
+    sums |= write_files(Path(mnt), 2, 100, "b")
+
+    layout.remove_device(r1.device, mnt)
+    layout.remove_device(r1.device, mnt)  # idempotent: already out
+    assert layout.lvm.vg(drive).pv_count == 1
+    assert layout.lvm.pvs([r1.device]) == []
+    assert {d for lv in layout.lvm.lvs(drive) for d in lv.devices} == {r2.device}
+    verify_files(sums)
+    cloud.detach_volume(v1.id)
+    cloud.wait_detached(v1.id, timeout=30)
+    cloud.delete_volume(v1.id)
+
+    layout.unmount(mnt)
+    layout.deactivate([r2.device])
+    assert not layout.observe([r2.device]).active
+    layout.mount([r2.device], mnt)  # activates again
+    verify_files(sums)
+    layout.unmount(mnt)
+
+
+def test_pvmove_killed_midway_is_resumed(vm, tmp_path: Path):
+    drive = "movedrive"
+    tags = {DRIVE_TAG: drive}
+    cloud = vm.cloud("aws")
+    layout = LvmLayout(drive, Runner())
+    mnt = str(tmp_path / "mnt")
+    v1, v2 = cloud.create_volume(drive, 1, "gp2"), cloud.create_volume(drive, 1, "gp2")
+    r1 = vm.attach(cloud, v1)
+    layout.join(r1, tags, None)
+    layout.ensure_filesystem()
+    layout.mount([r1.device], mnt)
+    sums = write_files(Path(mnt), 3, 100)
+    r2 = vm.attach(cloud, v2)
+    layout.join(r2, tags, mnt)  # free space to move into; the LV is not grown
+
+    mover = subprocess.Popen(["lvm", "pvmove", "-i", "1", r1.device], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not layout.lvm.moves_in_progress(drive):
+        assert time.monotonic() < deadline, "pvmove never started"
+        assert mover.poll() is None, "pvmove finished before it could be interrupted"
+        time.sleep(0.05)
+    mover.send_signal(signal.SIGKILL)
+    mover.wait()
+    assert layout.lvm.moves_in_progress(drive), "the interrupted move should be visible"
+
+    layout.remove_device(r1.device, mnt)  # resumes the move, then takes the PV out
+    assert not layout.lvm.moves_in_progress(drive)
+    assert layout.lvm.pvs([r1.device]) == []
+    assert layout.lvm.vg(drive).pv_count == 1
+    verify_files(sums)
+    layout.unmount(mnt)
+
+
+def test_devices_file_reattached_volumes_are_imported(vm, tmp_path: Path, monkeypatch):
+    conf = tmp_path / "lvm"
+    (conf / "devices").mkdir(parents=True)
+    (conf / "lvm.conf").write_text("devices {\n    use_devicesfile = 1\n}\n")
+    monkeypatch.setenv("LVM_SYSTEM_DIR", str(conf))
+    drive = "devfiledrive"
+    tags = {DRIVE_TAG: drive}
+    cloud = vm.cloud("virtio")
+    layout = LvmLayout(drive, Runner())
+    assert layout.lvm.devices_file_enabled()
+    mnt = str(tmp_path / "mnt")
+    vols = [cloud.create_volume(drive, 1, "gp2") for _ in range(2)]
+    res = [vm.attach(cloud, v) for v in vols]
+    for r in res:
+        layout.join(r, tags, mnt if r is res[1] else None)
+        if r is res[0]:
+            layout.ensure_filesystem()
+            layout.mount([r.device], mnt)
+    layout.grow(mnt)
+    sums = write_files(Path(mnt), 2, 50)
+    layout.unmount(mnt)
+    layout.deactivate([r.device for r in res])
+    for v in vols:
+        cloud.detach_volume(v.id)
+        cloud.wait_detached(v.id, timeout=30)
+
+    # Another VM: its devices file exists (LVM ignores a missing one) but does not list these disks.
+    (conf / "devices" / "system.devices").write_text("# LVM uses devices listed in this file.\nVERSION=1.1.1\n")
+    res = [vm.attach(cloud, v) for v in vols]
+    devices = [r.device for r in res]
+    assert layout.observe(devices).members == frozenset(), "LVM should not see unknown devices"
+    layout.mount(devices, mnt)  # activate() registers the verified devices, then mounts
+    assert layout.observe(devices).members == set(devices)
+    assert mounts.mount_at(mnt) is not None
+    verify_files(sums)
+    layout.unmount(mnt)
