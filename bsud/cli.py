@@ -34,6 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"bsud {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("run", parents=[common], help="run the daemon in the foreground (the default)")
+    status = sub.add_parser("status", parents=[common],
+                            help="each drive's state, from the running daemon or by observing")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    sub.add_parser("plan", parents=[common], help="what the next step of each drive would be; changes nothing")
     sub.add_parser("check-config", parents=[common],
                    help="validate the config and print it with defaults filled and secrets masked")
     return parser
@@ -54,6 +59,81 @@ def cmd_check_config(config: Config) -> int:
     return EXIT_OK
 
 
+def _daemon_status(config: Config) -> dict | None:
+    """The running daemon's status file, if its process is alive."""
+    try:
+        data = json.loads(open(config.daemon.status_file).read())
+        os.kill(int(data["pid"]), 0)
+        return data
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _observed_status(config: Config) -> dict:
+    from bsud.cloud import make_provider
+    from bsud.reconcile.engine import DriveReconciler
+    from bsud.reconcile.observe import CloudSnapshot, unmanaged_drives
+
+    cloud = make_provider(config)
+    snapshot = CloudSnapshot(cloud)
+    drives = {}
+    for spec in config.drives:
+        rec = DriveReconciler(spec, cloud, snapshot, config.cloud.provider)
+        obs, plan = rec.plan_now()
+        rec._record(obs, plan)
+        drives[spec.name] = rec.status.__dict__
+    unmanaged = unmanaged_drives(snapshot.by_drive(), {d.name for d in config.drives}, cloud.identity().instance_id)
+    return {"pid": None, "drives": drives, "unmanaged": unmanaged}
+
+
+def cmd_status(config: Config, as_json: bool) -> int:
+    data = _daemon_status(config)
+    source = "daemon" if data else "observed (no daemon running)"
+    if data is None:
+        data = _observed_status(config)
+    if as_json:
+        json.dump({"source": source, **data}, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+        return EXIT_OK
+    print(f"source: {source}")
+    print(f"{'DRIVE':<16} {'TARGET':<8} {'PHASE':<14} {'VOLS':>4} {'SIZE':>8} {'USED':>7}  MOUNT / LAST ERROR")
+    for name, st in data["drives"].items():
+        used = f"{st['used_percent']:.1f}%" if st.get("used_percent") is not None else "-"
+        print(f"{name:<16} {st['target']:<8} {st['phase']:<14} {len(st['volumes']):>4} "
+              f"{str(st['size_gib']) + 'G':>8} {used:>7}  {st['mount_path']}")
+        if st.get("last_error"):
+            print(f"{'':<16} error: {st['last_error']}")
+        for note in st.get("notes", []):
+            print(f"{'':<16} note: {note}")
+    for name, vols in (data.get("unmanaged") or {}).items():
+        print(f"{name:<16} {'-':<8} {'unmanaged':<14} {len(vols):>4}  (tagged, attached here, not in the config)")
+    return EXIT_OK
+
+
+def cmd_plan(config: Config) -> int:
+    from bsud.cloud import make_provider
+    from bsud.reconcile.engine import DriveReconciler
+    from bsud.reconcile.observe import CloudSnapshot
+
+    cloud = make_provider(config)
+    snapshot = CloudSnapshot(cloud)
+    for spec in config.drives:
+        obs, plan = DriveReconciler(spec, cloud, snapshot, config.cloud.provider).plan_now()
+        action = plan.action
+        fields = {k: v for k, v in action.__dict__.items() if k != "reason" and v not in (None, "")}
+        detail = " ".join(f"{k}={v}" for k, v in fields.items())
+        print(f"{spec.name}: {plan.phase}: next {action.kind} {detail}".rstrip() + f" — {action.reason}")
+        for note in plan.notes:
+            print(f"{spec.name}: note: {note}")
+    return EXIT_OK
+
+
+def cmd_run(config: Config) -> int:
+    from bsud.daemon import Daemon
+
+    return Daemon(config).run()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -61,12 +141,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = getattr(args, "log_level", None) or env.bsud_log or "info"
     configure_logging(level)
     config_path = getattr(args, "config", None) or DEFAULT_CONFIG_PATH
-    command = args.command or "check-config"
+    command = args.command or "run"
     try:
         config = _load(config_path)
         if command == "check-config":
             return cmd_check_config(config)
-        parser.error(f"unknown command {command!r}")
+        if command == "status":
+            return cmd_status(config, args.json)
+        if command == "plan":
+            return cmd_plan(config)
+        return cmd_run(config)
     except InvalidConfig as exc:
         for problem in exc.problems:
             print(f"bsud: config error: {problem}", file=sys.stderr)

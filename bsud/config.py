@@ -26,6 +26,9 @@ from bsud.errors import BsudError, ConfigError
 
 DEFAULT_CONFIG_PATH = "/etc/osc/bsud.json"
 DRIVE_TAG = "osc.bsud.drive-name"
+#: bsud's bookkeeping on a volume being taken out of its drive: "removing" while data may
+#: still be on it, "evacuated" once it is verifiably out (safe to detach and delete).
+STATE_TAG = "osc.bsud.state"
 LV_NAME = "bsud"
 
 OUTSCALE_REGIONS = ("eu-west-2", "us-east-2", "us-west-1", "cloudgouv-eu-west-1", "ap-northeast-1")
@@ -143,6 +146,14 @@ class CloudSettings(_Section):
     max_attempts: int = Field(default=8, ge=1, le=50)
 
 
+class DaemonSettings(_Section):
+    status_file: str = "/run/bsud/status.json"
+    usage_interval_seconds: float = Field(default=5.0, gt=0)
+    cloud_refresh_seconds: float = Field(default=60.0, gt=0)
+    full_check_seconds: float = Field(default=60.0, gt=0)
+    retry_seconds: float = Field(default=10.0, gt=0)
+
+
 class DriveConfig(_Section):
     name: str
     target: Target
@@ -161,6 +172,7 @@ class DriveConfig(_Section):
 class _ConfigFile(_Section):
     authentication: Authentication | None = None
     cloud: CloudSettings = CloudSettings()
+    daemon: DaemonSettings = DaemonSettings()
     drives: list[DriveConfig]
 
 
@@ -181,6 +193,7 @@ class Config:
     path: str
     drives: tuple[DriveConfig, ...]
     cloud: CloudSettings
+    daemon: DaemonSettings
     access_key: str | None
     secret_key: SecretStr | None
     credentials_from: str
@@ -207,6 +220,7 @@ class Config:
             "config": self.path,
             "authentication": auth,
             "cloud": self.cloud.model_dump(mode="json", by_alias=True),
+            "daemon": self.daemon.model_dump(mode="json", by_alias=True),
             "drives": [d.model_dump(mode="json", by_alias=True) for d in self.drives],
         }
 
@@ -297,6 +311,8 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
         return DriveConfig
     if head == "cloud" and len(loc) == 1:
         return CloudSettings
+    if head == "daemon" and len(loc) == 1:
+        return DaemonSettings
     if head == "authentication" and len(loc) == 1:
         return Authentication
     return None
@@ -469,6 +485,7 @@ def parse_config(text: str, path: str = "<config>", env: EnvSettings | None = No
         path=path,
         drives=tuple(parsed.drives),
         cloud=parsed.cloud,
+        daemon=parsed.daemon,
         access_key=access,
         secret_key=secret,
         credentials_from=origin,

@@ -147,6 +147,10 @@ class CloudProvider(ABC):
         """Create a volume in this VM's zone, tagged for ``drive`` from its first moment."""
 
     @abstractmethod
+    def set_tag(self, volume_id: str, key: str, value: str) -> None:
+        """Set one tag on a volume (bsud's own bookkeeping, e.g. a removal in progress)."""
+
+    @abstractmethod
     def attach_volume(self, volume_id: str) -> str:
         """Attach to this VM under a free device name; return the name requested."""
 

@@ -206,6 +206,9 @@ class Ec2Cloud(CloudProvider):
         log.info("volume created", volume=volume.id, drive=drive, size_gib=size_gib, type=volume_type, iops=iops)
         return volume
 
+    def set_tag(self, volume_id: str, key: str, value: str) -> None:
+        self._call("CreateTags", volume_id=volume_id, Resources=[volume_id], Tags=[{"Key": key, "Value": value}])
+
     def _taken_device_names(self) -> set[str]:
         me = self._identity.instance_id
         taken: set[str] = set()

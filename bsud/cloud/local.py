@@ -202,6 +202,13 @@ class LocalCloud(CloudProvider):
         log.info("volume created", volume=volume_id, drive=drive, size_gib=size_gib, type=volume_type)
         return self._volume(volume_id, entry, {})
 
+    def set_tag(self, volume_id: str, key: str, value: str) -> None:
+        with self._locked() as meta:
+            entry = meta["volumes"].get(volume_id)
+            if entry is None:
+                raise VolumeStateError(volume_id, "deleted", " (it no longer exists)")
+            entry.setdefault("tags", {})[key] = value
+
     def attach_volume(self, volume_id: str) -> str:
         loops = self.loop_devices()
         with self._locked() as meta:

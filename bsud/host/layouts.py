@@ -121,6 +121,10 @@ class StorageLayout(ABC):
         mounts.unmount(self.runner, mount_point)
 
     @abstractmethod
+    def can_grow(self, mount_point: str) -> bool:
+        """Whether :meth:`grow` has space to give."""
+
+    @abstractmethod
     def grow(self, mount_point: str) -> bool:
         """Give the filesystem all the space of its devices; True when something grew."""
 
@@ -224,7 +228,16 @@ class LvmLayout(StorageLayout):
         if self.lvm.vg(self.vg) is not None:
             self.lvm.vgchange(self.vg, False)
 
+    def can_grow(self, mount_point: str) -> bool:
+        group = self.lvm.vg(self.vg)
+        if group is not None and group.free >= max(group.extent_size, 1):
+            return True
+        return self.btrfs.usage(mount_point).slack > 0
+
     def grow(self, mount_point: str) -> bool:
+        if self.lvm.moves_in_progress(self.vg):
+            log.info("resuming an interrupted pvmove", drive=self.drive)
+            self.lvm.pvmove()
         grew = self.lvm.lvextend_full(self.vg)
         usage = self.btrfs.usage(mount_point)
         if usage.slack > 0 or grew:
@@ -327,6 +340,10 @@ class BtrfsLayout(StorageLayout):
     def deactivate(self, devices: list[str]) -> None:
         for dev in devices:
             self.btrfs.forget(dev)
+
+    def can_grow(self, mount_point: str) -> bool:
+        fs = self.btrfs.show(mount_point)
+        return any((_device_bytes(d.path) or 0) > d.size for d in (fs.devices if fs else ()))
 
     def grow(self, mount_point: str) -> bool:
         fs = self.btrfs.show(mount_point)

@@ -9,6 +9,7 @@ Anything else is refused with an error naming the device and what is on it.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -69,6 +70,9 @@ def parse_wipefs_json(text: str) -> tuple[dict[str, str], ...]:
 
 def probe(runner: Runner, device: str) -> Probe:
     """Read the signatures on ``device`` (low-level probing, no cache)."""
+    if not os.path.exists(device):
+        # blkid exits 2 for a missing path too: never mistake "absent" for "blank".
+        raise BsudError(f"{device} does not exist (any more); cannot tell what is on it", temporary=True)
     found = runner.run(["blkid", "-p", "-o", "export", device], timeout=60, ok_codes=(0, 2), quiet=True)
     blkid = parse_blkid_export(found.stdout) if found.returncode == 0 else {}
     wipe = runner.run(["wipefs", "--no-act", "--json", device], timeout=60, quiet=True)

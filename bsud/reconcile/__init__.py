@@ -1,0 +1,1 @@
+"""Reconciling drives toward their target: observe, plan (pure), execute one step."""

@@ -1,0 +1,178 @@
+"""Plain data the planner works on: what was observed of a drive, and the actions it can ask for.
+
+No I/O here. An observation is rebuilt from the cloud's tags and the host before every
+step; an action is a small frozen value with a ``reason`` for the log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+GIB = 1024**3
+
+REMOVING, EVACUATED = "removing", "evacuated"
+
+
+@dataclass(frozen=True)
+class VolumeObs:
+    id: str
+    size_gib: int
+    state: str                          # creating | available | in-use | deleting | deleted | error
+    bookkeeping: str | None = None      # osc.bsud.state tag: removing | evacuated | None
+    attached_here: bool = False
+    attached_elsewhere: str | None = None  # instance id
+    device: str | None = None           # resolved and verified block device
+    device_error: str | None = None     # resolution refused (wrong size/serial)
+    member: bool = False                # part of the drive's storage (PV of its VG / btrfs device)
+    blank: bool = False                 # no signature at all (blkid and wipefs agree)
+    foreign: str | None = None          # what foreign data the gate found on it, if any
+
+    @property
+    def size_bytes(self) -> int:
+        return self.size_gib * GIB
+
+
+@dataclass(frozen=True)
+class UsageObs:
+    used: int
+    free: int
+    size: int
+
+    @property
+    def used_percent(self) -> float:
+        total = self.used + self.free
+        return 100.0 * self.used / total if total else 0.0
+
+
+@dataclass(frozen=True)
+class DriveObs:
+    name: str
+    volumes: tuple[VolumeObs, ...] = ()
+    has_filesystem: bool = False
+    mounted: bool = False
+    mount_blocked: str | None = None    # the mount path holds something else
+    active: bool = False
+    move_in_progress: bool = False
+    can_grow: bool = False
+    usage: UsageObs | None = None
+
+
+@dataclass(frozen=True)
+class Action:
+    reason: str = field(default="", compare=False)
+
+    @property
+    def kind(self) -> str:
+        return type(self).__name__
+
+    @property
+    def changes_cloud(self) -> bool:
+        return False
+
+
+@dataclass(frozen=True)
+class VolumeAction(Action):
+    volume_id: str = ""
+
+
+@dataclass(frozen=True)
+class CreateVolume(Action):
+    size_gib: int = 0
+
+    @property
+    def changes_cloud(self) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class AttachVolume(VolumeAction):
+    @property
+    def changes_cloud(self) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class DetachVolume(VolumeAction):
+    @property
+    def changes_cloud(self) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class DeleteVolume(VolumeAction):
+    @property
+    def changes_cloud(self) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class MarkVolume(VolumeAction):
+    """Set the bookkeeping tag (removing / evacuated)."""
+
+    value: str = ""
+
+    @property
+    def changes_cloud(self) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class Join(VolumeAction):
+    pass
+
+
+@dataclass(frozen=True)
+class MakeFilesystem(VolumeAction):
+    pass
+
+
+@dataclass(frozen=True)
+class RemoveFromDrive(VolumeAction):
+    keep_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Activate(Action):
+    pass
+
+
+@dataclass(frozen=True)
+class Deactivate(Action):
+    pass
+
+
+@dataclass(frozen=True)
+class Mount(Action):
+    pass
+
+
+@dataclass(frozen=True)
+class Unmount(Action):
+    pass
+
+
+@dataclass(frozen=True)
+class Grow(Action):
+    pass
+
+
+@dataclass(frozen=True)
+class Wait(Action):
+    """Nothing to do until something outside changes (a volume being created, a device appearing)."""
+
+
+@dataclass(frozen=True)
+class Blocked(Action):
+    """Cannot go on without a person: the reason says what to do."""
+
+
+@dataclass(frozen=True)
+class Idle(Action):
+    """The drive is where its target wants it."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    action: Action
+    phase: str
+    notes: tuple[str, ...] = ()

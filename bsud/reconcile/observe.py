@@ -1,0 +1,142 @@
+"""Observing a drive: its volumes from the cloud's tags, its storage from the host.
+
+Nothing is cached across steps except the cloud listing, which :class:`CloudSnapshot`
+shares between drives (one DescribeVolumes for all) and drops as soon as any drive
+changes something in the cloud.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from bsud.cloud.base import AVAILABLE, CloudProvider, Volume, volumes_by_drive
+from bsud.config import STATE_TAG, DriveConfig, Layout
+from bsud.errors import BsudError
+from bsud.host import mounts
+from bsud.host.devices import DeviceMismatch, Resolution, VolumeRef, block_devices, resolve_device
+from bsud.host.layouts import StorageLayout
+from bsud.host.safety import probe
+from bsud.logs import get_logger
+from bsud.reconcile.model import DriveObs, UsageObs, VolumeObs
+
+log = get_logger("bsud.reconcile.observe")
+
+
+class CloudSnapshot:
+    """The tagged volumes of every drive, read in one call and shared; refreshed when stale or dirty."""
+
+    def __init__(self, cloud: CloudProvider, max_age: float = 60.0) -> None:
+        self.cloud = cloud
+        self.max_age = max_age
+        self._lock = threading.Lock()
+        self._volumes: list[Volume] | None = None
+        self._stamp = 0.0
+        self.calls = 0
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._volumes = None
+
+    def volumes(self, max_age: float | None = None) -> list[Volume]:
+        age = self.max_age if max_age is None else max_age
+        with self._lock:
+            if self._volumes is None or time.monotonic() - self._stamp > age:
+                self._volumes = self.cloud.list_volumes()
+                self._stamp = time.monotonic()
+                self.calls += 1
+            return list(self._volumes)
+
+    def by_drive(self, max_age: float | None = None) -> dict[str, list[Volume]]:
+        return volumes_by_drive(self.volumes(max_age))
+
+
+def resolve_attached(volume: Volume, instance_id: str, devices: list[dict]) -> tuple[Resolution | None, str | None]:
+    """The verified device of an attached volume, or the refusal message."""
+    try:
+        return resolve_device(VolumeRef.from_volume(volume, instance_id), devices), None
+    except DeviceMismatch as exc:
+        return None, str(exc)
+
+
+def observe_drive(spec: DriveConfig, volumes: list[Volume], cloud: CloudProvider,
+                  layout: StorageLayout) -> tuple[DriveObs, dict[str, Resolution]]:
+    """Everything the planner needs to know about one drive, read now."""
+    me = cloud.identity().instance_id
+    devices = block_devices()
+    resolutions: dict[str, Resolution] = {}
+    errors: dict[str, str] = {}
+    for vol in volumes:
+        if vol.attachment_to(me) is not None:
+            found, error = resolve_attached(vol, me, devices)
+            if found is not None:
+                resolutions[vol.id] = found
+            elif error:
+                errors[vol.id] = error
+    paths = [r.device for r in resolutions.values()]
+    state = layout.observe(paths)
+
+    entry = mounts.mount_at(spec.mount_path)
+    mounted = False
+    mount_blocked = None
+    if entry is not None:
+        if layout._is_our_mount(entry, paths):
+            mounted = True
+        else:
+            mount_blocked = (f"{spec.mount_path} holds a {entry.fstype} filesystem from {entry.source} that is not "
+                             f"drive {spec.name!r}'s; unmount it or change mount-path")
+    elif os.path.isdir(spec.mount_path) and any(os.scandir(spec.mount_path)):
+        mount_blocked = (f"{spec.mount_path} is not empty; bsud mounts only on an empty directory "
+                         "(move its content away or change mount-path)")
+
+    obs_volumes = []
+    for vol in volumes:
+        res = resolutions.get(vol.id)
+        attached = vol.attachment_to(me)
+        elsewhere = vol.attached_elsewhere(me)
+        member = bool(res and res.device in state.members)
+        blank = False
+        foreign = None
+        if res is not None and not member:
+            try:
+                found = probe(layout.runner, res.device)
+            except BsudError:
+                found = None
+            if found is not None:
+                blank = found.blank
+                if not blank and layout.is_own(found):
+                    member = spec.layout == Layout.LVM  # an orphan PV of ours: treat as part of the drive
+                elif not blank:
+                    foreign = (f"{res.device} (volume {vol.id}) holds {found.describe()}, which is not drive "
+                               f"{spec.name!r}'s; bsud will not touch it. Wipe it yourself if the data is not "
+                               "needed, or detach the volume and remove its tag")
+        obs_volumes.append(VolumeObs(
+            id=vol.id, size_gib=vol.size_gib, state=vol.state, bookkeeping=vol.tags.get(STATE_TAG) or None,
+            attached_here=attached is not None, attached_elsewhere=elsewhere.instance_id if elsewhere else None,
+            device=res.device if res else None, device_error=errors.get(vol.id), member=member, blank=blank,
+            foreign=foreign,
+        ))
+
+    usage = None
+    can_grow = False
+    if mounted:
+        u = layout.usage(spec.mount_path)
+        usage = UsageObs(used=u.used, free=u.free_estimated, size=u.device_size)
+        can_grow = layout.can_grow(spec.mount_path)
+    active = state.active if spec.layout == Layout.LVM else mounted
+    obs = DriveObs(
+        name=spec.name, volumes=tuple(obs_volumes), has_filesystem=state.has_filesystem, mounted=mounted,
+        mount_blocked=mount_blocked if state.has_filesystem or entry is not None else None,
+        active=active, move_in_progress=state.move_in_progress, can_grow=can_grow, usage=usage,
+    )
+    return obs, resolutions
+
+
+def unmanaged_drives(by_drive: dict[str, list[Volume]], managed: set[str], instance_id: str) -> dict[str, list[str]]:
+    """Drives with volumes attached here that the config does not name (shown, left untouched)."""
+    return {
+        name: [v.id for v in vols]
+        for name, vols in by_drive.items()
+        if name not in managed and any(v.attachment_to(instance_id) for v in vols)
+    }

@@ -1,0 +1,262 @@
+"""The planner: from a drive's spec and what was observed, the next step. No side effects.
+
+Only the first action of a plan is executed; the drive is then observed again, so every
+decision is made on fresh state and an interrupted step is simply planned again.
+
+Scaling follows the original bsud, with its defects corrected:
+
+- at or above ``max-used-space-perc``: add a volume — the smallest × (1 − factor), floored at
+  ``initial-size-gib``, while two or more slots are free and no volume of the initial size
+  exists yet; otherwise the largest × (1 + factor). Capped at the cloud's volume size limit
+  and at what ``max-total-size-gib`` leaves (the original could overshoot it).
+- a volume count at ``max-bsu-count`` replaces its smallest volume to keep a slot free for
+  growth (never with a single volume: the original underflowed ``max-bsu-count - 1``).
+- at or below ``min-used-space-perc``: remove the largest volume, or with a single volume,
+  add an "ideal" one (used / (middle − margin)) to migrate onto.
+- hysteresis: a volume is removed only when the drive's used % after removal stays at or
+  under the middle of min and max, so a removal can never trigger a scale-up, and a
+  scale-up can never be undone by the next scale-down.
+"""
+
+from __future__ import annotations
+
+import math
+
+from bsud.config import DriveConfig, Layout, Target
+from bsud.reconcile.model import (
+    EVACUATED,
+    GIB,
+    REMOVING,
+    Activate,
+    Action,
+    AttachVolume,
+    Blocked,
+    CreateVolume,
+    Deactivate,
+    DeleteVolume,
+    DetachVolume,
+    DriveObs,
+    Grow,
+    Idle,
+    Join,
+    MakeFilesystem,
+    MarkVolume,
+    Mount,
+    Plan,
+    RemoveFromDrive,
+    Unmount,
+    UsageObs,
+    VolumeObs,
+    Wait,
+)
+
+CREATING, AVAILABLE, DELETING, DELETED, ERROR = "creating", "available", "deleting", "deleted", "error"
+#: Percentage points kept between an "ideal" volume's expected fill and the middle threshold.
+IDEAL_MARGIN = 5.0
+
+
+def middle_percent(spec: DriveConfig) -> float:
+    return (spec.min_used_space_perc + spec.max_used_space_perc) / 2.0
+
+
+def ideal_bytes(spec: DriveConfig, usage: UsageObs) -> int:
+    """Capacity at which the drive's data would fill it to a little under the middle threshold."""
+    target = max(middle_percent(spec) - IDEAL_MARGIN, 1.0) / 100.0
+    return max(math.ceil(usage.used / target), spec.initial_size_gib * GIB)
+
+
+def used_percent_without(usage: UsageObs, removed_bytes: int) -> float:
+    """Used % once ``removed_bytes`` of capacity are gone (100+ when the data would not fit)."""
+    remaining = usage.used + usage.free - removed_bytes
+    if remaining <= usage.used:
+        return math.inf
+    return 100.0 * usage.used / remaining
+
+
+def scale_decision(spec: DriveConfig, members: list[VolumeObs], usage: UsageObs,
+                   max_volume_gib: int) -> tuple[Action | None, str | None]:
+    """Scale up, down, or nothing, for a mounted drive whose volumes are all members. Pure.
+
+    Returns the action (or None) and a note explaining why nothing is done when a limit stops it.
+    """
+    count = len(members)
+    sizes = [v.size_gib for v in members]
+    total = sum(sizes)
+    pct = usage.used_percent
+    middle = middle_percent(spec)
+    smallest = min(members, key=lambda v: (v.size_gib, v.id))
+    largest = max(members, key=lambda v: (v.size_gib, v.id))
+
+    if count > 1 and count >= spec.max_bsu_count:
+        after = used_percent_without(usage, smallest.size_bytes)
+        if after < spec.max_used_space_perc:
+            return MarkVolume(volume_id=smallest.id, value=REMOVING,
+                              reason=f"{count} volumes reach max-bsu-count {spec.max_bsu_count}: replacing the "
+                                     f"smallest ({smallest.size_gib} GiB) keeps a slot free "
+                                     f"(used {pct:.1f}% → {after:.1f}%)"), None
+        if pct >= spec.max_used_space_perc:
+            return None, (f"full: {count} volumes is max-bsu-count and the data would not fit without the "
+                          f"smallest; raise max-bsu-count or free space")
+
+    if pct >= spec.max_used_space_perc:
+        if count >= spec.max_bsu_count:
+            return None, f"used {pct:.1f}% but max-bsu-count ({spec.max_bsu_count}) is reached"
+        room = math.inf if spec.max_total_size_gib is None else spec.max_total_size_gib - total
+        if room < 1:
+            return None, f"used {pct:.1f}% but max-total-size-gib ({spec.max_total_size_gib}) is reached"
+        factor = spec.disk_scale_factor_perc / 100.0
+        if count < spec.max_bsu_count - 1 and min(sizes) > spec.initial_size_gib:
+            size = max(spec.initial_size_gib, math.ceil(min(sizes) * (1 - factor)))
+            kind = "smaller"
+        else:
+            size = min(max_volume_gib, math.ceil(max(sizes) * (1 + factor)))
+            kind = "larger"
+        size = int(min(size, room))
+        return CreateVolume(size_gib=size, reason=f"used {pct:.1f}% >= {spec.max_used_space_perc}%: adding a "
+                                                  f"{kind} volume of {size} GiB"), None
+
+    if pct <= spec.min_used_space_perc:
+        if count > 1:
+            after = used_percent_without(usage, largest.size_bytes)
+            if after <= middle:
+                return MarkVolume(volume_id=largest.id, value=REMOVING,
+                                  reason=f"used {pct:.1f}% <= {spec.min_used_space_perc}%: removing the largest "
+                                         f"volume ({largest.size_gib} GiB), used will be {after:.1f}%"), None
+            return None, None
+        if total <= spec.initial_size_gib:
+            return None, None
+        ideal_gib = math.ceil(ideal_bytes(spec, usage) / GIB)
+        if ideal_gib < total and count < spec.max_bsu_count:
+            return CreateVolume(size_gib=ideal_gib,
+                                reason=f"used {pct:.1f}% <= {spec.min_used_space_perc}% on one volume: adding an "
+                                       f"ideal {ideal_gib} GiB volume to move the data onto"), None
+    return None, None
+
+
+def _plan_online(spec: DriveConfig, obs: DriveObs, max_volume_gib: int) -> Plan:
+    notes: list[str] = []
+    vols = [v for v in obs.volumes if v.state not in (DELETING, DELETED)]
+    for v in vols:
+        if v.state == ERROR:
+            notes.append(f"volume {v.id} is in state 'error' and is not used; delete it or repair it in the cloud")
+    vols = [v for v in vols if v.state != ERROR]
+
+    for v in vols:
+        if v.attached_elsewhere and not v.attached_here:
+            return Plan(Blocked(reason=f"volume {v.id} is attached to {v.attached_elsewhere}; detach it there "
+                                       "(or remove its tag) to bring the drive online here"), "blocked", tuple(notes))
+
+    for v in vols:
+        if v.bookkeeping == EVACUATED and not v.member:
+            if v.attached_here:
+                return Plan(DetachVolume(volume_id=v.id, reason=f"{v.id} is out of the drive"), "scaling-down")
+            if v.state == AVAILABLE:
+                return Plan(DeleteVolume(volume_id=v.id, reason=f"{v.id} is out of the drive and detached"),
+                            "scaling-down")
+    live = [v for v in vols if not (v.bookkeeping == EVACUATED and not v.member)]
+    creating = [v for v in live if v.state == CREATING]
+
+    if not live:
+        return Plan(CreateVolume(size_gib=spec.initial_size_gib, reason="the drive has no volume yet"),
+                    "creating", tuple(notes))
+    for v in live:
+        if v.state == AVAILABLE and not v.attached_here:
+            return Plan(AttachVolume(volume_id=v.id, reason=f"{v.id} is not attached"), "attaching", tuple(notes))
+    for v in live:
+        if v.device_error:
+            return Plan(Blocked(reason=v.device_error), "blocked", tuple(notes))
+    waiting = [v.id for v in live if v.attached_here and v.device is None]
+    if waiting:
+        return Plan(Wait(reason=f"waiting for the device of {', '.join(waiting)}"), "attaching", tuple(notes))
+    if creating:
+        return Plan(Wait(reason=f"waiting for {', '.join(v.id for v in creating)} to be created"), "creating",
+                    tuple(notes))
+    for v in live:
+        if v.foreign:
+            return Plan(Blocked(reason=v.foreign), "blocked", tuple(notes))
+
+    members = [v for v in live if v.member]
+    removing = [v for v in live if v.bookkeeping == REMOVING]
+    for v in removing:
+        if not v.member and v.blank:
+            return Plan(MarkVolume(volume_id=v.id, value=EVACUATED, reason=f"{v.id} verifiably holds nothing of "
+                                   "the drive any more"), "scaling-down", tuple(notes))
+    fresh = [v for v in live if not v.member and v.blank and v.bookkeeping != REMOVING]
+
+    if members and not obs.active and spec.layout == Layout.LVM:
+        return Plan(Activate(reason="the drive's storage is not active"), "assembling", tuple(notes))
+    if not obs.has_filesystem:
+        if spec.layout == Layout.LVM:
+            if fresh:
+                return Plan(Join(volume_id=fresh[0].id, reason=f"{fresh[0].id} is not a PV of the drive yet"),
+                            "assembling", tuple(notes))
+            if members:
+                return Plan(MakeFilesystem(reason="the drive's LV has no filesystem yet"), "assembling",
+                            tuple(notes))
+        else:
+            if members:
+                return Plan(Blocked(reason="the drive's btrfs devices are incomplete or unreadable"), "blocked",
+                            tuple(notes))
+            if fresh:
+                first = fresh[0]
+                return Plan(MakeFilesystem(volume_id=first.id, reason=f"no filesystem yet: making it on {first.id}"),
+                            "assembling", tuple(notes))
+        return Plan(Wait(reason="nothing to build the filesystem on yet"), "assembling", tuple(notes))
+    if obs.mount_blocked:
+        return Plan(Blocked(reason=obs.mount_blocked), "blocked", tuple(notes))
+    if not obs.mounted:
+        return Plan(Mount(reason="the filesystem is not mounted"), "mounting", tuple(notes))
+    if fresh:
+        return Plan(Join(volume_id=fresh[0].id, reason=f"{fresh[0].id} is attached but not part of the drive"),
+                    "scaling-up", tuple(notes))
+    for v in removing:
+        if v.member:
+            keep = ideal_bytes(spec, obs.usage) if obs.usage else None
+            return Plan(RemoveFromDrive(volume_id=v.id, keep_bytes=keep,
+                                        reason=f"moving data off {v.id} before it leaves the drive"),
+                        "scaling-down", tuple(notes))
+    if obs.can_grow or obs.move_in_progress:
+        return Plan(Grow(reason="the filesystem can use more space"), "growing", tuple(notes))
+    if obs.usage is None or len(members) != len(live):
+        return Plan(Idle(reason="online"), "online", tuple(notes))
+    action, note = scale_decision(spec, members, obs.usage, max_volume_gib)
+    if note:
+        notes.append(note)
+    if action is None:
+        return Plan(Idle(reason="online"), "online", tuple(notes))
+    phase = "scaling-up" if isinstance(action, CreateVolume) and obs.usage.used_percent >= \
+        spec.max_used_space_perc else "scaling-down"
+    return Plan(action, phase, tuple(notes))
+
+
+def _plan_offline(obs: DriveObs) -> Plan | None:
+    if obs.mounted:
+        return Plan(Unmount(reason="target is offline"), "going-offline")
+    if obs.active:
+        return Plan(Deactivate(reason="target is offline"), "going-offline")
+    for v in obs.volumes:
+        if v.attached_here:
+            return Plan(DetachVolume(volume_id=v.id, reason="target is offline"), "going-offline")
+    return None
+
+
+def plan(spec: DriveConfig, obs: DriveObs, max_volume_gib: int = 14901) -> Plan:
+    """The next step for ``spec``'s drive given ``obs``. Pure: no I/O, no clock."""
+    if spec.target == Target.ONLINE:
+        return _plan_online(spec, obs, max_volume_gib)
+    offline = _plan_offline(obs)
+    if offline is not None:
+        return offline
+    if spec.target == Target.OFFLINE:
+        return Plan(Idle(reason="offline"), "offline")
+    for v in obs.volumes:
+        if v.attached_elsewhere:
+            return Plan(Blocked(reason=f"volume {v.id} is attached to {v.attached_elsewhere}; not deleting it"),
+                        "blocked")
+    for v in obs.volumes:
+        if v.state == AVAILABLE or v.state == ERROR:
+            return Plan(DeleteVolume(volume_id=v.id, reason="target is delete"), "deleting")
+    pending = [v.id for v in obs.volumes if v.state in (CREATING, DELETING)]
+    if pending:
+        return Plan(Wait(reason=f"waiting for {', '.join(pending)}"), "deleting")
+    return Plan(Idle(reason="deleted"), "deleted")
