@@ -1,0 +1,120 @@
+"""Running the bsud daemon as a process on the local provider, for the host lane."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class DaemonHarness:
+    def __init__(self, workdir: Path, drive: str = "lifecycle", **drive_settings: Any) -> None:
+        self.workdir = workdir
+        self.drive = drive
+        self.config_path = workdir / "bsud.json"
+        self.status_path = workdir / "status.json"
+        self.state_dir = workdir / "state"
+        self.mount = workdir / "mnt"
+        self.log_path = workdir / "bsud.log"
+        self.proc: subprocess.Popen | None = None
+        self.settings = {
+            "name": drive, "target": "online", "mount-path": str(self.mount), "layout": "btrfs",
+            "initial-size-gib": 1, "max-bsu-count": 4, "max-total-size-gib": 8,
+            "max-used-space-perc": 85, "min-used-space-perc": 40, "disk-scale-factor-perc": 20,
+            **drive_settings,
+        }
+        self.write_config()
+
+    def write_config(self, **changes: Any) -> None:
+        self.settings.update(changes)
+        doc = {
+            "cloud": {"provider": "local", "state-dir": str(self.state_dir), "instance-id": "i-lifecycle"},
+            "daemon": {"status-file": str(self.status_path), "usage-interval-seconds": 0.5,
+                       "full-check-seconds": 3, "retry-seconds": 0.5, "cloud-refresh-seconds": 30},
+            "drives": [self.settings],
+        }
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, self.config_path)
+
+    def start(self, **env: str) -> None:
+        full_env = {**os.environ, **env}
+        self.log = open(self.log_path, "a")  # noqa: SIM115
+        self.proc = subprocess.Popen([sys.executable, "-m", "bsud", "-c", str(self.config_path)], cwd=ROOT,
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=full_env)
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(60)
+        self.proc = None
+        return rc
+
+    def wait_exit(self, timeout: float = 120) -> int:
+        assert self.proc is not None
+        rc = self.proc.wait(timeout)
+        self.proc = None
+        return rc
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def status(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.status_path.read_text())["drives"][self.drive]
+        except (OSError, ValueError, KeyError):
+            return {}
+
+    def wait_for(self, what: str, check: Callable[[dict[str, Any]], bool], timeout: float = 120) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        st: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited ({self.proc.returncode}) while waiting for {what}; "
+                                     f"log tail:\n{self.tail()}")
+            st = self.status()
+            if st and check(st):
+                return st
+            time.sleep(0.3)
+        raise AssertionError(f"timed out waiting for {what}; last status {st}; log tail:\n{self.tail()}")
+
+    def wait_online(self, volumes: int | None = None, timeout: float = 120) -> dict[str, Any]:
+        def ok(st: dict[str, Any]) -> bool:
+            return st.get("phase") == "online" and st.get("action") == "Idle" and \
+                (volumes is None or len(st.get("volumes", [])) == volumes) and \
+                all(v.get("member") for v in st.get("volumes", []))
+        return self.wait_for(f"online with {volumes} volumes", ok, timeout)
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text().splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def images(self) -> list[str]:
+        return sorted(p.name for p in (self.state_dir / "volumes").glob("*.img"))
+
+    def loops(self) -> list[str]:
+        out = subprocess.run(["losetup", "--json", "--list"], capture_output=True, text=True).stdout
+        devices = json.loads(out).get("loopdevices", []) if out.strip() else []
+        return [d["name"] for d in devices if (d.get("back-file") or "").startswith(str(self.state_dir))]
+
+    def mounted(self) -> bool:
+        with open("/proc/self/mountinfo") as fh:
+            return any(line.split()[4] == str(self.mount) for line in fh)
+
+    def fill(self, name: str, mib: int) -> None:
+        subprocess.run(["dd", "if=/dev/urandom", f"of={self.mount / name}", "bs=1M", f"count={mib}",
+                        "status=none"], check=True)
+        subprocess.run(["sync"], check=True)

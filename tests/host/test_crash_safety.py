@@ -1,0 +1,90 @@
+"""kill -9 at every step boundary of scale-up and scale-down, then restart: converges, no data lost, no leak.
+
+The daemon is driven to the step by the BSUD_TEST_CRASH_BEFORE/AFTER hook, which SIGKILLs it
+right before or after the first action of that kind after it starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .daemon_harness import DaemonHarness
+
+pytestmark = pytest.mark.host
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def checksums(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.glob("*.bin"))}
+
+
+@pytest.fixture
+def harness(workdir: Path):
+    h = DaemonHarness(workdir, drive="crashtest")
+    yield h
+    if h.alive():
+        h.proc.kill()
+        h.proc.wait()
+    subprocess.run([sys.executable, "-m", "bsud.cleanup", "-c", str(h.config_path), "--all"], capture_output=True,
+                   cwd=ROOT, timeout=300)
+
+
+def assert_no_leak(h: DaemonHarness, volumes: int) -> None:
+    st = h.status()
+    assert len(st["volumes"]) == volumes
+    assert len(h.images()) == volumes, h.images()
+    assert len(h.loops()) == volumes, h.loops()
+    assert all(v["member"] for v in st["volumes"])
+    assert not any(v.get("bookkeeping") for v in st["volumes"])
+
+
+def crash_and_recover(h: DaemonHarness, when: str, action: str) -> None:
+    h.start(**{f"BSUD_TEST_CRASH_{when.upper()}": action})
+    assert h.wait_exit(180) == -9, f"daemon did not reach {when} {action}:\n{h.tail()}"
+    h.start()
+
+
+SCALE_UP = [("after", "CreateVolume"), ("after", "AttachVolume"), ("before", "Join"), ("after", "Join")]
+SCALE_DOWN = [("after", "MarkVolume"), ("before", "RemoveFromDrive"), ("after", "RemoveFromDrive"),
+              ("after", "DetachVolume"), ("after", "DeleteVolume")]
+
+
+@pytest.mark.parametrize(("when", "action"), SCALE_UP, ids=[f"{w}-{a}" for w, a in SCALE_UP])
+def test_kill_during_scale_up(harness: DaemonHarness, when: str, action: str):
+    h = harness
+    h.start()
+    h.wait_online(volumes=1)
+    assert h.stop() == 0
+    h.fill("a.bin", 880)  # over 85% while no daemon runs
+    sums = checksums(h.mount)
+    crash_and_recover(h, when, action)
+    h.wait_online(volumes=2)
+    assert checksums(h.mount) == sums
+    assert_no_leak(h, 2)
+    assert h.stop() == 0
+
+
+@pytest.mark.parametrize(("when", "action"), SCALE_DOWN, ids=[f"{w}-{a}" for w, a in SCALE_DOWN])
+def test_kill_during_scale_down(harness: DaemonHarness, when: str, action: str):
+    h = harness
+    h.start()
+    h.wait_online(volumes=1)
+    h.fill("a.bin", 880)
+    h.wait_online(volumes=2)
+    assert h.stop() == 0
+    (h.mount / "a.bin").unlink()
+    h.fill("b.bin", 100)
+    sums = checksums(h.mount)
+    crash_and_recover(h, when, action)
+    h.wait_for("scale-down to one volume",
+               lambda s: s.get("phase") == "online" and s.get("action") == "Idle" and len(s["volumes"]) == 1,
+               timeout=180)
+    assert checksums(h.mount) == sums
+    assert_no_leak(h, 1)
+    assert h.stop() == 0

@@ -1,0 +1,214 @@
+"""The planner as tables of observed states → the next action (pure, no I/O)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bsud.config import DriveConfig, Layout, Target
+from bsud.reconcile.model import (
+    EVACUATED,
+    GIB,
+    REMOVING,
+    DriveObs,
+    UsageObs,
+    VolumeObs,
+)
+from bsud.reconcile.planner import plan, scale_decision, used_percent_without
+
+
+def spec(**kw) -> DriveConfig:
+    base = dict(name="d", target=Target.ONLINE, mount_path="/mnt/d", layout=Layout.BTRFS, initial_size_gib=10,
+                max_bsu_count=10, max_used_space_perc=85, min_used_space_perc=40, disk_scale_factor_perc=20)
+    base.update(kw)
+    return DriveConfig(**base)
+
+
+def vol(vid: str, size: int = 10, state: str = "in-use", **kw) -> VolumeObs:
+    base = dict(attached_here=state == "in-use", device=f"/dev/{vid}" if state == "in-use" else None,
+                member=state == "in-use")
+    base.update(kw)
+    return VolumeObs(id=vid, size_gib=size, state=state, **base)
+
+
+def usage(used_gib: float, total_gib: float) -> UsageObs:
+    used = int(used_gib * GIB)
+    return UsageObs(used=used, free=int(total_gib * GIB) - used, size=int(total_gib * GIB))
+
+
+def online(*vols: VolumeObs, used: float | None = None, **kw) -> DriveObs:
+    total = sum(v.size_gib for v in vols if v.member)
+    base = dict(has_filesystem=any(v.member for v in vols), mounted=True, active=True,
+                usage=usage(used, total) if used is not None else None)
+    base.update(kw)
+    return DriveObs(name="d", volumes=tuple(vols), **base)
+
+
+def step(s: DriveConfig, o: DriveObs) -> tuple[str, dict]:
+    p = plan(s, o)
+    fields = {k: v for k, v in p.action.__dict__.items() if k not in ("reason",) and v not in (None, "")}
+    return p.action.kind, fields
+
+
+ONLINE_TABLE = [
+    ("empty-drive-creates-initial", spec(), DriveObs(name="d"), ("CreateVolume", {"size_gib": 10})),
+    ("creating-volume-is-waited-for-not-attached", spec(),
+     DriveObs(name="d", volumes=(vol("v1", state="creating", attached_here=False, member=False),)),
+     ("Wait", {})),
+    ("available-volume-is-attached", spec(), DriveObs(name="d", volumes=(vol("v1", state="available"),)),
+     ("AttachVolume", {"volume_id": "v1"})),
+    ("attached-elsewhere-blocks", spec(),
+     DriveObs(name="d", volumes=(vol("v1", state="in-use", attached_here=False, attached_elsewhere="i-other",
+                                     device=None, member=False),)), ("Blocked", {})),
+    ("error-volume-is-reported-not-used", spec(),
+     DriveObs(name="d", volumes=(vol("v1", state="error", attached_here=False, device=None, member=False),)),
+     ("CreateVolume", {"size_gib": 10})),
+    ("device-not-there-yet-waits", spec(),
+     DriveObs(name="d", volumes=(vol("v1", device=None, member=False),)), ("Wait", {})),
+    ("device-mismatch-blocks", spec(),
+     DriveObs(name="d", volumes=(vol("v1", device=None, member=False, device_error="wrong size"),)),
+     ("Blocked", {})),
+    ("foreign-data-blocks", spec(),
+     DriveObs(name="d", volumes=(vol("v1", member=False, foreign="holds ext4"),)), ("Blocked", {})),
+    ("btrfs-blank-gets-filesystem", spec(),
+     DriveObs(name="d", volumes=(vol("v1", member=False, blank=True),)), ("MakeFilesystem", {"volume_id": "v1"})),
+    ("lvm-blank-joins-before-mkfs", spec(layout=Layout.LVM),
+     DriveObs(name="d", volumes=(vol("v1", member=False, blank=True),)), ("Join", {"volume_id": "v1"})),
+    ("lvm-member-without-fs-gets-mkfs", spec(layout=Layout.LVM),
+     DriveObs(name="d", volumes=(vol("v1"),), active=True), ("MakeFilesystem", {})),
+    ("lvm-inactive-is-activated", spec(layout=Layout.LVM),
+     DriveObs(name="d", volumes=(vol("v1"),), active=False, has_filesystem=False), ("Activate", {})),
+    ("not-mounted-is-mounted", spec(), online(vol("v1"), mounted=False), ("Mount", {})),
+    ("mount-path-busy-blocks", spec(), online(vol("v1"), mounted=False, mount_blocked="not empty"), ("Blocked", {})),
+    ("new-blank-volume-joins-when-mounted", spec(),
+     online(vol("v1"), vol("v2", member=False, blank=True), used=5), ("Join", {"volume_id": "v2"})),
+    ("slack-is-grown", spec(), online(vol("v1"), used=5, can_grow=True), ("Grow", {})),
+    ("interrupted-move-is-resumed", spec(layout=Layout.LVM), online(vol("v1"), used=5, move_in_progress=True),
+     ("Grow", {})),
+    ("steady", spec(), online(vol("v1"), used=5), ("Idle", {})),
+    # removal bookkeeping, each step of it
+    ("removing-member-is-evacuated", spec(),
+     online(vol("v1"), vol("v2", 12, bookkeeping=REMOVING), used=2), ("RemoveFromDrive", {"volume_id": "v2"})),
+    ("removing-and-blank-is-marked-evacuated", spec(),
+     online(vol("v1"), vol("v2", 12, bookkeeping=REMOVING, member=False, blank=True), used=2),
+     ("MarkVolume", {"volume_id": "v2", "value": EVACUATED})),
+    ("removing-with-unknown-content-is-not-evacuated", spec(),
+     online(vol("v1"), vol("v2", 12, bookkeeping=REMOVING, member=False, blank=False, foreign="?"), used=2),
+     ("Blocked", {})),
+    ("removing-but-detached-is-attached-again-first", spec(),
+     online(vol("v1"), vol("v2", 12, state="available", bookkeeping=REMOVING), used=2),
+     ("AttachVolume", {"volume_id": "v2"})),
+    ("evacuated-attached-is-detached", spec(),
+     online(vol("v1"), vol("v2", 12, bookkeeping=EVACUATED, member=False, blank=True), used=2),
+     ("DetachVolume", {"volume_id": "v2"})),
+    ("evacuated-detached-is-deleted", spec(),
+     online(vol("v1"), vol("v2", 12, state="available", bookkeeping=EVACUATED), used=2),
+     ("DeleteVolume", {"volume_id": "v2"})),
+    ("removal-comes-before-grow", spec(layout=Layout.LVM),
+     online(vol("v1"), vol("v2", 12, bookkeeping=REMOVING), used=2, can_grow=True),
+     ("RemoveFromDrive", {"volume_id": "v2"})),
+]
+
+
+@pytest.mark.parametrize(("s", "o", "expected"), [r[1:] for r in ONLINE_TABLE], ids=[r[0] for r in ONLINE_TABLE])
+def test_online(s, o, expected):
+    kind, fields = step(s, o)
+    assert kind == expected[0]
+    for key, value in expected[1].items():
+        assert fields.get(key) == value, fields
+
+
+SCALE_TABLE = [
+    # id, spec overrides, volume sizes, used GiB, expected (kind, fields) or None
+    ("up-larger-when-smallest-is-initial", {}, [10], 9.0, ("CreateVolume", {"size_gib": 12})),
+    ("up-smaller-when-no-initial-volume", {}, [20], 18.0, ("CreateVolume", {"size_gib": 16})),
+    ("up-smaller-floored-at-initial", {"initial_size_gib": 10}, [11], 10.0, ("CreateVolume", {"size_gib": 10})),
+    ("up-larger-at-one-below-max", {"max_bsu_count": 3}, [20, 24], 40.0, ("CreateVolume", {"size_gib": 29})),
+    ("up-capped-by-volume-limit", {"max_bsu_count": 3}, [10, 14000], 13000.0, ("CreateVolume", {"size_gib": 14901})),
+    ("up-capped-by-max-total-no-overshoot", {"max_total_size_gib": 25}, [10, 12], 20.0,
+     ("CreateVolume", {"size_gib": 3})),
+    ("up-stops-at-max-total", {"max_total_size_gib": 22}, [10, 12], 20.0, None),
+    ("up-single-volume-max-count-one-no-underflow", {"max_bsu_count": 1}, [10], 9.5, None),
+    ("at-max-count-replaces-smallest", {"max_bsu_count": 3}, [10, 12, 14], 18.0,
+     ("MarkVolume", {"volume_id": "v0", "value": REMOVING})),
+    ("at-max-count-full-does-nothing", {"max_bsu_count": 3}, [10, 12, 14], 34.0, None),
+    ("over-max-count-after-config-change", {"max_bsu_count": 2}, [10, 12, 14], 15.0,
+     ("MarkVolume", {"volume_id": "v0", "value": REMOVING})),
+    ("down-removes-largest", {}, [10, 12], 5.0, ("MarkVolume", {"volume_id": "v1", "value": REMOVING})),
+    ("down-hysteresis-keeps-fresh-volume", {}, [10, 12], 8.5, None),  # 38.6% but 85% after removal
+    ("down-single-volume-creates-ideal", {"initial_size_gib": 2}, [20], 4.0, ("CreateVolume", {"size_gib": 7})),
+    ("down-single-volume-at-initial-stays", {}, [10], 1.0, None),
+    ("down-ideal-not-smaller-stays", {"initial_size_gib": 1}, [2], 0.7, None),
+    ("in-between-nothing", {}, [10, 12], 12.0, None),
+]
+
+
+@pytest.mark.parametrize(("overrides", "sizes", "used", "expected"), [r[1:] for r in SCALE_TABLE],
+                         ids=[r[0] for r in SCALE_TABLE])
+def test_scale_decision(overrides, sizes, used, expected):
+    members = [vol(f"v{i}", size) for i, size in enumerate(sizes)]
+    action, note = scale_decision(spec(**overrides), members, usage(used, sum(sizes)), 14901)
+    if expected is None:
+        assert action is None
+        return
+    assert action is not None and action.kind == expected[0]
+    for key, value in expected[1].items():
+        assert getattr(action, key) == value
+
+
+def test_limits_explain_themselves():
+    members = [vol("v0", 10), vol("v1", 12)]
+    action, note = scale_decision(spec(max_total_size_gib=22), members, usage(20, 22), 14901)
+    assert action is None and "max-total-size-gib" in note
+
+
+def test_no_flapping_up_then_down():
+    """Whatever a scale-up leads to, the next decision is never to remove what was just added."""
+    s = spec()
+    for used in [x / 2 for x in range(1, 40)]:
+        members = [vol("v0", 10)]
+        first, _ = scale_decision(s, members, usage(used, 10), 14901)
+        if first is None or first.kind != "CreateVolume":
+            continue
+        members.append(vol("new", first.size_gib))
+        total = sum(v.size_gib for v in members)
+        second, _ = scale_decision(s, members, usage(used, total), 14901)
+        assert second is None or getattr(second, "volume_id", None) != "new", (used, second)
+
+
+def test_no_flapping_down_then_up():
+    s = spec()
+    for used in [x / 2 for x in range(1, 40)]:
+        members = [vol("v0", 10), vol("v1", 12)]
+        first, _ = scale_decision(s, members, usage(used, 22), 14901)
+        if first is None or first.kind != "MarkVolume":
+            continue
+        remaining = [m for m in members if m.id != first.volume_id]
+        after = usage(used, sum(v.size_gib for v in remaining))
+        second, _ = scale_decision(s, remaining, after, 14901)
+        assert second is None or second.kind != "CreateVolume", (used, second)
+
+
+def test_used_percent_without():
+    u = usage(5, 20)
+    assert used_percent_without(u, 10 * GIB) == pytest.approx(50.0)
+    assert used_percent_without(u, 15 * GIB) == float("inf")
+
+
+OFFLINE_TABLE = [
+    ("mounted-unmounts", Target.OFFLINE, online(vol("v1"), used=1), "Unmount"),
+    ("lvm-active-deactivates", Target.OFFLINE, online(vol("v1"), mounted=False, active=True), "Deactivate"),
+    ("attached-detaches", Target.OFFLINE, online(vol("v1"), mounted=False, active=False), "DetachVolume"),
+    ("offline-done", Target.OFFLINE, DriveObs(name="d", volumes=(vol("v1", state="available"),)), "Idle"),
+    ("delete-deletes-detached", Target.DELETE, DriveObs(name="d", volumes=(vol("v1", state="available"),)),
+     "DeleteVolume"),
+    ("delete-unmounts-first", Target.DELETE, online(vol("v1"), used=1), "Unmount"),
+    ("delete-leaves-other-vms-volume", Target.DELETE,
+     DriveObs(name="d", volumes=(vol("v1", attached_here=False, attached_elsewhere="i-x", device=None,
+                                     member=False),)), "Blocked"),
+    ("delete-done", Target.DELETE, DriveObs(name="d"), "Idle"),
+]
+
+
+@pytest.mark.parametrize(("target", "o", "kind"), [r[1:] for r in OFFLINE_TABLE], ids=[r[0] for r in OFFLINE_TABLE])
+def test_offline_and_delete(target, o, kind):
+    assert step(spec(target=target), o)[0] == kind
