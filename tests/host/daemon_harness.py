@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class DaemonHarness:
-    def __init__(self, workdir: Path, drive: str = "lifecycle", **drive_settings: Any) -> None:
+    def __init__(self, workdir: Path, drive: str = "lifecycle", cloud: dict[str, Any] | None = None,
+                 extra: dict[str, Any] | None = None, **drive_settings: Any) -> None:
         self.workdir = workdir
         self.drive = drive
         self.config_path = workdir / "bsud.json"
@@ -24,6 +25,8 @@ class DaemonHarness:
         self.mount = workdir / "mnt"
         self.log_path = workdir / "bsud.log"
         self.proc: subprocess.Popen | None = None
+        self.cloud = cloud or {"provider": "local", "state-dir": str(self.state_dir), "instance-id": "i-lifecycle"}
+        self.extra = extra or {}
         self.settings = {
             "name": drive, "target": "online", "mount-path": str(self.mount), "layout": "btrfs",
             "initial-size-gib": 1, "max-bsu-count": 4, "max-total-size-gib": 8,
@@ -35,7 +38,8 @@ class DaemonHarness:
     def write_config(self, **changes: Any) -> None:
         self.settings.update(changes)
         doc = {
-            "cloud": {"provider": "local", "state-dir": str(self.state_dir), "instance-id": "i-lifecycle"},
+            **self.extra,
+            "cloud": self.cloud,
             "daemon": {"status-file": str(self.status_path), "usage-interval-seconds": 0.5,
                        "full-check-seconds": 3, "retry-seconds": 0.5, "cloud-refresh-seconds": 30},
             "drives": [self.settings],

@@ -1,0 +1,88 @@
+"""Layers import downward only: cli/daemon → reconcile → (cloud | host) → config/runner/logs/errors.
+
+The planner and its model do no I/O: they import no boto3, subprocess, pyudev, nor the cloud or host layers.
+"""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[2] / "bsud"
+ROOT = PKG.parent
+
+
+def imports_of(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+def modules(subdir: str) -> list[Path]:
+    return sorted((PKG / subdir).glob("*.py")) if subdir else []
+
+
+PURE = [PKG / "reconcile" / "planner.py", PKG / "reconcile" / "model.py"]
+FORBIDDEN_IN_PURE = ("boto3", "botocore", "subprocess", "pyudev", "bsud.cloud", "bsud.host", "bsud.runner", "os",
+                     "socket", "time")
+
+
+@pytest.mark.parametrize("path", PURE, ids=lambda p: p.name)
+def test_planner_does_no_io(path: Path):
+    bad = {m for m in imports_of(path) if any(m == f or m.startswith(f + ".") for f in FORBIDDEN_IN_PURE)}
+    assert not bad, f"{path.name} imports {bad}"
+
+
+RULES = [
+    ("cloud", ("bsud.host", "bsud.reconcile", "bsud.daemon", "bsud.cli")),
+    ("host", ("bsud.cloud", "bsud.reconcile", "bsud.daemon", "bsud.cli", "boto3")),
+    ("reconcile", ("bsud.daemon", "bsud.cli")),
+]
+
+
+@pytest.mark.parametrize(("layer", "forbidden"), RULES, ids=[r[0] for r in RULES])
+def test_layers_import_downward(layer: str, forbidden: tuple[str, ...]):
+    for path in modules(layer):
+        bad = {m for m in imports_of(path) if any(m == f or m.startswith(f + ".") for f in forbidden)}
+        assert not bad, f"bsud/{layer}/{path.name} imports {bad}"
+
+
+@pytest.mark.parametrize("base", ["config.py", "errors.py", "logs.py", "runner.py", "ratelimit.py"])
+def test_foundation_imports_nothing_above(base: str):
+    bad = {m for m in imports_of(PKG / base)
+           if m.startswith(("bsud.cloud", "bsud.host", "bsud.reconcile", "bsud.daemon", "bsud.cli"))}
+    assert not bad
+
+
+def test_no_shell_anywhere():
+    for path in PKG.rglob("*.py"):
+        text = path.read_text()
+        assert "shell=True" not in text, path
+        assert "os.system(" not in text and "os.popen(" not in text, path
+
+
+def test_systemd_unit_verifies(tmp_path: Path):
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (package systemd)")
+    bsud = Path(sys.executable).parent / "bsud"
+    if not bsud.exists():
+        pytest.skip(f"no bsud console script next to {sys.executable} (pip install -e .)")
+    unit = (ROOT / "packaging" / "bsud.service").read_text().replace("/usr/local/bin/bsud", str(bsud))
+    assert "ProtectSystem" not in unit.split("# No ProtectSystem")[0]
+    (tmp_path / "bsud.service").write_text(unit)
+    out = subprocess.run([analyze, "verify", str(tmp_path / "bsud.service")], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    for option in ("PrivateDevices", "PrivateTmp", "ProtectHome", "PrivateMounts", "ProtectKernel", "ReadWritePaths"):
+        assert f"\n{option}" not in unit

@@ -1,0 +1,69 @@
+"""The daemon's lifecycle in the VM: lvm layout, EC2 provider against moto, disks hot-plugged per flavour."""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+from pathlib import Path
+
+import pytest
+
+from ..host.daemon_harness import DaemonHarness
+from .conftest import REGION, ZONE
+
+pytestmark = pytest.mark.vm
+
+
+def checksums(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.glob("*.bin"))}
+
+
+@pytest.mark.parametrize("flavour", ["outscale", "aws", "virtio"])
+def test_daemon_lifecycle_lvm(vm, tmp_path: Path, flavour: str):
+    vm.bridge.flavour = flavour
+    drive = f"d{flavour}"
+    h = DaemonHarness(
+        tmp_path, drive=drive, layout="lvm",
+        cloud={"provider": "ec2", "endpoint": vm.bridge.endpoint, "region": REGION, "instance-id": vm.instance_id,
+               "availability-zone": ZONE, "api-calls-per-second": 50},
+        extra={"authentication": {"access-key": "testing", "secret-key": "testing"}},
+    )
+    try:
+        h.start()
+        h.wait_online(volumes=1, timeout=300)
+        assert h.mounted()
+        assert Path(f"/dev/mapper/{drive}-bsud").exists()
+
+        h.fill("a.bin", 880)
+        sums = checksums(h.mount)
+        st = h.wait_online(volumes=2, timeout=600)
+        assert st["size_gib"] == 3
+        assert checksums(h.mount) == sums
+
+        (h.mount / "a.bin").unlink()
+        h.fill("b.bin", 100)
+        sums = checksums(h.mount)
+        h.wait_for("scale-down", lambda s: s.get("phase") == "online" and s.get("action") == "Idle"
+                   and len(s["volumes"]) == 1, timeout=900)
+        assert checksums(h.mount) == sums
+
+        h.write_config(target="offline")
+        h.signal(signal.SIGHUP)
+        h.wait_for("offline", lambda s: s.get("phase") == "offline", timeout=300)
+        assert not h.mounted() and not Path(f"/dev/mapper/{drive}-bsud").exists()
+
+        h.write_config(target="online")
+        h.signal(signal.SIGHUP)
+        h.wait_online(volumes=1, timeout=300)
+        assert checksums(h.mount) == sums
+
+        h.write_config(target="delete")
+        h.signal(signal.SIGHUP)
+        h.wait_for("deleted", lambda s: s.get("phase") == "deleted", timeout=300)
+        assert not h.mounted()
+        assert vm.ec2.describe_volumes(Filters=[{"Name": "tag:osc.bsud.drive-name", "Values": [drive]}])["Volumes"] == []
+        assert h.stop() == 0
+    finally:
+        if h.alive():
+            h.proc.kill()
+            h.proc.wait()
