@@ -7,6 +7,7 @@ step; an action is a small frozen value with a ``reason`` for the log.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 GIB = 1024**3
 
@@ -61,13 +62,12 @@ class DriveObs:
 class Action:
     reason: str = field(default="", compare=False)
 
+    #: Whether carrying it out changes something in the cloud (the shared listing is then dropped).
+    changes_cloud: ClassVar[bool] = False
+
     @property
     def kind(self) -> str:
         return type(self).__name__
-
-    @property
-    def changes_cloud(self) -> bool:
-        return False
 
 
 @dataclass(frozen=True)
@@ -79,30 +79,22 @@ class VolumeAction(Action):
 class CreateVolume(Action):
     size_gib: int = 0
 
-    @property
-    def changes_cloud(self) -> bool:
-        return True
+    changes_cloud: ClassVar[bool] = True
 
 
 @dataclass(frozen=True)
 class AttachVolume(VolumeAction):
-    @property
-    def changes_cloud(self) -> bool:
-        return True
+    changes_cloud: ClassVar[bool] = True
 
 
 @dataclass(frozen=True)
 class DetachVolume(VolumeAction):
-    @property
-    def changes_cloud(self) -> bool:
-        return True
+    changes_cloud: ClassVar[bool] = True
 
 
 @dataclass(frozen=True)
 class DeleteVolume(VolumeAction):
-    @property
-    def changes_cloud(self) -> bool:
-        return True
+    changes_cloud: ClassVar[bool] = True
 
 
 @dataclass(frozen=True)
@@ -111,9 +103,7 @@ class MarkVolume(VolumeAction):
 
     value: str = ""
 
-    @property
-    def changes_cloud(self) -> bool:
-        return True
+    changes_cloud: ClassVar[bool] = True
 
 
 @dataclass(frozen=True)

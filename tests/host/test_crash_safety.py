@@ -6,22 +6,17 @@ right before or after the first action of that kind after it starts.
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from .daemon_harness import DaemonHarness
+from .daemon_harness import DaemonHarness, checksums
 
 pytestmark = pytest.mark.host
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def checksums(directory: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.glob("*.bin"))}
 
 
 @pytest.fixture

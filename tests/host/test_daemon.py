@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import signal
 import subprocess
 import sys
@@ -10,13 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from .daemon_harness import DaemonHarness
+from .daemon_harness import DaemonHarness, checksums
 
 pytestmark = pytest.mark.host
-
-
-def checksums(directory: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.glob("*.bin"))}
 
 
 @pytest.fixture

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import signal
 from pathlib import Path
 
 import pytest
 
-from ..host.daemon_harness import DaemonHarness
+from ..host.daemon_harness import DaemonHarness, checksums
 from .conftest import REGION, ZONE
 
 pytestmark = pytest.mark.vm
-
-
-def checksums(directory: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.glob("*.bin"))}
 
 
 @pytest.mark.parametrize("flavour", ["outscale", "aws", "virtio"])
