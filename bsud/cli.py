@@ -164,4 +164,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main(os.sys.argv[1:]))
+    sys.exit(main(sys.argv[1:]))

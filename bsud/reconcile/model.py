@@ -26,6 +26,7 @@ class VolumeObs:
     device_error: str | None = None     # resolution refused (wrong size/serial)
     member: bool = False                # part of the drive's storage (PV of its VG / btrfs device)
     blank: bool = False                 # no signature at all (blkid and wipefs agree)
+    own: bool = False                   # carries the drive's signature without being part of it (orphan PV)
     foreign: str | None = None          # what foreign data the gate found on it, if any
 
     @property

@@ -97,6 +97,7 @@ def observe_drive(spec: DriveConfig, volumes: list[Volume], cloud: CloudProvider
         elsewhere = vol.attached_elsewhere(me)
         member = bool(res and res.device in state.members)
         blank = False
+        own = False
         foreign = None
         if res is not None and not member:
             try:
@@ -106,7 +107,7 @@ def observe_drive(spec: DriveConfig, volumes: list[Volume], cloud: CloudProvider
             if found is not None:
                 blank = found.blank
                 if not blank and layout.is_own(found):
-                    member = spec.layout == Layout.LVM  # an orphan PV of ours: treat as part of the drive
+                    own = True  # e.g. a PV made before a crash, not yet in the VG: Join finishes it
                 elif not blank:
                     foreign = (f"{res.device} (volume {vol.id}) holds {found.describe()}, which is not drive "
                                f"{spec.name!r}'s; bsud will not touch it. Wipe it yourself if the data is not "
@@ -114,7 +115,7 @@ def observe_drive(spec: DriveConfig, volumes: list[Volume], cloud: CloudProvider
         obs_volumes.append(VolumeObs(
             id=vol.id, size_gib=vol.size_gib, state=vol.state, bookkeeping=vol.tags.get(STATE_TAG) or None,
             attached_here=attached is not None, attached_elsewhere=elsewhere.instance_id if elsewhere else None,
-            device=res.device if res else None, device_error=errors.get(vol.id), member=member, blank=blank,
+            device=res.device if res else None, device_error=errors.get(vol.id), member=member, blank=blank, own=own,
             foreign=foreign,
         ))
 

@@ -181,7 +181,7 @@ def _plan_online(spec: DriveConfig, obs: DriveObs, max_volume_gib: int) -> Plan:
         if not v.member and v.blank:
             return Plan(MarkVolume(volume_id=v.id, value=EVACUATED, reason=f"{v.id} verifiably holds nothing of "
                                    "the drive any more"), "scaling-down", tuple(notes))
-    fresh = [v for v in live if not v.member and v.blank and v.bookkeeping != REMOVING]
+    fresh = [v for v in live if not v.member and (v.blank or v.own) and v.bookkeeping != REMOVING]
 
     if members and not obs.active and spec.layout == Layout.LVM:
         return Plan(Activate(reason="the drive's storage is not active"), "assembling", tuple(notes))
