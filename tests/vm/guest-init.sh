@@ -11,8 +11,9 @@ mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
 mount -t tmpfs tmpfs /run
-mount -t tmpfs tmpfs /tmp
-mkdir -p /run/vmshare /run/lock
+# The checkout may live under the host's /tmp (CI clones): keep /tmp visible, give tests their own TMPDIR.
+mkdir -p /run/vmshare /run/lock /run/tmp
+export TMPDIR=/run/tmp
 mount -t 9p -o trans=virtio,version=9p2000.L vmshare /run/vmshare
 for m in dm_mod dm_mirror btrfs virtio_blk virtio_scsi sd_mod nvme loop virtio_console; do modprobe "$m"; done
 ip link set lo up
