@@ -11,9 +11,11 @@ mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
 mount -t tmpfs tmpfs /run
-# The checkout may live under the host's /tmp (CI clones): keep /tmp visible, give tests their own TMPDIR.
-mkdir -p /run/vmshare /run/lock /run/tmp
-export TMPDIR=/run/tmp
+# The checkout may live under the host's /tmp (CI clones): keep /tmp visible and give tests their own
+# tmpfs as TMPDIR, outside /run (bsud refuses mount paths under system trees such as /run).
+mkdir -p /run/vmshare /run/lock /var/tmp/bsud-vm
+mount -t tmpfs tmpfs /var/tmp/bsud-vm
+export TMPDIR=/var/tmp/bsud-vm
 mount -t 9p -o trans=virtio,version=9p2000.L vmshare /run/vmshare
 for m in dm_mod dm_mirror btrfs virtio_blk virtio_scsi sd_mod nvme loop virtio_console; do modprobe "$m"; done
 ip link set lo up
