@@ -95,14 +95,14 @@ class StorageLayout(ABC):
         existing = mounts.mount_at(mount_point)
         source = self.mount_source(devices)
         if existing is not None:
-            if self._is_our_mount(existing, devices):
+            if self.is_our_mount(existing, devices):
                 return
             raise mounts.MountError(f"{mount_point} already holds {existing.fstype} from {existing.source}, "
                                     f"not drive {self.drive!r}; unmount it or change mount-path")
         self.activate(devices)
         mounts.mount(self.runner, source, mount_point)
 
-    def _is_our_mount(self, entry: mounts.MountEntry, devices: list[str]) -> bool:
+    def is_our_mount(self, entry: mounts.MountEntry, devices: list[str]) -> bool:
         if entry.fstype != "btrfs":
             return False
         fs = self.btrfs.show(entry.mount_point)
@@ -164,8 +164,9 @@ class LvmLayout(StorageLayout):
         pvs = self.lvm.pvs(devices) if devices else []
         members = frozenset(pv.name for pv in pvs if pv.vg_name == self.vg)
         group = self.lvm.vg(self.vg)
-        lv = self.lvm.lv(self.vg) if group else None
-        moving = bool(group and self.lvm.moves_in_progress(self.vg))
+        lvs = self.lvm.lvs(self.vg) if group else []
+        lv = next((x for x in lvs if x.name == LV_NAME), None)
+        moving = any(x.is_pvmove for x in lvs)
         has_fs = False
         uuid = None
         if lv is not None and lv.active and os.path.exists(self.lv_path):

@@ -81,7 +81,7 @@ def observe_drive(spec: DriveConfig, volumes: list[Volume], cloud: CloudProvider
     mounted = False
     mount_blocked = None
     if entry is not None:
-        if layout._is_our_mount(entry, paths):
+        if layout.is_our_mount(entry, paths):
             mounted = True
         else:
             mount_blocked = (f"{spec.mount_path} holds a {entry.fstype} filesystem from {entry.source} that is not "
