@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -135,5 +136,84 @@ def test_devices_file_reattached_volumes_are_imported(vm, tmp_path: Path, monkey
     layout.mount(devices, mnt)  # activate() registers the verified devices, then mounts
     assert layout.observe(devices).members == set(devices)
     assert mounts.mount_at(mnt) is not None
+    verify_files(sums)
+    layout.unmount(mnt)
+
+
+def wait_for_no_storage_commands(timeout: float = 300) -> None:
+    """Wait until no lvm or btrfs process is left running (orphans of a killed parent)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        busy = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv and os.path.basename(argv[0].decode(errors="replace")) in ("lvm", "btrfs"):
+                busy.append(pid)
+        if not busy:
+            return
+        time.sleep(0.2)
+    raise AssertionError("lvm/btrfs commands still running")
+
+
+REMOVE_SCRIPT = """
+import sys
+from bsud.host.layouts import LvmLayout
+from bsud.runner import Runner
+LvmLayout(sys.argv[1], Runner()).remove_device(sys.argv[2], sys.argv[3])
+"""
+
+
+@pytest.mark.parametrize("kill_at", ["btrfs-shrunk", "lv-reduced"])
+def test_removal_killed_between_its_steps_is_finished_by_running_it_again(vm, tmp_path: Path, kill_at: str):
+    """kill -9 inside remove_device (after the btrfs shrink, after lvreduce), then run it again: no data lost."""
+    import sys
+
+    drive = f"kill{kill_at.split('-')[0]}"
+    tags = {DRIVE_TAG: drive}
+    cloud = vm.cloud("virtio")
+    layout = LvmLayout(drive, Runner())
+    mnt = str(tmp_path / "mnt")
+    v1, v2 = cloud.create_volume(drive, 1, "gp2"), cloud.create_volume(drive, 1, "gp2")
+    r1 = vm.attach(cloud, v1)
+    layout.join(r1, tags, None)
+    layout.ensure_filesystem()
+    layout.mount([r1.device], mnt)
+    r2 = vm.attach(cloud, v2)
+    layout.join(r2, tags, mnt)
+    layout.grow(mnt)
+    sums = write_files(Path(mnt), 3, 60)
+    lv_before = layout.lvm.lv(drive).size
+
+    remover = subprocess.Popen([sys.executable, "-c", REMOVE_SCRIPT, drive, r1.device, mnt],
+                               cwd=Path(__file__).resolve().parents[2], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+
+    def reached() -> bool:
+        if kill_at == "lv-reduced":
+            lv = layout.lvm.lv(drive)
+            return lv is not None and lv.size < lv_before
+        fs = layout.btrfs.show(mnt)
+        return fs is not None and fs.devices[0].size < lv_before
+
+    deadline = time.monotonic() + 120
+    while not reached():
+        assert remover.poll() is None, "remove_device finished before the kill point"
+        assert time.monotonic() < deadline, f"never reached {kill_at}"
+        time.sleep(0.02)
+    remover.send_signal(signal.SIGKILL)  # the process only, as `kill -9 <bsud pid>` does: a running
+    remover.wait()                       # lvm/btrfs child finishes its own command
+    wait_for_no_storage_commands()
+
+    verify_files(sums)  # still all there mid-removal
+    layout.remove_device(r1.device, mnt)
+    assert layout.lvm.pvs([r1.device]) == []
+    assert layout.lvm.vg(drive).pv_count == 1
+    assert not layout.lvm.moves_in_progress(drive)
+    verify_files(sums)
+    layout.unmount(mnt)
+    layout.mount([r2.device], mnt)
     verify_files(sums)
     layout.unmount(mnt)
