@@ -20,6 +20,15 @@ DRIVE = "hosttest"
 TAGS = {DRIVE_TAG: DRIVE}
 
 
+def drive_on_one_volume(local, runner):
+    """A btrfs-layout drive made on one fresh 1 GiB volume (not mounted): layout, volume, resolution."""
+    layout = BtrfsLayout(DRIVE, runner)
+    volume = local.create_volume(DRIVE, 1, "gp2")
+    resolution = attach(local, volume.id)
+    layout.ensure_filesystem(resolution, TAGS)
+    return layout, volume, resolution
+
+
 def test_grow_by_adding_and_shrink_by_removing_a_device_with_data(local, runner, workdir: Path):
     layout = BtrfsLayout(DRIVE, runner)
     mnt = workdir / "mnt"
@@ -70,10 +79,7 @@ def test_grow_by_adding_and_shrink_by_removing_a_device_with_data(local, runner,
 
 
 def test_removing_the_only_device_is_refused(local, runner, workdir: Path):
-    layout = BtrfsLayout(DRIVE, runner)
-    v1 = local.create_volume(DRIVE, 1, "gp2")
-    r1 = attach(local, v1.id)
-    layout.ensure_filesystem(r1, TAGS)
+    layout, v1, r1 = drive_on_one_volume(local, runner)
     layout.mount([r1.device], str(workdir / "m"))
     with pytest.raises(LayoutError):
         layout.remove_device(r1.device, str(workdir / "m"))
@@ -81,10 +87,7 @@ def test_removing_the_only_device_is_refused(local, runner, workdir: Path):
 
 
 def test_grow_after_the_volume_got_bigger(local, runner, workdir: Path):
-    layout = BtrfsLayout(DRIVE, runner)
-    v1 = local.create_volume(DRIVE, 1, "gp2")
-    r1 = attach(local, v1.id)
-    layout.ensure_filesystem(r1, TAGS)
+    layout, v1, r1 = drive_on_one_volume(local, runner)
     mnt = str(workdir / "m")
     layout.mount([r1.device], mnt)
     assert layout.grow(mnt) is False
@@ -98,10 +101,7 @@ def test_grow_after_the_volume_got_bigger(local, runner, workdir: Path):
 
 
 def test_busy_unmount_names_the_holder(local, runner, workdir: Path):
-    layout = BtrfsLayout(DRIVE, runner)
-    v1 = local.create_volume(DRIVE, 1, "gp2")
-    r1 = attach(local, v1.id)
-    layout.ensure_filesystem(r1, TAGS)
+    layout, v1, r1 = drive_on_one_volume(local, runner)
     mnt = workdir / "m"
     layout.mount([r1.device], str(mnt))
     holder = subprocess.Popen(["sleep", "60"], cwd=mnt)
@@ -116,10 +116,7 @@ def test_busy_unmount_names_the_holder(local, runner, workdir: Path):
 
 
 def test_mount_refuses_a_non_empty_directory_or_another_filesystem(local, runner, workdir: Path):
-    layout = BtrfsLayout(DRIVE, runner)
-    v1 = local.create_volume(DRIVE, 1, "gp2")
-    r1 = attach(local, v1.id)
-    layout.ensure_filesystem(r1, TAGS)
+    layout, v1, r1 = drive_on_one_volume(local, runner)
     busy = workdir / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("user data")

@@ -22,6 +22,20 @@ pytestmark = pytest.mark.vm
 GIB = 1024**3
 
 
+def lvm_drive_on_two_volumes(vm, cloud, drive: str, mnt: str):
+    """An lvm-layout drive: btrfs made and mounted on a first 1 GiB volume, a second one joined (LV not grown)."""
+    tags = {DRIVE_TAG: drive}
+    layout = LvmLayout(drive, Runner())
+    v1, v2 = cloud.create_volume(drive, 1, "gp2"), cloud.create_volume(drive, 1, "gp2")
+    r1 = vm.attach(cloud, v1)
+    layout.join(r1, tags, None)
+    layout.ensure_filesystem()
+    layout.mount([r1.device], mnt)
+    r2 = vm.attach(cloud, v2)
+    layout.join(r2, tags, mnt)
+    return layout, r1, r2
+
+
 def test_lvm_end_to_end_grow_and_remove_with_data(vm, tmp_path: Path):
     drive = "lvmdrive"
     tags = {DRIVE_TAG: drive}
@@ -70,18 +84,10 @@ def test_lvm_end_to_end_grow_and_remove_with_data(vm, tmp_path: Path):
 
 def test_pvmove_killed_midway_is_resumed(vm, tmp_path: Path):
     drive = "movedrive"
-    tags = {DRIVE_TAG: drive}
     cloud = vm.cloud("aws")
-    layout = LvmLayout(drive, Runner())
     mnt = str(tmp_path / "mnt")
-    v1, v2 = cloud.create_volume(drive, 1, "gp2"), cloud.create_volume(drive, 1, "gp2")
-    r1 = vm.attach(cloud, v1)
-    layout.join(r1, tags, None)
-    layout.ensure_filesystem()
-    layout.mount([r1.device], mnt)
+    layout, r1, r2 = lvm_drive_on_two_volumes(vm, cloud, drive, mnt)  # the LV stays on r1: free space on r2
     sums = write_files(Path(mnt), 3, 100)
-    r2 = vm.attach(cloud, v2)
-    layout.join(r2, tags, mnt)  # free space to move into; the LV is not grown
 
     mover = subprocess.Popen(["lvm", "pvmove", "-i", "1", r1.device], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
@@ -172,17 +178,9 @@ def test_removal_killed_between_its_steps_is_finished_by_running_it_again(vm, tm
     import sys
 
     drive = f"kill{kill_at.split('-')[0]}"
-    tags = {DRIVE_TAG: drive}
     cloud = vm.cloud("virtio")
-    layout = LvmLayout(drive, Runner())
     mnt = str(tmp_path / "mnt")
-    v1, v2 = cloud.create_volume(drive, 1, "gp2"), cloud.create_volume(drive, 1, "gp2")
-    r1 = vm.attach(cloud, v1)
-    layout.join(r1, tags, None)
-    layout.ensure_filesystem()
-    layout.mount([r1.device], mnt)
-    r2 = vm.attach(cloud, v2)
-    layout.join(r2, tags, mnt)
+    layout, r1, r2 = lvm_drive_on_two_volumes(vm, cloud, drive, mnt)
     layout.grow(mnt)
     sums = write_files(Path(mnt), 3, 60)
     lv_before = layout.lvm.lv(drive).size
