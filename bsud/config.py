@@ -148,10 +148,15 @@ class CloudSettings(_Section):
 
 class DaemonSettings(_Section):
     status_file: str = "/run/bsud/status.json"
-    usage_interval_seconds: float = Field(default=5.0, gt=0)
+    #: How often a mounted drive's live space is sampled (sysfs file reads: no process, no API call).
+    usage_interval_seconds: float = Field(default=0.25, gt=0, le=60)
     cloud_refresh_seconds: float = Field(default=60.0, gt=0)
     full_check_seconds: float = Field(default=60.0, gt=0)
     retry_seconds: float = Field(default=10.0, gt=0)
+    #: Scale up when the drive would be full, at its present write rate, sooner than this many grow times.
+    grow_safety_factor: float = Field(default=3.0, ge=1, le=100)
+    #: What a grow takes until this drive has grown once (then learned); default: the provider's.
+    grow_seconds: float | None = Field(default=None, gt=0, le=3600)
 
 
 class DriveConfig(_Section):

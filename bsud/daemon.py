@@ -1,10 +1,12 @@
 """The daemon: one thread per drive, a shared cloud snapshot, signals, systemd and the status file.
 
-Steady state: each drive checks its usage every ``usage-interval-seconds`` (local, cheap),
-and runs a full observe/plan every ``full-check-seconds`` or as soon as usage crosses a
-threshold. The cloud is read once for all drives, and only when the snapshot is older than
-``cloud-refresh-seconds`` or a drive changed something: one DescribeVolumes per minute by
-default when nothing happens.
+Steady state: a sampler thread per drive reads the mounted drive's live space from sysfs every
+``usage-interval-seconds`` (file reads: no process, no API call) and keeps its write rate; the
+drive runs a full observe/plan every ``full-check-seconds``, or at once when the sampler sees it
+needs space (the planner's own :func:`scale_up_reason`: over the threshold, metadata short, or full
+sooner than a few grow times at the present rate). The cloud is read once for all drives, and only
+when the snapshot is older than ``cloud-refresh-seconds`` or a drive changed something: one
+DescribeVolumes per minute by default when nothing happens.
 
 SIGTERM/SIGINT: drives finish their current step, then the daemon exits 0 (a long pvmove or
 btrfs relocation is abandoned safely: both resume on the next start). SIGHUP: reload the
@@ -27,12 +29,18 @@ from bsud.config import Config, DriveConfig, InvalidConfig, Layout, Provider, lo
 from bsud.errors import BsudError
 from bsud.logs import get_logger, register_secrets
 from bsud.reconcile.engine import DriveReconciler
-from bsud.reconcile.model import Blocked, Idle
-from bsud.reconcile.observe import CloudSnapshot, unmanaged_drives
+from bsud.config import Target
+from bsud.reconcile.model import Blocked, Idle, Wait
+from bsud.reconcile.observe import CloudSnapshot, unmanaged_drives, usage_obs
+from bsud.reconcile.pace import RateMeter
+from bsud.reconcile.planner import scale_up_reason
 from bsud.runner import preflight
 from bsud.sdnotify import notify, watchdog_interval
 
 log = get_logger("bsud.daemon")
+
+#: How often the status file is rewritten between steps (live used %, write rate, seconds to full).
+STATUS_SECONDS = 5.0
 
 
 def required_tools(config: Config) -> list[str]:
@@ -57,11 +65,21 @@ class DriveWorker(threading.Thread):
     def __init__(self, daemon: Daemon, spec: DriveConfig) -> None:
         super().__init__(name=f"drive-{spec.name}", daemon=True)
         self.owner = daemon
-        self.reconciler = DriveReconciler(spec, daemon.cloud, daemon.snapshot, daemon.config.cloud.provider)
+        self.reconciler = DriveReconciler(spec, daemon.cloud, daemon.snapshot, daemon.config.cloud.provider,
+                                          settings=daemon.config.daemon)
+        self.reconciler.meter = RateMeter()
         self.stop_event = threading.Event()
         self.wake = threading.Event()
+        #: Set by the sampler: the drive needs space now; run a full step without waiting.
+        self.urgent = threading.Event()
+        self.quiet_until = 0.0
         self.pending_spec: DriveConfig | None = None
         self.lock = threading.Lock()
+        self.sampler = threading.Thread(target=self._sample_loop, name=f"sample-{spec.name}", daemon=True)
+
+    def start(self) -> None:
+        super().start()
+        self.sampler.start()
 
     def update(self, spec: DriveConfig) -> None:
         with self.lock:
@@ -76,15 +94,44 @@ class DriveWorker(threading.Thread):
         self.wake.wait(seconds)
         self.wake.clear()
 
-    def _usage_crossed(self) -> bool:
-        """Cheap check between full steps: has used % crossed a threshold?"""
-        spec = self.reconciler.spec
+    # -- sampling --------------------------------------------------------------------------------
+
+    def sample(self) -> bool:
+        """Read the drive's live space once, feed the write rate; True when sysfs answered (no process)."""
+        rec = self.reconciler
+        spec, obs = rec.spec, rec.last_obs
+        if spec.target != Target.ONLINE or obs is None or not obs.mounted:
+            return True
         try:
-            usage = self.reconciler.layout.usage(spec.mount_path)
+            space = rec.layout.live_usage(spec.mount_path)
         except BsudError:
             return True
-        pct = usage.used_percent
-        return pct >= spec.max_used_space_perc or pct <= spec.min_used_space_perc
+        usage = usage_obs(space)
+        now = time.monotonic()
+        assert rec.meter is not None
+        rec.meter.add(now, usage.used)
+        pace = rec.pace()
+        rec.status.record_usage(usage, pace)
+        reason = scale_up_reason(spec, usage, pace)
+        if reason is not None and now >= self.quiet_until and not self.urgent.is_set():
+            log.info("scale-up trigger", drive=spec.name, reason=reason, used=usage.used, free=usage.free,
+                     write_rate=round(pace.write_rate))
+            self.urgent.set()
+            self.wake.set()
+        return space.source == "sysfs"
+
+    def _sample_loop(self) -> None:
+        interval = self.owner.config.daemon.usage_interval_seconds
+        while not self.stop_event.is_set():
+            try:
+                cheap = self.sample()
+            except Exception:  # noqa: BLE001 - sampling must never stop the drive's own thread
+                log.exception("sampling failed", drive=self.reconciler.spec.name)
+                cheap = False
+            # Without sysfs each sample is a process: sample no more than every 2 s then.
+            self.stop_event.wait(interval if cheap else max(interval, 2.0))
+
+    # -- steps ------------------------------------------------------------------------------------
 
     def run(self) -> None:
         settings = self.owner.config.daemon
@@ -97,11 +144,13 @@ class DriveWorker(threading.Thread):
                     self.pending_spec = None
                     last_full = 0.0
             current = self.reconciler.last_plan
-            idle = current is not None and isinstance(current.action, Idle)
-            if idle and time.monotonic() - last_full < settings.full_check_seconds and \
-                    current.phase == "online" and not self._usage_crossed():
-                self._sleep(settings.usage_interval_seconds)
+            settled = current is not None and isinstance(current.action, Idle | Blocked)
+            remaining = settings.full_check_seconds - (time.monotonic() - last_full)
+            if settled and remaining > 0 and not self.urgent.is_set():
+                self._sleep(remaining)
                 continue
+            urgent = self.urgent.is_set()
+            self.urgent.clear()
             try:
                 result = self.reconciler.step()
                 last_full = time.monotonic()
@@ -121,12 +170,12 @@ class DriveWorker(threading.Thread):
                 delay = min(delay * 2, 300.0)
                 continue
             self.owner.publish()
-            if isinstance(result.action, Idle):
-                self._sleep(settings.usage_interval_seconds)
-            elif isinstance(result.action, Blocked):
-                self._sleep(settings.full_check_seconds)
-            elif result.action.kind == "Wait":
-                self._sleep(min(2.0, settings.usage_interval_seconds))
+            if urgent and isinstance(result.action, Idle | Blocked | Wait):
+                # The sampler asked for space and the planner cannot give it now (a limit, a block): say it
+                # once per full check, not on every sample.
+                self.quiet_until = time.monotonic() + settings.full_check_seconds
+            if isinstance(result.action, Wait):
+                self._sleep(min(1.0, settings.full_check_seconds))
 
 
 class Daemon:
@@ -210,10 +259,14 @@ class Daemon:
         self.publish()
         watchdog = watchdog_interval()
         next_ping = time.monotonic()
+        next_publish = time.monotonic() + STATUS_SECONDS
         while not self.stop_event.is_set():
             if self.reload_event.is_set():
                 self.reload_event.clear()
                 self.reload()
+            if time.monotonic() >= next_publish:
+                self.publish()  # the live usage and write rate the samplers keep
+                next_publish = time.monotonic() + STATUS_SECONDS
             if watchdog and time.monotonic() >= next_ping:
                 notify("WATCHDOG=1")
                 next_ping = time.monotonic() + watchdog

@@ -40,6 +40,9 @@ class Usage:
     metadata_size: int
     metadata_used: int
     metadata_ratio: float
+    data_ratio: float = 1.0
+    system_size: int = 0
+    system_used: int = 0
 
     @property
     def used_percent(self) -> float:
@@ -69,7 +72,9 @@ def parse_usage(text: str) -> Usage:
         raise ValueError("btrfs usage output has no 'Free (estimated)'")
     data = re.search(rf"^Data,[^:]+:\s+Size:{_NUM},\s+Used:{_NUM}", text, re.MULTILINE)
     meta = re.search(rf"^Metadata,[^:]+:\s+Size:{_NUM},\s+Used:{_NUM}", text, re.MULTILINE)
+    system = re.search(rf"^System,[^:]+:\s+Size:{_NUM},\s+Used:{_NUM}", text, re.MULTILINE)
     ratio = re.search(r"Metadata ratio:\s+([\d.]+)", text)
+    data_ratio = re.search(r"Data ratio:\s+([\d.]+)", text)
     return Usage(
         device_size=_field(text, "Device size"),
         allocated=_field(text, "Device allocated"),
@@ -83,6 +88,9 @@ def parse_usage(text: str) -> Usage:
         metadata_size=int(meta.group(1)) if meta else 0,
         metadata_used=int(meta.group(2)) if meta else 0,
         metadata_ratio=float(ratio.group(1)) if ratio else 1.0,
+        data_ratio=float(data_ratio.group(1)) if data_ratio else 1.0,
+        system_size=int(system.group(1)) if system else 0,
+        system_used=int(system.group(2)) if system else 0,
     )
 
 

@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from bsud.config import LV_NAME, Layout
 from bsud.errors import BsudError
 from bsud.host import mounts
-from bsud.host.btrfs import Btrfs, Filesystem, Usage, label_for
+from bsud.host.btrfs import Btrfs, Filesystem, label_for
 from bsud.host.devices import Resolution
 from bsud.host.lvm import Lvm
 from bsud.host.safety import BLANK, ForeignDevice, Probe, admit, probe
+from bsud.host.space import Space, SpaceReader
 from bsud.logs import get_logger
 from bsud.runner import Runner
 
@@ -57,7 +58,9 @@ class StorageLayout(ABC):
         self.drive = drive
         self.runner = runner
         self.btrfs = Btrfs(runner)
+        self.space = SpaceReader(self.btrfs)
         self.label = label_for(drive)
+        self._size_hint: int | None = None
 
     # -- observation ---------------------------------------------------------------------------
 
@@ -69,8 +72,15 @@ class StorageLayout(ABC):
     def is_own(self, found: Probe) -> bool:
         """Whether a device with a signature is already this drive's."""
 
-    def usage(self, mount_point: str) -> Usage:
-        return self.btrfs.usage(mount_point)
+    def usage(self, mount_point: str) -> Space:
+        """Live space, the filesystem's exact size read with ``btrfs filesystem show`` (a full observation)."""
+        fs = self.btrfs.show(mount_point)
+        self._size_hint = sum(d.size for d in fs.devices) if fs and fs.devices else None
+        return self.space.read(mount_point, self._size_hint)
+
+    def live_usage(self, mount_point: str) -> Space:
+        """Live space from sysfs file reads alone, for sampling between full observations."""
+        return self.space.read(mount_point, self._size_hint)
 
     # -- steps ----------------------------------------------------------------------------------
 

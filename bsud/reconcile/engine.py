@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from bsud.cloud.base import CloudProvider
-from bsud.config import DriveConfig, Provider, volume_limits
+from bsud.config import DaemonSettings, DriveConfig, Provider, volume_limits
 from bsud.errors import BsudError
 from bsud.host.layouts import StorageLayout, make_layout
 from bsud.logs import get_logger
 from bsud.reconcile.execute import Executor
-from bsud.reconcile.model import Blocked, DriveObs, Idle, Plan, Wait
+from bsud.reconcile.model import Blocked, CreateVolume, DriveObs, Idle, Pace, Plan, UsageObs, Wait
 from bsud.reconcile.observe import CloudSnapshot, observe_drive
-from bsud.reconcile.planner import plan
+from bsud.reconcile.pace import DEFAULT_GROW_SECONDS, GrowClock, RateMeter, make_pace
+from bsud.reconcile.planner import plan, seconds_to_full
 from bsud.runner import Runner
 
 log = get_logger("bsud.reconcile")
@@ -33,6 +35,10 @@ class DriveStatus:
     reason: str = ""
     size_gib: int = 0
     used_percent: float | None = None
+    metadata_used_percent: float | None = None
+    write_rate: float = 0.0                  # bytes/s, live
+    seconds_to_full: float | None = None     # at write_rate; None when nothing is written
+    grow_seconds: float = 0.0                # what a grow takes (learned, else the provider's default)
     volumes: list[dict[str, object]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     last_error: str | None = None
@@ -41,34 +47,59 @@ class DriveStatus:
     def line(self) -> str:
         used = f"{self.used_percent:.1f}%" if self.used_percent is not None else "-"
         text = f"{self.name}: {self.phase} ({len(self.volumes)} volumes, {self.size_gib} GiB, used {used})"
+        if self.seconds_to_full is not None:
+            text += f" writing {self.write_rate / 1e6:.1f} MB/s, full in {self.seconds_to_full:.0f} s"
         if self.last_error:
             text += f" error: {self.last_error}"
         return text
 
+    def record_usage(self, usage: UsageObs | None, pace: Pace) -> None:
+        self.used_percent = round(usage.used_percent, 2) if usage else None
+        self.metadata_used_percent = round(usage.metadata_percent, 2) if usage else None
+        self.write_rate = round(pace.write_rate)
+        left = seconds_to_full(usage, pace.write_rate) if usage else math.inf
+        self.seconds_to_full = None if math.isinf(left) else round(left, 1)
+        self.grow_seconds = round(pace.grow_seconds, 2)
+
 
 class DriveReconciler:
     def __init__(self, spec: DriveConfig, cloud: CloudProvider, snapshot: CloudSnapshot, provider: Provider,
-                 runner: Runner | None = None) -> None:
-        self.spec = spec
+                 runner: Runner | None = None, settings: DaemonSettings | None = None) -> None:
         self.cloud = cloud
         self.snapshot = snapshot
         self.provider = provider
         self.runner = runner or Runner()
+        self.settings = settings or DaemonSettings()
+        #: This drive's grows, timed; the write rate is fed by the daemon's sampler (None: not sampled).
+        self.clock = GrowClock(self.settings.grow_seconds or DEFAULT_GROW_SECONDS[provider])
+        self.meter: RateMeter | None = None
+        self.last_obs: DriveObs | None = None
+        self.update_spec(spec)
+
+    def update_spec(self, spec: DriveConfig) -> None:
+        """Take a new spec (a reload); what was learned of the drive's pace is kept."""
+        self.spec = spec
         self.layout: StorageLayout = make_layout(spec.layout, spec.name, self.runner)
-        self.executor = Executor(spec, cloud, self.layout, provider)
-        limits = volume_limits(provider, spec.disk_type)
+        self.executor = Executor(spec, self.cloud, self.layout, self.provider)
+        limits = volume_limits(self.provider, spec.disk_type)
         self.max_volume_gib = limits.max_size if limits else 14901
         self.status = DriveStatus(spec.name, spec.target.value, spec.layout.value, spec.mount_path)
         self.last_plan: Plan | None = None
         self._repeats = 0
         self._previous: object = None
 
-    def update_spec(self, spec: DriveConfig) -> None:
-        self.__init__(spec, self.cloud, self.snapshot, self.provider, self.runner)  # type: ignore[misc]
+    def pace(self) -> Pace:
+        return make_pace(self.meter, self.clock, self.settings.grow_safety_factor)
 
     def observe(self, max_age: float | None = None) -> tuple[DriveObs, list[str]]:
         volumes = self.snapshot.by_drive(max_age).get(self.spec.name, [])
         obs, resolutions = observe_drive(self.spec, volumes, self.cloud, self.layout)
+        obs = replace(obs, pace=self.pace())
+        took = self.clock.observe(time.monotonic(), obs.usage.size if obs.usage else None)
+        if took is not None:
+            log.info("grow done: capacity usable", drive=self.spec.name, seconds=round(took, 2),
+                     size=obs.usage.size if obs.usage else None, grow_seconds=round(self.clock.seconds, 2))
+        self.last_obs = obs
         return obs, [r.device for r in resolutions.values()]
 
     def plan_now(self, max_age: float | None = None) -> tuple[DriveObs, Plan]:
@@ -80,7 +111,7 @@ class DriveReconciler:
         st.phase, st.action, st.reason = current.phase, current.action.kind, current.action.reason
         st.notes = list(current.notes)
         st.size_gib = sum(v.size_gib for v in obs.volumes if v.state not in ("deleting", "deleted"))
-        st.used_percent = round(obs.usage.used_percent, 2) if obs.usage else None
+        st.record_usage(obs.usage, obs.pace)
         st.volumes = [{"id": v.id, "size_gib": v.size_gib, "state": v.state, "device": v.device,
                        "member": v.member, **({"bookkeeping": v.bookkeeping} if v.bookkeeping else {})}
                       for v in obs.volumes]
@@ -88,6 +119,7 @@ class DriveReconciler:
 
     def step(self, max_age: float | None = None) -> Plan:
         """Observe, plan, do the first action. Returns the plan that was acted on."""
+        started = time.monotonic()
         obs, devices = self.observe(max_age)
         current = plan(self.spec, obs, self.max_volume_gib)
         self._record(obs, current)
@@ -114,6 +146,8 @@ class DriveReconciler:
             raise BsudError(self.status.last_error, temporary=True)
         log.info("step", drive=self.spec.name, phase=current.phase, action=action.kind, reason=action.reason,
                  **{k: v for k, v in action.__dict__.items() if k != "reason" and v not in (None, "")})
+        if isinstance(action, CreateVolume) and current.phase == "scaling-up" and obs.usage is not None:
+            self.clock.start(started, obs.usage.size)
         try:
             self.executor.run(action, devices)
             self.status.last_error = None

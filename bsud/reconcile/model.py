@@ -36,14 +36,37 @@ class VolumeObs:
 
 @dataclass(frozen=True)
 class UsageObs:
+    """Live space of the mounted drive (btrfs's own accounting, data written but not yet committed included).
+
+    ``used``/``free`` are the data pool's: what is written or promised, and what data can still take.
+    Metadata has its own pool: btrfs returns ENOSPC when it runs out, whatever data space is free.
+    """
+
     used: int
     free: int
     size: int
+    metadata_used: int = 0
+    metadata_free: int = 0
 
     @property
     def used_percent(self) -> float:
         total = self.used + self.free
         return 100.0 * self.used / total if total else 0.0
+
+    @property
+    def metadata_percent(self) -> float:
+        total = self.metadata_used + self.metadata_free
+        return 100.0 * self.metadata_used / total if total else 0.0
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How fast the drive is being written, and how long a grow takes (both in the daemon's memory only)."""
+
+    write_rate: float = 0.0      # bytes/s now: the higher of the last 2 s and 10 s
+    recent_peak: float = 0.0     # the highest of those over the last minute
+    grow_seconds: float = 60.0   # decision → new capacity usable: learned from this drive's grows
+    safety_factor: float = 3.0   # scale up when full sooner than this many grow times
 
 
 @dataclass(frozen=True)
@@ -57,6 +80,7 @@ class DriveObs:
     move_in_progress: bool = False
     can_grow: bool = False
     usage: UsageObs | None = None
+    pace: Pace = Pace()
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from bsud.host import mounts
 from bsud.host.devices import DeviceMismatch, Resolution, VolumeRef, block_devices, resolve_device
 from bsud.host.layouts import StorageLayout
 from bsud.host.safety import probe
+from bsud.host.space import Space
 from bsud.logs import get_logger
 from bsud.reconcile.model import DriveObs, UsageObs, VolumeObs
 
@@ -50,6 +51,12 @@ class CloudSnapshot:
 
     def by_drive(self, max_age: float | None = None) -> dict[str, list[Volume]]:
         return volumes_by_drive(self.volumes(max_age))
+
+
+def usage_obs(space: Space) -> UsageObs:
+    """The planner's view of a drive's live space."""
+    return UsageObs(used=space.data.used, free=space.data_free, size=space.size,
+                    metadata_used=space.metadata.used, metadata_free=space.metadata_free)
 
 
 def resolve_attached(volume: Volume, instance_id: str, devices: list[dict]) -> tuple[Resolution | None, str | None]:
@@ -122,8 +129,7 @@ def observe_drive(spec: DriveConfig, volumes: list[Volume], cloud: CloudProvider
     usage = None
     can_grow = False
     if mounted:
-        u = layout.usage(spec.mount_path)
-        usage = UsageObs(used=u.used, free=u.free_estimated, size=u.device_size)
+        usage = usage_obs(layout.usage(spec.mount_path))
         can_grow = layout.can_grow(spec.mount_path)
     active = state.active if spec.layout == Layout.LVM else mounted
     obs = DriveObs(

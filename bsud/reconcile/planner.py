@@ -42,6 +42,7 @@ from bsud.reconcile.model import (
     MakeFilesystem,
     MarkVolume,
     Mount,
+    Pace,
     Plan,
     RemoveFromDrive,
     Unmount,
@@ -53,6 +54,12 @@ from bsud.reconcile.model import (
 CREATING, AVAILABLE, DELETING, DELETED, ERROR = "creating", "available", "deleting", "deleted", "error"
 #: Percentage points kept between an "ideal" volume's expected fill and the middle threshold.
 IDEAL_MARGIN = 5.0
+#: Data space never counted on: btrfs refuses writes a little before its data pool is full.
+FULL_MARGIN_BYTES = 64 * 1024**2
+#: No scale-down while the drive would be full within this long at its recent write rate…
+QUIET_SECONDS = 3600.0
+#: …nor when the drive after the removal would pass max-used-space-perc within this many grow times.
+QUIET_GROW_TIMES = 10
 
 
 def middle_percent(spec: DriveConfig) -> float:
@@ -73,8 +80,75 @@ def used_percent_without(usage: UsageObs, removed_bytes: int) -> float:
     return 100.0 * usage.used / remaining
 
 
+def full_margin(usage: UsageObs) -> int:
+    """Data space btrfs cannot be relied on to hand out (it refuses writes a little before the end)."""
+    return max(FULL_MARGIN_BYTES, (usage.used + usage.free) // 100)
+
+
+def seconds_to_full(usage: UsageObs, rate: float) -> float:
+    """Seconds until writes fail at ``rate`` bytes/s (infinite when nothing is written)."""
+    if rate <= 0:
+        return math.inf
+    return max(0, usage.free - full_margin(usage)) / rate
+
+
+def rate_text(rate: float) -> str:
+    return f"{rate / 1e6:.1f} MB/s"
+
+
+def scale_up_reason(spec: DriveConfig, usage: UsageObs, pace: Pace) -> str | None:
+    """Why the drive needs more space now, or None. Pure; the daemon's sampler asks it several times a second.
+
+    - used % at or over ``max-used-space-perc`` (the classic rule);
+    - metadata at or over it: btrfs returns ENOSPC when metadata runs out, whatever data space is free;
+    - the drive would be full, at the present write rate, sooner than ``safety_factor`` grow times — even
+      far below the threshold: a grow has to finish before the writer reaches the end.
+    """
+    pct = usage.used_percent
+    if pct >= spec.max_used_space_perc:
+        return f"used {pct:.1f}% >= {spec.max_used_space_perc}%"
+    meta = usage.metadata_percent
+    if meta >= spec.max_used_space_perc:
+        return f"metadata used {meta:.1f}% >= {spec.max_used_space_perc}% (btrfs refuses writes when it runs out)"
+    left = seconds_to_full(usage, pace.write_rate)
+    horizon = pace.safety_factor * pace.grow_seconds
+    if left < horizon:
+        return (f"full in {left:.1f} s at {rate_text(pace.write_rate)} (used {pct:.1f}%), sooner than "
+                f"{pace.safety_factor:g} grow times (a grow takes ~{pace.grow_seconds:.1f} s)")
+    return None
+
+
+def rate_sized_gib(pace: Pace) -> int:
+    """A volume that holds 2 × safety_factor grow times of writing at the present rate: the next grow is
+    then due no sooner than safety_factor grow times after this one is usable."""
+    need = pace.write_rate * pace.grow_seconds * 2 * pace.safety_factor
+    return math.ceil(need / GIB) if need > 0 else 0
+
+
+def burst_blocks_removal(spec: DriveConfig, usage: UsageObs, pace: Pace, removed_bytes: int) -> str | None:
+    """Why no volume may leave the drive now because of writes, or None.
+
+    No scale-down while the drive is being written fast (it would be full within ``QUIET_SECONDS`` at the
+    highest rate of the last minute), nor one whose capacity after removal would reach
+    ``max-used-space-perc`` within ``QUIET_GROW_TIMES`` grow times at that rate.
+    """
+    rate = max(pace.write_rate, pace.recent_peak)
+    if rate <= 0:
+        return None
+    left = seconds_to_full(usage, rate)
+    if left < QUIET_SECONDS:
+        return f"no scale-down while written at {rate_text(rate)} (full in {left:.0f} s at that rate)"
+    capacity_after = usage.used + usage.free - removed_bytes
+    room = capacity_after * spec.max_used_space_perc / 100 - usage.used
+    horizon = QUIET_GROW_TIMES * pace.grow_seconds
+    if room / rate < horizon:
+        return (f"no scale-down: at {rate_text(rate)} the drive would pass {spec.max_used_space_perc}% within "
+                f"{room / rate:.0f} s of the removal ({QUIET_GROW_TIMES} grow times is {horizon:.0f} s)")
+    return None
+
+
 def scale_decision(spec: DriveConfig, members: list[VolumeObs], usage: UsageObs,
-                   max_volume_gib: int) -> tuple[Action | None, str | None]:
+                   max_volume_gib: int, pace: Pace = Pace()) -> tuple[Action | None, str | None]:
     """Scale up, down, or nothing, for a mounted drive whose volumes are all members. Pure.
 
     Returns the action (or None) and a note explaining why nothing is done when a limit stops it.
@@ -86,39 +160,51 @@ def scale_decision(spec: DriveConfig, members: list[VolumeObs], usage: UsageObs,
     middle = middle_percent(spec)
     smallest = min(members, key=lambda v: (v.size_gib, v.id))
     largest = max(members, key=lambda v: (v.size_gib, v.id))
+    up = scale_up_reason(spec, usage, pace)
 
     if count > 1 and count >= spec.max_bsu_count:
         after = used_percent_without(usage, smallest.size_bytes)
-        if after < spec.max_used_space_perc:
+        burst = burst_blocks_removal(spec, usage, pace, smallest.size_bytes)
+        if after < spec.max_used_space_perc and burst is None:
             return MarkVolume(volume_id=smallest.id, value=REMOVING,
                               reason=f"{count} volumes reach max-bsu-count {spec.max_bsu_count}: replacing the "
                                      f"smallest ({smallest.size_gib} GiB) keeps a slot free "
                                      f"(used {pct:.1f}% → {after:.1f}%)"), None
-        if pct >= spec.max_used_space_perc:
-            return None, (f"full: {count} volumes is max-bsu-count and the data would not fit without the "
-                          f"smallest; raise max-bsu-count or free space")
+        if up:
+            return None, (f"{up}, but {count} volumes is max-bsu-count and "
+                          + (burst or "the data would not fit without the smallest")
+                          + f"; raise max-bsu-count or free space{_left_text(usage, pace)}")
 
-    if pct >= spec.max_used_space_perc:
+    if up:
         if count >= spec.max_bsu_count:
-            return None, f"used {pct:.1f}% but max-bsu-count ({spec.max_bsu_count}) is reached"
+            return None, f"{up}, but max-bsu-count ({spec.max_bsu_count}) is reached{_left_text(usage, pace)}"
         room = math.inf if spec.max_total_size_gib is None else spec.max_total_size_gib - total
         if room < 1:
-            return None, f"used {pct:.1f}% but max-total-size-gib ({spec.max_total_size_gib}) is reached"
-        factor = spec.disk_scale_factor_perc / 100.0
+            return None, (f"{up}, but max-total-size-gib ({spec.max_total_size_gib}) is reached"
+                          f"{_left_text(usage, pace)}")
         if count < spec.max_bsu_count - 1 and min(sizes) > spec.initial_size_gib:
-            size = max(spec.initial_size_gib, math.ceil(min(sizes) * (1 - factor)))
+            size = max(spec.initial_size_gib, min(sizes) - min(sizes) * spec.disk_scale_factor_perc // 100)
             kind = "smaller"
         else:
-            size = min(max_volume_gib, math.ceil(max(sizes) * (1 + factor)))
+            size = min(max_volume_gib, grown_gib(max(sizes), spec.disk_scale_factor_perc))
             kind = "larger"
+        why = f"{up}: adding a {kind} volume of {{size}} GiB"
+        burst = rate_sized_gib(pace)
+        if burst > size:
+            why = (f"{up}: adding a volume of {{size}} GiB rather than the {kind} {size} GiB: at "
+                   f"{rate_text(pace.write_rate)} it must hold {2 * pace.safety_factor:g} grows of "
+                   f"~{pace.grow_seconds:.1f} s")
+            size = min(max_volume_gib, burst)
         size = int(min(size, room))
-        return CreateVolume(size_gib=size, reason=f"used {pct:.1f}% >= {spec.max_used_space_perc}%: adding a "
-                                                  f"{kind} volume of {size} GiB"), None
+        return CreateVolume(size_gib=size, reason=why.format(size=size)), None
 
     if pct <= spec.min_used_space_perc:
         if count > 1:
             after = used_percent_without(usage, largest.size_bytes)
             if after <= middle:
+                burst = burst_blocks_removal(spec, usage, pace, largest.size_bytes)
+                if burst:
+                    return None, burst
                 return MarkVolume(volume_id=largest.id, value=REMOVING,
                                   reason=f"used {pct:.1f}% <= {spec.min_used_space_perc}%: removing the largest "
                                          f"volume ({largest.size_gib} GiB), used will be {after:.1f}%"), None
@@ -127,10 +213,23 @@ def scale_decision(spec: DriveConfig, members: list[VolumeObs], usage: UsageObs,
             return None, None
         ideal_gib = math.ceil(ideal_bytes(spec, usage) / GIB)
         if ideal_gib < total and count < spec.max_bsu_count:
+            burst = burst_blocks_removal(spec, usage, pace, largest.size_bytes - ideal_gib * GIB)
+            if burst:
+                return None, burst
             return CreateVolume(size_gib=ideal_gib,
                                 reason=f"used {pct:.1f}% <= {spec.min_used_space_perc}% on one volume: adding an "
                                        f"ideal {ideal_gib} GiB volume to move the data onto"), None
     return None, None
+
+
+def grown_gib(size_gib: int, factor_perc: int) -> int:
+    """``size × (1 + factor)`` rounded up, in integers (floating point made 100 GiB × 1.1 into 111)."""
+    return size_gib + -(-size_gib * factor_perc // 100)
+
+
+def _left_text(usage: UsageObs, pace: Pace) -> str:
+    left = seconds_to_full(usage, pace.write_rate)
+    return "" if math.isinf(left) else f"; full in {left:.0f} s at {rate_text(pace.write_rate)}"
 
 
 def _plan_online(spec: DriveConfig, obs: DriveObs, max_volume_gib: int) -> Plan:
@@ -219,13 +318,13 @@ def _plan_online(spec: DriveConfig, obs: DriveObs, max_volume_gib: int) -> Plan:
         return Plan(Grow(reason="the filesystem can use more space"), "growing", tuple(notes))
     if obs.usage is None or len(members) != len(live):
         return Plan(Idle(reason="online"), "online", tuple(notes))
-    action, note = scale_decision(spec, members, obs.usage, max_volume_gib)
+    action, note = scale_decision(spec, members, obs.usage, max_volume_gib, obs.pace)
     if note:
         notes.append(note)
     if action is None:
         return Plan(Idle(reason="online"), "online", tuple(notes))
-    phase = "scaling-up" if isinstance(action, CreateVolume) and obs.usage.used_percent >= \
-        spec.max_used_space_perc else "scaling-down"
+    phase = "scaling-up" if isinstance(action, CreateVolume) and \
+        scale_up_reason(spec, obs.usage, obs.pace) is not None else "scaling-down"
     return Plan(action, phase, tuple(notes))
 
 

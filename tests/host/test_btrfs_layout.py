@@ -11,6 +11,7 @@ from bsud.config import DRIVE_TAG
 from bsud.host import mounts
 from bsud.host.devices import GIB, DeviceMismatch, DeviceWaiter, VolumeRef
 from bsud.host.layouts import BtrfsLayout, LayoutError
+from bsud.reconcile.observe import usage_obs
 
 from .conftest import attach, verify_files, write_files
 
@@ -47,16 +48,16 @@ def test_grow_by_adding_and_shrink_by_removing_a_device_with_data(local, runner,
     layout.mount([r1.device], str(mnt))  # idempotent
     assert mounts.mount_at(str(mnt)).fstype == "btrfs"
     sums = write_files(mnt, 3, 100, "a")
-    before = layout.usage(str(mnt))
-    assert before.device_size == GIB and 25 < before.used_percent < 45
+    before = usage_obs(layout.usage(str(mnt)))
+    assert before.size == GIB and 25 < before.used_percent < 45
 
     v2 = local.create_volume(DRIVE, 1, "gp2")
     r2 = attach(local, v2.id)
     layout.join(r2, TAGS, str(mnt))
     layout.join(r2, TAGS, str(mnt))  # idempotent: already a member
     assert layout.observe([r1.device, r2.device]).members == {r1.device, r2.device}
-    after = layout.usage(str(mnt))
-    assert after.device_size == 2 * GIB
+    after = usage_obs(layout.usage(str(mnt)))
+    assert after.size == 2 * GIB
     assert after.used_percent < before.used_percent
     sums |= write_files(mnt, 3, 100, "b")
 
@@ -64,7 +65,7 @@ def test_grow_by_adding_and_shrink_by_removing_a_device_with_data(local, runner,
     layout.remove_device(r1.device, str(mnt))  # idempotent: already out
     fs = layout.btrfs.show(str(mnt))
     assert [d.path for d in fs.devices] == [r2.device]
-    assert layout.usage(str(mnt)).device_size == GIB
+    assert layout.usage(str(mnt)).size == GIB
     verify_files(sums)
     # The removed device carries no btrfs signature any more: it can be detached and deleted.
     assert layout.observe([r1.device, r2.device]).members == {r2.device}
@@ -96,7 +97,7 @@ def test_grow_after_the_volume_got_bigger(local, runner, workdir: Path):
         fh.truncate(2 * GIB)
     subprocess.run(["losetup", "--set-capacity", r1.device], check=True)
     assert layout.grow(mnt) is True
-    assert layout.usage(mnt).device_size == 2 * GIB
+    assert layout.usage(mnt).size == 2 * GIB
     layout.unmount(mnt)
 
 

@@ -36,7 +36,9 @@ def test_lifecycle(harness: DaemonHarness):
     h.fill("b.bin", 480)
     sums = checksums(h.mount)
     st = h.wait_online(volumes=2)
-    assert st["size_gib"] == 3  # 1 GiB + larger 1 × 1.2 → 2 GiB
+    # 1 GiB + at least the classic larger volume (1 × 1.2 → 2 GiB); dd writes fast enough that the new volume
+    # is sized for its rate, within max-total-size-gib (8).
+    assert 3 <= st["size_gib"] <= 8
     assert st["used_percent"] < 85
     assert checksums(h.mount) == sums
 

@@ -10,10 +10,11 @@ from bsud.reconcile.model import (
     GIB,
     REMOVING,
     DriveObs,
+    Pace,
     UsageObs,
     VolumeObs,
 )
-from bsud.reconcile.planner import plan, scale_decision, used_percent_without
+from bsud.reconcile.planner import plan, scale_decision, scale_up_reason, seconds_to_full, used_percent_without
 
 
 def spec(**kw) -> DriveConfig:
@@ -216,3 +217,89 @@ OFFLINE_TABLE = [
 @pytest.mark.parametrize(("target", "o", "kind"), [r[1:] for r in OFFLINE_TABLE], ids=[r[0] for r in OFFLINE_TABLE])
 def test_offline_and_delete(target, o, kind):
     assert step(spec(target=target), o)[0] == kind
+
+
+# -- scaling ahead of the writer ------------------------------------------------------------------
+
+MB = 1_000_000
+
+
+def pace(rate: float = 0.0, grow: float = 60.0, peak: float = 0.0, safety: float = 3.0) -> Pace:
+    return Pace(write_rate=rate, recent_peak=peak, grow_seconds=grow, safety_factor=safety)
+
+
+PACE_TABLE = [
+    # id, spec overrides, volume sizes, used GiB, pace, max volume GiB, expected (kind, fields) or None, note part
+    ("rate-trigger-far-below-threshold", {}, [10], 3.0, pace(100 * MB), 14901,
+     ("CreateVolume", {"size_gib": 34}), None),  # full in ~74 s < 3 × 60 s; 100 MB/s × 60 s × 6 = 34 GiB
+    ("slow-writer-no-trigger", {}, [10], 3.0, pace(1 * MB), 14901, None, None),
+    ("fast-grow-no-trigger", {}, [10], 3.0, pace(100 * MB, grow=2.0), 14901, None, None),
+    ("classic-size-when-rate-is-low", {}, [10], 9.0, pace(1 * MB), 14901, ("CreateVolume", {"size_gib": 12}), None),
+    ("rate-size-capped-by-max-total", {"max_total_size_gib": 30}, [10], 3.0, pace(100 * MB), 14901,
+     ("CreateVolume", {"size_gib": 20}), None),
+    ("rate-size-capped-by-volume-limit", {}, [10], 3.0, pace(100 * MB), 16, ("CreateVolume", {"size_gib": 16}), None),
+    ("rate-trigger-at-limit-says-seconds-left", {"max_bsu_count": 1}, [10], 6.0, pace(100 * MB), 14901, None,
+     "full in 42 s"),
+    ("burst-blocks-scale-down", {}, [10, 12], 5.0, pace(10 * MB), 14901, None, "no scale-down while written"),
+    ("recent-peak-blocks-scale-down", {}, [10, 12], 5.0, pace(0, peak=50 * MB), 14901, None,
+     "no scale-down while written"),
+    ("trickle-does-not-block-scale-down", {}, [10, 12], 5.0, pace(0.1 * MB), 14901,
+     ("MarkVolume", {"volume_id": "v1", "value": REMOVING}), None),
+    ("removal-that-would-refill-soon-is-not-made", {}, [10, 1000], 5.0, pace(2 * MB, grow=300.0), 14901, None,
+     "would pass 85% within"),
+    ("same-removal-with-fast-grows-is-made", {}, [10, 1000], 5.0, pace(2 * MB, grow=60.0), 14901,
+     ("MarkVolume", {"volume_id": "v1", "value": REMOVING}), None),
+    ("burst-blocks-replacing-smallest-at-max-count", {"max_bsu_count": 3}, [10, 12, 14], 18.0, pace(20 * MB),
+     14901, None, None),
+    ("burst-blocks-ideal-migration", {"initial_size_gib": 2}, [20], 4.0, pace(10 * MB), 14901, None,
+     "no scale-down"),
+    # sizes in integers: the original's 100 GiB + 10 % is 110 (floating point made it 111), 200 → 220
+    ("integer-size-100", {"initial_size_gib": 100, "disk_scale_factor_perc": 10}, [100], 90.0, pace(), 14901,
+     ("CreateVolume", {"size_gib": 110}), None),
+    ("integer-size-200", {"initial_size_gib": 200, "disk_scale_factor_perc": 10}, [200], 180.0, pace(), 14901,
+     ("CreateVolume", {"size_gib": 220}), None),
+    ("integer-smaller-size", {"initial_size_gib": 10, "disk_scale_factor_perc": 10}, [115], 100.0, pace(), 14901,
+     ("CreateVolume", {"size_gib": 104}), None),  # 115 × 0.9 = 103.5 → 104
+]
+
+
+@pytest.mark.parametrize(("overrides", "sizes", "used", "p", "max_gib", "expected", "note_part"),
+                         [r[1:] for r in PACE_TABLE], ids=[r[0] for r in PACE_TABLE])
+def test_scale_with_pace(overrides, sizes, used, p, max_gib, expected, note_part):
+    members = [vol(f"v{i}", size) for i, size in enumerate(sizes)]
+    action, note = scale_decision(spec(**overrides), members, usage(used, sum(sizes)), max_gib, p)
+    if expected is None:
+        assert action is None, action
+    else:
+        assert action is not None and action.kind == expected[0], action
+        for key, value in expected[1].items():
+            assert getattr(action, key) == value, action
+    if note_part:
+        assert note and note_part in note, note
+
+
+def test_rate_trigger_explains_the_size():
+    members = [vol("v0", 10)]
+    action, _ = scale_decision(spec(), members, usage(3.0, 10), 14901, pace(100 * MB))
+    assert "full in" in action.reason and "rather than the larger 12 GiB" in action.reason
+
+
+def test_metadata_running_out_scales_up():
+    u = UsageObs(used=2 * GIB, free=8 * GIB, size=10 * GIB, metadata_used=95 * 1024**2, metadata_free=5 * 1024**2)
+    action, _ = scale_decision(spec(), [vol("v0", 10)], u, 14901, pace())
+    assert action is not None and action.kind == "CreateVolume"
+    assert "metadata" in action.reason
+
+
+def test_rate_triggered_growth_is_the_scaling_up_phase():
+    p = plan(spec(), online(vol("v1"), used=3.0, pace=pace(100 * MB)))
+    assert p.action.kind == "CreateVolume" and p.phase == "scaling-up"
+
+
+def test_scale_up_reason_matches_the_sampler_and_the_planner():
+    s = spec()
+    assert scale_up_reason(s, usage(3.0, 10), pace(100 * MB)) is not None
+    assert scale_up_reason(s, usage(3.0, 10), pace(1 * MB)) is None
+    assert seconds_to_full(usage(3.0, 10), 0.0) == float("inf")
+    # 7 GiB free less the 100 MiB margin (1 %), at 100 MB/s
+    assert seconds_to_full(usage(3.0, 10), 100 * MB) == pytest.approx((7 * GIB - 10 * GIB // 100) / (100 * MB))

@@ -53,14 +53,14 @@ def test_lvm_end_to_end_grow_and_remove_with_data(vm, tmp_path: Path):
     assert Path(f"/dev/mapper/{drive}-bsud").exists()
     layout.mount([r1.device], mnt)
     sums = write_files(Path(mnt), 2, 100, "a")
-    size_one = layout.usage(mnt).device_size
+    size_one = layout.usage(mnt).size
 
     v2 = cloud.create_volume(drive, 1, "gp2")
     r2 = vm.attach(cloud, v2)
     layout.join(r2, tags, mnt)
     assert layout.grow(mnt) is True
     assert layout.grow(mnt) is False  # nothing left to grow into
-    assert layout.usage(mnt).device_size > 1.9 * size_one
+    assert layout.usage(mnt).size > 1.9 * size_one
     assert layout.lvm.vg(drive).pv_count == 2
     sums |= write_files(Path(mnt), 2, 100, "b")
 

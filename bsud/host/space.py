@@ -1,0 +1,196 @@
+"""A mounted btrfs's space as the kernel counts it right now: ``/sys/fs/btrfs/<fsid>/allocation``.
+
+``btrfs filesystem usage`` and statvfs count data only once it is written back and committed
+(up to ~30 s): a fast writer fills a drive before they move. The kernel's space info counts a
+write the moment it is reserved (``bytes_may_use``), then as reserved, then used; the sum stays
+put while data moves between those states. Reading these files costs no process, so a drive can
+be sampled several times a second.
+
+Two pools compete for the devices' unallocated space: data and metadata (btrfs returns ENOSPC
+when metadata runs out even with data space free). Each pool's capacity is its allocated chunks
+plus what the unallocated space would give it with its profile (single: ×1, DUP/RAID1: ×½).
+Where sysfs lacks a field, :class:`SpaceReader` falls back to ``btrfs filesystem usage -b`` and
+says so once in the log.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from bsud.errors import BsudError
+from bsud.host import mounts
+from bsud.host.btrfs import Btrfs, Usage
+from bsud.logs import get_logger
+
+log = get_logger("bsud.host.space")
+
+SYSFS_BTRFS = Path("/sys/fs/btrfs")
+#: What the kernel counts as taken or promised in a space info (``btrfs_space_info_used``).
+REQUIRED_COUNTERS = ("bytes_used", "bytes_reserved", "bytes_may_use", "bytes_pinned")
+OPTIONAL_COUNTERS = ("bytes_readonly", "bytes_zone_unusable")
+POOLS = ("data", "metadata", "system")
+
+
+class SysfsIncomplete(BsudError):
+    """This kernel's sysfs lacks a field bsud reads; the caller falls back to ``btrfs filesystem usage``."""
+
+
+@dataclass(frozen=True)
+class Pool:
+    """One btrfs space info (data, metadata or system)."""
+
+    allocated: int        # logical bytes in allocated chunks (total_bytes)
+    raw_allocated: int    # device bytes those chunks take (disk_total): ×2 for DUP
+    used: int             # used + reserved + may_use + pinned (+ readonly, zone unusable)
+
+    def ratio(self, default: float) -> float:
+        """Device bytes per logical byte of this pool's profile."""
+        return self.raw_allocated / self.allocated if self.allocated else default
+
+
+@dataclass(frozen=True)
+class Space:
+    """A mounted btrfs's space, in bytes."""
+
+    size: int             # the filesystem's devices, as btrfs sizes them
+    data: Pool
+    metadata: Pool
+    system: Pool
+    source: str = "sysfs"
+
+    @property
+    def unallocated(self) -> int:
+        return max(0, self.size - self.data.raw_allocated - self.metadata.raw_allocated - self.system.raw_allocated)
+
+    @property
+    def data_free(self) -> int:
+        """What data can still take: free room in data chunks plus unallocated space at the data profile."""
+        return max(0, self.data.allocated - self.data.used) + int(self.unallocated / self.data.ratio(1.0))
+
+    @property
+    def metadata_free(self) -> int:
+        return max(0, self.metadata.allocated - self.metadata.used) + \
+            int(self.unallocated / self.metadata.ratio(2.0))
+
+
+def _read_int(path: Path) -> int:
+    with open(path, "rb") as fh:
+        return int(fh.read().strip() or b"0")
+
+
+def read_pool(directory: Path) -> Pool:
+    """One space info directory (``allocation/data`` …); :class:`SysfsIncomplete` when a field is missing."""
+    try:
+        used = sum(_read_int(directory / name) for name in REQUIRED_COUNTERS)
+        allocated = _read_int(directory / "total_bytes")
+        raw = _read_int(directory / "disk_total")
+    except FileNotFoundError as exc:
+        raise SysfsIncomplete(f"{exc.filename} is missing") from None
+    except ValueError as exc:
+        raise SysfsIncomplete(f"{directory}: unreadable counter ({exc})") from None
+    for name in OPTIONAL_COUNTERS:
+        try:
+            used += _read_int(directory / name)
+        except (FileNotFoundError, ValueError):
+            pass
+    return Pool(allocated=allocated, raw_allocated=raw, used=used)
+
+
+def device_bytes(fs_dir: Path) -> int:
+    """Sum of the block devices' sizes under ``<fsid>/devices/`` (the kernel's, in 512-byte sectors)."""
+    total = 0
+    try:
+        names = os.listdir(fs_dir / "devices")
+    except FileNotFoundError:
+        raise SysfsIncomplete(f"{fs_dir}/devices is missing") from None
+    for name in names:
+        try:
+            total += _read_int(fs_dir / "devices" / name / "size") * 512
+        except (FileNotFoundError, ValueError):
+            raise SysfsIncomplete(f"{fs_dir}/devices/{name}/size is unreadable") from None
+    return total
+
+
+def read_space(fs_dir: Path, size_hint: int | None = None) -> Space:
+    """The live space of the filesystem whose sysfs directory is ``fs_dir``.
+
+    ``size_hint`` is the filesystem's size as btrfs last reported it (``btrfs filesystem show``):
+    block devices can be larger than the filesystem on them until it is resized (LVM before
+    ``resize max``), so the smaller of the two is used — never more capacity than is usable.
+    """
+    allocation = fs_dir / "allocation"
+    pools = [read_pool(allocation / name) for name in POOLS]
+    size = device_bytes(fs_dir)
+    if size_hint is not None:
+        size = min(size, size_hint)
+    return Space(size=size, data=pools[0], metadata=pools[1], system=pools[2])
+
+
+def space_from_usage(usage: Usage) -> Space:
+    """The same model from ``btrfs filesystem usage -b`` (committed data only: the fallback)."""
+    def pool(size: int, used: int, ratio: float) -> Pool:
+        return Pool(allocated=size, raw_allocated=int(size * ratio), used=used)
+
+    return Space(
+        size=usage.device_size - usage.slack,
+        data=pool(usage.data_size, usage.data_used, usage.data_ratio),
+        metadata=pool(usage.metadata_size, usage.metadata_used, usage.metadata_ratio),
+        system=pool(usage.system_size, usage.system_used, usage.metadata_ratio),
+        source="btrfs filesystem usage",
+    )
+
+
+def find_fs_dir(entry: mounts.MountEntry, root: Path = SYSFS_BTRFS) -> Path | None:
+    """The ``/sys/fs/btrfs/<fsid>`` directory of a mounted btrfs, found by its device's kernel name."""
+    name = os.path.basename(os.path.realpath(entry.source))
+    try:
+        candidates = os.listdir(root)
+    except FileNotFoundError:
+        return None
+    for fsid in candidates:
+        if os.path.exists(root / fsid / "devices" / name):
+            return root / fsid
+    return None
+
+
+class SpaceReader:
+    """Reads a mounted btrfs's live space: sysfs when it can, ``btrfs filesystem usage`` when it cannot."""
+
+    def __init__(self, btrfs: Btrfs, root: Path = SYSFS_BTRFS) -> None:
+        self.btrfs = btrfs
+        self.root = root
+        self._dirs: dict[tuple[str, str], Path] = {}
+        self._fallback_said = False
+        self.fallback = False
+
+    def _fs_dir(self, mount_point: str) -> Path | None:
+        entry = mounts.mount_at(mount_point)
+        if entry is None or entry.fstype != "btrfs":
+            raise BsudError(f"{mount_point} is not a mounted btrfs", temporary=True)
+        key = (mount_point, entry.source)
+        found = self._dirs.get(key)
+        if found is None or not found.is_dir():
+            found = find_fs_dir(entry, self.root)
+            if found is None:
+                return None
+            self._dirs = {key: found}
+        return found
+
+    def read(self, mount_point: str, size_hint: int | None = None) -> Space:
+        fs_dir = self._fs_dir(mount_point)
+        try:
+            if fs_dir is None:
+                raise SysfsIncomplete(f"no directory under {self.root} for the btrfs mounted on {mount_point}")
+            space = read_space(fs_dir, size_hint)
+            self.fallback = False
+            return space
+        except SysfsIncomplete as exc:
+            if not self._fallback_said:
+                log.warning("btrfs live space accounting is not readable from sysfs; using 'btrfs filesystem "
+                            "usage' (counts data only once committed, and costs a process)",
+                            mount=mount_point, missing=str(exc))
+                self._fallback_said = True
+            self.fallback = True
+            return space_from_usage(self.btrfs.usage(mount_point))

@@ -1,0 +1,91 @@
+"""The write-rate meter and the grow clock, fed with made-up samples (no clock, no I/O)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bsud.config import Provider
+from bsud.reconcile.pace import DEFAULT_GROW_SECONDS, MIN_GROW_SECONDS, GrowClock, RateMeter, make_pace
+
+MB = 1_000_000
+
+
+def feed(meter: RateMeter, start: float, seconds: float, rate: float, used: int = 0, step: float = 0.25) -> int:
+    t = start
+    while t <= start + seconds + 1e-9:
+        meter.add(t, int(used + (t - start) * rate))
+        t += step
+    return int(used + seconds * rate)
+
+
+def test_steady_writer():
+    meter = RateMeter()
+    feed(meter, 0, 20, 50 * MB)
+    assert meter.rate() == pytest.approx(50 * MB, rel=0.01)
+    assert meter.peak() == pytest.approx(50 * MB, rel=0.01)
+
+
+def test_a_burst_is_seen_within_the_short_window():
+    meter = RateMeter()
+    used = feed(meter, 0, 30, 0)
+    feed(meter, 30, 1.0, 400 * MB, used)
+    # one second into a 400 MB/s burst after 30 s idle: the 2 s window already shows ~200 MB/s
+    assert meter.rate() >= 190 * MB
+    assert meter.rate_over(10) < meter.rate_over(2)
+
+
+def test_deleting_is_not_a_negative_rate():
+    meter = RateMeter()
+    feed(meter, 0, 5, -100 * MB, used=10_000 * MB)
+    assert meter.rate() == 0.0
+
+
+def test_peak_remembers_the_last_minute_only():
+    meter = RateMeter()
+    used = feed(meter, 0, 5, 300 * MB)
+    feed(meter, 5, 30, 0, used)
+    assert meter.rate() == 0.0
+    assert meter.peak() == pytest.approx(300 * MB, rel=0.05)
+    feed(meter, 35, 70, 0, used)
+    assert meter.peak() == 0.0
+
+
+def test_samples_out_of_order_are_ignored():
+    meter = RateMeter()
+    meter.add(10.0, 100)
+    meter.add(9.0, 0)
+    meter.add(11.0, 200)
+    assert meter.rate() == pytest.approx(100.0)
+
+
+def test_grow_clock_learns_the_slowest_recent_grow():
+    clock = GrowClock(DEFAULT_GROW_SECONDS[Provider.OUTSCALE])
+    assert clock.seconds == 60.0
+    for start, took in ((0, 20.0), (100, 35.0), (200, 25.0)):
+        clock.start(start, capacity=1000)
+        assert clock.observe(start + took / 2, 1000) is None  # not grown yet
+        assert clock.observe(start + took, 3000) == pytest.approx(took)
+    assert clock.seconds == pytest.approx(35.0)
+    clock.start(300, 3000)
+    clock.observe(310, 5000)  # a fast grow does not erase the slow one kept
+    assert clock.seconds == pytest.approx(35.0)
+    assert not clock.running
+
+
+def test_grow_clock_never_counts_on_less_than_the_floor():
+    clock = GrowClock(5.0)
+    clock.start(0, 1)
+    clock.observe(0.1, 2)
+    assert clock.seconds == MIN_GROW_SECONDS
+
+
+def test_grow_clock_keeps_the_first_start_of_a_grow():
+    clock = GrowClock(5.0)
+    clock.start(0, 1)
+    clock.start(3, 1)  # a retried CreateVolume: the grow began at the first decision
+    assert clock.observe(10, 2) == 10
+
+
+def test_pace_without_a_meter():
+    pace = make_pace(None, GrowClock(30.0), 3.0)
+    assert pace.write_rate == 0.0 and pace.grow_seconds == 30.0 and pace.safety_factor == 3.0
