@@ -101,6 +101,9 @@ def cmd_status(config: Config, as_json: bool) -> int:
         used = f"{st['used_percent']:.1f}%" if st.get("used_percent") is not None else "-"
         print(f"{name:<16} {st['target']:<8} {st['phase']:<14} {len(st['volumes']):>4} "
               f"{str(st['size_gib']) + 'G':>8} {used:>7}  {st['mount_path']}")
+        if st.get("seconds_to_full") is not None:
+            print(f"{'':<16} writing {st['write_rate'] / 1e6:.1f} MB/s: full in {st['seconds_to_full']:.0f} s at "
+                  f"that rate (a grow takes ~{st['grow_seconds']:.0f} s)")
         if st.get("last_error"):
             print(f"{'':<16} error: {st['last_error']}")
         for note in st.get("notes", []):

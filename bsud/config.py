@@ -256,7 +256,13 @@ _RESERVED_NAMES = frozenset(
         "tty", "urandom", "vfio", "zero",
     }
 )
-_RESERVED_PREFIXES = ("loop", "nvme", "sd", "xvd", "vd", "dm-", "md", "tty", "snapshot", "pvmove")
+#: Kernel block and tty device names a VM can have (a VG of that name would clash under /dev), and what LVM
+#: reserves. Only real clashes: ``sdata``, ``mdata``, ``vdisk`` or ``ttyrec`` are fine (the original accepts them).
+_RESERVED_PATTERNS = re.compile(
+    r"(?:sd|vd|xvd)[a-z]{1,2}\d*|hd[a-z]\d*|nvme\d+(?:n\d+(?:p\d+)?)?|nvme-fabrics|loop\d+|loop-control"
+    r"|md\d+(?:p\d+)?|dm-\d+|sr\d+|sg\d+|ram\d+|zram\d+|nbd\d+(?:p\d+)?|rbd\d+|vcsa?\d*|vcsu\d*"
+    r"|tty(?:s|usb|acm|ama|printk)?\d*|snapshot|pvmove",
+)
 
 # Mount paths that are (or hold) the operating system.
 _SYSTEM_DIRS = frozenset(
@@ -278,7 +284,7 @@ def check_drive_name(name: str) -> str | None:
             "starting with a letter or digit"
         )
     lowered = name.lower()
-    if lowered in _RESERVED_NAMES or any(lowered.startswith(p) for p in _RESERVED_PREFIXES):
+    if lowered in _RESERVED_NAMES or _RESERVED_PATTERNS.fullmatch(lowered):
         return f"{name!r} is reserved (it would clash with a name under /dev or in LVM); choose another name"
     if name in {".", ".."}:
         return f"{name!r} is not a usable drive name"

@@ -15,6 +15,7 @@ config; an invalid one is refused and the old one kept.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -46,19 +47,52 @@ STATUS_SECONDS = 5.0
 def required_tools(config: Config) -> list[str]:
     tools = ["blkid", "wipefs", "mount", "umount", "btrfs", "mkfs.btrfs"]
     if any(d.layout == Layout.LVM for d in config.drives):
-        tools.append("lvm")
+        tools += ["lvm", "dmsetup"]
     if config.cloud.provider == Provider.LOCAL:
         tools.append("losetup")
     return tools
 
 
 def write_status(path: str, data: dict[str, Any]) -> None:
-    """Atomic write: readers see the old file or the new one, never half of one."""
+    """Atomic write: readers see the old file or the new one, never half of one (nor a left-over temp file
+    when the disk is full)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, target)
+    try:
+        tmp.write_text(json.dumps(data, indent=1, default=str))
+        os.replace(tmp, target)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class AlreadyRunning(BsudError):
+    pass
+
+
+def take_lock(status_file: str) -> int:
+    """One daemon per status file: an exclusive lock on ``<status-file>.lock``, held until the process ends.
+
+    A second daemon started on the same config (or the same default status file) refuses to run and names the
+    first one's pid. The lock dies with its process, even after kill -9: nothing to clean up.
+    """
+    path = Path(status_file + ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise AlreadyRunning(f"another bsud (pid {holder}) is running with status file {status_file}; stop it "
+                             "first (or give this one its own daemon.status-file)") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as exc:  # a full disk: the lock holds all the same, only the pid is not written down
+        log.warning("cannot write the pid into the lock file", path=str(path), error=str(exc))
+    return fd
 
 
 class DriveWorker(threading.Thread):
@@ -137,6 +171,10 @@ class DriveWorker(threading.Thread):
         settings = self.owner.config.daemon
         last_full = 0.0
         delay = settings.retry_seconds
+        try:
+            self.reconciler.layout.recover()
+        except BsudError as exc:
+            log.warning("recovery at start failed", drive=self.reconciler.spec.name, error=str(exc))
         while not self.stop_event.is_set():
             with self.lock:
                 if self.pending_spec is not None:
@@ -245,6 +283,7 @@ class Daemon:
         self.snapshot.invalidate()
 
     def run(self) -> int:
+        self._lock = take_lock(self.config.daemon.status_file)
         preflight(required_tools(self.config))
         if self.config.cloud.provider == Provider.LOCAL:
             os.makedirs(self.config.cloud.state_dir, exist_ok=True)

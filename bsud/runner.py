@@ -27,6 +27,7 @@ _SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/
 TOOL_PACKAGES: dict[str, str] = {
     "lvm": "lvm2",
     "pvs": "lvm2",
+    "dmsetup": "dmsetup",
     "btrfs": "btrfs-progs",
     "mkfs.btrfs": "btrfs-progs",
     "blkid": "util-linux",

@@ -145,6 +145,9 @@ class StorageLayout(ABC):
     @abstractmethod
     def activate(self, devices: list[str]) -> None: ...
 
+    def recover(self) -> None:
+        """At start: undo what a kill mid-command can leave behind on the host (nothing, by default)."""
+
     @abstractmethod
     def deactivate(self, devices: list[str]) -> None: ...
 
@@ -199,6 +202,9 @@ class LvmLayout(StorageLayout):
             raise LayoutError(f"{dev}: pvcreate reported success but no PV is visible")
         if pv[0].vg_name == "":
             if self.lvm.vg(self.vg) is None:
+                if os.path.lexists(f"/dev/{self.vg}"):
+                    raise LayoutError(f"drive {self.drive!r}: /dev/{self.vg} exists on this machine, so LVM cannot "
+                                      "name a VG after the drive; rename the drive (its volumes' tag too)")
                 self.lvm.vgcreate(self.vg, [dev])
             else:
                 self.lvm.vgextend(self.vg, dev)
@@ -209,9 +215,15 @@ class LvmLayout(StorageLayout):
 
     def ensure_filesystem(self, resolution: Resolution | None = None,
                           volume_tags: dict[str, str] | None = None) -> None:
+        if self.lvm.vg(self.vg) is None:
+            raise LayoutError(f"drive {self.drive!r}: no VG {self.vg} to put the filesystem on")
         lv = self.lvm.lv(self.vg)
         if lv is None:
-            raise LayoutError(f"drive {self.drive!r}: no LV {self.vg}/{LV_NAME} to put the filesystem on")
+            # Stopped between vgcreate and lvcreate: a VG of the drive's volumes with no LV holds no data.
+            self.lvm.lvcreate_full(self.vg)
+            lv = self.lvm.lv(self.vg)
+        if lv is None:
+            raise LayoutError(f"drive {self.drive!r}: lvcreate reported success but {self.lv_path} is not there")
         if not lv.active:
             self.lvm.vgchange(self.vg, True)
         found = probe(self.runner, self.lv_path)
@@ -234,6 +246,14 @@ class LvmLayout(StorageLayout):
         lv = self.lvm.lv(self.vg)
         if lv is not None and not lv.active:
             self.lvm.vgchange(self.vg, True)
+
+    def recover(self) -> None:
+        """A dm device of the drive left suspended (bsud's lvm child killed mid-lvreduce/pvmove) blocks every
+        I/O to it: resume it."""
+        for name in self.lvm.suspended(self.vg):
+            log.warning("resuming a device-mapper device of the drive left suspended", drive=self.drive,
+                        device=name)
+            self.lvm.resume(name)
 
     def deactivate(self, devices: list[str]) -> None:
         if self.lvm.vg(self.vg) is not None:

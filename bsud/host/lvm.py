@@ -102,6 +102,24 @@ def parse_lvs(text: str) -> list[LogicalVolume]:
 
 
 _PROGRESS_RE = re.compile(r"(\S+): Moved: ([\d.]+)%")
+#: A device-mapper name made by LVM: VG and LV with their dashes doubled, joined by one dash.
+_DM_NAME_RE = re.compile(r"^((?:[^-]|--)+)-((?:[^-]|--)+)$")
+
+
+def vg_of_dm_name(name: str) -> str | None:
+    """The VG of an LVM device-mapper name (``my--vg-bsud`` → ``my-vg``), None for other dm devices."""
+    found = _DM_NAME_RE.match(name)
+    return found.group(1).replace("--", "-") if found else None
+
+
+def parse_suspended(text: str) -> list[str]:
+    """dm names reported suspended by ``dmsetup info -c --noheadings --separator : -o name,suspended``."""
+    names = []
+    for line in text.splitlines():
+        name, _, state = line.strip().partition(":")
+        if name and state.strip().lower() == "suspended":
+            names.append(name)
+    return names
 
 _PV_FIELDS = "pv_name,vg_name,pv_size,pv_free,pv_uuid,dev_size"
 _VG_FIELDS = "vg_name,vg_uuid,vg_size,vg_free,vg_extent_size,pv_count,lv_count"
@@ -114,6 +132,17 @@ class Lvm:
 
     # -- observation ---------------------------------------------------------------------------
 
+    def suspended(self, vg: str) -> list[str]:
+        """This VG's device-mapper devices left suspended (a kill in the middle of lvreduce/pvmove…)."""
+        out = self.runner.run(["dmsetup", "info", "-c", "--noheadings", "--separator", ":", "-o", "name,suspended"],
+                              timeout=60, check=False, quiet=True)
+        if out.returncode != 0:
+            return []
+        return [name for name in parse_suspended(out.stdout) if vg_of_dm_name(name) == vg]
+
+    def resume(self, dm_name: str) -> None:
+        self.runner.run(["dmsetup", "resume", dm_name], timeout=120)
+
     def pvs(self, devices: list[str] | None = None) -> list[PhysicalVolume]:
         """PVs among ``devices`` (all when None); devices that are not PVs are left out."""
         if devices == []:
@@ -124,14 +153,15 @@ class Lvm:
         return parse_pvs(self.runner.run(argv, timeout=120, ok_codes=(0, 5), quiet=True).stdout)
 
     def vg(self, name: str) -> VolumeGroup | None:
+        # Exit 5 is how vgs says "not found": an expected answer (an offline drive), logged at debug level.
         out = self.runner.run(["lvm", "vgs", "--reportformat", "json", "--units", "b", "--nosuffix", "-o",
-                               _VG_FIELDS, name], timeout=120, check=False, quiet=True)
+                               _VG_FIELDS, name], timeout=120, check=False, ok_codes=(0, 5), quiet=True)
         found = parse_vgs(out.stdout) if out.returncode == 0 else []
         return found[0] if found else None
 
     def lvs(self, vg: str) -> list[LogicalVolume]:
         out = self.runner.run(["lvm", "lvs", "-a", "--reportformat", "json", "--units", "b", "--nosuffix",
-                               "-o", _LV_FIELDS, vg], timeout=120, check=False, quiet=True)
+                               "-o", _LV_FIELDS, vg], timeout=120, check=False, ok_codes=(0, 5), quiet=True)
         return parse_lvs(out.stdout) if out.returncode == 0 else []
 
     def lv(self, vg: str) -> LogicalVolume | None:

@@ -20,7 +20,8 @@ from bsud.runner import Runner
 
 log = get_logger("bsud.reconcile")
 
-#: The same action planned this many times in a row means it has no effect: stop and say so.
+#: The same action done this many times in a row, each time without error, and planned again has no effect:
+#: say so and back off (it is tried again later; a drive is never parked for good).
 REPEAT_LIMIT = 8
 
 
@@ -109,6 +110,9 @@ class DriveReconciler:
     def _record(self, obs: DriveObs, current: Plan) -> None:
         st = self.status
         st.phase, st.action, st.reason = current.phase, current.action.kind, current.action.reason
+        for note in current.notes:
+            if note not in st.notes:  # said once while it holds (a seconds-to-full note changes, so it is said again)
+                log.warning("drive note", drive=self.spec.name, note=note)
         st.notes = list(current.notes)
         st.size_gib = sum(v.size_gib for v in obs.volumes if v.state not in ("deleting", "deleted"))
         st.record_usage(obs.usage, obs.pace)
@@ -125,24 +129,25 @@ class DriveReconciler:
         self._record(obs, current)
         self.last_plan = current
         action = current.action
+        if isinstance(action, Idle | Wait | Blocked):
+            # An episode ends: the same action planned later is a new attempt, not a repeat.
+            self._repeats, self._previous = 0, None
         if isinstance(action, Idle | Wait):
             log.debug("drive", drive=self.spec.name, phase=current.phase, action=action.kind, reason=action.reason)
-            self.status.last_error = None if isinstance(action, Idle) else self.status.last_error
+            self.status.last_error = None  # observed and planned: whatever failed before works again
             return current
         if isinstance(action, Blocked):
             log.warning("drive blocked", drive=self.spec.name, reason=action.reason)
             self.status.last_error = action.reason
             return current
-        if self.last_plan is not None and self._previous == action:
-            self._repeats += 1
-        else:
-            self._repeats = 0
-        self._previous = action
         if self._repeats >= REPEAT_LIMIT:
+            # Done that many times, each time successfully, and planned again: it has no effect. Say so and
+            # back off (the daemon's delay doubles up to 5 minutes); never park the drive for good.
             self.status.phase = "blocked"
             self.status.last_error = (f"{action.kind} was done {self._repeats} times in a row without effect "
-                                      f"({action.reason}); see the log")
+                                      f"({action.reason}); trying again later, see the log")
             log.error("no progress", drive=self.spec.name, action=action.kind, repeats=self._repeats)
+            self._repeats, self._previous = 0, None
             raise BsudError(self.status.last_error, temporary=True)
         log.info("step", drive=self.spec.name, phase=current.phase, action=action.kind, reason=action.reason,
                  **{k: v for k, v in action.__dict__.items() if k != "reason" and v not in (None, "")})
@@ -154,6 +159,9 @@ class DriveReconciler:
         finally:
             if action.changes_cloud:
                 self.snapshot.invalidate()
+        # Only a completed execution counts as a repeat: a failure is retried with backoff, not counted.
+        self._repeats = self._repeats + 1 if self._previous == action else 1
+        self._previous = action
         return current
 
     def run_until_settled(self, max_steps: int = 200, wait: float = 0.5) -> Plan:

@@ -6,17 +6,16 @@ verified, a volume is detached only when nothing of the drive is mounted or acti
 
 from __future__ import annotations
 
-import os
-import signal
-
 from bsud.cloud.base import CloudProvider
 from bsud.config import DRIVE_TAG, STATE_TAG, DriveConfig, Provider, provisioned_iops, volume_limits
 from bsud.errors import BsudError
 from bsud.host import mounts
 from bsud.host.devices import DeviceWaiter, Resolution, VolumeRef, find_device
 from bsud.host.layouts import StorageLayout
+from bsud.host.safety import probe
 from bsud.logs import get_logger
 from bsud.reconcile.model import (
+    EVACUATED,
     Action,
     Activate,
     AttachVolume,
@@ -32,16 +31,12 @@ from bsud.reconcile.model import (
     MarkVolume,
     Mount,
     RemoveFromDrive,
+    RetireVolume,
     Unmount,
     Wait,
 )
 
 log = get_logger("bsud.reconcile.execute")
-
-#: Test hook: kill the process with SIGKILL right before / after an action of this kind
-#: (used by the crash-safety tests to stop the daemon at every step boundary).
-CRASH_BEFORE = os.environ.get("BSUD_TEST_CRASH_BEFORE")
-CRASH_AFTER = os.environ.get("BSUD_TEST_CRASH_AFTER")
 
 
 class ActionError(BsudError):
@@ -82,13 +77,7 @@ class Executor:
 
     def run(self, action: Action, devices: list[str] | None = None) -> None:
         self.devices = devices or []
-        if CRASH_BEFORE and CRASH_BEFORE == action.kind:
-            log.warning("test hook: crashing before action", action=action.kind)
-            os.kill(os.getpid(), signal.SIGKILL)
         getattr(self, f"_do_{action.kind}")(action)
-        if CRASH_AFTER and CRASH_AFTER == action.kind:
-            log.warning("test hook: crashing after action", action=action.kind)
-            os.kill(os.getpid(), signal.SIGKILL)
 
     # -- cloud -------------------------------------------------------------------------------------
 
@@ -108,15 +97,10 @@ class Executor:
             waiter.wait(VolumeRef.from_volume(vol, self.cloud.identity().instance_id), timeout=self.device_timeout)
 
     def _do_DetachVolume(self, action: DetachVolume) -> None:  # noqa: N802
+        """Taking the whole drive offline (a volume leaving a running drive goes through RetireVolume)."""
         vol = self._volume(action.volume_id)
-        if vol.tags.get(STATE_TAG) != "evacuated":
-            # Taking the whole drive offline: nothing of it may still be mounted.
-            if mounts.mount_at(self.spec.mount_path) is not None:
-                raise ActionError(f"not detaching {vol.id}: {self.spec.mount_path} is still mounted", temporary=True)
-        else:
-            found, _ = self._resolve(vol.id) if vol.attachment_to(self.cloud.identity().instance_id) else (None, None)
-            if found is not None and found.device in self.layout.observe([found.device]).members:
-                raise ActionError(f"not detaching {vol.id}: {found.device} is still part of the drive")
+        if mounts.mount_at(self.spec.mount_path) is not None:
+            raise ActionError(f"not detaching {vol.id}: {self.spec.mount_path} is still mounted", temporary=True)
         self.cloud.detach_volume(vol.id)
         self.cloud.wait_detached(vol.id, timeout=self.attach_timeout)
 
@@ -126,6 +110,19 @@ class Executor:
             raise ActionError(f"not deleting {vol.id}: it is still attached", temporary=True)
         self.cloud.delete_volume(vol.id)
         self.cloud.wait_deleted(vol.id, timeout=self.attach_timeout)
+
+    def _do_RetireVolume(self, action: RetireVolume) -> None:  # noqa: N802
+        """Detach and delete a volume that is out of the drive — only once it is seen blank, attached here."""
+        found, tags = self._resolve(action.volume_id)
+        if tags.get(STATE_TAG) != EVACUATED:
+            raise ActionError(f"not deleting {action.volume_id}: it is not marked {EVACUATED}")
+        seen = probe(self.layout.runner, found.device)
+        if not seen.blank:
+            raise ActionError(f"not deleting {action.volume_id}: {found.device} holds {seen.describe()}")
+        self.cloud.detach_volume(action.volume_id)
+        self.cloud.wait_detached(action.volume_id, timeout=self.attach_timeout)
+        self.cloud.delete_volume(action.volume_id)
+        self.cloud.wait_deleted(action.volume_id, timeout=self.attach_timeout)
 
     def _do_MarkVolume(self, action: MarkVolume) -> None:  # noqa: N802
         self._volume(action.volume_id)

@@ -79,6 +79,7 @@ class DriveObs:
     active: bool = False
     move_in_progress: bool = False
     can_grow: bool = False
+    lv_missing: bool = False            # lvm: PVs in the drive's VG but no LV (stopped before lvcreate)
     usage: UsageObs | None = None
     pace: Pace = Pace()
 
@@ -123,8 +124,15 @@ class DeleteVolume(VolumeAction):
 
 
 @dataclass(frozen=True)
+class RetireVolume(VolumeAction):
+    """Detach and delete a volume out of the drive, after checking (attached here) that it is blank."""
+
+    changes_cloud: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
 class MarkVolume(VolumeAction):
-    """Set the bookkeeping tag (removing / evacuated)."""
+    """Set the bookkeeping tag (removing / evacuated; empty: no mark)."""
 
     value: str = ""
 

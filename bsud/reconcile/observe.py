@@ -136,6 +136,7 @@ def observe_drive(spec: DriveConfig, volumes: list[Volume], cloud: CloudProvider
         name=spec.name, volumes=tuple(obs_volumes), has_filesystem=state.has_filesystem, mounted=mounted,
         mount_blocked=mount_blocked if state.has_filesystem or entry is not None else None,
         active=active, move_in_progress=state.move_in_progress, can_grow=can_grow, usage=usage,
+        lv_missing=spec.layout == Layout.LVM and bool(state.members) and state.fs_device is None,
     )
     return obs, resolutions
 

@@ -45,6 +45,7 @@ from bsud.reconcile.model import (
     Pace,
     Plan,
     RemoveFromDrive,
+    RetireVolume,
     Unmount,
     UsageObs,
     VolumeObs,
@@ -232,6 +233,47 @@ def _left_text(usage: UsageObs, pace: Pace) -> str:
     return "" if math.isinf(left) else f"; full in {left:.0f} s at {rate_text(pace.write_rate)}"
 
 
+def _plan_evacuated(v: VolumeObs) -> tuple[Action, str] | None:
+    """A volume marked evacuated: verified blank before it is deleted, or taken back when it holds something.
+
+    The original bsud (same tags) re-adds such a volume to its VG when it runs again, and a detached volume may
+    have been written elsewhere: nothing is deleted without being attached here and found blank.
+    """
+    if v.member:
+        return MarkVolume(volume_id=v.id, value="", reason=f"{v.id} is part of the drive again: dropping its "
+                          f"'{EVACUATED}' mark"), "online"
+    if not v.attached_here:
+        if v.state == AVAILABLE:
+            return AttachVolume(volume_id=v.id, reason=f"{v.id} is out of the drive and detached: attaching it to "
+                                "check it is blank before deleting it"), "scaling-down"
+        return None
+    if v.device_error:
+        return Blocked(reason=v.device_error), "blocked"
+    if v.device is None:
+        return Wait(reason=f"waiting for the device of {v.id}"), "scaling-down"
+    if v.blank:
+        return RetireVolume(volume_id=v.id, reason=f"{v.id} is out of the drive and verifiably blank"), "scaling-down"
+    if v.own:
+        return MarkVolume(volume_id=v.id, value=REMOVING, reason=f"{v.id} is marked '{EVACUATED}' but holds the "
+                          "drive's signature: finishing its removal first"), "scaling-down"
+    if v.foreign:
+        return Blocked(reason=f"{v.foreign} (it is marked '{EVACUATED}': bsud will not delete it)"), "blocked"
+    return Wait(reason=f"cannot tell what {v.id} holds; not deleting it"), "scaling-down"
+
+
+def removal_no_longer_fits(spec: DriveConfig, usage: UsageObs, pace: Pace, members: list[VolumeObs],
+                           volume: VolumeObs) -> str | None:
+    """Why a removal in progress must be abandoned (the volume stays), or None. Growth comes first."""
+    up = scale_up_reason(spec, usage, pace)
+    if up:
+        return f"the drive needs space ({up})"
+    capacity_after = sum(v.size_bytes for v in members) - volume.size_bytes
+    after = 100.0 * usage.used / capacity_after if capacity_after > 0 else math.inf
+    if after >= spec.max_used_space_perc:
+        return f"the data would fill {after:.1f}% of the drive without it"
+    return None
+
+
 def _plan_online(spec: DriveConfig, obs: DriveObs, max_volume_gib: int) -> Plan:
     notes: list[str] = []
     vols = [v for v in obs.volumes if v.state not in (DELETING, DELETED)]
@@ -246,13 +288,11 @@ def _plan_online(spec: DriveConfig, obs: DriveObs, max_volume_gib: int) -> Plan:
                                        "(or remove its tag) to bring the drive online here"), "blocked", tuple(notes))
 
     for v in vols:
-        if v.bookkeeping == EVACUATED and not v.member:
-            if v.attached_here:
-                return Plan(DetachVolume(volume_id=v.id, reason=f"{v.id} is out of the drive"), "scaling-down")
-            if v.state == AVAILABLE:
-                return Plan(DeleteVolume(volume_id=v.id, reason=f"{v.id} is out of the drive and detached"),
-                            "scaling-down")
-    live = [v for v in vols if not (v.bookkeeping == EVACUATED and not v.member)]
+        if v.bookkeeping == EVACUATED:
+            retiring = _plan_evacuated(v)
+            if retiring is not None:
+                return Plan(retiring[0], retiring[1], tuple(notes))
+    live = [v for v in vols if v.bookkeeping != EVACUATED]
     creating = [v for v in live if v.state == CREATING]
 
     if not live:
@@ -282,6 +322,9 @@ def _plan_online(spec: DriveConfig, obs: DriveObs, max_volume_gib: int) -> Plan:
                                    "the drive any more"), "scaling-down", tuple(notes))
     fresh = [v for v in live if not v.member and (v.blank or v.own) and v.bookkeeping != REMOVING]
 
+    if members and obs.lv_missing:
+        return Plan(MakeFilesystem(reason="the drive's VG has no LV yet (stopped between vgcreate and lvcreate): "
+                                          "creating it, then its filesystem"), "assembling", tuple(notes))
     if members and not obs.active and spec.layout == Layout.LVM:
         return Plan(Activate(reason="the drive's storage is not active"), "assembling", tuple(notes))
     if not obs.has_filesystem:
@@ -309,14 +352,24 @@ def _plan_online(spec: DriveConfig, obs: DriveObs, max_volume_gib: int) -> Plan:
         return Plan(Join(volume_id=fresh[0].id, reason=f"{fresh[0].id} is attached but not part of the drive"),
                     "scaling-up", tuple(notes))
     for v in removing:
-        if v.member:
+        if v.member and obs.usage is not None:
+            why = removal_no_longer_fits(spec, obs.usage, obs.pace, members, v)
+            if why:
+                return Plan(MarkVolume(volume_id=v.id, value="", reason=f"abandoning the removal of {v.id}: {why}; "
+                                       "it stays in the drive"), "scaling-up", tuple(notes))
+        if v.member or v.own:
+            # own but not a member: an orphan PV left by a stop between vgreduce and pvremove.
             keep = ideal_bytes(spec, obs.usage) if obs.usage else None
             return Plan(RemoveFromDrive(volume_id=v.id, keep_bytes=keep,
                                         reason=f"moving data off {v.id} before it leaves the drive"),
                         "scaling-down", tuple(notes))
     if obs.can_grow or obs.move_in_progress:
         return Plan(Grow(reason="the filesystem can use more space"), "growing", tuple(notes))
-    if obs.usage is None or len(members) != len(live):
+    odd = [v.id for v in live if not v.member]
+    if odd:
+        return Plan(Wait(reason=f"cannot tell what {', '.join(odd)} hold (neither part of the drive, blank, nor "
+                                "foreign); looking again"), "online", tuple(notes))
+    if obs.usage is None:
         return Plan(Idle(reason="online"), "online", tuple(notes))
     action, note = scale_decision(spec, members, obs.usage, max_volume_gib, obs.pace)
     if note:

@@ -54,11 +54,19 @@ class DaemonHarness:
         tmp.write_text(json.dumps(doc))
         os.replace(tmp, self.config_path)
 
-    def start(self, **env: str) -> None:
+    def start(self, crash: str | None = None, group: bool = False, **env: str) -> None:
+        """Start the daemon; with ``crash``, through tests.crashpoint, which SIGKILLs it there (see that module).
+
+        A session of its own, so that a kill of its process group reaches nothing else."""
         full_env = {**os.environ, **env}
+        module = "bsud"
+        if crash:
+            module = "tests.crashpoint"
+            full_env.update(BSUD_CRASH=crash, BSUD_CRASH_GROUP="1" if group else "0")
         self.log = open(self.log_path, "a")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "bsud", "-c", str(self.config_path)], cwd=ROOT,
-                                     stdout=self.log, stderr=subprocess.STDOUT, env=full_env)
+        self.proc = subprocess.Popen([sys.executable, "-m", module, "-c", str(self.config_path)], cwd=ROOT,
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=full_env,
+                                     start_new_session=True)
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None
@@ -81,8 +89,12 @@ class DaemonHarness:
         return self.proc is not None and self.proc.poll() is None
 
     def status(self) -> dict[str, Any]:
+        """The drive's status as the running daemon wrote it (a file left by an earlier process does not count)."""
         try:
-            return json.loads(self.status_path.read_text())["drives"][self.drive]
+            data = json.loads(self.status_path.read_text())
+            if self.proc is not None and data.get("pid") != self.proc.pid:
+                return {}
+            return data["drives"][self.drive]
         except (OSError, ValueError, KeyError):
             return {}
 

@@ -1,7 +1,7 @@
 """kill -9 at every step boundary of scale-up and scale-down, then restart: converges, no data lost, no leak.
 
-The daemon is driven to the step by the BSUD_TEST_CRASH_BEFORE/AFTER hook, which SIGKILLs it
-right before or after the first action of that kind after it starts.
+The daemon runs through tests.crashpoint, which SIGKILLs it right before or after the first action of that
+kind (or cloud call) after it starts.
 """
 
 from __future__ import annotations
@@ -40,14 +40,16 @@ def assert_no_leak(h: DaemonHarness, volumes: int) -> None:
 
 
 def crash_and_recover(h: DaemonHarness, when: str, action: str) -> None:
-    h.start(**{f"BSUD_TEST_CRASH_{when.upper()}": action})
+    layer = "cloud" if action.islower() else "action"
+    h.start(crash=f"{when}:{layer}:{action}")
     assert h.wait_exit(180) == -9, f"daemon did not reach {when} {action}:\n{h.tail()}"
     h.start()
 
 
 SCALE_UP = [("after", "CreateVolume"), ("after", "AttachVolume"), ("before", "Join"), ("after", "Join")]
+# RetireVolume detaches then deletes: "after detach_volume" is the stop between the two.
 SCALE_DOWN = [("after", "MarkVolume"), ("before", "RemoveFromDrive"), ("after", "RemoveFromDrive"),
-              ("after", "DetachVolume"), ("after", "DeleteVolume")]
+              ("before", "RetireVolume"), ("after", "detach_volume"), ("after", "RetireVolume")]
 
 
 @pytest.mark.parametrize(("when", "action"), SCALE_UP, ids=[f"{w}-{a}" for w, a in SCALE_UP])

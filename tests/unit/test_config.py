@@ -183,12 +183,16 @@ def test_outscale_io1_iops(size, per_gib, expected):
     assert provisioned_iops(size, per_gib, limits) == expected
 
 
-@pytest.mark.parametrize("name", ["data", "my-drive", "Drive_2", "a", "x.y+z", "a" * 63])
+# issue 9 #8: valid original bsud names that only look like device prefixes
+@pytest.mark.parametrize("name", ["data", "my-drive", "Drive_2", "a", "x.y+z", "a" * 63, "sdata", "mdata", "vdata",
+                                  "md-cache", "vdisk", "ttyrec", "loopy", "nvmedata", "dm-cache", "sdcard-backup"])
 def test_good_drive_names(name):
     assert check_drive_name(name) is None
 
 
-@pytest.mark.parametrize("name", ["-data", "a b", "a/b", "$(id)", "dm-0", "loop0", "a" * 64, "ü", "disk"])
+@pytest.mark.parametrize("name", ["-data", "a b", "a/b", "$(id)", "dm-0", "loop0", "a" * 64, "ü", "disk", "sda",
+                                  "xvdba", "vdb1", "nvme0n1", "nvme1n1p2", "md127", "tty", "ttyS0", "hdc",
+                                  "snapshot", "pvmove", "mapper", "sr0"])
 def test_bad_drive_names(name):
     assert check_drive_name(name) is not None
 

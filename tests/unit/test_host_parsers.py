@@ -96,3 +96,15 @@ def test_mountinfo_unescapes_and_picks_top_of_stack():
     assert mount_at("/mnt/stacked", entries).source == "/dev/loop2"
     assert mount_at("/mnt/none", entries) is None
     assert mount_at("/mnt/my data/", entries) is spaced
+
+
+def test_dm_names_map_to_their_vg():
+    from bsud.host.lvm import parse_suspended, vg_of_dm_name
+
+    assert vg_of_dm_name("data-bsud") == "data"
+    assert vg_of_dm_name("my--drive-bsud") == "my-drive"
+    assert vg_of_dm_name("a-pvmove0") == "a"
+    assert vg_of_dm_name("a--b-bsud") == "a-b"  # not VG "a"
+    assert vg_of_dm_name("cryptroot") is None
+    text = "data-bsud:Suspended\nother-bsud:Active\nmy--drive-pvmove0:Suspended\n"
+    assert parse_suspended(text) == ["data-bsud", "my--drive-pvmove0"]

@@ -102,12 +102,38 @@ ONLINE_TABLE = [
     ("removing-but-detached-is-attached-again-first", spec(),
      online(vol("v1"), vol("v2", 12, state="available", bookkeeping=REMOVING), used=2),
      ("AttachVolume", {"volume_id": "v2"})),
-    ("evacuated-attached-is-detached", spec(),
+    ("evacuated-attached-blank-is-retired", spec(),
      online(vol("v1"), vol("v2", 12, bookkeeping=EVACUATED, member=False, blank=True), used=2),
-     ("DetachVolume", {"volume_id": "v2"})),
-    ("evacuated-detached-is-deleted", spec(),
+     ("RetireVolume", {"volume_id": "v2"})),
+    # issue 9 #5: a detached evacuated volume is attached and probed, never deleted unseen
+    ("evacuated-detached-is-attached-to-be-checked", spec(),
      online(vol("v1"), vol("v2", 12, state="available", bookkeeping=EVACUATED), used=2),
-     ("DeleteVolume", {"volume_id": "v2"})),
+     ("AttachVolume", {"volume_id": "v2"})),
+    ("evacuated-back-in-the-drive-loses-its-mark", spec(layout=Layout.LVM),
+     online(vol("v1"), vol("v2", 12, bookkeeping=EVACUATED), used=2), ("MarkVolume", {"volume_id": "v2"})),
+    ("evacuated-with-foreign-data-is-not-deleted", spec(),
+     online(vol("v1"), vol("v2", 12, bookkeeping=EVACUATED, member=False, foreign="holds ext4"), used=2),
+     ("Blocked", {})),
+    ("evacuated-orphan-pv-goes-back-to-removing", spec(layout=Layout.LVM),
+     online(vol("v1"), vol("v2", 12, bookkeeping=EVACUATED, member=False, own=True), used=2),
+     ("MarkVolume", {"volume_id": "v2", "value": REMOVING})),
+    ("evacuated-unreadable-waits", spec(),
+     online(vol("v1"), vol("v2", 12, bookkeeping=EVACUATED, member=False), used=2), ("Wait", {})),
+    # issue 9 #1: stopped between vgreduce and pvremove — an orphan PV tagged removing
+    ("stuck-removal-orphan-pv-is-finished", spec(layout=Layout.LVM),
+     online(vol("v1"), vol("v2", 12, bookkeeping=REMOVING, member=False, own=True), used=2),
+     ("RemoveFromDrive", {"volume_id": "v2"})),
+    ("attached-volume-of-unknown-content-waits-not-idle", spec(),
+     online(vol("v1"), vol("v2", 12, bookkeeping=REMOVING, member=False), used=2), ("Wait", {})),
+    # issue 9 #2: stopped between vgcreate and lvcreate (or an original drive left so)
+    ("lvm-vg-without-lv-gets-its-lv", spec(layout=Layout.LVM),
+     DriveObs(name="d", volumes=(vol("v1"),), active=False, lv_missing=True), ("MakeFilesystem", {})),
+    # issue 9 #4: a removal that no longer fits is abandoned, growth first
+    ("removal-abandoned-when-data-grew", spec(),
+     online(vol("v1"), vol("v2", 12, bookkeeping=REMOVING), used=9), ("MarkVolume", {"volume_id": "v2"})),
+    ("removal-abandoned-when-filling-fast", spec(),
+     online(vol("v1"), vol("v2", 12, bookkeeping=REMOVING), used=2,
+            pace=Pace(write_rate=200e6, grow_seconds=60)), ("MarkVolume", {"volume_id": "v2"})),
     ("removal-comes-before-grow", spec(layout=Layout.LVM),
      online(vol("v1"), vol("v2", 12, bookkeeping=REMOVING), used=2, can_grow=True),
      ("RemoveFromDrive", {"volume_id": "v2"})),
@@ -120,6 +146,8 @@ def test_online(s, o, expected):
     assert kind == expected[0]
     for key, value in expected[1].items():
         assert fields.get(key) == value, fields
+    if kind == "MarkVolume" and "value" not in expected[1]:
+        assert "value" not in fields  # the mark is dropped (empty value)
 
 
 SCALE_TABLE = [

@@ -32,7 +32,8 @@ def test_daemon_lifecycle_lvm(vm, tmp_path: Path, flavour: str):
         h.fill("a.bin", 880)
         sums = checksums(h.mount)
         st = h.wait_online(volumes=2, timeout=600)
-        assert st["size_gib"] == 3
+        # at least the classic larger volume (1 × 1.2 → 2 GiB); dd's rate may size it bigger, within the 8 GiB cap
+        assert 3 <= st["size_gib"] <= 8
         assert checksums(h.mount) == sums
 
         (h.mount / "a.bin").unlink()

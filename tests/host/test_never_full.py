@@ -1,0 +1,52 @@
+"""Never full: a steady writer that filled a 2 GiB drive before live usage (ENOSPC after 1827 MiB at 50 MB/s)
+writes 3 GiB with no error, and every byte reads back with its checksum. Local provider, btrfs layout, the
+daemon as a process with its default sampling."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.fill import Writer
+
+from .daemon_harness import DaemonHarness
+
+pytestmark = pytest.mark.host
+
+GIB = 1024**3
+
+
+@pytest.fixture
+def harness(workdir: Path):
+    h = DaemonHarness(workdir, drive="nofill", **{"initial-size-gib": 2, "max-bsu-count": 6, "max-total-size-gib": 16})
+    doc = json.loads(h.config_path.read_text())
+    doc["daemon"].pop("usage-interval-seconds")  # the daemon's own sampling, not the harness's
+    h.config_path.write_text(json.dumps(doc))
+    yield h
+    if h.alive():
+        h.proc.kill()
+        h.proc.wait()
+    subprocess.run([sys.executable, "-m", "bsud.cleanup", "-c", str(h.config_path), "--all"], capture_output=True,
+                   cwd=Path(__file__).resolve().parents[2], timeout=300)
+
+
+def test_steady_writer_never_fills_the_drive(harness: DaemonHarness):
+    h = harness
+    h.start()
+    h.wait_online(volumes=1)
+    writer = Writer(h.mount / "stream.bin", 50e6, 3 * GIB, verify=True)
+    writer.run()
+    assert not writer.enospc, f"ENOSPC after {writer.written >> 20} MiB; log tail:\n{h.tail()}"
+    assert writer.written == 3 * GIB
+    subprocess.run(["sync"], check=True)
+
+    st = h.wait_online()
+    assert len(st["volumes"]) >= 2 and st["size_gib"] >= 4
+    log = h.log_path.read_text()
+    assert "scale-up trigger" in log and "grow done: capacity usable" in log
+    assert writer.check() == []  # every byte back, in order
+    assert h.stop() == 0

@@ -1,0 +1,85 @@
+"""The engine's retry policy with fakes: failures are retried, never counted as "no effect"; a repeat limit
+reached backs off and tries again; an episode (Idle/Wait/Blocked between) starts the count anew."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bsud.cloud.local import LocalCloud
+from bsud.config import CloudSettings, DriveConfig, Layout, Provider, Target
+from bsud.errors import BsudError
+from bsud.reconcile.engine import REPEAT_LIMIT, DriveReconciler
+from bsud.reconcile.model import DriveObs, Grow, VolumeObs
+from bsud.reconcile.observe import CloudSnapshot
+
+
+class FakeExecutor:
+    """Records what it is asked to do; fails while ``failing`` is set."""
+
+    def __init__(self) -> None:
+        self.failing = False
+        self.done: list[str] = []
+
+    def run(self, action, devices=None) -> None:
+        if self.failing:
+            raise BsudError("the API is down", temporary=True)
+        self.done.append(action.kind)
+
+
+class ScriptedDrive(DriveReconciler):
+    """A reconciler whose observations are given by the test (no cloud, no host)."""
+
+    next_obs: DriveObs
+
+    def observe(self, max_age=None):
+        return self.next_obs, []
+
+
+MEMBER = VolumeObs(id="v1", size_gib=10, state="in-use", attached_here=True, device="/dev/x", member=True)
+GROWABLE = DriveObs(name="d", volumes=(MEMBER,), has_filesystem=True, mounted=True, active=True, can_grow=True)
+SETTLED = DriveObs(name="d", volumes=(MEMBER,), has_filesystem=True, mounted=True, active=True)
+
+
+@pytest.fixture
+def drive(tmp_path: Path) -> tuple[ScriptedDrive, FakeExecutor]:
+    cloud = LocalCloud(CloudSettings(provider="local", state_dir=str(tmp_path), instance_id="i-x"))
+    spec = DriveConfig(name="d", target=Target.ONLINE, mount_path="/mnt/d", layout=Layout.BTRFS)
+    rec = ScriptedDrive(spec, cloud, CloudSnapshot(cloud), Provider.LOCAL)
+    fake = FakeExecutor()
+    rec.executor = fake  # type: ignore[assignment]
+    rec.next_obs = GROWABLE
+    return rec, fake
+
+
+def test_failures_are_retried_without_limit(drive):
+    rec, fake = drive
+    fake.failing = True
+    for _ in range(REPEAT_LIMIT * 3):
+        with pytest.raises(BsudError, match="API is down"):
+            rec.step()
+    fake.failing = False
+    assert rec.step().action == Grow()
+    assert fake.done == ["Grow"]
+
+
+def test_no_effect_backs_off_then_tries_again(drive):
+    rec, fake = drive
+    for _ in range(REPEAT_LIMIT):
+        rec.step()
+    with pytest.raises(BsudError, match="without effect") as info:
+        rec.step()
+    assert info.value.temporary and rec.status.phase == "blocked"
+    rec.step()  # after the daemon's backoff: tried again, not parked
+    assert fake.done == ["Grow"] * (REPEAT_LIMIT + 1)
+
+
+def test_separate_episodes_do_not_add_up(drive):
+    rec, fake = drive
+    for _ in range(REPEAT_LIMIT * 2):
+        rec.next_obs = GROWABLE
+        rec.step()
+        rec.next_obs = SETTLED
+        assert rec.step().action.kind == "Idle"
+    assert fake.done == ["Grow"] * (REPEAT_LIMIT * 2)

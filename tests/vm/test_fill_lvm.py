@@ -1,0 +1,60 @@
+"""Never full on the lvm layout: the EC2 provider against moto, disks hot-plugged, real LVM under btrfs.
+
+A steady writer at two rates on a fresh 1 GiB drive writes 2 GiB without fsync: no ENOSPC, every byte back.
+The figures (rate reached, reaction, grow time, volumes) are printed as bench/fill.py prints them; they are
+not asserted (software emulation makes them slow and uneven), they go to docs/operations.md.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.fill import HEADER, GIB, Result, Writer, log_times
+
+from ..host.daemon_harness import ROOT, DaemonHarness
+from .conftest import REGION, ZONE
+
+pytestmark = pytest.mark.vm
+
+RATES = (10e6, 30e6)
+
+
+def test_steady_writers_never_fill_an_lvm_drive(vm, tmp_path: Path, capsys):
+    vm.bridge.flavour = "aws"
+    rows = []
+    for index, rate in enumerate(RATES):
+        drive = f"fill{index}"
+        (tmp_path / drive).mkdir()
+        h = DaemonHarness(
+            tmp_path / drive, drive=drive, layout="lvm",
+            cloud={"provider": "ec2", "endpoint": vm.bridge.endpoint, "region": REGION,
+                   "instance-id": vm.instance_id, "availability-zone": ZONE, "api-calls-per-second": 50},
+            extra={"authentication": {"access-key": "testing", "secret-key": "testing"}},
+        )
+        try:
+            h.start()
+            h.wait_online(volumes=1, timeout=300)
+            writer = Writer(h.mount / "stream.bin", rate, 2 * GIB, verify=True)
+            writer.run()
+            assert not writer.enospc, f"ENOSPC after {writer.written >> 20} MiB at {rate / 1e6:.0f} MB/s:\n{h.tail()}"
+            subprocess.run(["sync"], check=True)
+            st = h.wait_online(timeout=300)
+            assert len(st["volumes"]) >= 2
+            assert writer.check() == []
+            result = Result("bsud lvm (VM, EC2/moto)", 1, f"{rate / 1e6:.0f}", written=writer.written,
+                            seconds=writer.seconds, volumes=sorted(v["size_gib"] for v in st["volumes"]))
+            result.reaction, result.grow = log_times(h.log_path)
+            rows.append(result.row())
+            assert h.stop() == 0
+        finally:
+            if h.alive():
+                h.proc.kill()
+                h.proc.wait()
+            subprocess.run([sys.executable, "-m", "bsud.cleanup", "-c", str(h.config_path), "--all"],
+                           capture_output=True, cwd=ROOT, timeout=600)
+    with capsys.disabled():
+        print("\n" + HEADER + "\n" + "\n".join(rows), flush=True)
