@@ -157,6 +157,10 @@ class DaemonSettings(_Section):
     grow_safety_factor: float = Field(default=3.0, ge=1, le=100)
     #: What a grow takes until this drive has grown once (then learned); default: the provider's.
     grow_seconds: float | None = Field(default=None, gt=0, le=3600)
+    #: How long a volume may take to be created, attached, detached or deleted before the step fails (retried).
+    volume_wait_seconds: float = Field(default=300.0, gt=0, le=3600)
+    #: How long an attached volume's block device may take to appear before the step fails (retried).
+    device_wait_seconds: float = Field(default=120.0, gt=0, le=3600)
 
 
 class DriveConfig(_Section):

@@ -11,7 +11,6 @@ import json
 import re
 from dataclasses import dataclass
 from bsud.config import LV_NAME
-from bsud.errors import CommandError
 from bsud.logs import get_logger
 from bsud.runner import Runner
 

@@ -81,7 +81,9 @@ class DriveReconciler:
         """Take a new spec (a reload); what was learned of the drive's pace is kept."""
         self.spec = spec
         self.layout: StorageLayout = make_layout(spec.layout, spec.name, self.runner)
-        self.executor = Executor(spec, self.cloud, self.layout, self.provider)
+        self.executor = Executor(spec, self.cloud, self.layout, self.provider,
+                                 attach_timeout=self.settings.volume_wait_seconds,
+                                 device_timeout=self.settings.device_wait_seconds)
         limits = volume_limits(self.provider, spec.disk_type)
         self.max_volume_gib = limits.max_size if limits else 14901
         self.status = DriveStatus(spec.name, spec.target.value, spec.layout.value, spec.mount_path)

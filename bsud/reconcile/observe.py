@@ -11,7 +11,7 @@ import os
 import threading
 import time
 
-from bsud.cloud.base import AVAILABLE, CloudProvider, Volume, volumes_by_drive
+from bsud.cloud.base import CloudProvider, Volume, volumes_by_drive
 from bsud.config import STATE_TAG, DriveConfig, Layout
 from bsud.errors import BsudError
 from bsud.host import mounts

@@ -22,7 +22,8 @@ def checksums(directory: Path) -> dict[str, str]:
 
 class DaemonHarness:
     def __init__(self, workdir: Path, drive: str = "lifecycle", cloud: dict[str, Any] | None = None,
-                 extra: dict[str, Any] | None = None, **drive_settings: Any) -> None:
+                 extra: dict[str, Any] | None = None, daemon: dict[str, Any] | None = None,
+                 **drive_settings: Any) -> None:
         self.workdir = workdir
         self.drive = drive
         self.config_path = workdir / "bsud.json"
@@ -33,6 +34,9 @@ class DaemonHarness:
         self.proc: subprocess.Popen | None = None
         self.cloud = cloud or {"provider": "local", "state-dir": str(self.state_dir), "instance-id": "i-lifecycle"}
         self.extra = extra or {}
+        #: The daemon section: short periods for tests; a value of None leaves the daemon's default.
+        self.daemon = {"usage-interval-seconds": 0.5, "full-check-seconds": 3, "retry-seconds": 0.5,
+                       "cloud-refresh-seconds": 30, **(daemon or {})}
         self.settings = {
             "name": drive, "target": "online", "mount-path": str(self.mount), "layout": "btrfs",
             "initial-size-gib": 1, "max-bsu-count": 4, "max-total-size-gib": 8,
@@ -46,8 +50,8 @@ class DaemonHarness:
         doc = {
             **self.extra,
             "cloud": self.cloud,
-            "daemon": {"status-file": str(self.status_path), "usage-interval-seconds": 0.5,
-                       "full-check-seconds": 3, "retry-seconds": 0.5, "cloud-refresh-seconds": 30},
+            "daemon": {**{k: v for k, v in self.daemon.items() if v is not None},
+                       "status-file": str(self.status_path)},
             "drives": [self.settings],
         }
         tmp = self.config_path.with_suffix(".tmp")
@@ -67,6 +71,16 @@ class DaemonHarness:
         self.proc = subprocess.Popen([sys.executable, "-m", module, "-c", str(self.config_path)], cwd=ROOT,
                                      stdout=self.log, stderr=subprocess.STDOUT, env=full_env,
                                      start_new_session=True)
+
+    def close(self) -> None:
+        """Kill the daemon if it still runs and delete the drive: nothing left behind, even after a failure."""
+        if self.alive():
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+        subprocess.run([sys.executable, "-m", "bsud.cleanup", "-c", str(self.config_path), "--all"],
+                       capture_output=True, cwd=ROOT, timeout=600)
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None

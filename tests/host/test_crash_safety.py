@@ -6,8 +6,6 @@ kind (or cloud call) after it starts.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,18 +14,12 @@ from .daemon_harness import DaemonHarness, checksums
 
 pytestmark = pytest.mark.host
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture
 def harness(workdir: Path):
     h = DaemonHarness(workdir, drive="crashtest")
     yield h
-    if h.alive():
-        h.proc.kill()
-        h.proc.wait()
-    subprocess.run([sys.executable, "-m", "bsud.cleanup", "-c", str(h.config_path), "--all"], capture_output=True,
-                   cwd=ROOT, timeout=300)
+    h.close()
 
 
 def assert_no_leak(h: DaemonHarness, volumes: int) -> None:

@@ -18,12 +18,7 @@ pytestmark = pytest.mark.host
 def harness(workdir: Path):
     h = DaemonHarness(workdir)
     yield h
-    if h.alive():
-        h.proc.kill()
-        h.proc.wait()
-    # Leave nothing behind even when a test failed half-way.
-    subprocess.run([sys.executable, "-m", "bsud.cleanup", "-c", str(h.config_path), "--all"], capture_output=True,
-                   cwd=Path(__file__).resolve().parents[2], timeout=300)
+    h.close()
 
 
 def test_lifecycle(harness: DaemonHarness):
@@ -79,7 +74,6 @@ def test_lifecycle(harness: DaemonHarness):
 
 def test_status_and_plan_commands(harness: DaemonHarness):
     h = harness
-    import sys
 
     plan = subprocess.run([sys.executable, "-m", "bsud", "plan", "-c", str(h.config_path)], capture_output=True,
                           text=True, cwd=Path(__file__).resolve().parents[2], timeout=60)

@@ -19,11 +19,7 @@ pytestmark = pytest.mark.host
 def harness(workdir: Path):
     h = DaemonHarness(workdir, drive="faults")
     yield h
-    if h.alive():
-        h.proc.kill()
-        h.proc.wait()
-    subprocess.run([sys.executable, "-m", "bsud.cleanup", "-c", str(h.config_path), "--all"], capture_output=True,
-                   cwd=ROOT, timeout=300)
+    h.close()
 
 
 def test_second_daemon_on_the_same_config_refuses_naming_the_first(harness: DaemonHarness):

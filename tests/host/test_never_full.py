@@ -4,9 +4,7 @@ daemon as a process with its default sampling."""
 
 from __future__ import annotations
 
-import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,16 +20,11 @@ GIB = 1024**3
 
 @pytest.fixture
 def harness(workdir: Path):
-    h = DaemonHarness(workdir, drive="nofill", **{"initial-size-gib": 2, "max-bsu-count": 6, "max-total-size-gib": 16})
-    doc = json.loads(h.config_path.read_text())
-    doc["daemon"].pop("usage-interval-seconds")  # the daemon's own sampling, not the harness's
-    h.config_path.write_text(json.dumps(doc))
+    # the daemon's own sampling interval, not the harness's
+    h = DaemonHarness(workdir, drive="nofill", daemon={"usage-interval-seconds": None},
+                      **{"initial-size-gib": 2, "max-bsu-count": 6, "max-total-size-gib": 16})
     yield h
-    if h.alive():
-        h.proc.kill()
-        h.proc.wait()
-    subprocess.run([sys.executable, "-m", "bsud.cleanup", "-c", str(h.config_path), "--all"], capture_output=True,
-                   cwd=Path(__file__).resolve().parents[2], timeout=300)
+    h.close()
 
 
 def test_steady_writer_never_fills_the_drive(harness: DaemonHarness):

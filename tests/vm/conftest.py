@@ -15,6 +15,8 @@ from bsud.cloud.ec2 import Ec2Cloud
 from bsud.config import CloudSettings
 from bsud.host.devices import DeviceWaiter, Resolution, VolumeRef
 
+from ..host.daemon_harness import DaemonHarness
+
 REGION, ZONE = "us-east-1", "us-east-1a"
 
 
@@ -69,3 +71,12 @@ def vm(bridge, tmp_path: Path):
     subprocess.run(["lvm", "vgchange", "-an"], capture_output=True)
     bridge.reset()
     subprocess.run(["udevadm", "settle"], capture_output=True)
+
+
+def ec2_harness(vm: VmCloud, workdir: Path, drive: str, **drive_settings: object) -> DaemonHarness:
+    """A daemon on an lvm drive, the EC2 provider against the bridged moto (disks hot-plugged into the VM)."""
+    return DaemonHarness(
+        workdir, drive=drive, layout="lvm",
+        cloud={"provider": "ec2", "endpoint": vm.bridge.endpoint, "region": REGION, "instance-id": vm.instance_id,
+               "availability-zone": ZONE, "api-calls-per-second": 50},
+        extra={"authentication": {"access-key": "testing", "secret-key": "testing"}}, **drive_settings)

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from ..host.daemon_harness import ROOT, DaemonHarness, checksums
-from .conftest import REGION, ZONE
+from ..host.daemon_harness import DaemonHarness, checksums
+from .conftest import ec2_harness
 
 pytestmark = pytest.mark.vm
 
@@ -76,12 +75,7 @@ def converge(h: DaemonHarness, vm, chain_name: str, volumes: int, sums: dict[str
 
 def test_kill_at_every_lvm_step_boundary(vm, tmp_path: Path, capsys):
     vm.bridge.flavour = "virtio"
-    h = DaemonHarness(
-        tmp_path, drive="crashlvm", layout="lvm", **{"max-bsu-count": 4},
-        cloud={"provider": "ec2", "endpoint": vm.bridge.endpoint, "region": REGION, "instance-id": vm.instance_id,
-               "availability-zone": ZONE, "api-calls-per-second": 50},
-        extra={"authentication": {"access-key": "testing", "secret-key": "testing"}},
-    )
+    h = ec2_harness(vm, tmp_path, "crashlvm", **{"max-bsu-count": 4})
     try:
         # First assembly: create, attach, PV, VG, LV, mkfs — killed after each of the four host steps.
         run_chain(h, "assembly", ASSEMBLY)
@@ -99,11 +93,7 @@ def test_kill_at_every_lvm_step_boundary(vm, tmp_path: Path, capsys):
         run_chain(h, "scale-down", SCALE_DOWN)
         converge(h, vm, "scale-down", 1, sums)
     finally:
-        if h.alive():
-            h.proc.kill()
-            h.proc.wait()
-        subprocess.run([sys.executable, "-m", "bsud.cleanup", "-c", str(h.config_path), "--all"],
-                       capture_output=True, cwd=ROOT, timeout=600)
+        h.close()
         with capsys.disabled():
             kills = sum(1 for row in MATRIX if row[3] == "killed")
             print("\n| chain | kill point | killed | result |\n|---|---|---|---|")
@@ -115,12 +105,7 @@ def test_kill_at_every_lvm_step_boundary(vm, tmp_path: Path, capsys):
 
 def test_suspended_device_of_the_drive_is_resumed_at_start(vm, tmp_path: Path):
     vm.bridge.flavour = "aws"
-    h = DaemonHarness(
-        tmp_path, drive="suspend", layout="lvm",
-        cloud={"provider": "ec2", "endpoint": vm.bridge.endpoint, "region": REGION, "instance-id": vm.instance_id,
-               "availability-zone": ZONE, "api-calls-per-second": 50},
-        extra={"authentication": {"access-key": "testing", "secret-key": "testing"}},
-    )
+    h = ec2_harness(vm, tmp_path, "suspend")
     try:
         h.start()
         h.wait_online(volumes=1, timeout=300)
@@ -138,8 +123,4 @@ def test_suspended_device_of_the_drive_is_resumed_at_start(vm, tmp_path: Path):
         assert checksums(h.mount) == sums
         assert h.stop() == 0
     finally:
-        if h.alive():
-            h.proc.kill()
-            h.proc.wait()
-        subprocess.run([sys.executable, "-m", "bsud.cleanup", "-c", str(h.config_path), "--all"],
-                       capture_output=True, cwd=ROOT, timeout=600)
+        h.close()

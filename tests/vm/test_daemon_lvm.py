@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ..host.daemon_harness import DaemonHarness, checksums
-from .conftest import REGION, ZONE
+from ..host.daemon_harness import checksums
+from .conftest import ec2_harness
 
 pytestmark = pytest.mark.vm
 
@@ -17,12 +17,7 @@ pytestmark = pytest.mark.vm
 def test_daemon_lifecycle_lvm(vm, tmp_path: Path, flavour: str):
     vm.bridge.flavour = flavour
     drive = f"d{flavour}"
-    h = DaemonHarness(
-        tmp_path, drive=drive, layout="lvm",
-        cloud={"provider": "ec2", "endpoint": vm.bridge.endpoint, "region": REGION, "instance-id": vm.instance_id,
-               "availability-zone": ZONE, "api-calls-per-second": 50},
-        extra={"authentication": {"access-key": "testing", "secret-key": "testing"}},
-    )
+    h = ec2_harness(vm, tmp_path, drive)
     try:
         h.start()
         h.wait_online(volumes=1, timeout=300)
@@ -60,6 +55,4 @@ def test_daemon_lifecycle_lvm(vm, tmp_path: Path, flavour: str):
         assert vm.ec2.describe_volumes(Filters=[{"Name": "tag:osc.bsud.drive-name", "Values": [drive]}])["Volumes"] == []
         assert h.stop() == 0
     finally:
-        if h.alive():
-            h.proc.kill()
-            h.proc.wait()
+        h.close()

@@ -8,15 +8,13 @@ not asserted (software emulation makes them slow and uneven), they go to docs/op
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bench.fill import HEADER, GIB, Result, Writer, log_times
 
-from ..host.daemon_harness import ROOT, DaemonHarness
-from .conftest import REGION, ZONE
+from .conftest import ec2_harness
 
 pytestmark = pytest.mark.vm
 
@@ -29,12 +27,7 @@ def test_steady_writers_never_fill_an_lvm_drive(vm, tmp_path: Path, capsys):
     for index, rate in enumerate(RATES):
         drive = f"fill{index}"
         (tmp_path / drive).mkdir()
-        h = DaemonHarness(
-            tmp_path / drive, drive=drive, layout="lvm",
-            cloud={"provider": "ec2", "endpoint": vm.bridge.endpoint, "region": REGION,
-                   "instance-id": vm.instance_id, "availability-zone": ZONE, "api-calls-per-second": 50},
-            extra={"authentication": {"access-key": "testing", "secret-key": "testing"}},
-        )
+        h = ec2_harness(vm, tmp_path / drive, drive)
         try:
             h.start()
             h.wait_online(volumes=1, timeout=300)
@@ -51,10 +44,6 @@ def test_steady_writers_never_fill_an_lvm_drive(vm, tmp_path: Path, capsys):
             rows.append(result.row())
             assert h.stop() == 0
         finally:
-            if h.alive():
-                h.proc.kill()
-                h.proc.wait()
-            subprocess.run([sys.executable, "-m", "bsud.cleanup", "-c", str(h.config_path), "--all"],
-                           capture_output=True, cwd=ROOT, timeout=600)
+            h.close()
     with capsys.disabled():
         print("\n" + HEADER + "\n" + "\n".join(rows), flush=True)
