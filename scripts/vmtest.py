@@ -14,7 +14,9 @@ The hypervisor bridge: the guest writes JSON lines to a virtio-serial port
 - ``{"op": "unplug", "volume": ID}``, ``{"op": "delete", "volume": ID}``.
 
 Each volume is a sparse file that outlives unplugging (like a cloud volume), removed on
-delete. The guest's console is streamed to stdout; the exit code is pytest's.
+delete. The guest's console is streamed to stdout; the exit code is pytest's. With no test path
+given, the lane's files are split over ``--jobs`` guests running side by side (a TCG guest uses
+little more than one core), each console prefixed ``[vmN]``, with one summary line at the end.
 """
 
 from __future__ import annotations
@@ -263,83 +265,154 @@ class Bridge:
 
 # --- main ---------------------------------------------------------------------------------------
 
+#: Rough guest seconds per test file under TCG (measured), to split the lane over parallel guests.
+WEIGHTS = {
+    "test_crash_lvm.py": 780,
+    "test_daemon_lvm.py": 680,
+    "test_fill_lvm.py": 360,
+    "test_lvm_layout.py": 200,
+    "test_devices.py": 80,
+    "test_boot.py": 10,
+}
+SUMMARY = re.compile(r"=+ (.*?) in [\d.]+s")
+COUNTS = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed)")
+
+
+def split(files: list[str], jobs: int) -> list[list[str]]:
+    """Test files in ``jobs`` groups of about equal weight (longest first onto the lightest group)."""
+    groups: list[list[str]] = [[] for _ in range(min(jobs, len(files)))]
+    loads = [0] * len(groups)
+    for name in sorted(files, key=lambda f: -WEIGHTS.get(Path(f).name, 120)):
+        lightest = loads.index(min(loads))
+        groups[lightest].append(name)
+        loads[lightest] += WEIGHTS.get(Path(name).name, 120)
+    return [g for g in groups if g]
+
+
+class Guest:
+    """One throwaway VM running pytest with ``pytest_args``; its console goes to stdout with ``prefix``."""
+
+    def __init__(self, kver: str, kernel: Path, pytest_args: list[str], opts: argparse.Namespace,
+                 prefix: str = "") -> None:
+        self.kver, self.kernel, self.pytest_args, self.opts, self.prefix = kver, kernel, pytest_args, opts, prefix
+        self.exit_code: int | None = None
+        self.counts: dict[str, int] = {}
+
+    def say(self, message: str) -> None:
+        log(f"{self.prefix}{message}")
+
+    def run(self) -> int:
+        opts = self.opts
+        work = Path(tempfile.mkdtemp(prefix="bsud-vm-"))
+        share, disks = work / "share", work / "disks"
+        share.mkdir()
+        disks.mkdir()
+        (share / "args.json").write_text(json.dumps(self.pytest_args))
+        initrd = work / "initrd.gz"
+        started = time.monotonic()
+        build_initramfs(self.kver, initrd)
+        qmp_path, bridge_path = work / "qmp.sock", work / "bridge.sock"
+        argv = [
+            "qemu-system-x86_64", "-machine", "pc,accel=tcg", "-cpu", "max", "-smp", opts.smp, "-m", opts.memory,
+            "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-monitor", "none",
+            "-no-reboot", "-nic", "none",
+            "-kernel", str(self.kernel), "-initrd", str(initrd),
+            "-append", f"console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init bsud.repo={REPO}",
+            "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+            "-virtfs", f"local,path={share},mount_tag=vmshare,security_model=none,multidevs=remap",
+            "-device", "virtio-scsi-pci,id=scsi0",
+            "-device", "virtio-serial-pci,id=vser0",
+            "-chardev", f"socket,id=bridge,path={bridge_path},server=on,wait=off",
+            "-device", "virtserialport,chardev=bridge,name=bsud.bridge",
+            "-qmp", f"unix:{qmp_path},server=on,wait=off",
+        ]
+        self.say(f"booting {self.kernel.name} (initramfs built in {time.monotonic() - started:.1f} s), "
+                 f"timeout {opts.timeout:g} s, pytest {' '.join(self.pytest_args) or 'tests/vm'}")
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        qmp = Qmp(qmp_path)
+        bridge = Bridge(qmp, disks)
+        threading.Thread(target=bridge.serve, args=(bridge_path,), daemon=True).start()
+        timed_out = threading.Event()
+
+        def killer() -> None:
+            deadline = started + opts.timeout
+            while proc.poll() is None:
+                if time.monotonic() > deadline:
+                    timed_out.set()
+                    proc.kill()
+                    return
+                time.sleep(0.5)
+
+        threading.Thread(target=killer, daemon=True).start()
+        assert proc.stdout is not None
+        for raw in iter(proc.stdout.readline, b""):
+            line = raw.decode(errors="replace").rstrip("\r\n")
+            print(f"{self.prefix}{line}", flush=True)
+            m = EXIT_MARK.search(line)
+            if m:
+                self.exit_code = int(m.group(1))
+            summary = SUMMARY.search(line)
+            if summary:
+                self.counts = {kind.rstrip("s") if kind.startswith("error") else kind: int(n)
+                               for n, kind in COUNTS.findall(summary.group(1))}
+        proc.wait()
+        shutil.rmtree(work, ignore_errors=True)
+        took = time.monotonic() - started
+        if timed_out.is_set():
+            self.say(f"the guest did not finish within {opts.timeout:g} s and was killed (raise --timeout or "
+                     "BSUD_VM_TIMEOUT if the tests are just slow)")
+            return 124
+        if self.exit_code is None:
+            self.say(f"the guest stopped after {took:.1f} s without reporting a pytest exit code (see above)")
+            return 1
+        self.say(f"guest finished in {took:.1f} s, pytest exit code {self.exit_code}")
+        return self.exit_code
+
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="Run pytest's vm lane inside a throwaway QEMU VM.")
-    parser.add_argument("--timeout", type=float, default=float(os.environ.get("BSUD_VM_TIMEOUT", "1800")),
-                        help="kill the guest after this many seconds (default 1800, env BSUD_VM_TIMEOUT)")
+    parser = argparse.ArgumentParser(
+        description="Run pytest's vm lane inside throwaway QEMU VMs; other arguments go to pytest.")
+    parser.add_argument("--timeout", type=float, default=float(os.environ.get("BSUD_VM_TIMEOUT", "2700")),
+                        help="kill a guest after this many seconds (default 2700, env BSUD_VM_TIMEOUT)")
     parser.add_argument("--memory", default=os.environ.get("BSUD_VM_MEMORY", "3072"), help="guest RAM in MiB")
     parser.add_argument("--smp", default=os.environ.get("BSUD_VM_SMP", "2"))
-    parser.add_argument("pytest_args", nargs=argparse.REMAINDER)
-    args = parser.parse_args()
+    parser.add_argument("--jobs", type=int, default=int(os.environ.get("BSUD_VM_JOBS", "2")),
+                        help="guests run side by side when no test path is given (default 2, env BSUD_VM_JOBS)")
+    opts, pytest_args = parser.parse_known_args()
+    pytest_args = [a for a in pytest_args if a != "--"]
     if shutil.which("qemu-system-x86_64") is None:
         raise SystemExit("vm-test: qemu-system-x86_64 is missing (package qemu-system-x86)")
-
     kver, kernel = find_kernel()
-    work = Path(tempfile.mkdtemp(prefix="bsud-vm-"))
-    share = work / "share"
-    disks = work / "disks"
-    share.mkdir()
-    disks.mkdir()
-    pytest_args = [a for a in args.pytest_args if a != "--"]
-    (share / "args.json").write_text(json.dumps(pytest_args))
-    initrd = work / "initrd.gz"
+    paths = [a for a in pytest_args if not a.startswith("-") and (REPO / a.split("::")[0]).exists()]
+    if paths or opts.jobs <= 1:
+        groups = [pytest_args if paths else [*pytest_args, "tests/vm"]]
+    else:
+        files = sorted(str(p.relative_to(REPO)) for p in (REPO / "tests" / "vm").glob("test_*.py"))
+        groups = [[*pytest_args, *group] for group in split(files, opts.jobs)]
+    guests = [Guest(kver, kernel, group, opts, f"[vm{i + 1}] " if len(groups) > 1 else "")
+              for i, group in enumerate(groups)]
     started = time.monotonic()
-    build_initramfs(kver, initrd)
-    qmp_path, bridge_path = work / "qmp.sock", work / "bridge.sock"
-    argv = [
-        "qemu-system-x86_64", "-machine", "pc,accel=tcg", "-cpu", "max", "-smp", args.smp, "-m", args.memory,
-        "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-monitor", "none",
-        "-no-reboot", "-nic", "none",
-        "-kernel", str(kernel), "-initrd", str(initrd),
-        "-append", f"console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init bsud.repo={REPO}",
-        "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
-        "-virtfs", f"local,path={share},mount_tag=vmshare,security_model=none,multidevs=remap",
-        "-device", "virtio-scsi-pci,id=scsi0",
-        "-device", "virtio-serial-pci,id=vser0",
-        "-chardev", f"socket,id=bridge,path={bridge_path},server=on,wait=off",
-        "-device", "virtserialport,chardev=bridge,name=bsud.bridge",
-        "-qmp", f"unix:{qmp_path},server=on,wait=off",
-    ]
-    log(f"booting {kernel.name} (initramfs built in {time.monotonic() - started:.1f} s), "
-        f"timeout {args.timeout:g} s")
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    qmp = Qmp(qmp_path)
-    bridge = Bridge(qmp, disks)
-    threading.Thread(target=bridge.serve, args=(bridge_path,), daemon=True).start()
+    if len(guests) == 1:
+        codes = [guests[0].run()]
+    else:
+        codes = [0] * len(guests)
 
-    exit_code: int | None = None
-    timed_out = threading.Event()
+        def run(index: int) -> None:
+            codes[index] = guests[index].run()
 
-    def killer() -> None:
-        deadline = started + args.timeout
-        while proc.poll() is None:
-            if time.monotonic() > deadline:
-                timed_out.set()
-                proc.kill()
-                return
-            time.sleep(0.5)
-
-    threading.Thread(target=killer, daemon=True).start()
-    assert proc.stdout is not None
-    for raw in iter(proc.stdout.readline, b""):
-        line = raw.decode(errors="replace").rstrip("\r\n")
-        print(line, flush=True)
-        m = EXIT_MARK.search(line)
-        if m:
-            exit_code = int(m.group(1))
-    proc.wait()
-    shutil.rmtree(work, ignore_errors=True)
-    took = time.monotonic() - started
-    if timed_out.is_set():
-        log(f"the guest did not finish within {args.timeout:g} s and was killed (raise --timeout or "
-            "BSUD_VM_TIMEOUT if the tests are just slow)")
-        return 124
-    if exit_code is None:
-        log(f"the guest stopped after {took:.1f} s without reporting a pytest exit code (see the console above)")
-        return 1
-    log(f"guest finished in {took:.1f} s, pytest exit code {exit_code}")
-    return exit_code
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(guests))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        total: dict[str, int] = {}
+        for guest in guests:
+            for kind, n in guest.counts.items():
+                total[kind] = total.get(kind, 0) + n
+        log(f"{len(guests)} guests finished in {time.monotonic() - started:.1f} s")
+        line = f"{total.get('passed', 0)} passed, {total.get('failed', 0) + total.get('error', 0)} failed"
+        print(f"vm-lane: {line}" + (f", {total['skipped']} skipped" if total.get("skipped") else ""), flush=True)
+    return next((code for code in codes if code != 0), 0)
 
 
 if __name__ == "__main__":
