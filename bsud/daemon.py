@@ -26,11 +26,10 @@ from typing import Any
 
 from bsud import __version__
 from bsud.cloud import CloudProvider, make_provider
-from bsud.config import Config, DriveConfig, InvalidConfig, Layout, Provider, load_config
+from bsud.config import Config, DriveConfig, InvalidConfig, Layout, Provider, Target, load_config
 from bsud.errors import BsudError
 from bsud.logs import get_logger, register_secrets
 from bsud.reconcile.engine import DriveReconciler
-from bsud.config import Target
 from bsud.reconcile.model import Blocked, Idle, Wait
 from bsud.reconcile.observe import CloudSnapshot, unmanaged_drives, usage_obs
 from bsud.reconcile.pace import RateMeter
