@@ -270,6 +270,7 @@ WEIGHTS = {
     "test_crash_lvm.py": 780,
     "test_daemon_lvm.py": 680,
     "test_fill_lvm.py": 360,
+    "test_faults_lvm.py": 300,
     "test_lvm_layout.py": 200,
     "test_devices.py": 80,
     "test_boot.py": 10,

@@ -47,6 +47,8 @@ class LayoutState:
     fs_device: str | None = None                 # what to mount
     active: bool = False                         # LV active / btrfs devices known to the kernel
     move_in_progress: bool = False               # an interrupted pvmove to resume
+    missing: str | None = None                   # what of the drive's storage is absent, in words
+    stale: tuple[str, ...] = ()                  # devices still mapped although they went away (lvm)
     fs_uuid: str | None = None
     details: dict[str, object] = field(default_factory=dict)
 
@@ -148,6 +150,9 @@ class StorageLayout(ABC):
     def recover(self) -> None:
         """At start: undo what a kill mid-command can leave behind on the host (nothing, by default)."""
 
+    def refresh(self, devices: list[str]) -> None:
+        """Point the drive's mappings at its devices as they are now (nothing to do, by default)."""
+
     @abstractmethod
     def deactivate(self, devices: list[str]) -> None: ...
 
@@ -182,14 +187,21 @@ class LvmLayout(StorageLayout):
         moving = any(x.is_pvmove for x in lvs)
         has_fs = False
         uuid = None
+        stale: list[str] = []
         if lv is not None and lv.active and os.path.exists(self.lv_path):
             found = probe(self.runner, self.lv_path)
             has_fs = found.type == "btrfs"
             uuid = found.blkid.get("UUID")
+            stale = self.lvm.stale_devices(self.lv_path)
+        missing = None
+        if group is not None and group.missing_pv_count:
+            uuids = self.lvm.missing_pvs(self.vg)
+            missing = (f"VG {self.vg} misses {group.missing_pv_count} of its {group.pv_count} PVs"
+                       + (f" (PV UUID {', '.join(uuids)})" if uuids else ""))
         return LayoutState(
             members=members, has_filesystem=has_fs, fs_device=self.lv_path if lv else None,
-            active=bool(lv and lv.active), move_in_progress=moving, fs_uuid=uuid,
-            details={"vg": group, "lv": lv, "pvs": pvs},
+            active=bool(lv and lv.active), move_in_progress=moving, missing=missing, stale=tuple(stale),
+            fs_uuid=uuid, details={"vg": group, "lv": lv, "pvs": pvs},
         )
 
     def join(self, resolution: Resolution, volume_tags: dict[str, str], mount_point: str | None) -> None:
@@ -238,14 +250,30 @@ class LvmLayout(StorageLayout):
     def _fs_devices(self, devices: list[str]) -> list[str]:
         return [self.lv_path]
 
-    def activate(self, devices: list[str]) -> None:
+    def _register(self, devices: list[str]) -> None:
+        """With LVM's devices file in use, list the drive's (verified) devices in it so LVM sees them."""
         if self.lvm.devices_file_enabled():
             for dev in devices:
                 if not self.lvm.devices_file_has(dev):
                     self.lvm.devices_file_add(dev)
+
+    def activate(self, devices: list[str]) -> None:
+        self._register(devices)
         lv = self.lvm.lv(self.vg)
         if lv is not None and not lv.active:
             self.lvm.vgchange(self.vg, True)
+
+    def refresh(self, devices: list[str]) -> None:
+        """A volume unplugged under the active LV and plugged again is a new device to the kernel: reload the
+        LV's table so that its extents map to it again (``lvchange --refresh``)."""
+        self._register(devices)
+        stale = self.lvm.stale_devices(self.lv_path)
+        log.warning("reloading the LV's table onto the drive's devices", drive=self.drive, gone=stale)
+        self.lvm.refresh(self.vg)
+        left = self.lvm.stale_devices(self.lv_path)
+        if left:
+            raise LayoutError(f"drive {self.drive!r}: {self.lv_path} still maps to {', '.join(left)} after "
+                              "lvchange --refresh", temporary=True)
 
     def recover(self) -> None:
         """A dm device of the drive left suspended (bsud's lvm child killed mid-lvreduce/pvmove) blocks every
@@ -338,9 +366,15 @@ class BtrfsLayout(StorageLayout):
                               f"labelled {self.label!r} ({', '.join(sorted(u or '?' for u in uuids))}); "
                               "resolve by hand")
         members = frozenset(own)
+        uuid = next(iter(uuids)) if uuids else None
+        missing = None
+        if uuid:
+            fs = self.btrfs.show(uuid)
+            if fs is not None and fs.missing:
+                missing = f"btrfs {uuid} misses some of its devices ({len(fs.devices)} present)"
         return LayoutState(
             members=members, has_filesystem=bool(own), fs_device=min(members) if members else None,
-            active=bool(own), fs_uuid=next(iter(uuids)) if uuids else None, details={"probes": probes},
+            active=bool(own), missing=missing, fs_uuid=uuid, details={"probes": probes},
         )
 
     def join(self, resolution: Resolution, volume_tags: dict[str, str], mount_point: str | None) -> None:

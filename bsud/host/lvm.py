@@ -8,8 +8,10 @@ Commands run with stdin closed, so a prompt is answered "no"; pvcreate never get
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
+
 from bsud.config import LV_NAME
 from bsud.logs import get_logger
 from bsud.runner import Runner
@@ -38,6 +40,7 @@ class VolumeGroup:
     extent_size: int
     pv_count: int
     lv_count: int
+    missing_pv_count: int = 0
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,8 @@ def parse_pvs(text: str) -> list[PhysicalVolume]:
 def parse_vgs(text: str) -> list[VolumeGroup]:
     return [
         VolumeGroup(r["vg_name"], r.get("vg_uuid", ""), _int(r.get("vg_size")), _int(r.get("vg_free")),
-                    _int(r.get("vg_extent_size")), _int(r.get("pv_count")), _int(r.get("lv_count")))
+                    _int(r.get("vg_extent_size")), _int(r.get("pv_count")), _int(r.get("lv_count")),
+                    _int(r.get("vg_missing_pv_count")))
         for r in parse_report(text, "vg")
     ]
 
@@ -120,8 +124,32 @@ def parse_suspended(text: str) -> list[str]:
             names.append(name)
     return names
 
+def stale_slaves(major_minor: str, sysfs: str = "/sys") -> list[str]:
+    """Devices a device-mapper device (``major:minor``) still maps to although they went away.
+
+    dm links itself under each device it opened (``<slave>/holders/dm-N``). A disk unplugged leaves its
+    ``slaves`` link dangling; a disk plugged again — even under the same name and numbers — is a new device
+    that dm never opened, with no such link. Either way I/O to those extents fails until the table is reloaded.
+    A slave whose sysfs entry shows no ``holders`` directory at all is not judged.
+    """
+    base = f"{sysfs}/dev/block/{major_minor}"
+    try:
+        dm_name = os.path.basename(os.path.realpath(base))
+        slaves = sorted(os.listdir(f"{base}/slaves"))
+    except OSError:
+        return []
+    stale = []
+    for slave in slaves:
+        entry = f"{base}/slaves/{slave}"
+        if not os.path.exists(entry):
+            stale.append(slave)
+        elif os.path.isdir(f"{entry}/holders") and not os.path.lexists(f"{entry}/holders/{dm_name}"):
+            stale.append(slave)
+    return stale
+
+
 _PV_FIELDS = "pv_name,vg_name,pv_size,pv_free,pv_uuid,dev_size"
-_VG_FIELDS = "vg_name,vg_uuid,vg_size,vg_free,vg_extent_size,pv_count,lv_count"
+_VG_FIELDS = "vg_name,vg_uuid,vg_size,vg_free,vg_extent_size,pv_count,lv_count,vg_missing_pv_count"
 _LV_FIELDS = "lv_name,vg_name,lv_size,lv_path,lv_attr,lv_active,move_pv,copy_percent,devices"
 
 
@@ -141,6 +169,23 @@ class Lvm:
 
     def resume(self, dm_name: str) -> None:
         self.runner.run(["dmsetup", "resume", dm_name], timeout=120)
+
+    def missing_pvs(self, vg: str) -> list[str]:
+        """UUIDs of the VG's PVs whose device is absent (or that LVM flagged missing)."""
+        out = self.runner.run(["lvm", "pvs", "--reportformat", "json", "-o", "pv_name,pv_uuid,pv_missing",
+                               "--select", f"vg_name={vg}"], timeout=120, check=False, ok_codes=(0, 5), quiet=True)
+        if out.returncode != 0:
+            return []
+        return [r.get("pv_uuid", "?") for r in parse_report(out.stdout, "pv")
+                if r.get("pv_missing") == "missing" or r.get("pv_name", "").startswith("[unknown]")]
+
+    def stale_devices(self, lv_path: str) -> list[str]:
+        """Kernel names of the devices the active LV maps to that went away (see :func:`stale_slaves`)."""
+        try:
+            rdev = os.stat(lv_path).st_rdev
+        except OSError:
+            return []
+        return stale_slaves(f"{os.major(rdev)}:{os.minor(rdev)}")
 
     def pvs(self, devices: list[str] | None = None) -> list[PhysicalVolume]:
         """PVs among ``devices`` (all when None); devices that are not PVs are left out."""
@@ -224,6 +269,10 @@ class Lvm:
 
     def pvremove(self, device: str) -> None:
         self.runner.run(["lvm", "pvremove", device], timeout=120)
+
+    def refresh(self, vg: str) -> None:
+        """Reload the LV's table from the metadata onto the PVs' devices as they are now."""
+        self.runner.run(["lvm", "lvchange", "--refresh", f"{vg}/{LV_NAME}"], timeout=300)
 
     def vgchange(self, vg: str, active: bool) -> None:
         self.runner.run(["lvm", "vgchange", "-a", "y" if active else "n", vg], timeout=300)

@@ -77,9 +77,10 @@ def mount_at(mount_point: str, mounts: list[MountEntry] | None = None) -> MountE
     return found
 
 
-def device_numbers(device: str) -> str:
-    st = os.stat(device)
-    return f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+def forced_read_only(entry: MountEntry) -> bool:
+    """Mounted read-write, but the filesystem itself is read-only: the kernel turned it so after errors
+    (btrfs aborts its transaction on a write error). A ``mount -o remount,ro`` changes both flags."""
+    return "rw" in entry.options.split(",") and "ro" in entry.super_options.split(",")
 
 
 def holders_of(mount_point: str) -> list[str]:

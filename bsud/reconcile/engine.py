@@ -20,6 +20,10 @@ from bsud.runner import Runner
 
 log = get_logger("bsud.reconcile")
 
+#: While part of a drive's storage is missing, the cloud listing it is planned on is at most this old: the
+#: volume's state (detached, attached elsewhere, deleted) is what the planner needs to say what to do.
+MISSING_LISTING_SECONDS = 5.0
+
 #: The same action done this many times in a row, each time without error, and planned again has no effect:
 #: say so and back off (it is tried again later; a drive is never parked for good).
 REPEAT_LIMIT = 8
@@ -126,6 +130,8 @@ class DriveReconciler:
     def step(self, max_age: float | None = None) -> Plan:
         """Observe, plan, do the first action. Returns the plan that was acted on."""
         started = time.monotonic()
+        if max_age is None and self.last_obs is not None and self.last_obs.missing:
+            max_age = MISSING_LISTING_SECONDS
         obs, devices = self.observe(max_age)
         current = plan(self.spec, obs, self.max_volume_gib)
         self._record(obs, current)

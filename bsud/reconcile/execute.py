@@ -30,6 +30,8 @@ from bsud.reconcile.model import (
     MakeFilesystem,
     MarkVolume,
     Mount,
+    Refresh,
+    Remount,
     RemoveFromDrive,
     RetireVolume,
     Unmount,
@@ -149,6 +151,14 @@ class Executor:
         self.layout.deactivate(self._devices())
 
     def _do_Mount(self, action: Mount) -> None:  # noqa: N802
+        self.layout.mount(self._devices(), self.spec.mount_path)
+
+    def _do_Refresh(self, action: Refresh) -> None:  # noqa: N802
+        self.layout.refresh(self._devices())
+
+    def _do_Remount(self, action: Remount) -> None:  # noqa: N802
+        """Unmount (refused while busy: the error names the holders) and mount again from the last commit."""
+        self.layout.unmount(self.spec.mount_path)
         self.layout.mount(self._devices(), self.spec.mount_path)
 
     def _do_Unmount(self, action: Unmount) -> None:  # noqa: N802

@@ -80,6 +80,9 @@ class DriveObs:
     move_in_progress: bool = False
     can_grow: bool = False
     lv_missing: bool = False            # lvm: PVs in the drive's VG but no LV (stopped before lvcreate)
+    missing: str | None = None          # part of the drive's storage is absent (a member volume detached/deleted)
+    stale: tuple[str, ...] = ()         # devices the active LV still maps to that went away (unplugged, maybe back)
+    read_only: bool = False             # mounted read-write, but the kernel made it read-only (I/O errors)
     usage: UsageObs | None = None
     pace: Pace = Pace()
 
@@ -167,6 +170,16 @@ class Deactivate(Action):
 @dataclass(frozen=True)
 class Mount(Action):
     pass
+
+
+@dataclass(frozen=True)
+class Refresh(Action):
+    """Reload the drive's device-mapper tables onto its devices as they are now (a volume came back)."""
+
+
+@dataclass(frozen=True)
+class Remount(Action):
+    """Unmount and mount again a filesystem the kernel made read-only after I/O errors."""
 
 
 @dataclass(frozen=True)

@@ -86,10 +86,12 @@ def observe_drive(spec: DriveConfig, volumes: list[Volume], cloud: CloudProvider
 
     entry = mounts.mount_at(spec.mount_path)
     mounted = False
+    read_only = False
     mount_blocked = None
     if entry is not None:
         if layout.is_our_mount(entry, paths):
             mounted = True
+            read_only = mounts.forced_read_only(entry)
         else:
             mount_blocked = (f"{spec.mount_path} holds a {entry.fstype} filesystem from {entry.source} that is not "
                              f"drive {spec.name!r}'s; unmount it or change mount-path")
@@ -137,6 +139,7 @@ def observe_drive(spec: DriveConfig, volumes: list[Volume], cloud: CloudProvider
         mount_blocked=mount_blocked if state.has_filesystem or entry is not None else None,
         active=active, move_in_progress=state.move_in_progress, can_grow=can_grow, usage=usage,
         lv_missing=spec.layout == Layout.LVM and bool(state.members) and state.fs_device is None,
+        missing=state.missing, stale=state.stale, read_only=read_only,
     )
     return obs, resolutions
 

@@ -44,6 +44,8 @@ from bsud.reconcile.model import (
     Mount,
     Pace,
     Plan,
+    Refresh,
+    Remount,
     RemoveFromDrive,
     RetireVolume,
     Unmount,
@@ -300,7 +302,11 @@ def _plan_online(spec: DriveConfig, obs: DriveObs, max_volume_gib: int) -> Plan:
                     "creating", tuple(notes))
     for v in live:
         if v.state == AVAILABLE and not v.attached_here:
-            return Plan(AttachVolume(volume_id=v.id, reason=f"{v.id} is not attached"), "attaching", tuple(notes))
+            why = f"{v.id} is not attached"
+            if obs.missing and (obs.mounted or obs.active):
+                why = (f"{v.id} was detached while the drive is in use, not by bsud ({obs.missing}; reading or "
+                       "writing there fails meanwhile): attaching it back")
+            return Plan(AttachVolume(volume_id=v.id, reason=why), "attaching", tuple(notes))
     for v in live:
         if v.device_error:
             return Plan(Blocked(reason=v.device_error), "blocked", tuple(notes))
@@ -313,6 +319,15 @@ def _plan_online(spec: DriveConfig, obs: DriveObs, max_volume_gib: int) -> Plan:
     for v in live:
         if v.foreign:
             return Plan(Blocked(reason=v.foreign), "blocked", tuple(notes))
+    if obs.missing:
+        return Plan(Blocked(reason=f"{obs.missing}, and no volume tagged for the drive and attached here provides "
+                                   "it: one of its volumes was deleted or lost its tag. bsud changes nothing on this "
+                                   "drive until it is back (tag it and attach it again); if it is gone for good, "
+                                   "see 'A volume lost' in docs/operations.md"), "blocked", tuple(notes))
+    if obs.stale:
+        return Plan(Refresh(reason=f"the drive's LV still maps to {', '.join(obs.stale)}, which went away (a volume "
+                                   "detached behind bsud's back and attached again): reloading its table"),
+                    "recovering", tuple(notes))
 
     members = [v for v in live if v.member]
     removing = [v for v in live if v.bookkeeping == REMOVING]
@@ -348,6 +363,10 @@ def _plan_online(spec: DriveConfig, obs: DriveObs, max_volume_gib: int) -> Plan:
         return Plan(Blocked(reason=obs.mount_blocked), "blocked", tuple(notes))
     if not obs.mounted:
         return Plan(Mount(reason="the filesystem is not mounted"), "mounting", tuple(notes))
+    if obs.read_only:
+        return Plan(Remount(reason="the kernel made the filesystem read-only after I/O errors (was a volume "
+                                   "detached while mounted?): unmounting and mounting it again"),
+                    "recovering", tuple(notes))
     if fresh:
         return Plan(Join(volume_id=fresh[0].id, reason=f"{fresh[0].id} is attached but not part of the drive"),
                     "scaling-up", tuple(notes))

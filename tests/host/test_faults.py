@@ -3,6 +3,7 @@ disk under the status file. Both must leave the drive served and say what is wro
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -66,3 +67,32 @@ def test_full_disk_under_the_status_file(harness: DaemonHarness, workdir: Path):
             h.proc.kill()
             h.proc.wait()
         subprocess.run(["umount", "-l", str(small)], capture_output=True)
+
+
+def test_a_volume_deleted_behind_its_back_blocks_the_drive_and_nothing_is_touched(harness: DaemonHarness):
+    """btrfs layout: a member volume deleted while the drive is offline. Back online, the drive is blocked with
+    what is missing and what to do; bsud never mounts it degraded, creates nothing and deletes nothing."""
+    from bsud.cloud.local import LocalCloud
+    from bsud.config import CloudSettings
+
+    h = harness
+    h.start()
+    h.wait_online(volumes=1)
+    h.fill("a.bin", 880)
+    st = h.wait_online(volumes=2)
+    h.write_config(target="offline")
+    h.signal(signal.SIGHUP)
+    h.wait_for("offline", lambda s: s.get("phase") == "offline")
+
+    lost = max(st["volumes"], key=lambda v: v["size_gib"])["id"]
+    LocalCloud(CloudSettings(provider="local", state_dir=str(h.state_dir), instance_id="i-lifecycle")) \
+        .delete_volume(lost)
+    h.write_config(target="online")
+    h.signal(signal.SIGHUP)
+    st = h.wait_for("blocked on the missing device", lambda s: s.get("phase") == "blocked" and
+                    "misses some of its devices" in (s.get("last_error") or ""), timeout=60)
+    assert "deleted or lost its tag" in st["last_error"]
+    time.sleep(5)
+    assert len(h.images()) == 1 and not h.mounted() and h.alive()
+    assert [v["id"] for v in h.status()["volumes"]] != [] and lost not in [v["id"] for v in h.status()["volumes"]]
+    assert h.stop() == 0

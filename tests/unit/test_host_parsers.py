@@ -108,3 +108,50 @@ def test_dm_names_map_to_their_vg():
     assert vg_of_dm_name("cryptroot") is None
     text = "data-bsud:Suspended\nother-bsud:Active\nmy--drive-pvmove0:Suspended\n"
     assert parse_suspended(text) == ["data-bsud", "my--drive-pvmove0"]
+
+
+def test_vg_with_a_missing_pv():
+    text = """{"report": [{"vg": [{"vg_name":"data", "vg_uuid":"u", "vg_size":"2139095040", "vg_free":"0",
+      "vg_extent_size":"4194304", "pv_count":"2", "lv_count":"1", "vg_missing_pv_count":"1"}]}]}"""
+    (vg,) = parse_vgs(text)
+    assert (vg.pv_count, vg.missing_pv_count) == (2, 1)
+    assert parse_vgs(read("vgs.json"))[0].missing_pv_count == 0  # an older report without the field
+
+
+def _sysfs_with_dm(root: Path, slaves: dict[str, str]) -> None:
+    """/sys/dev/block/253:0 → dm-0, its slaves linked to disks; ``slaves`` maps a name to how it stands:
+    'held' (dm-0 in its holders), 'replugged' (a new disk under the same name: holders empty), 'gone'
+    (the disk removed: the link dangles), 'unknown' (no holders directory at all)."""
+    dm = root / "devices/virtual/block/dm-0"
+    (dm / "slaves").mkdir(parents=True)
+    (root / "dev/block").mkdir(parents=True)
+    (root / "dev/block/253:0").symlink_to("../../devices/virtual/block/dm-0")
+    for name, how in slaves.items():
+        disk = root / f"devices/pci0/{name}"
+        if how != "gone":
+            disk.mkdir(parents=True)
+        if how in ("held", "replugged"):
+            (disk / "holders").mkdir()
+        if how == "held":
+            (disk / "holders/dm-0").symlink_to("../../../virtual/block/dm-0")
+        (dm / "slaves" / name).symlink_to(f"../../../../pci0/{name}")
+
+
+def test_stale_slaves_of_a_device_mapper_device(tmp_path: Path):
+    from bsud.host.lvm import stale_slaves
+
+    _sysfs_with_dm(tmp_path, {"vdb": "held", "vdc": "replugged", "vdd": "gone", "vde": "unknown"})
+    assert stale_slaves("253:0", sysfs=str(tmp_path)) == ["vdc", "vdd"]
+    assert stale_slaves("253:9", sysfs=str(tmp_path)) == []  # no such device: nothing to judge
+
+
+def test_forced_read_only_is_told_from_a_read_only_mount():
+    from bsud.host.mounts import forced_read_only
+
+    lines = ("36 25 0:40 / /mnt/a rw,relatime shared:1 - btrfs /dev/mapper/a-bsud ro,space_cache=v2,subvol=/\n"
+             "37 25 0:41 / /mnt/b ro,relatime shared:2 - btrfs /dev/mapper/b-bsud ro,space_cache=v2,subvol=/\n"
+             "38 25 0:42 / /mnt/c rw,relatime shared:3 - btrfs /dev/mapper/c-bsud rw,space_cache=v2,subvol=/\n")
+    a, b, c = parse_mountinfo(lines)
+    assert forced_read_only(a)          # the kernel turned it read-only under a read-write mount
+    assert not forced_read_only(b)      # mounted (or remounted) read-only on purpose
+    assert not forced_read_only(c)

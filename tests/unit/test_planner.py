@@ -134,6 +134,24 @@ ONLINE_TABLE = [
     ("removal-abandoned-when-filling-fast", spec(),
      online(vol("v1"), vol("v2", 12, bookkeeping=REMOVING), used=2,
             pace=Pace(write_rate=200e6, grow_seconds=60)), ("MarkVolume", {"volume_id": "v2"})),
+    # issue 9 faults: a volume detached or deleted behind bsud's back while the drive is mounted
+    ("member-detached-behind-its-back-is-attached-back", spec(layout=Layout.LVM),
+     online(vol("v1"), vol("v2", state="available", member=False), used=2, missing="VG d misses 1 of its 2 PVs"),
+     ("AttachVolume", {"volume_id": "v2"})),
+    ("member-deleted-blocks-and-changes-nothing", spec(layout=Layout.LVM),
+     online(vol("v1"), used=9.5, missing="VG d misses 1 of its 2 PVs"), ("Blocked", {})),
+    ("member-deleted-while-offline-blocks-before-activation", spec(layout=Layout.LVM),
+     DriveObs(name="d", volumes=(vol("v1"),), active=False, missing="VG d misses 1 of its 2 PVs"), ("Blocked", {})),
+    ("btrfs-device-missing-blocks-the-mount", spec(),
+     online(vol("v1"), mounted=False, missing="btrfs x misses some of its devices"), ("Blocked", {})),
+    ("lv-mapping-a-replugged-device-is-refreshed", spec(layout=Layout.LVM),
+     online(vol("v1"), vol("v2"), used=2, stale=("vdc",)), ("Refresh", {})),
+    ("refresh-comes-before-scaling", spec(layout=Layout.LVM),
+     online(vol("v1"), vol("v2"), used=19.5, stale=("vdc",)), ("Refresh", {})),
+    ("forced-read-only-is-remounted", spec(layout=Layout.LVM),
+     online(vol("v1"), vol("v2"), used=2, read_only=True), ("Remount", {})),
+    ("forced-read-only-is-remounted-before-growing", spec(),
+     online(vol("v1"), vol("v2", member=False, blank=True), used=9.5, read_only=True), ("Remount", {})),
     ("removal-comes-before-grow", spec(layout=Layout.LVM),
      online(vol("v1"), vol("v2", 12, bookkeeping=REMOVING), used=2, can_grow=True),
      ("RemoveFromDrive", {"volume_id": "v2"})),
@@ -331,3 +349,17 @@ def test_scale_up_reason_matches_the_sampler_and_the_planner():
     assert seconds_to_full(usage(3.0, 10), 0.0) == float("inf")
     # 7 GiB free less the 100 MiB margin (1 %), at 100 MB/s
     assert seconds_to_full(usage(3.0, 10), 100 * MB) == pytest.approx((7 * GIB - 10 * GIB // 100) / (100 * MB))
+
+
+def test_a_volume_detached_behind_its_back_is_said_so():
+    p = plan(spec(layout=Layout.LVM), online(vol("v1"), vol("v2", state="available", member=False), used=2,
+                                             missing="VG d misses 1 of its 2 PVs"))
+    assert "detached while the drive is in use, not by bsud" in p.action.reason
+    assert "VG d misses 1 of its 2 PVs" in p.action.reason
+
+
+def test_a_deleted_member_is_explained_with_what_to_do():
+    p = plan(spec(layout=Layout.LVM), online(vol("v1"), used=2, missing="VG d misses 1 of its 2 PVs (PV UUID u)"))
+    assert p.phase == "blocked"
+    assert "PV UUID u" in p.action.reason and "deleted or lost its tag" in p.action.reason
+    assert "A volume lost" in p.action.reason

@@ -73,6 +73,8 @@ class BridgedMoto:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
         self.plugged: set[str] = set()
+        #: The instance standing for this VM: a volume attached to another one is not plugged here.
+        self.instance_id: str | None = None
 
     def close(self) -> None:
         self.server.shutdown()
@@ -102,7 +104,9 @@ class BridgedMoto:
         chunks = b"".join(self.app(environ, capture))
         if captured["status"].startswith("200") and action in ("AttachVolume", "DetachVolume", "DeleteVolume"):
             vol = form.get("VolumeId", "")
-            if action == "AttachVolume":
+            if action == "AttachVolume" and self.instance_id not in (None, form.get("InstanceId")):
+                pass  # attached to another (moto-only) instance: nothing to plug into this VM
+            elif action == "AttachVolume":
                 size = get_backend("ec2")[DEFAULT_ACCOUNT_ID][self._region(environ)].get_volume(vol).size
                 self.host.request(op="plug", volume=vol, size_gib=size, device=form.get("Device", ""),
                                   flavour=self.flavour)

@@ -41,6 +41,7 @@ class VmCloud:
         image = ec2.describe_images()["Images"][0]["ImageId"]
         self.instance_id = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1,
                                              Placement={"AvailabilityZone": ZONE})["Instances"][0]["InstanceId"]
+        bridge.instance_id = self.instance_id
         self.ec2 = ec2
 
     def cloud(self, flavour: str) -> Ec2Cloud:

@@ -1,0 +1,169 @@
+"""Volumes taken away behind bsud's back while its lvm drive is mounted: EC2 via the bridge, so a detach really
+unplugs the disk from the VM under the active LV and the mounted btrfs.
+
+1. The volume holding the start of the LV (btrfs's superblock and metadata) is force-detached while a writer
+   writes: the kernel fails I/O there and btrfs turns read-only. bsud attaches it back, reloads the LV's table
+   onto the new device (``lvchange --refresh``) and unmounts/mounts the filesystem: every file written before,
+   and every file whose fsync succeeded during the fault, reads back intact; the drive takes writes again.
+2. A volume detached and attached to another instance: the status says where it is, bsud changes nothing
+   (no volume created, none deleted) until it is detached there, then recovers the same way.
+3. A member volume detached and deleted: the drive is blocked with a line saying what is missing and what to do;
+   bsud creates nothing, deletes nothing and leaves the VG as it is.
+
+The table of faults is printed at the end (the crash matrix's companion).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from botocore.exceptions import ClientError
+
+from ..host.daemon_harness import DaemonHarness, checksums
+from .conftest import ZONE, ec2_harness
+
+pytestmark = pytest.mark.vm
+
+DRIVE = "yanked"
+FAULTS: list[tuple[str, str, str]] = []
+
+
+class Writer(threading.Thread):
+    """Writes 4 MiB files, each fsynced before it counts as written; stops at the first error."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(daemon=True)
+        self.directory = directory
+        self.written: dict[str, str] = {}
+        self.error: str | None = None
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        n = 0
+        while not self.halt.is_set():
+            name = f"w{n:04d}.bin"
+            data = os.urandom(4 * 1024**2)
+            try:
+                with open(self.directory / name, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except OSError as exc:
+                self.error = f"{name}: {exc}"
+                return
+            self.written[name] = hashlib.sha256(data).hexdigest()
+            n += 1
+            time.sleep(0.05)
+
+
+def tagged(vm) -> list[dict]:
+    return vm.ec2.describe_volumes(Filters=[{"Name": "tag:osc.bsud.drive-name", "Values": [DRIVE]}])["Volumes"]
+
+
+def first_extent_volume(st: dict) -> str:
+    """The volume whose PV holds the LV's first extent (btrfs's superblock and first metadata)."""
+    out = subprocess.run(["lvm", "lvs", "--reportformat", "json", "-o", "seg_start_pe,devices", f"{DRIVE}/bsud"],
+                         capture_output=True, text=True, check=True).stdout
+    segments = json.loads(out)["report"][0]["lv"]
+    first = min(segments, key=lambda s: int(s["seg_start_pe"]))["devices"].split("(")[0]
+    by_device = {os.path.realpath(v["device"]): v["id"] for v in st["volumes"] if v.get("device")}
+    return by_device[os.path.realpath(first)]
+
+
+def take_away(vm, volume: str, then) -> None:
+    """Force-detach ``volume`` and at once do ``then`` with it; when bsud attached it back in between
+    (it looks every few seconds), do it again."""
+    for _ in range(10):
+        vm.ec2.detach_volume(VolumeId=volume, InstanceId=vm.instance_id, Force=True)
+        try:
+            then(volume)
+            return
+        except ClientError as exc:
+            if "VolumeInUse" not in str(exc) and "IncorrectState" not in str(exc):
+                raise
+        time.sleep(1)
+    raise AssertionError(f"could not take {volume} away from the daemon")
+
+
+def logged(h: DaemonHarness, text: str) -> bool:
+    return text in h.log_path.read_text()
+
+
+def test_volumes_taken_away_behind_its_back(vm, tmp_path: Path, capsys):
+    vm.bridge.flavour = "virtio"
+    h = ec2_harness(vm, tmp_path, DRIVE)
+    other = vm.ec2.run_instances(ImageId=vm.ec2.describe_images()["Images"][0]["ImageId"], MinCount=1, MaxCount=1,
+                                 Placement={"AvailabilityZone": ZONE})["Instances"][0]["InstanceId"]
+    try:
+        h.start()
+        h.wait_online(volumes=1, timeout=300)
+        h.fill("a.bin", 800)  # most of 1 GiB: a second volume (2 GiB) joins; the data stays on the first
+        before = checksums(h.mount)
+        st = h.wait_online(volumes=2, timeout=300)
+
+        # 1. Detached while written: bsud attaches it back, refreshes the LV, remounts the read-only btrfs.
+        yanked = first_extent_volume(st)
+        writer = Writer(h.mount)
+        writer.start()
+        time.sleep(2)
+        vm.ec2.detach_volume(VolumeId=yanked, InstanceId=vm.instance_id, Force=True)
+        h.wait_for("the detach noticed", lambda s: logged(h, "detached while the drive is in use, not by bsud"),
+                   timeout=120)
+        # The writer stops at its first error (read-only btrfs, EIO): then nothing holds the mount.
+        st = h.wait_online(volumes=2, timeout=300)
+        writer.halt.set()
+        writer.join(60)
+        assert logged(h, "lvchange --refresh") or logged(h, "reloading its table"), h.tail(80)
+        remounted = logged(h, "read-only after I/O errors")
+        intact = checksums(h.mount)
+        for name, digest in {**before, **writer.written}.items():
+            assert intact.get(name) == digest, f"{name} changed or vanished after the recovery"
+        h.fill("c.bin", 20)
+        assert st.get("last_error") is None
+        FAULTS.append(("member detached while written (LV start)",
+                       f"re-attached, LV refreshed{', remounted' if remounted else ''}",
+                       f"{len(before) + len(writer.written)} files intact (writer stopped by: {writer.error})"))
+
+        # 2. Detached and attached to another instance: blocked, named; nothing created or deleted meanwhile.
+        held = next(v["id"] for v in st["volumes"] if v["id"] != yanked)
+        before = checksums(h.mount)
+        take_away(vm, held, lambda vid: vm.ec2.attach_volume(VolumeId=vid, InstanceId=other, Device="/dev/sdf"))
+        st = h.wait_for("blocked on the other instance", lambda s: s.get("phase") == "blocked" and
+                        other in (s.get("last_error") or ""), timeout=120)
+        time.sleep(10)
+        assert len(tagged(vm)) == 2 and h.alive()
+        vm.ec2.detach_volume(VolumeId=held, InstanceId=other, Force=True)
+        h.wait_online(volumes=2, timeout=300)
+        assert checksums(h.mount) == before
+        FAULTS.append(("member attached to another instance", "blocked naming it; recovered once detached there",
+                       f"{len(before)} files intact"))
+
+        # 3. Detached and deleted: blocked with what is missing and what to do; bsud changes nothing.
+        take_away(vm, held, lambda vid: vm.ec2.delete_volume(VolumeId=vid))
+        st = h.wait_for("blocked on the missing PV", lambda s: s.get("phase") == "blocked" and
+                        "misses 1 of its 2 PVs" in (s.get("last_error") or ""), timeout=120)
+        assert "deleted or lost its tag" in st["last_error"]
+        time.sleep(10)
+        assert [v["VolumeId"] for v in tagged(vm)] == [yanked], "bsud created or deleted a volume"
+        vgs = subprocess.run(["lvm", "vgs", "--reportformat", "json", "-o", "pv_count", DRIVE], capture_output=True,
+                             text=True)
+        assert json.loads(vgs.stdout)["report"][0]["vg"][0]["pv_count"] == "2", "bsud changed the VG"
+        assert h.alive()
+        FAULTS.append(("member detached and deleted", "blocked, VG and volumes left as they are",
+                       "the deleted volume's data went with it (not bsud's doing)"))
+        assert h.stop() == 0
+    finally:
+        h.close()
+        with capsys.disabled():
+            print("\n| fault (lvm, mounted) | bsud did | data |\n|---|---|---|")
+            for row in FAULTS:
+                print("| " + " | ".join(row) + " |")
+            print(f"faults survived: {len(FAULTS)} of 3", flush=True)
+
