@@ -277,11 +277,16 @@ class LvmLayout(StorageLayout):
 
     def recover(self) -> None:
         """A dm device of the drive left suspended (bsud's lvm child killed mid-lvreduce/pvmove) blocks every
-        I/O to it: resume it."""
-        for name in self.lvm.suspended(self.vg):
+        I/O to it: resume it. Resuming makes live whatever table lvm had loaded, which may be ahead of the
+        metadata it did not commit: the LV's table is then reloaded from the metadata (``lvchange --refresh``),
+        unless a pvmove is to be resumed (``pvmove`` itself does that, at the next Grow)."""
+        resumed = self.lvm.suspended(self.vg)
+        for name in resumed:
             log.warning("resuming a device-mapper device of the drive left suspended", drive=self.drive,
                         device=name)
             self.lvm.resume(name)
+        if resumed and self.lvm.lv(self.vg) is not None and not self.lvm.moves_in_progress(self.vg):
+            self.lvm.refresh(self.vg)
 
     def deactivate(self, devices: list[str]) -> None:
         if self.lvm.vg(self.vg) is not None:

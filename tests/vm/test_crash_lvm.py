@@ -120,6 +120,7 @@ def test_suspended_device_of_the_drive_is_resumed_at_start(vm, tmp_path: Path):
         h.wait_for("resumed", lambda s: "left suspended" in h.tail(200), timeout=120)
         assert leftovers("suspend") == []
         h.wait_online(volumes=1, timeout=300)
+        assert '"lvchange", "--refresh"' in h.log_path.read_text()  # the table reloaded from the metadata
         assert checksums(h.mount) == sums
         assert h.stop() == 0
     finally:
