@@ -15,9 +15,9 @@ from bsud.cloud import make_provider
 from bsud.config import DEFAULT_CONFIG_PATH, DriveConfig, InvalidConfig, Layout, Target, load_config
 from bsud.errors import BsudError
 from bsud.host import mounts
-from bsud.host.btrfs import label_for
 from bsud.host.lvm import Lvm
 from bsud.host.safety import probe
+from bsud.naming import label_for
 from bsud.logs import configure_logging, register_secrets
 from bsud.reconcile.engine import DriveReconciler
 from bsud.reconcile.observe import CloudSnapshot

@@ -163,7 +163,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
-    return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

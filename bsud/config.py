@@ -23,13 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bsud.errors import BsudError, ConfigError
+from bsud.naming import DEFAULT_MAX_VOLUME_GIB
 
 DEFAULT_CONFIG_PATH = "/etc/osc/bsud.json"
-DRIVE_TAG = "osc.bsud.drive-name"
-#: bsud's bookkeeping on a volume being taken out of its drive: "removing" while data may
-#: still be on it, "evacuated" once it is verifiably out (safe to detach and delete).
-STATE_TAG = "osc.bsud.state"
-LV_NAME = "bsud"
 
 OUTSCALE_REGIONS = ("eu-west-2", "us-east-2", "us-west-1", "cloudgouv-eu-west-1", "ap-northeast-1")
 #: Volumes a VM can hold on Outscale, its root volume included.
@@ -76,9 +72,9 @@ class VolumeLimits:
 
 
 _OUTSCALE_LIMITS = {
-    DiskType.STANDARD: VolumeLimits(1, 14901),
-    DiskType.GP2: VolumeLimits(1, 14901),
-    DiskType.IO1: VolumeLimits(4, 14901, max_iops=13000, max_iops_per_gib=300),
+    DiskType.STANDARD: VolumeLimits(1, DEFAULT_MAX_VOLUME_GIB),
+    DiskType.GP2: VolumeLimits(1, DEFAULT_MAX_VOLUME_GIB),
+    DiskType.IO1: VolumeLimits(4, DEFAULT_MAX_VOLUME_GIB, max_iops=13000, max_iops_per_gib=300),
 }
 _AWS_LIMITS = {
     DiskType.STANDARD: VolumeLimits(1, 1024),

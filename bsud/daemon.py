@@ -26,8 +26,9 @@ from typing import Any
 
 from bsud import __version__
 from bsud.cloud import CloudProvider, make_provider
-from bsud.config import Config, DriveConfig, InvalidConfig, Layout, Provider, Target, load_config
+from bsud.config import Config, DriveConfig, InvalidConfig, Provider, Target, load_config
 from bsud.errors import BsudError
+from bsud.host.layouts import LAYOUTS, StorageLayout
 from bsud.logs import get_logger, register_secrets
 from bsud.reconcile.engine import DriveReconciler
 from bsud.reconcile.model import Blocked, Idle, Wait
@@ -43,13 +44,10 @@ log = get_logger("bsud.daemon")
 STATUS_SECONDS = 5.0
 
 
-def required_tools(config: Config) -> list[str]:
-    tools = ["blkid", "wipefs", "mount", "umount", "btrfs", "mkfs.btrfs"]
-    if any(d.layout == Layout.LVM for d in config.drives):
-        tools += ["lvm", "dmsetup"]
-    if config.cloud.provider == Provider.LOCAL:
-        tools.append("losetup")
-    return tools
+def required_tools(config: Config, cloud: CloudProvider) -> list[str]:
+    """What the drives' layouts and the provider run, each named once (every layout needs btrfs)."""
+    tools = [*StorageLayout.tools, *(t for d in config.drives for t in LAYOUTS[d.layout].tools), *cloud.tools]
+    return list(dict.fromkeys(tools))
 
 
 def write_status(path: str, data: dict[str, Any]) -> None:
@@ -196,7 +194,7 @@ class DriveWorker(threading.Thread):
                 self.reconciler.status.last_error = str(exc)
                 log.warning("step failed", drive=self.reconciler.spec.name, error=str(exc), temporary=exc.temporary)
                 self.owner.publish()
-                self._sleep(delay)
+                self._sleep(exc.delay if exc.delay is not None else delay)
                 delay = min(delay * 2, 300.0)
                 continue
             except Exception as exc:  # noqa: BLE001 - a bug in one drive must not stop the others
@@ -283,7 +281,7 @@ class Daemon:
 
     def run(self) -> int:
         self._lock = take_lock(self.config.daemon.status_file)
-        preflight(required_tools(self.config))
+        preflight(required_tools(self.config, self.cloud))
         if self.config.cloud.provider == Provider.LOCAL:
             os.makedirs(self.config.cloud.state_dir, exist_ok=True)
         ident = self.cloud.identity()

@@ -12,14 +12,16 @@ from collections.abc import Sequence
 
 
 class BsudError(Exception):
-    """Base of bsud's own errors; ``temporary`` means a later retry may succeed."""
+    """Base of bsud's own errors; ``temporary`` means a later retry may succeed, ``delay`` (seconds) how long to
+    wait before it is worth trying (None: the daemon's own backoff)."""
 
     temporary: bool = False
 
-    def __init__(self, message: str, *, temporary: bool | None = None) -> None:
+    def __init__(self, message: str, *, temporary: bool | None = None, delay: float | None = None) -> None:
         super().__init__(message)
         if temporary is not None:
             self.temporary = temporary
+        self.delay = delay
 
 
 class ConfigError(BsudError):

@@ -14,17 +14,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from bsud.config import DRIVE_TAG
 from bsud.errors import CloudError, CloudTimeout, VolumeStateError
 from bsud.logs import get_logger
+from bsud.naming import AVAILABLE, DELETED, DRIVE_TAG, ERROR
 
 log = get_logger("bsud.cloud")
 
-#: States a volume can be in (EC2 vocabulary).
-CREATING, AVAILABLE, IN_USE, DELETING, DELETED, ERROR = (
-    "creating", "available", "in-use", "deleting", "deleted", "error",
-)
-UNUSABLE_STATES = frozenset({DELETING, DELETED, ERROR})
 
 
 @dataclass(frozen=True)
@@ -60,11 +55,6 @@ class Volume:
     @property
     def drive(self) -> str | None:
         return self.tags.get(DRIVE_TAG)
-
-    @property
-    def usable(self) -> bool:
-        """False for volumes in error, being deleted or gone: reported, never used."""
-        return self.state not in UNUSABLE_STATES
 
     def attachment_to(self, instance_id: str) -> Attachment | None:
         for att in self.attachments:
@@ -126,6 +116,8 @@ class CloudProvider(ABC):
 
     name = "abstract"
     poll_interval = 2.0
+    #: Commands this provider runs on the host (checked by the daemon at start).
+    tools: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self.stop_event = threading.Event()
@@ -161,9 +153,6 @@ class CloudProvider(ABC):
     @abstractmethod
     def delete_volume(self, volume_id: str) -> None:
         """Delete an available (detached) volume."""
-
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release resources."""
 
     # -- waiting ---------------------------------------------------------------------------
 

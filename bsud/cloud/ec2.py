@@ -18,8 +18,6 @@ import botocore.config
 import botocore.exceptions
 
 from bsud.cloud.base import (
-    AVAILABLE,
-    CREATING,
     Attachment,
     CloudProvider,
     Identity,
@@ -27,9 +25,10 @@ from bsud.cloud.base import (
     choose_device_name,
 )
 from bsud.cloud.metadata import resolve_identity
-from bsud.config import DRIVE_TAG, CloudSettings, Provider
+from bsud.config import CloudSettings, Provider
 from bsud.errors import CloudError, VolumeStateError
 from bsud.logs import get_logger
+from bsud.naming import AVAILABLE, CREATING, DRIVE_TAG
 from bsud.ratelimit import RateLimiter
 
 log = get_logger("bsud.cloud.ec2")

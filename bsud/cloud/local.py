@@ -25,22 +25,20 @@ from pathlib import Path
 from typing import Any
 
 from bsud.cloud.base import (
-    AVAILABLE,
-    IN_USE,
     Attachment,
     CloudProvider,
     Identity,
     Volume,
     choose_device_name,
 )
-from bsud.config import DRIVE_TAG, CloudSettings
+from bsud.config import CloudSettings
 from bsud.errors import CloudError, VolumeStateError
 from bsud.logs import get_logger
+from bsud.naming import AVAILABLE, DRIVE_TAG, GIB, IN_USE
 from bsud.runner import Runner
 
 log = get_logger("bsud.cloud.local")
 
-GIB = 1024**3
 
 
 def local_identity(settings: CloudSettings) -> Identity:
@@ -58,6 +56,7 @@ def local_identity(settings: CloudSettings) -> Identity:
 class LocalCloud(CloudProvider):
     name = "local"
     poll_interval = 0.2
+    tools = ("losetup",)
 
     def __init__(self, settings: CloudSettings, runner: Runner | None = None) -> None:
         super().__init__()

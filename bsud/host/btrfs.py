@@ -17,11 +17,10 @@ log = get_logger("bsud.host.btrfs")
 
 #: Shrinking relocates data: allow it hours on big volumes.
 RELOCATION_TIMEOUT = 24 * 3600.0
+#: The smallest device btrfs accepts (and the least a shrunk filesystem is given).
 MIN_DEVICE_BYTES = 256 * 1024**2
 
 
-def label_for(drive: str) -> str:
-    return f"bsud-{drive}"
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,10 @@ from typing import Any
 
 from bsud.errors import BsudError
 from bsud.logs import get_logger
+from bsud.naming import GIB
 
 log = get_logger("bsud.host.devices")
 
-GIB = 1024**3
 VIRTIO_SERIAL_MAX = 20
 _REQUESTED_RE = re.compile(r"^/dev/(?:xvd|sd)([a-z]{1,2})$")
 

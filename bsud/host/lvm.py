@@ -12,8 +12,8 @@ import os
 import re
 from dataclasses import dataclass
 
-from bsud.config import LV_NAME
 from bsud.logs import get_logger
+from bsud.naming import LV_NAME
 from bsud.runner import Runner
 
 log = get_logger("bsud.host.lvm")
@@ -291,7 +291,4 @@ class Lvm:
     def devices_file_add(self, device: str) -> None:
         """Register a (verified, ours) device so LVM sees it after a re-attach."""
         self.runner.run(["lvm", "lvmdevices", "--adddev", device], timeout=60)
-
-    def vgimportdevices(self, vg: str) -> None:
-        self.runner.run(["lvm", "vgimportdevices", vg], timeout=120)
 

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bsud.config import DRIVE_TAG
+from bsud.naming import DRIVE_TAG
 from bsud.errors import BsudError
 from bsud.host.devices import Resolution
 from bsud.runner import Runner

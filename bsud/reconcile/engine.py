@@ -11,8 +11,9 @@ from bsud.config import DaemonSettings, DriveConfig, Provider, volume_limits
 from bsud.errors import BsudError
 from bsud.host.layouts import StorageLayout, make_layout
 from bsud.logs import get_logger
+from bsud.naming import DEFAULT_MAX_VOLUME_GIB
 from bsud.reconcile.execute import Executor
-from bsud.reconcile.model import Blocked, CreateVolume, DriveObs, Idle, Pace, Plan, UsageObs, Wait
+from bsud.reconcile.model import Blocked, CreateVolume, DriveObs, Idle, Outcome, Pace, Plan, UsageObs, Wait
 from bsud.reconcile.observe import CloudSnapshot, observe_drive
 from bsud.reconcile.pace import DEFAULT_GROW_SECONDS, GrowClock, RateMeter, make_pace
 from bsud.reconcile.planner import plan, seconds_to_full
@@ -27,6 +28,9 @@ MISSING_LISTING_SECONDS = 5.0
 #: The same action done this many times in a row, each time without error, and planned again has no effect:
 #: say so and back off (it is tried again later; a drive is never parked for good).
 REPEAT_LIMIT = 8
+#: …or this many times in a row reporting that there was nothing to do (Outcome.UNCHANGED): the observation
+#: and the action disagree, and doing it again will not help.
+UNCHANGED_LIMIT = 2
 
 
 @dataclass
@@ -47,6 +51,7 @@ class DriveStatus:
     volumes: list[dict[str, object]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     last_error: str | None = None
+    outcome: str | None = None               # what the last action executed did (changed / unchanged)
     updated: float = 0.0
 
     def line(self) -> str:
@@ -89,10 +94,11 @@ class DriveReconciler:
                                  attach_timeout=self.settings.volume_wait_seconds,
                                  device_timeout=self.settings.device_wait_seconds)
         limits = volume_limits(self.provider, spec.disk_type)
-        self.max_volume_gib = limits.max_size if limits else 14901
+        self.max_volume_gib = limits.max_size if limits else DEFAULT_MAX_VOLUME_GIB
         self.status = DriveStatus(spec.name, spec.target.value, spec.layout.value, spec.mount_path)
         self.last_plan: Plan | None = None
         self._repeats = 0
+        self._unchanged = 0
         self._previous: object = None
 
     def pace(self) -> Pace:
@@ -139,7 +145,7 @@ class DriveReconciler:
         action = current.action
         if isinstance(action, Idle | Wait | Blocked):
             # An episode ends: the same action planned later is a new attempt, not a repeat.
-            self._repeats, self._previous = 0, None
+            self._repeats, self._unchanged, self._previous = 0, 0, None
         if isinstance(action, Idle | Wait):
             log.debug("drive", drive=self.spec.name, phase=current.phase, action=action.kind, reason=action.reason)
             self.status.last_error = None  # observed and planned: whatever failed before works again
@@ -148,28 +154,36 @@ class DriveReconciler:
             log.warning("drive blocked", drive=self.spec.name, reason=action.reason)
             self.status.last_error = action.reason
             return current
-        if self._repeats >= REPEAT_LIMIT:
+        if self._previous == action and (self._repeats >= REPEAT_LIMIT or self._unchanged >= UNCHANGED_LIMIT):
             # Done that many times, each time successfully, and planned again: it has no effect. Say so and
             # back off (the daemon's delay doubles up to 5 minutes); never park the drive for good.
             self.status.phase = "blocked"
-            self.status.last_error = (f"{action.kind} was done {self._repeats} times in a row without effect "
+            how = "with nothing to do" if self._unchanged >= UNCHANGED_LIMIT else "without effect"
+            self.status.last_error = (f"{action.kind} was done {self._repeats} times in a row {how} "
                                       f"({action.reason}); trying again later, see the log")
-            log.error("no progress", drive=self.spec.name, action=action.kind, repeats=self._repeats)
-            self._repeats, self._previous = 0, None
+            log.error("no progress", drive=self.spec.name, action=action.kind, repeats=self._repeats,
+                      unchanged=self._unchanged)
+            self._repeats, self._unchanged, self._previous = 0, 0, None
             raise BsudError(self.status.last_error, temporary=True)
         log.info("step", drive=self.spec.name, phase=current.phase, action=action.kind, reason=action.reason,
                  **{k: v for k, v in action.__dict__.items() if k != "reason" and v not in (None, "")})
         if isinstance(action, CreateVolume) and current.phase == "scaling-up" and obs.usage is not None:
             self.clock.start(started, obs.usage.size)
         try:
-            self.executor.run(action, devices)
+            outcome = self.executor.run(action, devices)
             self.status.last_error = None
         finally:
             if action.changes_cloud:
                 self.snapshot.invalidate()
+        self.status.outcome = outcome.value
         # Only a completed execution counts as a repeat: a failure is retried with backoff, not counted.
-        self._repeats = self._repeats + 1 if self._previous == action else 1
+        if self._previous != action:
+            self._repeats, self._unchanged = 0, 0
+        self._repeats += 1
+        self._unchanged = self._unchanged + 1 if outcome is Outcome.UNCHANGED else 0
         self._previous = action
+        if outcome is Outcome.UNCHANGED:
+            log.info("nothing to do", drive=self.spec.name, action=action.kind)
         return current
 
     def run_until_settled(self, max_steps: int = 200, wait: float = 0.5) -> Plan:

@@ -7,35 +7,34 @@ verified, a volume is detached only when nothing of the drive is mounted or acti
 from __future__ import annotations
 
 from bsud.cloud.base import CloudProvider
-from bsud.config import DRIVE_TAG, STATE_TAG, DriveConfig, Provider, provisioned_iops, volume_limits
+from bsud.config import DriveConfig, Provider, provisioned_iops, volume_limits
 from bsud.errors import BsudError
 from bsud.host import mounts
 from bsud.host.devices import DeviceWaiter, Resolution, VolumeRef, find_device
 from bsud.host.layouts import StorageLayout
 from bsud.host.safety import probe
 from bsud.logs import get_logger
+from bsud.naming import DRIVE_TAG, STATE_TAG
 from bsud.reconcile.model import (
     EVACUATED,
     Action,
     Activate,
     AttachVolume,
-    Blocked,
     CreateVolume,
     Deactivate,
     DeleteVolume,
     DetachVolume,
     Grow,
-    Idle,
     Join,
     MakeFilesystem,
     MarkVolume,
     Mount,
+    Outcome,
     Refresh,
     Remount,
     RemoveFromDrive,
     RetireVolume,
     Unmount,
-    Wait,
 )
 
 log = get_logger("bsud.reconcile.execute")
@@ -77,43 +76,85 @@ class Executor:
         """The drive's devices as resolved by the observation this action was planned on."""
         return list(self.devices)
 
-    def run(self, action: Action, devices: list[str] | None = None) -> None:
+    def run(self, action: Action, devices: list[str] | None = None) -> Outcome:
+        """Carry out ``action``; ``devices`` are the drive's devices as the observation it was planned on
+        resolved them. Returns whether something changed; raises :class:`BsudError` when it failed."""
         self.devices = devices or []
-        getattr(self, f"_do_{action.kind}")(action)
+        changed: bool | None
+        match action:
+            case CreateVolume():
+                changed = self._create(action)
+            case AttachVolume():
+                changed = self._attach(action)
+            case DetachVolume():
+                changed = self._detach(action)
+            case DeleteVolume():
+                changed = self._delete(action)
+            case RetireVolume():
+                changed = self._retire(action)
+            case MarkVolume():
+                changed = self._mark(action)
+            case Join():
+                changed = self._join(action)
+            case MakeFilesystem():
+                changed = self._make_filesystem(action)
+            case Activate():
+                changed = self.layout.activate(self._devices())
+            case Deactivate():
+                changed = self.layout.deactivate(self._devices())
+            case Mount():
+                changed = self._mount()
+            case Refresh():
+                changed = self.layout.refresh(self._devices())
+            case Remount():
+                changed = self._remount()
+            case Unmount():
+                changed = self._unmount()
+            case Grow():
+                changed = self.layout.grow(self.spec.mount_path)
+            case RemoveFromDrive():
+                changed = self._remove(action)
+            case _:
+                raise ActionError(f"{action.kind} is not carried out by the executor (the engine handles it)")
+        return Outcome.UNCHANGED if changed is False else Outcome.CHANGED
 
     # -- cloud -------------------------------------------------------------------------------------
 
-    def _do_CreateVolume(self, action: CreateVolume) -> None:  # noqa: N802
+    def _create(self, action: CreateVolume) -> bool:
         limits = volume_limits(self.provider, self.spec.disk_type)
         iops = None
         if self.spec.disk_iops_per_gib is not None and limits is not None and limits.max_iops_per_gib:
             iops = provisioned_iops(action.size_gib, self.spec.disk_iops_per_gib, limits)
         vol = self.cloud.create_volume(self.spec.name, action.size_gib, self.spec.disk_type.value, iops)
         self.cloud.wait_available(vol.id, timeout=self.attach_timeout)
+        return True
 
-    def _do_AttachVolume(self, action: AttachVolume) -> None:  # noqa: N802
+    def _attach(self, action: AttachVolume) -> bool:
         self._volume(action.volume_id)
         with DeviceWaiter() as waiter:
             self.cloud.attach_volume(action.volume_id)
             vol = self.cloud.wait_attached(action.volume_id, timeout=self.attach_timeout)
             waiter.wait(VolumeRef.from_volume(vol, self.cloud.identity().instance_id), timeout=self.device_timeout)
+        return True
 
-    def _do_DetachVolume(self, action: DetachVolume) -> None:  # noqa: N802
+    def _detach(self, action: DetachVolume) -> bool:
         """Taking the whole drive offline (a volume leaving a running drive goes through RetireVolume)."""
         vol = self._volume(action.volume_id)
         if mounts.mount_at(self.spec.mount_path) is not None:
             raise ActionError(f"not detaching {vol.id}: {self.spec.mount_path} is still mounted", temporary=True)
         self.cloud.detach_volume(vol.id)
         self.cloud.wait_detached(vol.id, timeout=self.attach_timeout)
+        return True
 
-    def _do_DeleteVolume(self, action: DeleteVolume) -> None:  # noqa: N802
+    def _delete(self, action: DeleteVolume) -> bool:
         vol = self._volume(action.volume_id)
         if vol.attachments:
             raise ActionError(f"not deleting {vol.id}: it is still attached", temporary=True)
         self.cloud.delete_volume(vol.id)
         self.cloud.wait_deleted(vol.id, timeout=self.attach_timeout)
+        return True
 
-    def _do_RetireVolume(self, action: RetireVolume) -> None:  # noqa: N802
+    def _retire(self, action: RetireVolume) -> bool:
         """Detach and delete a volume that is out of the drive — only once it is seen blank, attached here."""
         found, tags = self._resolve(action.volume_id)
         if tags.get(STATE_TAG) != EVACUATED:
@@ -125,57 +166,49 @@ class Executor:
         self.cloud.wait_detached(action.volume_id, timeout=self.attach_timeout)
         self.cloud.delete_volume(action.volume_id)
         self.cloud.wait_deleted(action.volume_id, timeout=self.attach_timeout)
+        return True
 
-    def _do_MarkVolume(self, action: MarkVolume) -> None:  # noqa: N802
-        self._volume(action.volume_id)
+    def _mark(self, action: MarkVolume) -> bool:
+        vol = self._volume(action.volume_id)
+        if vol.tags.get(STATE_TAG, "") == action.value:
+            return False
         self.cloud.set_tag(action.volume_id, STATE_TAG, action.value)
+        return True
 
     # -- host ---------------------------------------------------------------------------------------
 
-    def _do_Join(self, action: Join) -> None:  # noqa: N802
+    def _join(self, action: Join) -> bool:
         found, tags = self._resolve(action.volume_id)
         mounted = mounts.mount_at(self.spec.mount_path) is not None
         self.layout.join(found, tags, self.spec.mount_path if mounted else None)
+        return True
 
-    def _do_MakeFilesystem(self, action: MakeFilesystem) -> None:  # noqa: N802
+    def _make_filesystem(self, action: MakeFilesystem) -> bool:
         if action.volume_id:
             found, tags = self._resolve(action.volume_id)
             self.layout.ensure_filesystem(found, tags)
         else:
             self.layout.ensure_filesystem()
+        return True
 
-    def _do_Activate(self, action: Activate) -> None:  # noqa: N802
-        self.layout.activate(self._devices())
-
-    def _do_Deactivate(self, action: Deactivate) -> None:  # noqa: N802
-        self.layout.deactivate(self._devices())
-
-    def _do_Mount(self, action: Mount) -> None:  # noqa: N802
+    def _mount(self) -> bool:
+        was_mounted = mounts.mount_at(self.spec.mount_path) is not None
         self.layout.mount(self._devices(), self.spec.mount_path)
+        return not was_mounted
 
-    def _do_Refresh(self, action: Refresh) -> None:  # noqa: N802
-        self.layout.refresh(self._devices())
-
-    def _do_Remount(self, action: Remount) -> None:  # noqa: N802
+    def _remount(self) -> bool:
         """Unmount (refused while busy: the error names the holders) and mount again from the last commit."""
         self.layout.unmount(self.spec.mount_path)
         self.layout.mount(self._devices(), self.spec.mount_path)
+        return True
 
-    def _do_Unmount(self, action: Unmount) -> None:  # noqa: N802
+    def _unmount(self) -> bool:
+        was_mounted = mounts.mount_at(self.spec.mount_path) is not None
         self.layout.unmount(self.spec.mount_path)
+        return was_mounted
 
-    def _do_Grow(self, action: Grow) -> None:  # noqa: N802
-        self.layout.grow(self.spec.mount_path)
-
-    def _do_RemoveFromDrive(self, action: RemoveFromDrive) -> None:  # noqa: N802
+    def _remove(self, action: RemoveFromDrive) -> bool:
         found, _ = self._resolve(action.volume_id)
         self.layout.remove_device(found.device, self.spec.mount_path, action.keep_bytes)
+        return True
 
-    def _do_Wait(self, action: Wait) -> None:  # noqa: N802
-        pass
-
-    def _do_Idle(self, action: Idle) -> None:  # noqa: N802
-        pass
-
-    def _do_Blocked(self, action: Blocked) -> None:  # noqa: N802
-        pass

@@ -7,11 +7,12 @@ step; an action is a small frozen value with a ``reason`` for the log.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import ClassVar
 
-GIB = 1024**3
+from bsud.naming import EVACUATED, GIB, REMOVING
 
-REMOVING, EVACUATED = "removing", "evacuated"
+__all__ = ["EVACUATED", "GIB", "REMOVING"]  # re-exported for the planner's readers and tests
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,14 @@ class Blocked(Action):
 @dataclass(frozen=True)
 class Idle(Action):
     """The drive is where its target wants it."""
+
+
+class Outcome(Enum):
+    """What carrying out an action did. A failure is an exception instead: a temporary one (``BsudError``
+    with ``temporary``, maybe a ``delay``) is retried with backoff, a permanent one is reported."""
+
+    CHANGED = "changed"
+    UNCHANGED = "unchanged"   # it was already so: planned again, the action has no effect
 
 
 @dataclass(frozen=True)

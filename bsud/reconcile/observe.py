@@ -12,7 +12,7 @@ import threading
 import time
 
 from bsud.cloud.base import CloudProvider, Volume, volumes_by_drive
-from bsud.config import STATE_TAG, DriveConfig, Layout
+from bsud.config import DriveConfig, Layout
 from bsud.errors import BsudError
 from bsud.host import mounts
 from bsud.host.devices import DeviceMismatch, Resolution, VolumeRef, block_devices, resolve_device
@@ -20,6 +20,7 @@ from bsud.host.layouts import StorageLayout
 from bsud.host.safety import probe
 from bsud.host.space import Space
 from bsud.logs import get_logger
+from bsud.naming import STATE_TAG
 from bsud.reconcile.model import DriveObs, UsageObs, VolumeObs
 
 log = get_logger("bsud.reconcile.observe")

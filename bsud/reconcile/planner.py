@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 
 from bsud.config import DriveConfig, Layout, Target
+from bsud.naming import AVAILABLE, CREATING, DEFAULT_MAX_VOLUME_GIB, DELETED, DELETING, ERROR
 from bsud.reconcile.model import (
     EVACUATED,
     GIB,
@@ -54,7 +55,6 @@ from bsud.reconcile.model import (
     Wait,
 )
 
-CREATING, AVAILABLE, DELETING, DELETED, ERROR = "creating", "available", "deleting", "deleted", "error"
 #: Percentage points kept between an "ideal" volume's expected fill and the middle threshold.
 IDEAL_MARGIN = 5.0
 #: Data space never counted on: btrfs refuses writes a little before its data pool is full.
@@ -411,7 +411,7 @@ def _plan_offline(obs: DriveObs) -> Plan | None:
     return None
 
 
-def plan(spec: DriveConfig, obs: DriveObs, max_volume_gib: int = 14901) -> Plan:
+def plan(spec: DriveConfig, obs: DriveObs, max_volume_gib: int = DEFAULT_MAX_VOLUME_GIB) -> Plan:
     """The next step for ``spec``'s drive given ``obs``. Pure: no I/O, no clock."""
     if spec.target == Target.ONLINE:
         return _plan_online(spec, obs, max_volume_gib)

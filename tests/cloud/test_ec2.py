@@ -11,7 +11,7 @@ from botocore.stub import Stubber
 from structlog.testing import capture_logs
 
 from bsud.cloud.base import volumes_by_drive
-from bsud.config import DRIVE_TAG
+from bsud.naming import DRIVE_TAG
 from bsud.errors import CloudError, CloudTimeout, VolumeStateError
 
 from .conftest import ZONE, run_instance

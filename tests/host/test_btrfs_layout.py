@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bsud.config import DRIVE_TAG
+from bsud.naming import DRIVE_TAG
 from bsud.host import mounts
 from bsud.host.devices import GIB, DeviceMismatch, DeviceWaiter, VolumeRef
 from bsud.host.layouts import BtrfsLayout, LayoutError

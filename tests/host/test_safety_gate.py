@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bsud.config import DRIVE_TAG
+from bsud.naming import DRIVE_TAG
 from bsud.host.layouts import BtrfsLayout, LvmLayout
 from bsud.host.safety import BLANK, OWN, ForeignDevice
 

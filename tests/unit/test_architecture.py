@@ -29,7 +29,7 @@ def imports_of(path: Path) -> set[str]:
 
 
 def modules(subdir: str) -> list[Path]:
-    return sorted((PKG / subdir).glob("*.py")) if subdir else []
+    return sorted((PKG / subdir).rglob("*.py")) if subdir else []
 
 
 PURE = [PKG / "reconcile" / "planner.py", PKG / "reconcile" / "model.py"]
@@ -57,7 +57,7 @@ def test_layers_import_downward(layer: str, forbidden: tuple[str, ...]):
         assert not bad, f"bsud/{layer}/{path.name} imports {bad}"
 
 
-@pytest.mark.parametrize("base", ["config.py", "errors.py", "logs.py", "runner.py", "ratelimit.py"])
+@pytest.mark.parametrize("base", ["config.py", "errors.py", "logs.py", "naming.py", "runner.py", "ratelimit.py"])
 def test_foundation_imports_nothing_above(base: str):
     bad = {m for m in imports_of(PKG / base)
            if m.startswith(("bsud.cloud", "bsud.host", "bsud.reconcile", "bsud.daemon", "bsud.cli"))}

@@ -10,8 +10,8 @@ import pytest
 from bsud.cloud.local import LocalCloud
 from bsud.config import CloudSettings, DriveConfig, Layout, Provider, Target
 from bsud.errors import BsudError
-from bsud.reconcile.engine import REPEAT_LIMIT, DriveReconciler
-from bsud.reconcile.model import DriveObs, Grow, VolumeObs
+from bsud.reconcile.engine import REPEAT_LIMIT, UNCHANGED_LIMIT, DriveReconciler
+from bsud.reconcile.model import DriveObs, Grow, Idle, MarkVolume, Outcome, Unmount, VolumeObs
 from bsud.reconcile.observe import CloudSnapshot
 
 
@@ -20,12 +20,14 @@ class FakeExecutor:
 
     def __init__(self) -> None:
         self.failing = False
+        self.outcome = Outcome.CHANGED
         self.done: list[str] = []
 
-    def run(self, action, devices=None) -> None:
+    def run(self, action, devices=None) -> Outcome:
         if self.failing:
             raise BsudError("the API is down", temporary=True)
         self.done.append(action.kind)
+        return self.outcome
 
 
 class ScriptedDrive(DriveReconciler):
@@ -83,3 +85,38 @@ def test_separate_episodes_do_not_add_up(drive):
         rec.next_obs = SETTLED
         assert rec.step().action.kind == "Idle"
     assert fake.done == ["Grow"] * (REPEAT_LIMIT * 2)
+
+
+def test_nothing_to_do_twice_backs_off_sooner(drive):
+    rec, fake = drive
+    fake.outcome = Outcome.UNCHANGED
+    for _ in range(UNCHANGED_LIMIT):
+        rec.step()
+    assert rec.status.outcome == "unchanged"
+    with pytest.raises(BsudError, match="with nothing to do") as info:
+        rec.step()
+    assert info.value.temporary
+    fake.outcome = Outcome.CHANGED
+    rec.step()  # tried again after the backoff
+    assert fake.done == ["Grow"] * (UNCHANGED_LIMIT + 1) and rec.status.outcome == "changed"
+
+
+def test_the_executor_tells_what_changed(tmp_path: Path):
+    """The real executor on the local provider (files in a temp dir, no device): a mark already set and an
+    unmount of what is not mounted report UNCHANGED; setting the mark reports CHANGED."""
+    from bsud.host.layouts import make_layout
+    from bsud.naming import REMOVING, STATE_TAG
+    from bsud.reconcile.execute import Executor
+    from bsud.runner import Runner
+
+    cloud = LocalCloud(CloudSettings(provider="local", state_dir=str(tmp_path), instance_id="i-x"))
+    spec = DriveConfig(name="d", target=Target.ONLINE, mount_path=str(tmp_path / "mnt"), layout=Layout.BTRFS)
+    executor = Executor(spec, cloud, make_layout(Layout.BTRFS, "d", Runner()), Provider.LOCAL)
+    vol = cloud.create_volume("d", 1, "gp2")
+    mark = MarkVolume(volume_id=vol.id, value=REMOVING)
+    assert executor.run(mark) is Outcome.CHANGED
+    assert cloud.get_volume(vol.id).tags[STATE_TAG] == REMOVING
+    assert executor.run(mark) is Outcome.UNCHANGED
+    assert executor.run(Unmount()) is Outcome.UNCHANGED
+    with pytest.raises(BsudError, match="not carried out"):
+        executor.run(Idle())  # the engine handles Idle, Wait and Blocked; the executor never does

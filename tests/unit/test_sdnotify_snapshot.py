@@ -6,7 +6,7 @@ import socket
 from pathlib import Path
 
 from bsud.cloud.base import CloudProvider, Identity, Volume
-from bsud.config import DRIVE_TAG
+from bsud.naming import DRIVE_TAG
 from bsud.reconcile.observe import CloudSnapshot, unmanaged_drives
 from bsud.sdnotify import notify, watchdog_interval
 

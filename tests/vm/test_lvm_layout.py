@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bsud.config import DRIVE_TAG
+from bsud.naming import DRIVE_TAG
 from bsud.host import mounts
 from bsud.host.layouts import LvmLayout
 from bsud.runner import Runner

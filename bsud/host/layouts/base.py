@@ -1,0 +1,140 @@
+"""What every layout offers, and what it tells of a drive's storage (see the package's docstring)."""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+from bsud.config import Layout
+from bsud.errors import BsudError
+from bsud.host import mounts
+from bsud.host.btrfs import Btrfs, Filesystem
+from bsud.host.devices import Resolution
+from bsud.host.safety import Probe, admit, probe
+from bsud.host.space import Space, SpaceReader
+from bsud.naming import label_for
+from bsud.runner import Runner
+
+class LayoutError(BsudError):
+    pass
+
+
+@dataclass(frozen=True)
+class LayoutState:
+    """What the host shows of a drive's storage, given its volumes' devices."""
+
+    members: frozenset[str] = frozenset()        # devices already part of the drive
+    has_filesystem: bool = False                 # a btrfs of this drive exists (maybe unmounted)
+    fs_device: str | None = None                 # what to mount
+    active: bool = False                         # LV active / btrfs devices known to the kernel
+    move_in_progress: bool = False               # an interrupted pvmove to resume
+    missing: str | None = None                   # what of the drive's storage is absent, in words
+    stale: tuple[str, ...] = ()                  # devices still mapped although they went away (lvm)
+
+
+class StorageLayout(ABC):
+    kind: Layout
+    #: The commands this layout runs (the daemon checks them all at start, naming each one's package).
+    tools: ClassVar[tuple[str, ...]] = ("blkid", "wipefs", "mount", "umount", "btrfs", "mkfs.btrfs")
+
+    def __init__(self, drive: str, runner: Runner) -> None:
+        self.drive = drive
+        self.runner = runner
+        self.btrfs = Btrfs(runner)
+        self.space = SpaceReader(self.btrfs)
+        self.label = label_for(drive)
+        self._size_hint: int | None = None
+
+    # -- observation ---------------------------------------------------------------------------
+
+    @abstractmethod
+    def observe(self, devices: list[str]) -> LayoutState:
+        """The drive's storage as it is now on ``devices`` (its volumes' resolved devices)."""
+
+    @abstractmethod
+    def is_own(self, found: Probe) -> bool:
+        """Whether a device with a signature is already this drive's."""
+
+    def usage(self, mount_point: str) -> Space:
+        """Live space, the filesystem's exact size read with ``btrfs filesystem show`` (a full observation)."""
+        fs = self.btrfs.show(mount_point)
+        self._size_hint = sum(d.size for d in fs.devices) if fs and fs.devices else None
+        return self.space.read(mount_point, self._size_hint)
+
+    def live_usage(self, mount_point: str) -> Space:
+        """Live space from sysfs file reads alone, for sampling between full observations."""
+        return self.space.read(mount_point, self._size_hint)
+
+    # -- steps ----------------------------------------------------------------------------------
+
+    def gate(self, resolution: Resolution, volume_tags: dict[str, str]) -> str:
+        """The safety gate: BLANK or OWN, else ForeignDevice. Run before anything writes a device."""
+        return admit(resolution, volume_tags, self.drive, probe(self.runner, resolution.device), self.is_own)
+
+    @abstractmethod
+    def join(self, resolution: Resolution, volume_tags: dict[str, str], mount_point: str | None) -> None:
+        """Make a (gate-checked) device part of the drive's storage."""
+
+    @abstractmethod
+    def ensure_filesystem(self, resolution: Resolution | None = None,
+                          volume_tags: dict[str, str] | None = None) -> None:
+        """Make the drive's btrfs if it does not exist yet."""
+
+    @abstractmethod
+    def mount_source(self, devices: list[str]) -> str:
+        """The device to mount."""
+
+    def mount(self, devices: list[str], mount_point: str) -> None:
+        existing = mounts.mount_at(mount_point)
+        source = self.mount_source(devices)
+        if existing is not None:
+            if self.is_our_mount(existing, devices):
+                return
+            raise mounts.MountError(f"{mount_point} already holds {existing.fstype} from {existing.source}, "
+                                    f"not drive {self.drive!r}; unmount it or change mount-path")
+        self.activate(devices)
+        mounts.mount(self.runner, source, mount_point)
+
+    def is_our_mount(self, entry: mounts.MountEntry, devices: list[str]) -> bool:
+        if entry.fstype != "btrfs":
+            return False
+        fs = self.btrfs.show(entry.mount_point)
+        return (fs is not None and fs.label == self.label) or self._fs_on(fs, devices)
+
+    def _fs_on(self, fs: Filesystem | None, devices: list[str]) -> bool:
+        if fs is None:
+            return False
+        paths = {os.path.realpath(d.path) for d in fs.devices}
+        return bool(paths & {os.path.realpath(d) for d in self._fs_devices(devices)})
+
+    def _fs_devices(self, devices: list[str]) -> list[str]:
+        return devices
+
+    def unmount(self, mount_point: str) -> None:
+        mounts.unmount(self.runner, mount_point)
+
+    @abstractmethod
+    def can_grow(self, mount_point: str) -> bool:
+        """Whether :meth:`grow` has space to give."""
+
+    @abstractmethod
+    def grow(self, mount_point: str) -> bool:
+        """Give the filesystem all the space of its devices; True when something grew."""
+
+    @abstractmethod
+    def remove_device(self, device: str, mount_point: str, keep_bytes: int | None = None) -> None:
+        """Move data off ``device`` and take it out of the drive (resumable)."""
+
+    @abstractmethod
+    def activate(self, devices: list[str]) -> None: ...
+
+    def recover(self) -> None:
+        """At start: undo what a kill mid-command can leave behind on the host (nothing, by default)."""
+
+    def refresh(self, devices: list[str]) -> None:
+        """Point the drive's mappings at its devices as they are now (nothing to do, by default)."""
+
+    @abstractmethod
+    def deactivate(self, devices: list[str]) -> None: ...

@@ -1,0 +1,210 @@
+"""The ``lvm`` layout: PV per volume, VG named after the drive, one LV ``bsud`` of 100%, btrfs on the LV — the
+on-disk layout of the original bsud, so its drives are adopted as they are."""
+
+from __future__ import annotations
+
+import os
+
+from bsud.config import Layout
+from bsud.host.devices import Resolution
+from bsud.host.btrfs import MIN_DEVICE_BYTES
+from bsud.host.layouts.base import LayoutError, LayoutState, StorageLayout
+from bsud.host.lvm import Lvm
+from bsud.host.safety import BLANK, ForeignDevice, Probe, probe
+from bsud.logs import get_logger
+from bsud.naming import LV_NAME
+from bsud.runner import Runner
+
+log = get_logger("bsud.host.layouts")
+
+
+class LvmLayout(StorageLayout):
+    kind = Layout.LVM
+    tools = (*StorageLayout.tools, "lvm", "dmsetup")
+
+    def __init__(self, drive: str, runner: Runner) -> None:
+        super().__init__(drive, runner)
+        self.lvm = Lvm(runner)
+        self.vg = drive
+        self.lv_path = f"/dev/{self.vg}/{LV_NAME}"
+
+    def is_own(self, found: Probe) -> bool:
+        if found.type != "LVM2_member":
+            return False
+        pvs = self.lvm.pvs([found.device])
+        # A PV in this drive's VG, or an orphan PV (bsud was stopped between pvcreate and
+        # vgcreate/vgextend): a PV outside any VG holds no data.
+        return bool(pvs) and pvs[0].vg_name in (self.vg, "")
+
+    def observe(self, devices: list[str]) -> LayoutState:
+        pvs = self.lvm.pvs(devices) if devices else []
+        members = frozenset(pv.name for pv in pvs if pv.vg_name == self.vg)
+        group = self.lvm.vg(self.vg)
+        lvs = self.lvm.lvs(self.vg) if group else []
+        lv = next((x for x in lvs if x.name == LV_NAME), None)
+        moving = any(x.is_pvmove for x in lvs)
+        has_fs = False
+        stale: list[str] = []
+        if lv is not None and lv.active and os.path.exists(self.lv_path):
+            found = probe(self.runner, self.lv_path)
+            has_fs = found.type == "btrfs"
+            stale = self.lvm.stale_devices(self.lv_path)
+        missing = None
+        if group is not None and group.missing_pv_count:
+            uuids = self.lvm.missing_pvs(self.vg)
+            missing = (f"VG {self.vg} misses {group.missing_pv_count} of its {group.pv_count} PVs"
+                       + (f" (PV UUID {', '.join(uuids)})" if uuids else ""))
+        return LayoutState(
+            members=members, has_filesystem=has_fs, fs_device=self.lv_path if lv else None,
+            active=bool(lv and lv.active), move_in_progress=moving, missing=missing, stale=tuple(stale),
+        )
+
+    def join(self, resolution: Resolution, volume_tags: dict[str, str], mount_point: str | None) -> None:
+        dev = resolution.device
+        verdict = self.gate(resolution, volume_tags)
+        if verdict == BLANK:
+            self.lvm.pvcreate(dev)
+        pv = self.lvm.pvs([dev])
+        if not pv:
+            raise LayoutError(f"{dev}: pvcreate reported success but no PV is visible")
+        if pv[0].vg_name == "":
+            if self.lvm.vg(self.vg) is None:
+                if os.path.lexists(f"/dev/{self.vg}"):
+                    raise LayoutError(f"drive {self.drive!r}: /dev/{self.vg} exists on this machine, so LVM cannot "
+                                      "name a VG after the drive; rename the drive (its volumes' tag too)")
+                self.lvm.vgcreate(self.vg, [dev])
+            else:
+                self.lvm.vgextend(self.vg, dev)
+        elif pv[0].vg_name != self.vg:
+            raise ForeignDevice(f"{dev} is a PV of VG {pv[0].vg_name!r}, not of drive {self.drive!r}")
+        if self.lvm.lv(self.vg) is None:
+            self.lvm.lvcreate_full(self.vg)
+
+    def ensure_filesystem(self, resolution: Resolution | None = None,
+                          volume_tags: dict[str, str] | None = None) -> None:
+        if self.lvm.vg(self.vg) is None:
+            raise LayoutError(f"drive {self.drive!r}: no VG {self.vg} to put the filesystem on")
+        lv = self.lvm.lv(self.vg)
+        if lv is None:
+            # Stopped between vgcreate and lvcreate: a VG of the drive's volumes with no LV holds no data.
+            self.lvm.lvcreate_full(self.vg)
+            lv = self.lvm.lv(self.vg)
+        if lv is None:
+            raise LayoutError(f"drive {self.drive!r}: lvcreate reported success but {self.lv_path} is not there")
+        if not lv.active:
+            self.lvm.vgchange(self.vg, True)
+        found = probe(self.runner, self.lv_path)
+        if found.blank:
+            self.btrfs.mkfs(self.lv_path, self.label)
+        elif found.type != "btrfs":
+            raise ForeignDevice(f"{self.lv_path} holds {found.describe()}, not btrfs; bsud will not format it")
+
+    def mount_source(self, devices: list[str]) -> str:
+        return self.lv_path
+
+    def _fs_devices(self, devices: list[str]) -> list[str]:
+        return [self.lv_path]
+
+    def _register(self, devices: list[str]) -> None:
+        """With LVM's devices file in use, list the drive's (verified) devices in it so LVM sees them."""
+        if self.lvm.devices_file_enabled():
+            for dev in devices:
+                if not self.lvm.devices_file_has(dev):
+                    self.lvm.devices_file_add(dev)
+
+    def activate(self, devices: list[str]) -> None:
+        self._register(devices)
+        lv = self.lvm.lv(self.vg)
+        if lv is not None and not lv.active:
+            self.lvm.vgchange(self.vg, True)
+
+    def refresh(self, devices: list[str]) -> None:
+        """A volume unplugged under the active LV and plugged again is a new device to the kernel: reload the
+        LV's table so that its extents map to it again (``lvchange --refresh``)."""
+        self._register(devices)
+        stale = self.lvm.stale_devices(self.lv_path)
+        log.warning("reloading the LV's table onto the drive's devices", drive=self.drive, gone=stale)
+        self.lvm.refresh(self.vg)
+        left = self.lvm.stale_devices(self.lv_path)
+        if left:
+            raise LayoutError(f"drive {self.drive!r}: {self.lv_path} still maps to {', '.join(left)} after "
+                              "lvchange --refresh", temporary=True)
+
+    def recover(self) -> None:
+        """A dm device of the drive left suspended (bsud's lvm child killed mid-lvreduce/pvmove) blocks every
+        I/O to it: resume it. Resuming makes live whatever table lvm had loaded, which may be ahead of the
+        metadata it did not commit: the LV's table is then reloaded from the metadata (``lvchange --refresh``),
+        unless a pvmove is to be resumed (``pvmove`` itself does that, at the next Grow)."""
+        resumed = self.lvm.suspended(self.vg)
+        for name in resumed:
+            log.warning("resuming a device-mapper device of the drive left suspended", drive=self.drive,
+                        device=name)
+            self.lvm.resume(name)
+        if resumed and self.lvm.lv(self.vg) is not None and not self.lvm.moves_in_progress(self.vg):
+            self.lvm.refresh(self.vg)
+
+    def deactivate(self, devices: list[str]) -> None:
+        if self.lvm.vg(self.vg) is not None:
+            self.lvm.vgchange(self.vg, False)
+
+    def can_grow(self, mount_point: str) -> bool:
+        group = self.lvm.vg(self.vg)
+        if group is not None and group.free >= max(group.extent_size, 1):
+            return True
+        return self.btrfs.usage(mount_point).slack > 0
+
+    def grow(self, mount_point: str) -> bool:
+        if self.lvm.moves_in_progress(self.vg):
+            log.info("resuming an interrupted pvmove", drive=self.drive)
+            self.lvm.pvmove()
+        grew = self.lvm.lvextend_full(self.vg)
+        usage = self.btrfs.usage(mount_point)
+        if usage.slack > 0 or grew:
+            self.btrfs.resize(mount_point, 1, "max")
+            return True
+        return grew
+
+    def remove_device(self, device: str, mount_point: str, keep_bytes: int | None = None) -> None:
+        """btrfs shrink → lvreduce → pvmove → vgreduce → pvremove → lvextend → btrfs grow, each step skipped
+        when already done, so a run interrupted anywhere is completed by running it again."""
+        group = self.lvm.vg(self.vg)
+        pv = next((p for p in self.lvm.pvs([device]) if p.vg_name == self.vg), None)
+        if group is None:
+            raise LayoutError(f"drive {self.drive!r}: VG {self.vg} not found")
+        if self.lvm.moves_in_progress(self.vg):
+            log.info("resuming an interrupted pvmove", drive=self.drive)
+            self.lvm.pvmove()
+        if pv is not None:
+            others = [p for p in self.lvm.pvs() if p.vg_name == self.vg and p.name != device]
+            if not others:
+                raise LayoutError(f"drive {self.drive!r}: {device} is its only PV; cannot remove it")
+            extent = max(group.extent_size, 1)
+            room = sum(p.size for p in others)
+            lv_target = (room // extent) * extent
+            fs_target = lv_target - extent  # margin: LVM rounds sizes up to whole extents
+            if keep_bytes is not None:
+                fs_target = min(fs_target, max(keep_bytes, MIN_DEVICE_BYTES))
+                lv_target = min(lv_target, ((fs_target + 2 * extent - 1) // extent) * extent)
+            lv = self.lvm.lv(self.vg)
+            if lv is None:
+                raise LayoutError(f"drive {self.drive!r}: LV {self.vg}/{LV_NAME} not found")
+            if lv.size > lv_target:
+                fs = self.btrfs.show(mount_point)
+                fs_size = fs.devices[0].size if fs and fs.devices else lv.size
+                if fs_size > fs_target:
+                    self.btrfs.resize(mount_point, 1, fs_target)
+                fs = self.btrfs.show(mount_point)
+                if not fs or not fs.devices or fs.devices[0].size > lv_target:
+                    raise LayoutError(f"drive {self.drive!r}: btrfs did not shrink below {lv_target} bytes; "
+                                      "not reducing the LV")
+                self.lvm.lvreduce(self.vg, lv_target)
+            pv = next((p for p in self.lvm.pvs([device]) if p.vg_name == self.vg), None)
+            if pv is not None and pv.size - pv.free > 0:
+                self.lvm.pvmove(device)
+            if pv is not None:
+                self.lvm.vgreduce(self.vg, device)
+        if self.lvm.pvs([device]):
+            self.lvm.pvremove(device)
+        self.grow(mount_point)
+
+

@@ -1,0 +1,32 @@
+"""The contract with the cloud and the host that the original bsud defined, plus units and volume states.
+
+Tag keys, the LV name and the btrfs label are how a drive is found again (by this bsud after a restart, and in
+drives the original made), so they never change. Pure constants: every layer may import this module.
+"""
+
+from __future__ import annotations
+
+GIB = 1024**3
+MIB = 1024**2
+
+#: The tag naming a volume's drive.
+DRIVE_TAG = "osc.bsud.drive-name"
+#: bsud's bookkeeping on a volume being taken out of its drive: "removing" while data may
+#: still be on it, "evacuated" once it is verifiably out (safe to detach and delete).
+STATE_TAG = "osc.bsud.state"
+REMOVING, EVACUATED = "removing", "evacuated"
+#: The one LV of a drive's VG (the VG is named after the drive).
+LV_NAME = "bsud"
+
+#: States a volume can be in (EC2 vocabulary).
+CREATING, AVAILABLE, IN_USE, DELETING, DELETED, ERROR = (
+    "creating", "available", "in-use", "deleting", "deleted", "error",
+)
+
+#: The largest volume when the cloud's catalogue does not say (Outscale's limit, GiB).
+DEFAULT_MAX_VOLUME_GIB = 14901
+
+
+def label_for(drive: str) -> str:
+    """The btrfs label of a drive's filesystem."""
+    return f"bsud-{drive}"
