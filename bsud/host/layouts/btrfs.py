@@ -99,13 +99,3 @@ def _device_bytes(path: str) -> int | None:
             return int(fh.read().strip()) * 512
     except (OSError, ValueError):
         return None
-
-
-
-def _device_bytes(path: str) -> int | None:
-    name = os.path.basename(os.path.realpath(path))
-    try:
-        with open(f"/sys/class/block/{name}/size") as fh:
-            return int(fh.read().strip()) * 512
-    except (OSError, ValueError):
-        return None
