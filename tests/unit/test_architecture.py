@@ -57,11 +57,19 @@ def test_layers_import_downward(layer: str, forbidden: tuple[str, ...]):
         assert not bad, f"bsud/{layer}/{path.name} imports {bad}"
 
 
-@pytest.mark.parametrize("base", ["config.py", "errors.py", "logs.py", "naming.py", "runner.py", "ratelimit.py"])
+@pytest.mark.parametrize("base", ["config/__init__.py", "config/catalogue.py", "config/schema.py", "config/load.py",
+                                  "errors.py", "logs.py", "naming.py", "runner.py", "ratelimit.py"])
 def test_foundation_imports_nothing_above(base: str):
     bad = {m for m in imports_of(PKG / base)
            if m.startswith(("bsud.cloud", "bsud.host", "bsud.reconcile", "bsud.daemon", "bsud.cli"))}
     assert not bad
+
+
+def test_host_reads_only_the_catalogue_of_the_config():
+    """host/ needs the layout names, not the pydantic schema: it imports ``bsud.config.catalogue`` alone."""
+    for path in modules("host"):
+        bad = {m for m in imports_of(path) if m.startswith("bsud.config") and m != "bsud.config.catalogue"}
+        assert not bad, f"bsud/host/{path.relative_to(PKG / 'host')} imports {bad}"
 
 
 def test_no_shell_anywhere():

@@ -16,7 +16,7 @@ A layout is one module here and one line in :data:`LAYOUTS`; it declares the too
 
 from __future__ import annotations
 
-from bsud.config import Layout
+from bsud.config.catalogue import Layout
 from bsud.host.layouts.base import LayoutError, LayoutState, StorageLayout
 from bsud.host.layouts.btrfs import BtrfsLayout
 from bsud.host.layouts.lvm import LvmLayout

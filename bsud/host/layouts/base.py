@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
-from bsud.config import Layout
+from bsud.config.catalogue import Layout
 from bsud.errors import BsudError
 from bsud.host import mounts
 from bsud.host.btrfs import Btrfs, Filesystem

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from bsud.config import Layout
+from bsud.config.catalogue import Layout
 from bsud.host import mounts
 from bsud.host.devices import Resolution
 from bsud.host.layouts.base import LayoutError, LayoutState, StorageLayout

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from bsud.config import Layout
+from bsud.config.catalogue import Layout
 from bsud.host.devices import Resolution
 from bsud.host.btrfs import MIN_DEVICE_BYTES
 from bsud.host.layouts.base import LayoutError, LayoutState, StorageLayout

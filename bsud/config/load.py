@@ -1,10 +1,4 @@
-"""The configuration file: its schema, defaults, validation and one-line errors.
-
-Accepts the original (Rust) bsud's file unchanged — kebab-case keys, same defaults —
-plus an optional ``cloud`` section and a per-drive ``layout``. Everything is checked
-at load time; each problem becomes one :class:`ConfigError` naming the file, the
-drive and the field. Nothing here does I/O besides reading the file and its mode.
-"""
+"""Reading the file: validation rules, one-line errors naming file, drive and field, and loading."""
 
 from __future__ import annotations
 
@@ -14,225 +8,31 @@ import os
 import re
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ValidationError
 
+from bsud.config.catalogue import (
+    LIMITS,
+    MAX_VOLUMES_PER_VM,
+    OUTSCALE_REGIONS,
+    PROVISIONED_IOPS_TYPES,
+    Provider,
+    volume_limits,
+)
+from bsud.config.schema import (
+    Authentication,
+    CloudSettings,
+    Config,
+    DaemonSettings,
+    DriveConfig,
+    EnvSettings,
+    _ConfigFile,
+)
 from bsud.errors import BsudError, ConfigError
-from bsud.naming import DEFAULT_MAX_VOLUME_GIB
 
 DEFAULT_CONFIG_PATH = "/etc/osc/bsud.json"
-
-OUTSCALE_REGIONS = ("eu-west-2", "us-east-2", "us-west-1", "cloudgouv-eu-west-1", "ap-northeast-1")
-#: Volumes a VM can hold on Outscale, its root volume included.
-MAX_VOLUMES_PER_VM = 40
-
-
-class Target(StrEnum):
-    ONLINE = "online"
-    OFFLINE = "offline"
-    DELETE = "delete"
-
-
-class DiskType(StrEnum):
-    STANDARD = "standard"
-    GP2 = "gp2"
-    GP3 = "gp3"
-    IO1 = "io1"
-    IO2 = "io2"
-    ST1 = "st1"
-    SC1 = "sc1"
-
-
-class Layout(StrEnum):
-    LVM = "lvm"
-    BTRFS = "btrfs"
-
-
-class Provider(StrEnum):
-    OUTSCALE = "outscale"
-    AWS = "aws"
-    EC2 = "ec2"
-    LOCAL = "local"
-
-
-@dataclass(frozen=True)
-class VolumeLimits:
-    """What one cloud accepts for one volume type (sizes in GiB)."""
-
-    min_size: int
-    max_size: int
-    max_iops: int | None = None
-    max_iops_per_gib: int | None = None
-    min_iops: int = 100
-
-
-_OUTSCALE_LIMITS = {
-    DiskType.STANDARD: VolumeLimits(1, DEFAULT_MAX_VOLUME_GIB),
-    DiskType.GP2: VolumeLimits(1, DEFAULT_MAX_VOLUME_GIB),
-    DiskType.IO1: VolumeLimits(4, DEFAULT_MAX_VOLUME_GIB, max_iops=13000, max_iops_per_gib=300),
-}
-_AWS_LIMITS = {
-    DiskType.STANDARD: VolumeLimits(1, 1024),
-    DiskType.GP2: VolumeLimits(1, 16384),
-    DiskType.GP3: VolumeLimits(1, 16384),
-    DiskType.IO1: VolumeLimits(4, 16384, max_iops=64000, max_iops_per_gib=50),
-    DiskType.IO2: VolumeLimits(4, 16384, max_iops=64000, max_iops_per_gib=500),
-    DiskType.ST1: VolumeLimits(125, 16384),
-    DiskType.SC1: VolumeLimits(125, 16384),
-}
-# A generic EC2-compatible endpoint and the local provider: the union, Outscale's caps for io1.
-_GENERIC_LIMITS = {**_AWS_LIMITS, **_OUTSCALE_LIMITS}
-_LIMITS = {
-    Provider.OUTSCALE: _OUTSCALE_LIMITS,
-    Provider.AWS: _AWS_LIMITS,
-    Provider.EC2: _GENERIC_LIMITS,
-    Provider.LOCAL: _GENERIC_LIMITS,
-}
-PROVISIONED_IOPS_TYPES = frozenset({DiskType.IO1, DiskType.IO2})
-
-
-def volume_limits(provider: Provider, disk_type: DiskType) -> VolumeLimits | None:
-    """Limits of ``disk_type`` on ``provider``; None when that cloud has no such type."""
-    return _LIMITS[provider].get(disk_type)
-
-
-def provisioned_iops(size_gib: int, iops_per_gib: int, limits: VolumeLimits) -> int:
-    """IOPS to request for a provisioned volume: clamp(size × per-GiB, min, min(cap, ratio × size)).
-
-    The original bsud used max() where min() was meant and always asked for ≥ 13000.
-    """
-    ceiling = limits.max_iops or size_gib * iops_per_gib
-    if limits.max_iops_per_gib:
-        ceiling = min(ceiling, limits.max_iops_per_gib * size_gib)
-    return max(limits.min_iops, min(size_gib * iops_per_gib, ceiling))
-
-
-def _kebab(name: str) -> str:
-    return name.replace("_", "-")
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=_kebab,
-        populate_by_name=True,
-        extra="forbid",
-        frozen=True,
-    )
-
-
-class Authentication(_Section):
-    access_key: str = Field(min_length=1)
-    secret_key: SecretStr
-
-
-class CloudSettings(_Section):
-    provider: Provider = Provider.OUTSCALE
-    region: str | None = None
-    endpoint: str | None = None
-    instance_id: str | None = None
-    availability_zone: str | None = None
-    metadata_url: str = "http://169.254.169.254"
-    state_dir: str = "/var/lib/bsud/local"
-    api_calls_per_second: float = Field(default=5.0, gt=0)
-    max_attempts: int = Field(default=8, ge=1, le=50)
-
-
-class DaemonSettings(_Section):
-    status_file: str = "/run/bsud/status.json"
-    #: How often a mounted drive's live space is sampled (sysfs file reads: no process, no API call).
-    usage_interval_seconds: float = Field(default=0.25, gt=0, le=60)
-    cloud_refresh_seconds: float = Field(default=60.0, gt=0)
-    full_check_seconds: float = Field(default=60.0, gt=0)
-    retry_seconds: float = Field(default=10.0, gt=0)
-    #: Scale up when the drive would be full, at its present write rate, sooner than this many grow times.
-    grow_safety_factor: float = Field(default=3.0, ge=1, le=100)
-    #: What a grow takes until this drive has grown once (then learned); default: the provider's.
-    grow_seconds: float | None = Field(default=None, gt=0, le=3600)
-    #: How long a volume may take to be created, attached, detached or deleted before the step fails (retried).
-    volume_wait_seconds: float = Field(default=300.0, gt=0, le=3600)
-    #: How long an attached volume's block device may take to appear before the step fails (retried).
-    device_wait_seconds: float = Field(default=120.0, gt=0, le=3600)
-
-
-class DriveConfig(_Section):
-    name: str
-    target: Target
-    mount_path: str
-    disk_type: DiskType = DiskType.GP2
-    disk_iops_per_gib: int | None = None
-    max_total_size_gib: int | None = None
-    initial_size_gib: int = 10
-    max_bsu_count: int = 10
-    max_used_space_perc: int = 85
-    min_used_space_perc: int = 40
-    disk_scale_factor_perc: int = 20
-    layout: Layout = Layout.LVM
-
-
-class _ConfigFile(_Section):
-    authentication: Authentication | None = None
-    cloud: CloudSettings = CloudSettings()
-    daemon: DaemonSettings = DaemonSettings()
-    drives: list[DriveConfig]
-
-
-class EnvSettings(BaseSettings):
-    """What bsud reads from its environment (credentials, log level)."""
-
-    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False)
-
-    osc_access_key: str | None = None
-    osc_secret_key: SecretStr | None = None
-    bsud_log: str | None = None
-
-
-@dataclass(frozen=True)
-class Config:
-    """A loaded, validated configuration."""
-
-    path: str
-    drives: tuple[DriveConfig, ...]
-    cloud: CloudSettings
-    daemon: DaemonSettings
-    access_key: str | None
-    secret_key: SecretStr | None
-    credentials_from: str
-    warnings: tuple[str, ...] = field(default=())
-
-    def drive(self, name: str) -> DriveConfig:
-        for drive in self.drives:
-            if drive.name == name:
-                return drive
-        raise KeyError(name)
-
-    def secrets(self) -> list[str]:
-        """Values that must never appear in a log."""
-        return [self.secret_key.get_secret_value()] if self.secret_key else []
-
-    def effective(self) -> dict[str, Any]:
-        """The config with every default filled in and secrets masked (for check-config)."""
-        auth: dict[str, Any] = {"from": self.credentials_from}
-        if self.access_key:
-            auth["access-key"] = mask(self.access_key, keep=4)
-        if self.secret_key:
-            auth["secret-key"] = mask(self.secret_key.get_secret_value())
-        return {
-            "config": self.path,
-            "authentication": auth,
-            "cloud": self.cloud.model_dump(mode="json", by_alias=True),
-            "daemon": self.daemon.model_dump(mode="json", by_alias=True),
-            "drives": [d.model_dump(mode="json", by_alias=True) for d in self.drives],
-        }
-
-
-def mask(value: str, keep: int = 0) -> str:
-    """``AKIAXXXX********`` style masking; never shows more than ``keep`` characters."""
-    return value[:keep] + "*" * 8 if keep and len(value) > keep * 2 else "*" * 8
 
 
 class InvalidConfig(BsudError):
@@ -437,7 +237,7 @@ def _check_semantics(cfg: _ConfigFile, path: str) -> tuple[list[ConfigError], li
 
         limits = volume_limits(cloud.provider, d.disk_type)
         if limits is None:
-            allowed = ", ".join(sorted(_LIMITS[cloud.provider]))
+            allowed = ", ".join(sorted(LIMITS[cloud.provider]))
             problem(name, "disk-type", f"{d.disk_type.value!r} is not offered by provider "
                     f"{cloud.provider.value!r}; use one of {allowed}")
             continue

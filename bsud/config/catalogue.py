@@ -1,0 +1,92 @@
+"""What the clouds offer: providers, disk types, volume size and IOPS limits, regions. No pydantic, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from bsud.naming import DEFAULT_MAX_VOLUME_GIB
+
+OUTSCALE_REGIONS = ("eu-west-2", "us-east-2", "us-west-1", "cloudgouv-eu-west-1", "ap-northeast-1")
+#: Volumes a VM can hold on Outscale, its root volume included.
+MAX_VOLUMES_PER_VM = 40
+
+
+class Target(StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+    DELETE = "delete"
+
+
+class DiskType(StrEnum):
+    STANDARD = "standard"
+    GP2 = "gp2"
+    GP3 = "gp3"
+    IO1 = "io1"
+    IO2 = "io2"
+    ST1 = "st1"
+    SC1 = "sc1"
+
+
+class Layout(StrEnum):
+    LVM = "lvm"
+    BTRFS = "btrfs"
+
+
+class Provider(StrEnum):
+    OUTSCALE = "outscale"
+    AWS = "aws"
+    EC2 = "ec2"
+    LOCAL = "local"
+
+
+@dataclass(frozen=True)
+class VolumeLimits:
+    """What one cloud accepts for one volume type (sizes in GiB)."""
+
+    min_size: int
+    max_size: int
+    max_iops: int | None = None
+    max_iops_per_gib: int | None = None
+    min_iops: int = 100
+
+
+_OUTSCALE_LIMITS = {
+    DiskType.STANDARD: VolumeLimits(1, DEFAULT_MAX_VOLUME_GIB),
+    DiskType.GP2: VolumeLimits(1, DEFAULT_MAX_VOLUME_GIB),
+    DiskType.IO1: VolumeLimits(4, DEFAULT_MAX_VOLUME_GIB, max_iops=13000, max_iops_per_gib=300),
+}
+_AWS_LIMITS = {
+    DiskType.STANDARD: VolumeLimits(1, 1024),
+    DiskType.GP2: VolumeLimits(1, 16384),
+    DiskType.GP3: VolumeLimits(1, 16384),
+    DiskType.IO1: VolumeLimits(4, 16384, max_iops=64000, max_iops_per_gib=50),
+    DiskType.IO2: VolumeLimits(4, 16384, max_iops=64000, max_iops_per_gib=500),
+    DiskType.ST1: VolumeLimits(125, 16384),
+    DiskType.SC1: VolumeLimits(125, 16384),
+}
+# A generic EC2-compatible endpoint and the local provider: the union, Outscale's caps for io1.
+_GENERIC_LIMITS = {**_AWS_LIMITS, **_OUTSCALE_LIMITS}
+LIMITS = {
+    Provider.OUTSCALE: _OUTSCALE_LIMITS,
+    Provider.AWS: _AWS_LIMITS,
+    Provider.EC2: _GENERIC_LIMITS,
+    Provider.LOCAL: _GENERIC_LIMITS,
+}
+PROVISIONED_IOPS_TYPES = frozenset({DiskType.IO1, DiskType.IO2})
+
+
+def volume_limits(provider: Provider, disk_type: DiskType) -> VolumeLimits | None:
+    """Limits of ``disk_type`` on ``provider``; None when that cloud has no such type."""
+    return LIMITS[provider].get(disk_type)
+
+
+def provisioned_iops(size_gib: int, iops_per_gib: int, limits: VolumeLimits) -> int:
+    """IOPS to request for a provisioned volume: clamp(size × per-GiB, min, min(cap, ratio × size)).
+
+    The original bsud used max() where min() was meant and always asked for ≥ 13000.
+    """
+    ceiling = limits.max_iops or size_gib * iops_per_gib
+    if limits.max_iops_per_gib:
+        ceiling = min(ceiling, limits.max_iops_per_gib * size_gib)
+    return max(limits.min_iops, min(size_gib * iops_per_gib, ceiling))

@@ -1,0 +1,134 @@
+"""The configuration's schema (pydantic): sections, defaults, kebab-case keys, and the loaded :class:`Config`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bsud.config.catalogue import DiskType, Layout, Provider, Target
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=_kebab,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+
+class Authentication(_Section):
+    access_key: str = Field(min_length=1)
+    secret_key: SecretStr
+
+
+class CloudSettings(_Section):
+    provider: Provider = Provider.OUTSCALE
+    region: str | None = None
+    endpoint: str | None = None
+    instance_id: str | None = None
+    availability_zone: str | None = None
+    metadata_url: str = "http://169.254.169.254"
+    state_dir: str = "/var/lib/bsud/local"
+    api_calls_per_second: float = Field(default=5.0, gt=0)
+    max_attempts: int = Field(default=8, ge=1, le=50)
+
+
+class DaemonSettings(_Section):
+    status_file: str = "/run/bsud/status.json"
+    #: How often a mounted drive's live space is sampled (sysfs file reads: no process, no API call).
+    usage_interval_seconds: float = Field(default=0.25, gt=0, le=60)
+    cloud_refresh_seconds: float = Field(default=60.0, gt=0)
+    full_check_seconds: float = Field(default=60.0, gt=0)
+    retry_seconds: float = Field(default=10.0, gt=0)
+    #: Scale up when the drive would be full, at its present write rate, sooner than this many grow times.
+    grow_safety_factor: float = Field(default=3.0, ge=1, le=100)
+    #: What a grow takes until this drive has grown once (then learned); default: the provider's.
+    grow_seconds: float | None = Field(default=None, gt=0, le=3600)
+    #: How long a volume may take to be created, attached, detached or deleted before the step fails (retried).
+    volume_wait_seconds: float = Field(default=300.0, gt=0, le=3600)
+    #: How long an attached volume's block device may take to appear before the step fails (retried).
+    device_wait_seconds: float = Field(default=120.0, gt=0, le=3600)
+
+
+class DriveConfig(_Section):
+    name: str
+    target: Target
+    mount_path: str
+    disk_type: DiskType = DiskType.GP2
+    disk_iops_per_gib: int | None = None
+    max_total_size_gib: int | None = None
+    initial_size_gib: int = 10
+    max_bsu_count: int = 10
+    max_used_space_perc: int = 85
+    min_used_space_perc: int = 40
+    disk_scale_factor_perc: int = 20
+    layout: Layout = Layout.LVM
+
+
+class _ConfigFile(_Section):
+    authentication: Authentication | None = None
+    cloud: CloudSettings = CloudSettings()
+    daemon: DaemonSettings = DaemonSettings()
+    drives: list[DriveConfig]
+
+
+class EnvSettings(BaseSettings):
+    """What bsud reads from its environment (credentials, log level)."""
+
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False)
+
+    osc_access_key: str | None = None
+    osc_secret_key: SecretStr | None = None
+    bsud_log: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """A loaded, validated configuration."""
+
+    path: str
+    drives: tuple[DriveConfig, ...]
+    cloud: CloudSettings
+    daemon: DaemonSettings
+    access_key: str | None
+    secret_key: SecretStr | None
+    credentials_from: str
+    warnings: tuple[str, ...] = field(default=())
+
+    def drive(self, name: str) -> DriveConfig:
+        for drive in self.drives:
+            if drive.name == name:
+                return drive
+        raise KeyError(name)
+
+    def secrets(self) -> list[str]:
+        """Values that must never appear in a log."""
+        return [self.secret_key.get_secret_value()] if self.secret_key else []
+
+    def effective(self) -> dict[str, Any]:
+        """The config with every default filled in and secrets masked (for check-config)."""
+        auth: dict[str, Any] = {"from": self.credentials_from}
+        if self.access_key:
+            auth["access-key"] = mask(self.access_key, keep=4)
+        if self.secret_key:
+            auth["secret-key"] = mask(self.secret_key.get_secret_value())
+        return {
+            "config": self.path,
+            "authentication": auth,
+            "cloud": self.cloud.model_dump(mode="json", by_alias=True),
+            "daemon": self.daemon.model_dump(mode="json", by_alias=True),
+            "drives": [d.model_dump(mode="json", by_alias=True) for d in self.drives],
+        }
+
+
+def mask(value: str, keep: int = 0) -> str:
+    """``AKIAXXXX********`` style masking; never shows more than ``keep`` characters."""
+    return value[:keep] + "*" * 8 if keep and len(value) > keep * 2 else "*" * 8
