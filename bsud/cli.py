@@ -80,8 +80,8 @@ def _observed_status(config: Config) -> dict:
     for spec in config.drives:
         rec = DriveReconciler(spec, cloud, snapshot, config.cloud.provider)
         obs, plan = rec.plan_now()
-        rec._record(obs, plan)
-        drives[spec.name] = rec.status.__dict__
+        rec.status.record(obs, plan)
+        drives[spec.name] = rec.status.as_dict()
     unmanaged = unmanaged_drives(snapshot.by_drive(), {d.name for d in config.drives}, cloud.identity().instance_id)
     return {"pid": None, "drives": drives, "unmanaged": unmanaged}
 

@@ -16,13 +16,11 @@ config; an invalid one is refused and the old one kept.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from bsud import __version__
 from bsud.cloud import CloudProvider, make_provider
@@ -37,6 +35,7 @@ from bsud.reconcile.pace import RateMeter
 from bsud.reconcile.planner import scale_up_reason
 from bsud.runner import preflight
 from bsud.sdnotify import notify, watchdog_interval
+from bsud.sinks import DaemonReport, SdNotifyStatus, Sink, StatusFile
 
 log = get_logger("bsud.daemon")
 
@@ -48,20 +47,6 @@ def required_tools(config: Config, cloud: CloudProvider) -> list[str]:
     """What the drives' layouts and the provider run, each named once (every layout needs btrfs)."""
     tools = [*StorageLayout.tools, *(t for d in config.drives for t in LAYOUTS[d.layout].tools), *cloud.tools]
     return list(dict.fromkeys(tools))
-
-
-def write_status(path: str, data: dict[str, Any]) -> None:
-    """Atomic write: readers see the old file or the new one, never half of one (nor a left-over temp file
-    when the disk is full)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=1, default=str))
-        os.replace(tmp, target)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 class AlreadyRunning(BsudError):
@@ -223,25 +208,24 @@ class Daemon:
         self.reload_event = threading.Event()
         self.publish_lock = threading.Lock()
         self.started = time.time()
+        self.sinks: list[Sink] = [StatusFile(lambda: self.config.daemon.status_file), SdNotifyStatus()]
 
     # -- status ------------------------------------------------------------------------------------
 
     def publish(self) -> None:
+        """Every drive's report to every sink."""
         with self.publish_lock:
-            drives = {name: w.reconciler.status.__dict__ for name, w in self.workers.items()}
             try:
                 unmanaged = unmanaged_drives(self.snapshot.by_drive(), set(self.workers),
                                              self.cloud.identity().instance_id)
             except BsudError:
                 unmanaged = {}
-            data = {"version": __version__, "pid": os.getpid(), "config": self.config.path,
-                    "started": self.started, "updated": time.time(), "drives": drives, "unmanaged": unmanaged}
-            try:
-                write_status(self.config.daemon.status_file, data)
-            except OSError as exc:
-                log.warning("cannot write the status file", path=self.config.daemon.status_file, error=str(exc))
-            lines = [w.reconciler.status.line() for w in self.workers.values()]
-            notify("STATUS=" + ("; ".join(lines) if lines else "no drives"))
+            report = DaemonReport(version=__version__, pid=os.getpid(), config=self.config.path,
+                                  started=self.started, updated=time.time(),
+                                  drives={name: w.reconciler.status for name, w in self.workers.items()},
+                                  unmanaged=unmanaged)
+            for sink in self.sinks:
+                sink.publish(report)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from bsud.cloud.base import CloudProvider
 from bsud.config import DaemonSettings, DriveConfig, Provider, volume_limits
@@ -13,10 +12,11 @@ from bsud.host.layouts import StorageLayout, make_layout
 from bsud.logs import get_logger
 from bsud.naming import DEFAULT_MAX_VOLUME_GIB
 from bsud.reconcile.execute import Executor
-from bsud.reconcile.model import Blocked, CreateVolume, DriveObs, Idle, Outcome, Pace, Plan, UsageObs, Wait
+from bsud.reconcile.model import Blocked, CreateVolume, DriveObs, Idle, Outcome, Pace, Plan, Wait
 from bsud.reconcile.observe import CloudSnapshot, observe_drive
 from bsud.reconcile.pace import DEFAULT_GROW_SECONDS, GrowClock, RateMeter, make_pace
-from bsud.reconcile.planner import plan, seconds_to_full
+from bsud.reconcile.planner import plan
+from bsud.reconcile.report import DriveStatus
 from bsud.runner import Runner
 
 log = get_logger("bsud.reconcile")
@@ -31,45 +31,6 @@ REPEAT_LIMIT = 8
 #: …or this many times in a row reporting that there was nothing to do (Outcome.UNCHANGED): the observation
 #: and the action disagree, and doing it again will not help.
 UNCHANGED_LIMIT = 2
-
-
-@dataclass
-class DriveStatus:
-    name: str
-    target: str
-    layout: str
-    mount_path: str
-    phase: str = "starting"
-    action: str = ""
-    reason: str = ""
-    size_gib: int = 0
-    used_percent: float | None = None
-    metadata_used_percent: float | None = None
-    write_rate: float = 0.0                  # bytes/s, live
-    seconds_to_full: float | None = None     # at write_rate; None when nothing is written
-    grow_seconds: float = 0.0                # what a grow takes (learned, else the provider's default)
-    volumes: list[dict[str, object]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    last_error: str | None = None
-    outcome: str | None = None               # what the last action executed did (changed / unchanged)
-    updated: float = 0.0
-
-    def line(self) -> str:
-        used = f"{self.used_percent:.1f}%" if self.used_percent is not None else "-"
-        text = f"{self.name}: {self.phase} ({len(self.volumes)} volumes, {self.size_gib} GiB, used {used})"
-        if self.seconds_to_full is not None:
-            text += f" writing {self.write_rate / 1e6:.1f} MB/s, full in {self.seconds_to_full:.0f} s"
-        if self.last_error:
-            text += f" error: {self.last_error}"
-        return text
-
-    def record_usage(self, usage: UsageObs | None, pace: Pace) -> None:
-        self.used_percent = round(usage.used_percent, 2) if usage else None
-        self.metadata_used_percent = round(usage.metadata_percent, 2) if usage else None
-        self.write_rate = round(pace.write_rate)
-        left = seconds_to_full(usage, pace.write_rate) if usage else math.inf
-        self.seconds_to_full = None if math.isinf(left) else round(left, 1)
-        self.grow_seconds = round(pace.grow_seconds, 2)
 
 
 class DriveReconciler:
@@ -119,20 +80,6 @@ class DriveReconciler:
         obs, _ = self.observe(max_age)
         return obs, plan(self.spec, obs, self.max_volume_gib)
 
-    def _record(self, obs: DriveObs, current: Plan) -> None:
-        st = self.status
-        st.phase, st.action, st.reason = current.phase, current.action.kind, current.action.reason
-        for note in current.notes:
-            if note not in st.notes:  # said once while it holds (a seconds-to-full note changes, so it is said again)
-                log.warning("drive note", drive=self.spec.name, note=note)
-        st.notes = list(current.notes)
-        st.size_gib = sum(v.size_gib for v in obs.volumes if v.state not in ("deleting", "deleted"))
-        st.record_usage(obs.usage, obs.pace)
-        st.volumes = [{"id": v.id, "size_gib": v.size_gib, "state": v.state, "device": v.device,
-                       "member": v.member, **({"bookkeeping": v.bookkeeping} if v.bookkeeping else {})}
-                      for v in obs.volumes]
-        st.updated = time.time()
-
     def step(self, max_age: float | None = None) -> Plan:
         """Observe, plan, do the first action. Returns the plan that was acted on."""
         started = time.monotonic()
@@ -140,7 +87,7 @@ class DriveReconciler:
             max_age = MISSING_LISTING_SECONDS
         obs, devices = self.observe(max_age)
         current = plan(self.spec, obs, self.max_volume_gib)
-        self._record(obs, current)
+        self.status.record(obs, current)
         self.last_plan = current
         action = current.action
         if isinstance(action, Idle | Wait | Blocked):

@@ -1,0 +1,76 @@
+"""What a drive's step reports: one :class:`DriveStatus` per drive, kept up to date by the engine.
+
+The daemon hands the reports of all drives to its sinks (status file, sd_notify — see ``bsud.sinks``); the CLI
+builds the same report from one observation when no daemon runs. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bsud.logs import get_logger
+from bsud.naming import DELETED, DELETING
+from bsud.reconcile.model import DriveObs, Pace, Plan, UsageObs
+from bsud.reconcile.planner import seconds_to_full
+
+log = get_logger("bsud.reconcile")
+
+
+@dataclass
+class DriveStatus:
+    name: str
+    target: str
+    layout: str
+    mount_path: str
+    phase: str = "starting"
+    action: str = ""
+    reason: str = ""
+    size_gib: int = 0
+    used_percent: float | None = None
+    metadata_used_percent: float | None = None
+    write_rate: float = 0.0                  # bytes/s, live
+    seconds_to_full: float | None = None     # at write_rate; None when nothing is written
+    grow_seconds: float = 0.0                # what a grow takes (learned, else the provider's default)
+    volumes: list[dict[str, object]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    last_error: str | None = None
+    outcome: str | None = None               # what the last action executed did (changed / unchanged)
+    updated: float = 0.0
+
+    def line(self) -> str:
+        used = f"{self.used_percent:.1f}%" if self.used_percent is not None else "-"
+        text = f"{self.name}: {self.phase} ({len(self.volumes)} volumes, {self.size_gib} GiB, used {used})"
+        if self.seconds_to_full is not None:
+            text += f" writing {self.write_rate / 1e6:.1f} MB/s, full in {self.seconds_to_full:.0f} s"
+        if self.last_error:
+            text += f" error: {self.last_error}"
+        return text
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def record(self, obs: DriveObs, current: Plan) -> None:
+        """A step's observation and plan. A note is logged once while it holds (a seconds-to-full note changes,
+        so it is said again)."""
+        self.phase, self.action, self.reason = current.phase, current.action.kind, current.action.reason
+        for note in current.notes:
+            if note not in self.notes:
+                log.warning("drive note", drive=self.name, note=note)
+        self.notes = list(current.notes)
+        self.size_gib = sum(v.size_gib for v in obs.volumes if v.state not in (DELETING, DELETED))
+        self.record_usage(obs.usage, obs.pace)
+        self.volumes = [{"id": v.id, "size_gib": v.size_gib, "state": v.state, "device": v.device,
+                         "member": v.member, **({"bookkeeping": v.bookkeeping} if v.bookkeeping else {})}
+                        for v in obs.volumes]
+        self.updated = time.time()
+
+    def record_usage(self, usage: UsageObs | None, pace: Pace) -> None:
+        self.used_percent = round(usage.used_percent, 2) if usage else None
+        self.metadata_used_percent = round(usage.metadata_percent, 2) if usage else None
+        self.write_rate = round(pace.write_rate)
+        left = seconds_to_full(usage, pace.write_rate) if usage else math.inf
+        self.seconds_to_full = None if math.isinf(left) else round(left, 1)
+        self.grow_seconds = round(pace.grow_seconds, 2)
