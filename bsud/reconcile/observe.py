@@ -12,7 +12,7 @@ import threading
 import time
 
 from bsud.cloud.base import CloudProvider, Volume, volumes_by_drive
-from bsud.config import DriveConfig, Layout
+from bsud.config import DriveConfig
 from bsud.errors import BsudError
 from bsud.host import mounts
 from bsud.host.devices import DeviceMismatch, Resolution, VolumeRef, block_devices, resolve_device
@@ -134,12 +134,12 @@ def observe_drive(spec: DriveConfig, volumes: list[Volume], cloud: CloudProvider
     if mounted:
         usage = usage_obs(layout.usage(spec.mount_path))
         can_grow = layout.can_grow(spec.mount_path)
-    active = state.active if spec.layout == Layout.LVM else mounted
+    active = layout.drive_active(state, mounted)
     obs = DriveObs(
         name=spec.name, volumes=tuple(obs_volumes), has_filesystem=state.has_filesystem, mounted=mounted,
         mount_blocked=mount_blocked if state.has_filesystem or entry is not None else None,
         active=active, move_in_progress=state.move_in_progress, can_grow=can_grow, usage=usage,
-        lv_missing=spec.layout == Layout.LVM and bool(state.members) and state.fs_device is None,
+        lv_missing=state.lv_missing,
         missing=state.missing, stale=state.stale, read_only=read_only,
     )
     return obs, resolutions

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import math
 
-from bsud.config import DriveConfig, Layout, Target
+from bsud.config import DriveConfig, Target
 from bsud.naming import AVAILABLE, CREATING, DEFAULT_MAX_VOLUME_GIB, DELETED, DELETING, ERROR
+from bsud.reconcile.assembly import ASSEMBLY
 from bsud.reconcile.model import (
     EVACUATED,
     GIB,
     REMOVING,
-    Activate,
     Action,
     AttachVolume,
     Blocked,
@@ -40,7 +40,6 @@ from bsud.reconcile.model import (
     Grow,
     Idle,
     Join,
-    MakeFilesystem,
     MarkVolume,
     Mount,
     Pace,
@@ -337,28 +336,9 @@ def _plan_online(spec: DriveConfig, obs: DriveObs, max_volume_gib: int) -> Plan:
                                    "the drive any more"), "scaling-down", tuple(notes))
     fresh = [v for v in live if not v.member and (v.blank or v.own) and v.bookkeeping != REMOVING]
 
-    if members and obs.lv_missing:
-        return Plan(MakeFilesystem(reason="the drive's VG has no LV yet (stopped between vgcreate and lvcreate): "
-                                          "creating it, then its filesystem"), "assembling", tuple(notes))
-    if members and not obs.active and spec.layout == Layout.LVM:
-        return Plan(Activate(reason="the drive's storage is not active"), "assembling", tuple(notes))
-    if not obs.has_filesystem:
-        if spec.layout == Layout.LVM:
-            if fresh:
-                return Plan(Join(volume_id=fresh[0].id, reason=f"{fresh[0].id} is not a PV of the drive yet"),
-                            "assembling", tuple(notes))
-            if members:
-                return Plan(MakeFilesystem(reason="the drive's LV has no filesystem yet"), "assembling",
-                            tuple(notes))
-        else:
-            if members:
-                return Plan(Blocked(reason="the drive's btrfs devices are incomplete or unreadable"), "blocked",
-                            tuple(notes))
-            if fresh:
-                first = fresh[0]
-                return Plan(MakeFilesystem(volume_id=first.id, reason=f"no filesystem yet: making it on {first.id}"),
-                            "assembling", tuple(notes))
-        return Plan(Wait(reason="nothing to build the filesystem on yet"), "assembling", tuple(notes))
+    assembling = ASSEMBLY[spec.layout](obs, members, fresh)
+    if assembling is not None:
+        return Plan(assembling[0], assembling[1], tuple(notes))
     if obs.mount_blocked:
         return Plan(Blocked(reason=obs.mount_blocked), "blocked", tuple(notes))
     if not obs.mounted:

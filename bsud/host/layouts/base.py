@@ -32,6 +32,7 @@ class LayoutState:
     move_in_progress: bool = False               # an interrupted pvmove to resume
     missing: str | None = None                   # what of the drive's storage is absent, in words
     stale: tuple[str, ...] = ()                  # devices still mapped although they went away (lvm)
+    lv_missing: bool = False                     # lvm: PVs in the drive's VG but no LV (stopped before lvcreate)
 
 
 class StorageLayout(ABC):
@@ -52,6 +53,11 @@ class StorageLayout(ABC):
     @abstractmethod
     def observe(self, devices: list[str]) -> LayoutState:
         """The drive's storage as it is now on ``devices`` (its volumes' resolved devices)."""
+
+    def drive_active(self, state: LayoutState, mounted: bool) -> bool:
+        """Whether the drive's storage is up (what going offline must undo before detaching): mounted, by
+        default."""
+        return mounted
 
     @abstractmethod
     def is_own(self, found: Probe) -> bool:

@@ -57,7 +57,12 @@ class LvmLayout(StorageLayout):
         return LayoutState(
             members=members, has_filesystem=has_fs, fs_device=self.lv_path if lv else None,
             active=bool(lv and lv.active), move_in_progress=moving, missing=missing, stale=tuple(stale),
+            lv_missing=bool(members) and lv is None,
         )
+
+    def drive_active(self, state: LayoutState, mounted: bool) -> bool:
+        """The LV is active (deactivated before the volumes are detached)."""
+        return state.active
 
     def join(self, resolution: Resolution, volume_tags: dict[str, str], mount_point: str | None) -> None:
         dev = resolution.device
