@@ -32,7 +32,7 @@ from bsud.reconcile.engine import DriveReconciler
 from bsud.reconcile.model import Blocked, Idle, Wait
 from bsud.reconcile.observe import CloudSnapshot, unmanaged_drives, usage_obs
 from bsud.reconcile.pace import RateMeter
-from bsud.reconcile.planner import scale_up_reason
+from bsud.reconcile.scaling import scale_up_reason
 from bsud.runner import preflight
 from bsud.sdnotify import notify, watchdog_interval
 from bsud.sinks import DaemonReport, SdNotifyStatus, Sink, StatusFile

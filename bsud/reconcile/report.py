@@ -14,7 +14,7 @@ from typing import Any
 from bsud.logs import get_logger
 from bsud.naming import DELETED, DELETING
 from bsud.reconcile.model import DriveObs, Pace, Plan, UsageObs
-from bsud.reconcile.planner import seconds_to_full
+from bsud.reconcile.scaling import seconds_to_full
 
 log = get_logger("bsud.reconcile")
 

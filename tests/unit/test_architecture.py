@@ -32,7 +32,8 @@ def modules(subdir: str) -> list[Path]:
     return sorted((PKG / subdir).rglob("*.py")) if subdir else []
 
 
-PURE = [PKG / "reconcile" / "planner.py", PKG / "reconcile" / "model.py", PKG / "reconcile" / "assembly.py"]
+PURE = [PKG / "reconcile" / "planner.py", PKG / "reconcile" / "model.py", PKG / "reconcile" / "assembly.py",
+        PKG / "reconcile" / "scaling.py"]
 FORBIDDEN_IN_PURE = ("boto3", "botocore", "subprocess", "pyudev", "bsud.cloud", "bsud.host", "bsud.runner", "os",
                      "socket", "time")
 

@@ -14,7 +14,8 @@ from bsud.reconcile.model import (
     UsageObs,
     VolumeObs,
 )
-from bsud.reconcile.planner import plan, scale_decision, scale_up_reason, seconds_to_full, used_percent_without
+from bsud.reconcile.planner import plan
+from bsud.reconcile.scaling import scale_decision, scale_up_reason, seconds_to_full, used_percent_without
 
 
 def spec(**kw) -> DriveConfig:
