@@ -13,10 +13,14 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from bsud.errors import CloudError, CloudTimeout, VolumeStateError
 from bsud.logs import get_logger
 from bsud.naming import AVAILABLE, DELETED, DRIVE_TAG, ERROR
+
+if TYPE_CHECKING:
+    from bsud.config import Config
 
 log = get_logger("bsud.cloud")
 
@@ -118,6 +122,11 @@ class CloudProvider(ABC):
     poll_interval = 2.0
     #: Commands this provider runs on the host (checked by the daemon at start).
     tools: tuple[str, ...] = ()
+
+    @classmethod
+    def from_config(cls, config: Config) -> CloudProvider:
+        """The provider for a loaded config (its ``cloud`` section and credentials)."""
+        raise NotImplementedError(f"{cls.__name__} is not made from a config")
 
     def __init__(self) -> None:
         self.stop_event = threading.Event()

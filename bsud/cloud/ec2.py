@@ -25,7 +25,7 @@ from bsud.cloud.base import (
     choose_device_name,
 )
 from bsud.cloud.metadata import resolve_identity
-from bsud.config import CloudSettings, Provider
+from bsud.config import CloudSettings, Config, Provider
 from bsud.errors import CloudError, VolumeStateError
 from bsud.logs import get_logger
 from bsud.naming import AVAILABLE, CREATING, DRIVE_TAG
@@ -73,6 +73,11 @@ def _to_volume(item: dict[str, Any]) -> Volume:
 
 class Ec2Cloud(CloudProvider):
     name = "ec2"
+
+    @classmethod
+    def from_config(cls, config: Config) -> Ec2Cloud:
+        secret = config.secret_key.get_secret_value() if config.secret_key else None
+        return cls(config.cloud, config.access_key, secret)
 
     def __init__(
         self,

@@ -31,7 +31,7 @@ from bsud.cloud.base import (
     Volume,
     choose_device_name,
 )
-from bsud.config import CloudSettings
+from bsud.config import CloudSettings, Config
 from bsud.errors import CloudError, VolumeStateError
 from bsud.logs import get_logger
 from bsud.naming import AVAILABLE, DRIVE_TAG, GIB, IN_USE
@@ -57,6 +57,10 @@ class LocalCloud(CloudProvider):
     name = "local"
     poll_interval = 0.2
     tools = ("losetup",)
+
+    @classmethod
+    def from_config(cls, config: Config) -> LocalCloud:
+        return cls(config.cloud)
 
     def __init__(self, settings: CloudSettings, runner: Runner | None = None) -> None:
         super().__init__()

@@ -104,9 +104,6 @@ class GrowClock:
         self.grows.append(took)
         return took
 
-    def cancel(self) -> None:
-        self._started = None
-
 
 def make_pace(meter: RateMeter | None, clock: GrowClock, safety_factor: float) -> Pace:
     return Pace(write_rate=meter.rate() if meter else 0.0, recent_peak=meter.peak() if meter else 0.0,

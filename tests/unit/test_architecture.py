@@ -95,3 +95,32 @@ def test_systemd_unit_verifies(tmp_path: Path):
     assert out.returncode == 0, out.stderr
     for option in ("PrivateDevices", "PrivateTmp", "ProtectHome", "PrivateMounts", "ProtectKernel", "ReadWritePaths"):
         assert f"\n{option}" not in unit
+
+
+def test_every_config_value_has_its_plug_in():
+    """Each layout and provider the config accepts names a class in its registry (and the planner's assembly)."""
+    import importlib
+
+    from bsud.cloud import PROVIDERS, CloudProvider
+    from bsud.config import Layout, Provider
+    from bsud.host.layouts import LAYOUTS, StorageLayout
+    from bsud.reconcile.assembly import ASSEMBLY
+
+    assert set(LAYOUTS) == set(Layout) == set(ASSEMBLY)
+    assert all(issubclass(cls, StorageLayout) and cls.kind == kind for kind, cls in LAYOUTS.items())
+    assert set(PROVIDERS) == set(Provider)
+    for where in PROVIDERS.values():
+        module, _, name = where.partition(":")
+        cls = getattr(importlib.import_module(module), name)
+        assert issubclass(cls, CloudProvider) and "from_config" in cls.__dict__, where
+
+
+def test_make_provider_builds_the_local_provider_from_a_config(tmp_path: Path):
+    from bsud.cloud import make_provider
+    from bsud.cloud.local import LocalCloud
+    from bsud.config import parse_config
+
+    config = parse_config('{"cloud": {"provider": "local", "state-dir": "%s", "instance-id": "i-x"}, "drives": []}'
+                          % tmp_path, path=str(tmp_path / "bsud.json"))
+    cloud = make_provider(config)
+    assert isinstance(cloud, LocalCloud) and cloud.tools == ("losetup",)
