@@ -1,0 +1,92 @@
+"""Observation with fakes (a scripted cloud listing and layout; no subprocess is mocked): how the cloud's tags,
+the layout's state and the mount path become the planner's DriveObs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bsud.cloud.base import Attachment, Volume
+from bsud.config import DriveConfig, Layout, Target
+from bsud.host.layouts import LayoutState, StorageLayout
+from bsud.host.safety import Probe
+from bsud.naming import DRIVE_TAG, REMOVING, STATE_TAG
+from bsud.reconcile.observe import observe_drive
+from bsud.runner import Runner
+
+from .test_sdnotify_snapshot import CountingCloud  # this VM is i-me; observation asks it nothing else
+
+
+class ScriptedLayout(StorageLayout):
+    """A layout whose observation is given; ``active_when`` decides what 'active' means, as each layout does."""
+
+    kind = Layout.LVM
+
+    def __init__(self, state: LayoutState, active_is_state: bool = True) -> None:
+        super().__init__("d", Runner())
+        self.state = state
+        self.active_is_state = active_is_state
+
+    def observe(self, devices):
+        return self.state
+
+    def drive_active(self, state, mounted):
+        return state.active if self.active_is_state else mounted
+
+    def is_own(self, found: Probe) -> bool:
+        return False
+
+    def join(self, *a): ...
+    def ensure_filesystem(self, *a): ...
+    def mount_source(self, devices): return "/dev/null"
+    def can_grow(self, mount_point): return False
+    def grow(self, mount_point): return False
+    def remove_device(self, *a): ...
+    def activate(self, devices): ...
+    def deactivate(self, devices): ...
+
+
+def volume(vid: str, *, here: bool = False, elsewhere: str | None = None, **tags: str) -> Volume:
+    atts = []
+    if here:
+        atts.append(Attachment("i-me", "/dev/xvdq", "attached"))
+    if elsewhere:
+        atts.append(Attachment(elsewhere, "/dev/xvdq", "attached"))
+    return Volume(id=vid, size_gib=10, state="in-use" if atts else "available", volume_type="gp2", zone="z-1a",
+                  tags={DRIVE_TAG: "d", **tags}, attachments=tuple(atts))
+
+
+def spec(tmp_path: Path) -> DriveConfig:
+    return DriveConfig(name="d", target=Target.ONLINE, mount_path=str(tmp_path / "mnt"), layout=Layout.LVM)
+
+
+def test_tags_and_attachments_become_volume_observations(tmp_path: Path):
+    vols = [volume("vol-a", here=True, **{STATE_TAG: REMOVING}), volume("vol-b", elsewhere="i-other"),
+            volume("vol-c")]
+    obs, resolutions = observe_drive(spec(tmp_path), vols, CountingCloud([]), ScriptedLayout(LayoutState()))
+    a, b, c = obs.volumes
+    assert (a.attached_here, a.bookkeeping, a.device, a.member) == (True, REMOVING, None, False)  # no such disk here
+    assert (b.attached_here, b.attached_elsewhere) == (False, "i-other")
+    assert (c.attached_here, c.attached_elsewhere, c.bookkeeping, c.state) == (False, None, None, "available")
+    assert resolutions == {}
+
+
+def test_the_layout_state_reaches_the_planner(tmp_path: Path):
+    state = LayoutState(has_filesystem=True, active=True, missing="VG d misses 1 of its 2 PVs", stale=("vdc",),
+                        lv_missing=False, move_in_progress=True)
+    obs, _ = observe_drive(spec(tmp_path), [], CountingCloud([]), ScriptedLayout(state))
+    assert (obs.has_filesystem, obs.active, obs.missing, obs.stale, obs.move_in_progress) == (
+        True, True, "VG d misses 1 of its 2 PVs", ("vdc",), True)
+    assert not obs.mounted and obs.usage is None and not obs.read_only
+    # A layout for which 'active' means mounted: not mounted, so not active whatever its devices say.
+    obs, _ = observe_drive(spec(tmp_path), [], CountingCloud([]), ScriptedLayout(state, active_is_state=False))
+    assert not obs.active
+
+
+def test_a_mount_path_holding_files_is_reported_once_there_is_a_filesystem(tmp_path: Path):
+    s = spec(tmp_path)
+    Path(s.mount_path).mkdir()
+    (Path(s.mount_path) / "stray.txt").write_text("not ours")
+    obs, _ = observe_drive(s, [], CountingCloud([]), ScriptedLayout(LayoutState(has_filesystem=True)))
+    assert obs.mount_blocked and "is not empty" in obs.mount_blocked
+    obs, _ = observe_drive(s, [], CountingCloud([]), ScriptedLayout(LayoutState(has_filesystem=False)))
+    assert obs.mount_blocked is None  # nothing to mount yet: nothing to complain about
