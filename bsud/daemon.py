@@ -160,7 +160,8 @@ class DriveWorker(threading.Thread):
         while not self.stop_event.is_set():
             with self.lock:
                 if self.pending_spec is not None:
-                    self.reconciler.update_spec(self.pending_spec)
+                    settings = self.owner.config.daemon  # the reloaded daemon section applies too
+                    self.reconciler.update_spec(self.pending_spec, settings)
                     self.pending_spec = None
                     last_full = 0.0
             current = self.reconciler.last_plan

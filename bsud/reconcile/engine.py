@@ -47,8 +47,11 @@ class DriveReconciler:
         self.last_obs: DriveObs | None = None
         self.update_spec(spec)
 
-    def update_spec(self, spec: DriveConfig) -> None:
-        """Take a new spec (a reload); what was learned of the drive's pace is kept."""
+    def update_spec(self, spec: DriveConfig, settings: DaemonSettings | None = None) -> None:
+        """Take a new spec (and daemon section, on a reload); what was learned of the drive's pace is kept."""
+        if settings is not None:
+            self.settings = settings
+            self.clock.default_seconds = settings.grow_seconds or DEFAULT_GROW_SECONDS[self.provider]
         self.spec = spec
         self.layout: StorageLayout = make_layout(spec.layout, spec.name, self.runner)
         self.executor = Executor(spec, self.cloud, self.layout, self.provider,

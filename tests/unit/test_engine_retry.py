@@ -120,3 +120,12 @@ def test_the_executor_tells_what_changed(tmp_path: Path):
     assert executor.run(Unmount()) is Outcome.UNCHANGED
     with pytest.raises(BsudError, match="not carried out"):
         executor.run(Idle())  # the engine handles Idle, Wait and Blocked; the executor never does
+
+
+def test_a_reload_applies_the_daemon_section_too(drive):
+    from bsud.config import DaemonSettings
+
+    rec, _ = drive
+    rec.update_spec(rec.spec, DaemonSettings(volume_wait_seconds=7, device_wait_seconds=9, grow_seconds=4))
+    assert (rec.executor.attach_timeout, rec.executor.device_timeout) == (7, 9)
+    assert rec.pace().grow_seconds == 4  # nothing timed yet: the configured default
