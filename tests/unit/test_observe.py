@@ -90,3 +90,26 @@ def test_a_mount_path_holding_files_is_reported_once_there_is_a_filesystem(tmp_p
     assert obs.mount_blocked and "is not empty" in obs.mount_blocked
     obs, _ = observe_drive(s, [], CountingCloud([]), ScriptedLayout(LayoutState(has_filesystem=False)))
     assert obs.mount_blocked is None  # nothing to mount yet: nothing to complain about
+
+
+def test_a_stale_check_that_a_refresh_cannot_satisfy_is_turned_off():
+    """If the kernel's holders links cannot be trusted, the LV would look stale for ever and the drive would stay
+    in recovery, never scaling: after one refresh that changes nothing, the check is off."""
+    from bsud.host.layouts import LvmLayout
+
+    class StuckLvm:
+        refreshed = 0
+
+        def devices_file_enabled(self) -> bool:
+            return False
+
+        def stale_devices(self, lv_path: str) -> list[str]:
+            return ["vdc"]
+
+        def refresh(self, vg: str) -> None:
+            self.refreshed += 1
+
+    layout = LvmLayout("d", Runner())
+    layout.lvm = StuckLvm()  # type: ignore[assignment]
+    layout.refresh([])
+    assert layout.lvm.refreshed == 1 and layout.stale_check is False
