@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 log = get_logger("bsud.cloud")
 
 
-
 @dataclass(frozen=True)
 class Identity:
     """This VM as the cloud knows it."""

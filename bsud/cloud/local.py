@@ -40,7 +40,6 @@ from bsud.runner import Runner
 log = get_logger("bsud.cloud.local")
 
 
-
 def local_identity(settings: CloudSettings) -> Identity:
     instance_id = settings.instance_id
     if not instance_id:

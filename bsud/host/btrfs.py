@@ -21,8 +21,6 @@ RELOCATION_TIMEOUT = 24 * 3600.0
 MIN_DEVICE_BYTES = 256 * 1024**2
 
 
-
-
 @dataclass(frozen=True)
 class Usage:
     """Space of a mounted btrfs, in bytes."""

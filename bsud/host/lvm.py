@@ -124,6 +124,7 @@ def parse_suspended(text: str) -> list[str]:
             names.append(name)
     return names
 
+
 def stale_slaves(major_minor: str, sysfs: str = "/sys") -> list[str]:
     """Devices a device-mapper device (``major:minor``) still maps to although they went away.
 

@@ -50,6 +50,7 @@ from bsud.reconcile.model import (
 )
 from bsud.reconcile.scaling import ideal_bytes, removal_no_longer_fits, scale_decision, scale_up_reason
 
+
 def _plan_evacuated(v: VolumeObs) -> tuple[Action, str] | None:
     """A volume marked evacuated: verified blank before it is deleted, or taken back when it holds something.
 

@@ -17,6 +17,7 @@ from bsud.host.space import Space, SpaceReader
 from bsud.naming import label_for
 from bsud.runner import Runner
 
+
 class LayoutError(BsudError):
     pass
 
