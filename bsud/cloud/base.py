@@ -121,6 +121,9 @@ class CloudProvider(ABC):
     poll_interval = 2.0
     #: Commands this provider runs on the host (checked by the daemon at start).
     tools: tuple[str, ...] = ()
+    #: How the host tells this provider's volumes apart: names of the identity rules in
+    #: ``bsud.host.devices.RULES``, tried in order (a serial before the requested device name).
+    device_rules: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, config: Config) -> CloudProvider:

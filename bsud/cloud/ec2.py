@@ -73,6 +73,8 @@ def _to_volume(item: dict[str, Any]) -> Volume:
 
 class Ec2Cloud(CloudProvider):
     name = "ec2"
+    # AWS Nitro (NVMe), Xen/KVM virtio-blk, Outscale virtio-scsi, then the name Outscale's udev rules link.
+    device_rules = ("nvme serial", "virtio serial", "scsi serial", "requested name")
 
     @classmethod
     def from_config(cls, config: Config) -> Ec2Cloud:

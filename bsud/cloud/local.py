@@ -56,6 +56,7 @@ class LocalCloud(CloudProvider):
     name = "local"
     poll_interval = 0.2
     tools = ("losetup",)
+    device_rules = ("loop backing file",)
 
     @classmethod
     def from_config(cls, config: Config) -> LocalCloud:

@@ -1,7 +1,8 @@
 """Which block device is an attached volume — found by identity, verified by serial and size.
 
 Block devices are read into plain dicts at the boundary (:func:`block_devices`), so the
-rules in :func:`resolve_device` are pure and tested on recorded data. Rules, in order:
+rules in :func:`resolve_device` are pure and tested on recorded data. Each provider names the rules that
+apply to its volumes (``CloudProvider.device_rules``); all of them, in order:
 
 1. AWS Nitro NVMe: the controller's serial is the volume id without its dash;
 2. virtio-blk: the disk serial is the volume id (virtio keeps at most 20 bytes);
@@ -18,7 +19,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from bsud.naming import GIB
 log = get_logger("bsud.host.devices")
 
 VIRTIO_SERIAL_MAX = 20
+NVME_SERIAL, VIRTIO_SERIAL, SCSI_SERIAL = "nvme serial", "virtio serial", "scsi serial"
+REQUESTED_NAME, LOOP_BACKING_FILE = "requested name", "loop backing file"
 _REQUESTED_RE = re.compile(r"^/dev/(?:xvd|sd)([a-z]{1,2})$")
 
 
@@ -158,41 +161,81 @@ def _foreign_identity(dev: dict[str, Any], ref: VolumeRef) -> str | None:
     return None
 
 
-def resolve_device(ref: VolumeRef, devices: list[dict[str, Any]]) -> Resolution | None:
-    """The device of ``ref`` among ``devices`` (pure), None when it has not appeared yet."""
-    nvme_serial = ref.volume_id.replace("-", "")
+def _by_nvme_serial(ref: VolumeRef, devices: list[dict[str, Any]]) -> Resolution | None:
+    serial = ref.volume_id.replace("-", "")
     for dev in devices:
-        if dev["transport"] == "nvme" and (dev.get("serial") or "").strip() == nvme_serial:
-            return _size_checked(ref, dev, "nvme serial")
+        if dev["transport"] == "nvme" and (dev.get("serial") or "").strip() == serial:
+            return _size_checked(ref, dev, NVME_SERIAL)
+    return None
+
+
+def _by_virtio_serial(ref: VolumeRef, devices: list[dict[str, Any]]) -> Resolution | None:
     for dev in devices:
-        if dev["transport"] == "virtio" and dev.get("serial") and \
-                dev["serial"].strip() == ref.volume_id[:VIRTIO_SERIAL_MAX]:
-            return _size_checked(ref, dev, "virtio serial")
-    requested = ref.requested_device
-    m = _REQUESTED_RE.match(requested or "")
+        if dev["transport"] == "virtio" and (dev.get("serial") or "").strip() == ref.volume_id[:VIRTIO_SERIAL_MAX]:
+            return _size_checked(ref, dev, VIRTIO_SERIAL)
+    return None
+
+
+def _by_scsi_serial(ref: VolumeRef, devices: list[dict[str, Any]]) -> Resolution | None:
+    m = _REQUESTED_RE.match(ref.requested_device or "")
     if m:
-        scsi_serial = f"sd{m.group(1)}"
         for dev in devices:
-            if dev["transport"] == "scsi" and (dev.get("serial") or "").strip() == scsi_serial:
-                return _size_checked(ref, dev, "scsi serial")
-    if requested:
-        for dev in devices:
-            if dev["path"] == requested or requested in dev.get("links", []):
-                other = _foreign_identity(dev, ref)
-                if other:
-                    raise DeviceMismatch(f"volume {ref.volume_id}: {requested} is {dev['path']} whose serial "
-                                         f"{other!r} names another volume; not using it")
-                if dev["transport"] == "scsi" and m and dev.get("serial") and \
-                        dev["serial"].startswith("sd") and dev["serial"] != f"sd{m.group(1)}":
-                    raise DeviceMismatch(f"volume {ref.volume_id}: {requested} is {dev['path']} whose SCSI serial "
-                                         f"{dev['serial']!r} belongs to another attachment; not using it")
-                return _size_checked(ref, dev, "requested name")
-    if ref.backing_file:
-        wanted = os.path.realpath(ref.backing_file)
-        for dev in devices:
-            if dev["transport"] == "loop" and dev.get("backing_file") and \
-                    os.path.realpath(dev["backing_file"].removesuffix(" (deleted)")) == wanted:
-                return _size_checked(ref, dev, "loop backing file")
+            if dev["transport"] == "scsi" and (dev.get("serial") or "").strip() == f"sd{m.group(1)}":
+                return _size_checked(ref, dev, SCSI_SERIAL)
+    return None
+
+
+def _by_requested_name(ref: VolumeRef, devices: list[dict[str, Any]]) -> Resolution | None:
+    requested = ref.requested_device
+    if not requested:
+        return None
+    m = _REQUESTED_RE.match(requested)
+    for dev in devices:
+        if dev["path"] == requested or requested in dev.get("links", []):
+            other = _foreign_identity(dev, ref)
+            if other:
+                raise DeviceMismatch(f"volume {ref.volume_id}: {requested} is {dev['path']} whose serial "
+                                     f"{other!r} names another volume; not using it")
+            if dev["transport"] == "scsi" and m and dev.get("serial") and \
+                    dev["serial"].startswith("sd") and dev["serial"] != f"sd{m.group(1)}":
+                raise DeviceMismatch(f"volume {ref.volume_id}: {requested} is {dev['path']} whose SCSI serial "
+                                     f"{dev['serial']!r} belongs to another attachment; not using it")
+            return _size_checked(ref, dev, REQUESTED_NAME)
+    return None
+
+
+def _by_loop_backing_file(ref: VolumeRef, devices: list[dict[str, Any]]) -> Resolution | None:
+    if not ref.backing_file:
+        return None
+    wanted = os.path.realpath(ref.backing_file)
+    for dev in devices:
+        if dev["transport"] == "loop" and dev.get("backing_file") and \
+                os.path.realpath(dev["backing_file"].removesuffix(" (deleted)")) == wanted:
+            return _size_checked(ref, dev, LOOP_BACKING_FILE)
+    return None
+
+
+Rule = Callable[[VolumeRef, list[dict[str, Any]]], "Resolution | None"]
+
+#: Every identity rule by name. A provider names the ones that apply to its volumes, in order
+#: (``CloudProvider.device_rules``): a strong identity (a serial) before the requested name.
+RULES: dict[str, Rule] = {
+    NVME_SERIAL: _by_nvme_serial,
+    VIRTIO_SERIAL: _by_virtio_serial,
+    SCSI_SERIAL: _by_scsi_serial,
+    REQUESTED_NAME: _by_requested_name,
+    LOOP_BACKING_FILE: _by_loop_backing_file,
+}
+
+
+def resolve_device(ref: VolumeRef, devices: list[dict[str, Any]],
+                   rules: Iterable[str] = tuple(RULES)) -> Resolution | None:
+    """The device of ``ref`` among ``devices`` by the first of ``rules`` that finds it (pure), None when it
+    has not appeared yet."""
+    for name in rules:
+        found = RULES[name](ref, devices)
+        if found is not None:
+            return found
     return None
 
 
@@ -240,10 +283,10 @@ class DeviceWaiter:
         else:
             time.sleep(seconds)
 
-    def wait(self, ref: VolumeRef, timeout: float = 60.0) -> Resolution:
+    def wait(self, ref: VolumeRef, rules: Iterable[str], timeout: float = 60.0) -> Resolution:
         deadline = time.monotonic() + timeout
         while True:
-            found = resolve_device(ref, block_devices())
+            found = resolve_device(ref, block_devices(), rules)
             if found is not None:
                 log.info("device found", volume=ref.volume_id, device=found.device, rule=found.rule)
                 return found
@@ -256,6 +299,6 @@ class DeviceWaiter:
             self._pause(min(remaining, 1.0))
 
 
-def find_device(ref: VolumeRef) -> Resolution | None:
+def find_device(ref: VolumeRef, rules: Iterable[str] = tuple(RULES)) -> Resolution | None:
     """Resolve without waiting (for observing the current state)."""
-    return resolve_device(ref, block_devices())
+    return resolve_device(ref, block_devices(), rules)

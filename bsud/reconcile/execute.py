@@ -67,7 +67,7 @@ class Executor:
         me = self.cloud.identity().instance_id
         if vol.attachment_to(me) is None:
             raise ActionError(f"volume {volume_id} is not attached here", temporary=True)
-        found = find_device(VolumeRef.from_volume(vol, me))
+        found = find_device(VolumeRef.from_volume(vol, me), self.cloud.device_rules)
         if found is None:
             raise ActionError(f"the device of volume {volume_id} is not visible", temporary=True)
         return found, dict(vol.tags)
@@ -134,7 +134,8 @@ class Executor:
         with DeviceWaiter() as waiter:
             self.cloud.attach_volume(action.volume_id)
             vol = self.cloud.wait_attached(action.volume_id, timeout=self.attach_timeout)
-            waiter.wait(VolumeRef.from_volume(vol, self.cloud.identity().instance_id), timeout=self.device_timeout)
+            waiter.wait(VolumeRef.from_volume(vol, self.cloud.identity().instance_id), self.cloud.device_rules,
+                        timeout=self.device_timeout)
         return True
 
     def _detach(self, action: DetachVolume) -> bool:

@@ -60,10 +60,11 @@ def usage_obs(space: Space) -> UsageObs:
                     metadata_used=space.metadata.used, metadata_free=space.metadata_free)
 
 
-def resolve_attached(volume: Volume, instance_id: str, devices: list[dict]) -> tuple[Resolution | None, str | None]:
-    """The verified device of an attached volume, or the refusal message."""
+def resolve_attached(volume: Volume, instance_id: str, devices: list[dict],
+                     rules: tuple[str, ...]) -> tuple[Resolution | None, str | None]:
+    """The verified device of an attached volume by the provider's identity ``rules``, or the refusal message."""
     try:
-        return resolve_device(VolumeRef.from_volume(volume, instance_id), devices), None
+        return resolve_device(VolumeRef.from_volume(volume, instance_id), devices, rules), None
     except DeviceMismatch as exc:
         return None, str(exc)
 
@@ -77,7 +78,7 @@ def observe_drive(spec: DriveConfig, volumes: list[Volume], cloud: CloudProvider
     errors: dict[str, str] = {}
     for vol in volumes:
         if vol.attachment_to(me) is not None:
-            found, error = resolve_attached(vol, me, devices)
+            found, error = resolve_attached(vol, me, devices, cloud.device_rules)
             if found is not None:
                 resolutions[vol.id] = found
             elif error:

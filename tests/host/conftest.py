@@ -62,7 +62,7 @@ def attach(local: LocalCloud, volume_id: str) -> Resolution:
     with DeviceWaiter() as waiter:
         local.attach_volume(volume_id)
         vol = local.wait_attached(volume_id, timeout=10)
-        return waiter.wait(VolumeRef.from_volume(vol, local.identity().instance_id), timeout=20)
+        return waiter.wait(VolumeRef.from_volume(vol, local.identity().instance_id), local.device_rules, timeout=20)
 
 
 def write_files(directory: Path, count: int, size_mib: int, prefix: str = "f") -> dict[str, str]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from bsud.cloud.local import LocalCloud
 from bsud.naming import DRIVE_TAG
 from bsud.host import mounts
 from bsud.host.devices import GIB, DeviceMismatch, DeviceWaiter, VolumeRef
@@ -63,7 +64,7 @@ def test_grow_by_adding_and_shrink_by_removing_a_device_with_data(local, runner,
 
     layout.remove_device(r1.device, str(mnt))
     layout.remove_device(r1.device, str(mnt))  # idempotent: already out
-    fs = layout.btrfs.show(str(mnt))
+    fs = layout.fs.show(str(mnt))
     assert [d.path for d in fs.devices] == [r2.device]
     assert layout.usage(str(mnt)).size == GIB
     verify_files(sums)
@@ -140,5 +141,5 @@ def test_resolver_on_loop_devices_refuses_a_wrong_size(local, workdir: Path):
     v1 = local.create_volume(DRIVE, 1, "gp2")
     r1 = attach(local, v1.id)
     with DeviceWaiter() as waiter, pytest.raises(DeviceMismatch) as info:
-        waiter.wait(VolumeRef(v1.id, 2 * GIB, "/dev/xvdb", v1.backing_file), timeout=5)
+        waiter.wait(VolumeRef(v1.id, 2 * GIB, "/dev/xvdb", v1.backing_file), LocalCloud.device_rules, timeout=5)
     assert r1.device in str(info.value) and str(2 * GIB) in str(info.value)

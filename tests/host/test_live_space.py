@@ -32,7 +32,7 @@ def test_unwritten_back_data_counts_at_once(local, runner, workdir: Path):
             for _ in range(300):
                 fh.write(os.urandom(MIB))
         live = layout.live_usage(mnt)
-        committed = layout.btrfs.usage(mnt)
+        committed = layout.fs.btrfs.usage(mnt)
         assert live.data.used - before.data.used >= 300 * MIB
         assert committed.data_used < live.data.used  # what `btrfs filesystem usage` saw before a commit
         assert usage_obs(live).used_percent > 30
@@ -45,7 +45,7 @@ def test_without_sysfs_falls_back_and_says_so_once(local, runner, workdir: Path,
     mnt = str(workdir / "m")
     layout.mount([r1.device], mnt)
     try:
-        reader = SpaceReader(layout.btrfs, root=tmp_path / "no-sysfs")
+        reader = SpaceReader(layout.fs.btrfs, root=tmp_path / "no-sysfs")
         with capture_logs() as logs:
             first = reader.read(mnt)
             second = reader.read(mnt)

@@ -66,3 +66,28 @@ def test_requested_name_with_wrong_size_is_refused():
 def test_loop_of_another_file_is_not_taken():
     ref = VolumeRef("vol-other", 2 * GIB, None, "/var/lib/bsud/local/volumes/vol-other.img")
     assert resolve_device(ref, DEVICES["local"]) is None
+
+
+def test_a_provider_resolves_only_by_its_own_rules():
+    """The local provider's loop device is not an EC2 volume's, and a serial never names a local volume."""
+    from bsud.cloud.ec2 import Ec2Cloud
+    from bsud.cloud.local import LocalCloud
+
+    local_ref = VolumeRef("vol-1234abcd", 2 * GIB, "/dev/xvdb", "/var/lib/bsud/local/volumes/vol-1234abcd.img")
+    assert resolve_device(local_ref, DEVICES["local"], LocalCloud.device_rules).device == "/dev/loop0"
+    assert resolve_device(local_ref, DEVICES["local"], Ec2Cloud.device_rules) is None
+    aws_ref = VolumeRef("vol-0123456789abcdef0", 10 * GIB, "/dev/xvdf")
+    assert resolve_device(aws_ref, DEVICES["aws"], Ec2Cloud.device_rules).rule == "nvme serial"
+    assert resolve_device(aws_ref, DEVICES["aws"], LocalCloud.device_rules) is None
+
+
+def test_every_provider_names_known_rules():
+    import importlib
+
+    from bsud.cloud import PROVIDERS
+    from bsud.host.devices import RULES
+
+    for where in PROVIDERS.values():
+        module, _, name = where.partition(":")
+        rules = getattr(importlib.import_module(module), name).device_rules
+        assert rules and set(rules) <= set(RULES), where

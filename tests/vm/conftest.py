@@ -57,7 +57,8 @@ class VmCloud:
         with DeviceWaiter() as waiter:
             cloud.attach_volume(volume.id)
             attached = cloud.wait_attached(volume.id, timeout=30)
-            return waiter.wait(VolumeRef.from_volume(attached, cloud.identity().instance_id), timeout=60)
+            return waiter.wait(VolumeRef.from_volume(attached, cloud.identity().instance_id), cloud.device_rules,
+                               timeout=60)
 
 
 @pytest.fixture

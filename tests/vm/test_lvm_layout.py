@@ -193,7 +193,7 @@ def test_removal_killed_between_its_steps_is_finished_by_running_it_again(vm, tm
         if kill_at == "lv-reduced":
             lv = layout.lvm.lv(drive)
             return lv is not None and lv.size < lv_before
-        fs = layout.btrfs.show(mnt)
+        fs = layout.fs.show(mnt)
         return fs is not None and fs.devices[0].size < lv_before
 
     deadline = time.monotonic() + 120

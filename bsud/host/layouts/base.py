@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
@@ -10,11 +9,10 @@ from typing import ClassVar
 from bsud.config.catalogue import Layout
 from bsud.errors import BsudError
 from bsud.host import mounts
-from bsud.host.btrfs import Btrfs, Filesystem
 from bsud.host.devices import Resolution
+from bsud.host.filesystem import DriveFilesystem
 from bsud.host.safety import Probe, admit, probe
-from bsud.host.space import Space, SpaceReader
-from bsud.naming import label_for
+from bsud.host.space import Space
 from bsud.runner import Runner
 
 
@@ -39,15 +37,12 @@ class LayoutState:
 class StorageLayout(ABC):
     kind: Layout
     #: The commands this layout runs (the daemon checks them all at start, naming each one's package).
-    tools: ClassVar[tuple[str, ...]] = ("blkid", "wipefs", "mount", "umount", "btrfs", "mkfs.btrfs")
+    tools: ClassVar[tuple[str, ...]] = ("blkid", "wipefs", "mount", "umount", *DriveFilesystem.tools)
 
     def __init__(self, drive: str, runner: Runner) -> None:
         self.drive = drive
         self.runner = runner
-        self.btrfs = Btrfs(runner)
-        self.space = SpaceReader(self.btrfs)
-        self.label = label_for(drive)
-        self._size_hint: int | None = None
+        self.fs = DriveFilesystem(drive, runner)
 
     # -- observation ---------------------------------------------------------------------------
 
@@ -66,13 +61,11 @@ class StorageLayout(ABC):
 
     def usage(self, mount_point: str) -> Space:
         """Live space, the filesystem's exact size read with ``btrfs filesystem show`` (a full observation)."""
-        fs = self.btrfs.show(mount_point)
-        self._size_hint = sum(d.size for d in fs.devices) if fs and fs.devices else None
-        return self.space.read(mount_point, self._size_hint)
+        return self.fs.usage(mount_point)
 
     def live_usage(self, mount_point: str) -> Space:
         """Live space from sysfs file reads alone, for sampling between full observations."""
-        return self.space.read(mount_point, self._size_hint)
+        return self.fs.live_usage(mount_point)
 
     # -- steps ----------------------------------------------------------------------------------
 
@@ -87,7 +80,7 @@ class StorageLayout(ABC):
     @abstractmethod
     def ensure_filesystem(self, resolution: Resolution | None = None,
                           volume_tags: dict[str, str] | None = None) -> None:
-        """Make the drive's btrfs if it does not exist yet."""
+        """Make the drive's filesystem if it does not exist yet."""
 
     @abstractmethod
     def mount_source(self, devices: list[str]) -> str:
@@ -105,18 +98,10 @@ class StorageLayout(ABC):
         mounts.mount(self.runner, source, mount_point)
 
     def is_our_mount(self, entry: mounts.MountEntry, devices: list[str]) -> bool:
-        if entry.fstype != "btrfs":
-            return False
-        fs = self.btrfs.show(entry.mount_point)
-        return (fs is not None and fs.label == self.label) or self._fs_on(fs, devices)
-
-    def _fs_on(self, fs: Filesystem | None, devices: list[str]) -> bool:
-        if fs is None:
-            return False
-        paths = {os.path.realpath(d.path) for d in fs.devices}
-        return bool(paths & {os.path.realpath(d) for d in self._fs_devices(devices)})
+        return self.fs.is_mounted_from(entry, self._fs_devices(devices))
 
     def _fs_devices(self, devices: list[str]) -> list[str]:
+        """The devices the filesystem sits on, given the drive's volumes' devices."""
         return devices
 
     def unmount(self, mount_point: str) -> None:

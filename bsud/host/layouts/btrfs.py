@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from bsud.config.catalogue import Layout
 from bsud.host import mounts
 from bsud.host.devices import Resolution
@@ -15,7 +13,7 @@ class BtrfsLayout(StorageLayout):
     kind = Layout.BTRFS
 
     def is_own(self, found: Probe) -> bool:
-        return found.type == "btrfs" and found.blkid.get("LABEL") == self.label
+        return self.fs.is_own(found)
 
     def _probe_all(self, devices: list[str]) -> dict[str, Probe]:
         return {dev: probe(self.runner, dev) for dev in devices}
@@ -26,13 +24,13 @@ class BtrfsLayout(StorageLayout):
         uuids = {p.blkid.get("UUID") for p in own.values()}
         if len(uuids) > 1:
             raise LayoutError(f"drive {self.drive!r}: its volumes hold {len(uuids)} different btrfs filesystems "
-                              f"labelled {self.label!r} ({', '.join(sorted(u or '?' for u in uuids))}); "
+                              f"labelled {self.fs.label!r} ({', '.join(sorted(u or '?' for u in uuids))}); "
                               "resolve by hand")
         members = frozenset(own)
         uuid = next(iter(uuids)) if uuids else None
         missing = None
         if uuid:
-            fs = self.btrfs.show(uuid)
+            fs = self.fs.show(uuid)
             if fs is not None and fs.missing:
                 missing = f"btrfs {uuid} misses some of its devices ({len(fs.devices)} present)"
         return LayoutState(
@@ -47,14 +45,14 @@ class BtrfsLayout(StorageLayout):
             return  # already one of ours
         if mount_point is None or mounts.mount_at(mount_point) is None:
             raise LayoutError(f"drive {self.drive!r}: mount the filesystem before adding {dev}", temporary=True)
-        self.btrfs.device_add(dev, mount_point)
+        self.fs.add_device(dev, mount_point)
 
     def ensure_filesystem(self, resolution: Resolution | None = None,
                           volume_tags: dict[str, str] | None = None) -> None:
         if resolution is None or volume_tags is None:
             raise LayoutError(f"drive {self.drive!r}: no volume to make the filesystem on")
         if self.gate(resolution, volume_tags) == BLANK:
-            self.btrfs.mkfs(resolution.device, self.label)
+            self.fs.make(resolution.device)
 
     def mount_source(self, devices: list[str]) -> str:
         state = self.observe(devices)
@@ -63,39 +61,21 @@ class BtrfsLayout(StorageLayout):
         return state.fs_device
 
     def activate(self, devices: list[str]) -> None:
-        self.btrfs.scan(devices)
+        self.fs.scan(devices)
 
     def deactivate(self, devices: list[str]) -> None:
-        for dev in devices:
-            self.btrfs.forget(dev)
+        self.fs.forget(devices)
 
     def can_grow(self, mount_point: str) -> bool:
-        fs = self.btrfs.show(mount_point)
-        return any((_device_bytes(d.path) or 0) > d.size for d in (fs.devices if fs else ()))
+        return bool(self.fs.growable(mount_point))
 
     def grow(self, mount_point: str) -> bool:
-        fs = self.btrfs.show(mount_point)
-        grew = False
-        for dev in fs.devices if fs else ():
-            real = _device_bytes(dev.path)
-            if real and real > dev.size:
-                self.btrfs.resize(mount_point, dev.devid, "max")
-                grew = True
-        return grew
+        return self.fs.grow_devices(mount_point)
 
     def remove_device(self, device: str, mount_point: str, keep_bytes: int | None = None) -> None:
-        fs = self.btrfs.show(mount_point)
+        fs = self.fs.show(mount_point)
         if fs is None or fs.devid_of(device) is None:
             return  # already out (device remove wipes its superblock)
         if len(fs.devices) < 2:
             raise LayoutError(f"drive {self.drive!r}: {device} is its only device; cannot remove it")
-        self.btrfs.device_remove(device, mount_point)
-
-
-def _device_bytes(path: str) -> int | None:
-    name = os.path.basename(os.path.realpath(path))
-    try:
-        with open(f"/sys/class/block/{name}/size") as fh:
-            return int(fh.read().strip()) * 512
-    except (OSError, ValueError):
-        return None
+        self.fs.remove_device(device, mount_point)

@@ -50,7 +50,7 @@ class LvmLayout(StorageLayout):
         stale: list[str] = []
         if lv is not None and lv.active and os.path.exists(self.lv_path):
             found = probe(self.runner, self.lv_path)
-            has_fs = found.type == "btrfs"
+            has_fs = found.type == self.fs.fstype
             stale = self.lvm.stale_devices(self.lv_path) if self.stale_check else []
         missing = None
         if group is not None and group.missing_pv_count:
@@ -103,8 +103,8 @@ class LvmLayout(StorageLayout):
             self.lvm.vgchange(self.vg, True)
         found = probe(self.runner, self.lv_path)
         if found.blank:
-            self.btrfs.mkfs(self.lv_path, self.label)
-        elif found.type != "btrfs":
+            self.fs.make(self.lv_path)
+        elif found.type != self.fs.fstype:
             raise ForeignDevice(f"{self.lv_path} holds {found.describe()}, not btrfs; bsud will not format it")
 
     def mount_source(self, devices: list[str]) -> str:
@@ -162,18 +162,17 @@ class LvmLayout(StorageLayout):
         group = self.lvm.vg(self.vg)
         if group is not None and group.free >= max(group.extent_size, 1):
             return True
-        return self.btrfs.usage(mount_point).slack > 0
+        return self.fs.slack(mount_point) > 0
 
     def grow(self, mount_point: str) -> bool:
         if self.lvm.moves_in_progress(self.vg):
             log.info("resuming an interrupted pvmove", drive=self.drive)
             self.lvm.pvmove()
         grew = self.lvm.lvextend_full(self.vg)
-        usage = self.btrfs.usage(mount_point)
-        if usage.slack > 0 or grew:
-            self.btrfs.resize(mount_point, 1, "max")
+        if grew or self.fs.slack(mount_point) > 0:
+            self.fs.grow(mount_point)
             return True
-        return grew
+        return False
 
     def remove_device(self, device: str, mount_point: str, keep_bytes: int | None = None) -> None:
         """btrfs shrink → lvreduce → pvmove → vgreduce → pvremove → lvextend → btrfs grow, each step skipped
@@ -200,12 +199,8 @@ class LvmLayout(StorageLayout):
             if lv is None:
                 raise LayoutError(f"drive {self.drive!r}: LV {self.vg}/{LV_NAME} not found")
             if lv.size > lv_target:
-                fs = self.btrfs.show(mount_point)
-                fs_size = fs.devices[0].size if fs and fs.devices else lv.size
-                if fs_size > fs_target:
-                    self.btrfs.resize(mount_point, 1, fs_target)
-                fs = self.btrfs.show(mount_point)
-                if not fs or not fs.devices or fs.devices[0].size > lv_target:
+                fs_size = self.fs.shrink(mount_point, fs_target)
+                if fs_size is None or fs_size > lv_target:
                     raise LayoutError(f"drive {self.drive!r}: btrfs did not shrink below {lv_target} bytes; "
                                       "not reducing the LV")
                 self.lvm.lvreduce(self.vg, lv_target)

@@ -1,0 +1,129 @@
+"""The drive's filesystem, the piece every layout puts on top of its storage: btrfs, labelled after the drive.
+
+A layout decides *where* the filesystem lives (on the LV, or across the volumes themselves) and runs the
+safety gate; this piece makes it on a device the gate found blank, recognises it (by label, or by the devices
+it spans), grows and shrinks it, and reads its space — the exact size from ``btrfs filesystem show`` in a full
+observation, the live figures from sysfs alone between observations.
+"""
+
+from __future__ import annotations
+
+import os
+
+from bsud.host import mounts
+from bsud.host.btrfs import Btrfs, Filesystem, FsDevice
+from bsud.host.safety import Probe
+from bsud.host.space import Space, SpaceReader
+from bsud.naming import label_for
+from bsud.runner import Runner
+
+
+class DriveFilesystem:
+    fstype = "btrfs"
+    #: The commands it runs (beside the layout's own).
+    tools: tuple[str, ...] = ("btrfs", "mkfs.btrfs")
+
+    def __init__(self, drive: str, runner: Runner) -> None:
+        self.btrfs = Btrfs(runner)
+        self.space = SpaceReader(self.btrfs)
+        self.label = label_for(drive)
+        self._size_hint: int | None = None
+
+    # -- recognising it ---------------------------------------------------------------------------
+
+    def is_own(self, found: Probe) -> bool:
+        """Whether a probed device holds this drive's filesystem."""
+        return found.type == self.fstype and found.blkid.get("LABEL") == self.label
+
+    def show(self, target: str) -> Filesystem | None:
+        """The filesystem at a mount point, device or UUID (``btrfs filesystem show``)."""
+        return self.btrfs.show(target)
+
+    def is_mounted_from(self, entry: mounts.MountEntry, devices: list[str]) -> bool:
+        """Whether a mount is this drive's filesystem: its label, or one of ``devices`` under it."""
+        if entry.fstype != self.fstype:
+            return False
+        fs = self.show(entry.mount_point)
+        if fs is None:
+            return False
+        if fs.label == self.label:
+            return True
+        paths = {os.path.realpath(d.path) for d in fs.devices}
+        return bool(paths & {os.path.realpath(d) for d in devices})
+
+    # -- changing it ------------------------------------------------------------------------------
+
+    def make(self, device: str) -> None:
+        """mkfs on a device the layout's gate found blank."""
+        self.btrfs.mkfs(device, self.label)
+
+    def scan(self, devices: list[str]) -> None:
+        """Tell the kernel of the filesystem's devices (a multi-device btrfs mounts only once all are known)."""
+        self.btrfs.scan(devices)
+
+    def forget(self, devices: list[str]) -> None:
+        for dev in devices:
+            self.btrfs.forget(dev)
+
+    def add_device(self, device: str, mount_point: str) -> None:
+        self.btrfs.device_add(device, mount_point)
+
+    def remove_device(self, device: str, mount_point: str) -> None:
+        """Move the data off ``device`` and take it out (btrfs wipes its superblock when done)."""
+        self.btrfs.device_remove(device, mount_point)
+
+    def slack(self, mount_point: str) -> int:
+        """Bytes its devices have that the filesystem does not use yet."""
+        return self.btrfs.usage(mount_point).slack
+
+    def grow(self, mount_point: str, devid: int = 1) -> None:
+        """Give one of its devices (the only one, on an LV) all its size."""
+        self.btrfs.resize(mount_point, devid, "max")
+
+    def grow_devices(self, mount_point: str) -> bool:
+        """Give each of its devices that grew underneath it all its size; True when one grew."""
+        grew = False
+        for dev in self.growable(mount_point):
+            self.btrfs.resize(mount_point, dev.devid, "max")
+            grew = True
+        return grew
+
+    def growable(self, mount_point: str) -> list[FsDevice]:
+        """Its devices whose block device is larger than what the filesystem uses of it."""
+        fs = self.show(mount_point)
+        return [d for d in (fs.devices if fs else ()) if (device_bytes(d.path) or 0) > d.size]
+
+    def single_device_size(self, mount_point: str) -> int | None:
+        """The size the filesystem uses of its (first) device, None when it cannot be read."""
+        fs = self.show(mount_point)
+        return fs.devices[0].size if fs and fs.devices else None
+
+    def shrink(self, mount_point: str, target: int) -> int | None:
+        """Shrink a single-device filesystem to ``target`` bytes (if larger); its size after, as btrfs reports it."""
+        size = self.single_device_size(mount_point)
+        if size is not None and size > target:
+            self.btrfs.resize(mount_point, 1, target)
+            size = self.single_device_size(mount_point)
+        return size
+
+    # -- its space --------------------------------------------------------------------------------
+
+    def usage(self, mount_point: str) -> Space:
+        """Live space, the exact size read with ``btrfs filesystem show`` (a full observation)."""
+        fs = self.show(mount_point)
+        self._size_hint = sum(d.size for d in fs.devices) if fs and fs.devices else None
+        return self.space.read(mount_point, self._size_hint)
+
+    def live_usage(self, mount_point: str) -> Space:
+        """Live space from sysfs file reads alone, for sampling between full observations."""
+        return self.space.read(mount_point, self._size_hint)
+
+
+def device_bytes(path: str) -> int | None:
+    """A block device's size from sysfs, None when it is gone."""
+    name = os.path.basename(os.path.realpath(path))
+    try:
+        with open(f"/sys/class/block/{name}/size") as fh:
+            return int(fh.read().strip()) * 512
+    except (OSError, ValueError):
+        return None
