@@ -6,7 +6,8 @@ at load time; each problem becomes one :class:`ConfigError` naming the file, the
 drive and the field. Nothing here does I/O besides reading the file and its mode.
 
 The package: ``catalogue`` (what clouds offer, importable without pydantic), ``schema`` (the pydantic models and
-:class:`Config`), ``load`` (validation, error translation, loading). Everything is re-exported here.
+:class:`Config`), ``rules`` (what the
+schema cannot say: names, paths, limits), ``load`` (error translation, loading). Everything is re-exported here.
 """
 
 from __future__ import annotations
@@ -23,14 +24,8 @@ from bsud.config.catalogue import (
     provisioned_iops,
     volume_limits,
 )
-from bsud.config.load import (
-    DEFAULT_CONFIG_PATH,
-    InvalidConfig,
-    check_drive_name,
-    check_mount_path,
-    load_config,
-    parse_config,
-)
+from bsud.config.load import DEFAULT_CONFIG_PATH, InvalidConfig, load_config, parse_config
+from bsud.config.rules import check_drive_name, check_mount_path
 from bsud.config.schema import (
     Authentication,
     CloudSettings,
