@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 from bsud.cloud.base import CloudProvider
@@ -11,6 +12,7 @@ from bsud.errors import BsudError
 from bsud.host.layouts import StorageLayout, make_layout
 from bsud.logs import get_logger
 from bsud.naming import DEFAULT_MAX_VOLUME_GIB
+from bsud.reconcile.events import Event, EventTracker
 from bsud.reconcile.execute import Executor
 from bsud.reconcile.model import Blocked, CreateVolume, DriveObs, Idle, Outcome, Pace, Plan, Wait
 from bsud.reconcile.observe import CloudSnapshot, observe_drive
@@ -45,6 +47,9 @@ class DriveReconciler:
         self.clock = GrowClock(self.settings.grow_seconds or DEFAULT_GROW_SECONDS[provider])
         self.meter: RateMeter | None = None
         self.last_obs: DriveObs | None = None
+        self.events = EventTracker(spec.name)
+        #: Called with each event (metrics, the on-event command); a listener's failure is logged, never raised.
+        self.listeners: list[Callable[[Event], None]] = []
         self.update_spec(spec)
 
     def update_spec(self, spec: DriveConfig, settings: DaemonSettings | None = None) -> None:
@@ -59,7 +64,10 @@ class DriveReconciler:
                                  device_timeout=self.settings.device_wait_seconds)
         limits = volume_limits(self.provider, spec.disk_type)
         self.max_volume_gib = limits.max_size if limits else DEFAULT_MAX_VOLUME_GIB
+        previous: DriveStatus | None = getattr(self, "status", None)
         self.status = DriveStatus(spec.name, spec.target.value, spec.layout.value, spec.mount_path)
+        if previous is not None:  # what happened before a reload is still what happened
+            self.status.errors, self.status.last_scale_event = previous.errors, previous.last_scale_event
         self.last_plan: Plan | None = None
         self._repeats = 0
         self._unchanged = 0
@@ -76,6 +84,7 @@ class DriveReconciler:
         if took is not None:
             log.info("grow done: capacity usable", drive=self.spec.name, seconds=round(took, 2),
                      size=obs.usage.size if obs.usage else None, grow_seconds=round(self.clock.seconds, 2))
+            self.emit(self.events.grew(took, obs))
         self.last_obs = obs
         return obs, [r.device for r in resolutions.values()]
 
@@ -83,8 +92,30 @@ class DriveReconciler:
         obs, _ = self.observe(max_age)
         return obs, plan(self.spec, obs, self.max_volume_gib)
 
+    def emit(self, events: list[Event]) -> None:
+        """Each event as one log line, into the status (the last scale event) and to every listener."""
+        for event in events:
+            log.info("event", **{("event_kind" if k == "kind" else k): v for k, v in event.as_dict().items()
+                                 if k != "time"})
+            if event.direction is not None:
+                self.status.last_scale_event = event.as_dict()
+            for listener in self.listeners:
+                try:
+                    listener(event)
+                except Exception:  # noqa: BLE001 - a listener never stops the drive
+                    log.exception("event listener failed", drive=self.spec.name, event_kind=event.kind)
+
     def step(self, max_age: float | None = None) -> Plan:
-        """Observe, plan, do the first action. Returns the plan that was acted on."""
+        """Observe, plan, do the first action. Returns the plan that was acted on. A failure is counted in the
+        status and, during a scale event, reported as that event having failed (it is retried)."""
+        try:
+            return self._step(max_age)
+        except Exception as exc:
+            self.status.errors += 1
+            self.emit(self.events.failed(self.last_plan, self.last_obs, str(exc), time.monotonic()))
+            raise
+
+    def _step(self, max_age: float | None) -> Plan:
         started = time.monotonic()
         if max_age is None and self.last_obs is not None and self.last_obs.missing:
             max_age = MISSING_LISTING_SECONDS
@@ -92,6 +123,7 @@ class DriveReconciler:
         current = plan(self.spec, obs, self.max_volume_gib)
         self.status.record(obs, current)
         self.last_plan = current
+        self.emit(self.events.planned(current, obs))
         action = current.action
         if isinstance(action, Idle | Wait | Blocked):
             # An episode ends: the same action planned later is a new attempt, not a repeat.
@@ -119,6 +151,7 @@ class DriveReconciler:
                  **{k: v for k, v in action.__dict__.items() if k != "reason" and v not in (None, "")})
         if isinstance(action, CreateVolume) and current.phase == "scaling-up" and obs.usage is not None:
             self.clock.start(started, obs.usage.size)
+        self.emit(self.events.executing(current, obs, started))
         try:
             outcome = self.executor.run(action, devices)
             self.status.last_error = None
@@ -126,6 +159,7 @@ class DriveReconciler:
             if action.changes_cloud:
                 self.snapshot.invalidate()
         self.status.outcome = outcome.value
+        self.emit(self.events.executed(current, obs, time.monotonic(), self.executor.created))
         # Only a completed execution counts as a repeat: a failure is retried with backoff, not counted.
         if self._previous != action:
             self._repeats, self._unchanged = 0, 0

@@ -53,6 +53,9 @@ class Executor:
         self.provider = provider
         self.attach_timeout = attach_timeout
         self.device_timeout = device_timeout
+        self.devices: list[str] = []
+        #: The volume the last CreateVolume made (for the scale-up event).
+        self.created: str | None = None
 
     def _volume(self, volume_id: str):
         vol = self.cloud.get_volume(volume_id)
@@ -80,6 +83,7 @@ class Executor:
         """Carry out ``action``; ``devices`` are the drive's devices as the observation it was planned on
         resolved them. Returns whether something changed; raises :class:`BsudError` when it failed."""
         self.devices = devices or []
+        self.created: str | None = None
         changed: bool | None
         match action:
             case CreateVolume():
@@ -126,6 +130,7 @@ class Executor:
         if self.spec.disk_iops_per_gib is not None and limits is not None and limits.max_iops_per_gib:
             iops = provisioned_iops(action.size_gib, self.spec.disk_iops_per_gib, limits)
         vol = self.cloud.create_volume(self.spec.name, action.size_gib, self.spec.disk_type.value, iops)
+        self.created = vol.id
         self.cloud.wait_available(vol.id, timeout=self.attach_timeout)
         return True
 

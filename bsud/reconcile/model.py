@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import ClassVar
 
-from bsud.naming import EVACUATED, GIB, REMOVING
+from bsud.naming import DELETED, DELETING, EVACUATED, GIB, REMOVING
 
 __all__ = ["EVACUATED", "GIB", "REMOVING"]  # re-exported for the planner's readers and tests
 
@@ -86,6 +86,11 @@ class DriveObs:
     read_only: bool = False             # mounted read-write, but the kernel made it read-only (I/O errors)
     usage: UsageObs | None = None
     pace: Pace = Pace()
+
+    @property
+    def size_gib(self) -> int:
+        """The drive's volumes together (those being deleted left out)."""
+        return sum(v.size_gib for v in self.volumes if v.state not in (DELETING, DELETED))
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bsud.logs import get_logger
-from bsud.naming import DELETED, DELETING
 from bsud.reconcile.model import DriveObs, Pace, Plan, UsageObs
 from bsud.reconcile.scaling import seconds_to_full
 
@@ -38,6 +37,8 @@ class DriveStatus:
     notes: list[str] = field(default_factory=list)
     last_error: str | None = None
     outcome: str | None = None               # what the last action executed did (changed / unchanged)
+    errors: int = 0                          # steps that failed since bsud started (each retried)
+    last_scale_event: dict[str, Any] | None = None  # the last scale-up/scale-down event (started, done, …)
     updated: float = 0.0
 
     def line(self) -> str:
@@ -60,7 +61,7 @@ class DriveStatus:
             if note not in self.notes:
                 log.warning("drive note", drive=self.name, note=note)
         self.notes = list(current.notes)
-        self.size_gib = sum(v.size_gib for v in obs.volumes if v.state not in (DELETING, DELETED))
+        self.size_gib = obs.size_gib
         self.record_usage(obs.usage, obs.pace)
         self.volumes = [{"id": v.id, "size_gib": v.size_gib, "state": v.state, "device": v.device,
                          "member": v.member, **({"bookkeeping": v.bookkeeping} if v.bookkeeping else {})}

@@ -22,6 +22,7 @@ class FakeExecutor:
         self.failing = False
         self.outcome = Outcome.CHANGED
         self.done: list[str] = []
+        self.created: str | None = None
 
     def run(self, action, devices=None) -> Outcome:
         if self.failing:
