@@ -1,10 +1,8 @@
-"""The daemon: one thread per drive, a shared cloud snapshot, signals, systemd and the status file.
+"""The daemon: one worker per drive (``bsud.worker``), a shared cloud snapshot, signals, systemd, and the sinks
+its reports and events go to (status file, sd_notify, metrics, the on-event command).
 
-Steady state: a sampler thread per drive reads the mounted drive's live space from sysfs every
-``usage-interval-seconds`` (file reads: no process, no API call) and keeps its write rate; the
-drive runs a full observe/plan every ``full-check-seconds``, or at once when the sampler sees it
-needs space (the planner's own :func:`scale_up_reason`: over the threshold, metadata short, or full
-sooner than a few grow times at the present rate). The cloud is read once for all drives, and only
+Steady state: each drive's sampler reads its live space from sysfs and wakes it when it needs space; the drive
+runs a full observe/plan every ``full-check-seconds``. The cloud is read once for all drives, and only
 when the snapshot is older than ``cloud-refresh-seconds`` or a drive changed something: one
 DescribeVolumes per minute by default when nothing happens.
 
@@ -20,27 +18,29 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bsud import __version__
 from bsud.cloud import CloudProvider, make_provider
-from bsud.config import Config, DriveConfig, InvalidConfig, Provider, Target, load_config
+from bsud.config import Config, InvalidConfig, Provider, load_config
 from bsud.errors import BsudError
 from bsud.host.layouts import LAYOUTS, StorageLayout
 from bsud.logs import get_logger, register_secrets
-from bsud.reconcile.engine import DriveReconciler
-from bsud.reconcile.model import Blocked, Idle, Wait
-from bsud.reconcile.observe import CloudSnapshot, unmanaged_drives, usage_obs
-from bsud.reconcile.pace import RateMeter
-from bsud.reconcile.scaling import scale_up_reason
+from bsud.metrics import Metrics
+from bsud.reconcile.events import Event
+from bsud.reconcile.observe import CloudSnapshot, unmanaged_drives
 from bsud.runner import preflight
 from bsud.sdnotify import notify, watchdog_interval
-from bsud.sinks import DaemonReport, SdNotifyStatus, Sink, StatusFile
+from bsud.sinks import DaemonReport, EventCommand, SdNotifyStatus, Sink, StatusFile
+from bsud.worker import DriveWorker
 
 log = get_logger("bsud.daemon")
 
 #: How often the status file is rewritten between steps (live used %, write rate, seconds to full).
 STATUS_SECONDS = 5.0
+#: Daemon settings read at start only (a reload that changes them says so and keeps the running ones).
+RESTART_TO_APPLY = ("metrics_listen", "metrics_textfile", "on_event", "on_event_timeout_seconds")
 
 
 def required_tools(config: Config, cloud: CloudProvider) -> list[str]:
@@ -77,128 +77,6 @@ def take_lock(status_file: str) -> int:
     return fd
 
 
-class DriveWorker(threading.Thread):
-    def __init__(self, daemon: Daemon, spec: DriveConfig) -> None:
-        super().__init__(name=f"drive-{spec.name}", daemon=True)
-        self.owner = daemon
-        self.reconciler = DriveReconciler(spec, daemon.cloud, daemon.snapshot, daemon.config.cloud.provider,
-                                          settings=daemon.config.daemon)
-        self.reconciler.meter = RateMeter()
-        self.stop_event = threading.Event()
-        self.wake = threading.Event()
-        #: Set by the sampler: the drive needs space now; run a full step without waiting.
-        self.urgent = threading.Event()
-        self.quiet_until = 0.0
-        self.pending_spec: DriveConfig | None = None
-        self.lock = threading.Lock()
-        self.sampler = threading.Thread(target=self._sample_loop, name=f"sample-{spec.name}", daemon=True)
-
-    def start(self) -> None:
-        super().start()
-        self.sampler.start()
-
-    def update(self, spec: DriveConfig) -> None:
-        with self.lock:
-            self.pending_spec = spec
-        self.wake.set()
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.wake.set()
-
-    def _sleep(self, seconds: float) -> None:
-        self.wake.wait(seconds)
-        self.wake.clear()
-
-    # -- sampling --------------------------------------------------------------------------------
-
-    def sample(self) -> bool:
-        """Read the drive's live space once, feed the write rate; True when sysfs answered (no process)."""
-        rec = self.reconciler
-        spec, obs = rec.spec, rec.last_obs
-        if spec.target != Target.ONLINE or obs is None or not obs.mounted:
-            return True
-        try:
-            space = rec.layout.live_usage(spec.mount_path)
-        except BsudError:
-            return True
-        usage = usage_obs(space)
-        now = time.monotonic()
-        assert rec.meter is not None
-        rec.meter.add(now, usage.used)
-        pace = rec.pace()
-        rec.status.record_usage(usage, pace)
-        reason = scale_up_reason(spec, usage, pace)
-        if reason is not None and now >= self.quiet_until and not self.urgent.is_set():
-            log.info("scale-up trigger", drive=spec.name, reason=reason, used=usage.used, free=usage.free,
-                     write_rate=round(pace.write_rate))
-            self.urgent.set()
-            self.wake.set()
-        return space.source == "sysfs"
-
-    def _sample_loop(self) -> None:
-        interval = self.owner.config.daemon.usage_interval_seconds
-        while not self.stop_event.is_set():
-            try:
-                cheap = self.sample()
-            except Exception:  # noqa: BLE001 - sampling must never stop the drive's own thread
-                log.exception("sampling failed", drive=self.reconciler.spec.name)
-                cheap = False
-            # Without sysfs each sample is a process: sample no more than every 2 s then.
-            self.stop_event.wait(interval if cheap else max(interval, 2.0))
-
-    # -- steps ------------------------------------------------------------------------------------
-
-    def run(self) -> None:
-        settings = self.owner.config.daemon
-        last_full = 0.0
-        delay = settings.retry_seconds
-        try:
-            self.reconciler.layout.recover()
-        except BsudError as exc:
-            log.warning("recovery at start failed", drive=self.reconciler.spec.name, error=str(exc))
-        while not self.stop_event.is_set():
-            with self.lock:
-                if self.pending_spec is not None:
-                    settings = self.owner.config.daemon  # the reloaded daemon section applies too
-                    self.reconciler.update_spec(self.pending_spec, settings)
-                    self.pending_spec = None
-                    last_full = 0.0
-            current = self.reconciler.last_plan
-            settled = current is not None and isinstance(current.action, Idle | Blocked)
-            remaining = settings.full_check_seconds - (time.monotonic() - last_full)
-            if settled and remaining > 0 and not self.urgent.is_set():
-                self._sleep(remaining)
-                continue
-            urgent = self.urgent.is_set()
-            self.urgent.clear()
-            try:
-                result = self.reconciler.step()
-                last_full = time.monotonic()
-                delay = settings.retry_seconds
-            except BsudError as exc:
-                self.reconciler.status.last_error = str(exc)
-                log.warning("step failed", drive=self.reconciler.spec.name, error=str(exc), temporary=exc.temporary)
-                self.owner.publish()
-                self._sleep(exc.delay if exc.delay is not None else delay)
-                delay = min(delay * 2, 300.0)
-                continue
-            except Exception as exc:  # noqa: BLE001 - a bug in one drive must not stop the others
-                self.reconciler.status.last_error = f"internal error: {exc!r}"
-                log.exception("step crashed", drive=self.reconciler.spec.name)
-                self.owner.publish()
-                self._sleep(delay)
-                delay = min(delay * 2, 300.0)
-                continue
-            self.owner.publish()
-            if urgent and isinstance(result.action, Idle | Blocked | Wait):
-                # The sampler asked for space and the planner cannot give it now (a limit, a block): say it
-                # once per full check, not on every sample.
-                self.quiet_until = time.monotonic() + settings.full_check_seconds
-            if isinstance(result.action, Wait):
-                self._sleep(min(1.0, settings.full_check_seconds))
-
-
 class Daemon:
     def __init__(self, config: Config, cloud: CloudProvider | None = None) -> None:
         self.config = config
@@ -210,6 +88,19 @@ class Daemon:
         self.publish_lock = threading.Lock()
         self.started = time.time()
         self.sinks: list[Sink] = [StatusFile(lambda: self.config.daemon.status_file), SdNotifyStatus()]
+        #: Every drive's events go to these (shared with the workers' engines).
+        self.listeners: list[Callable[[Event], None]] = []
+        self.metrics: Metrics | None = None
+        self.on_event: EventCommand | None = None
+        settings = config.daemon
+        if settings.metrics_listen or settings.metrics_textfile:
+            self.metrics = Metrics(settings.metrics_textfile)
+            self.sinks.append(self.metrics)
+            self.listeners.append(self.metrics.event)
+            self.cloud.on_request = self.metrics.cloud_request
+        if settings.on_event:
+            self.on_event = EventCommand(settings.on_event, settings.on_event_timeout_seconds)
+            self.listeners.append(self.on_event)
 
     # -- status ------------------------------------------------------------------------------------
 
@@ -251,6 +142,11 @@ class Daemon:
             if new.cloud != self.config.cloud:
                 log.warning("the cloud section changed; restart bsud to apply it (keeping the old one)")
                 new = Config(**{**new.__dict__, "cloud": self.config.cloud})
+            started_with = {k: getattr(self.config.daemon, k) for k in RESTART_TO_APPLY}
+            if {k: getattr(new.daemon, k) for k in RESTART_TO_APPLY} != started_with:
+                log.warning("metrics-listen, metrics-textfile and on-event apply at the next restart (keeping "
+                            "the running ones)")
+                new = Config(**{**new.__dict__, "daemon": new.daemon.model_copy(update=started_with)})
             register_secrets(new.secrets())
             for warning in new.warnings:
                 log.warning(warning)
@@ -264,9 +160,23 @@ class Daemon:
             notify("READY=1")
         self.snapshot.invalidate()
 
+    def _start_outputs(self) -> None:
+        """The on-event program must be there, and the metrics port free: refused at start, one line each."""
+        settings = self.config.daemon
+        if settings.on_event and not os.access(settings.on_event[0], os.X_OK):
+            raise BsudError(f"{self.config.path}: field 'daemon.on-event': {settings.on_event[0]} is not an "
+                            "executable file; fix the path or make it executable (chmod +x)")
+        if self.metrics is not None and settings.metrics_listen:
+            try:
+                self.metrics.serve(settings.metrics_listen)
+            except OSError as exc:
+                raise BsudError(f"{self.config.path}: field 'daemon.metrics-listen': cannot listen on "
+                                f"{settings.metrics_listen}: {exc.strerror or exc}; choose a free port") from None
+
     def run(self) -> int:
         self._lock = take_lock(self.config.daemon.status_file)
         preflight(required_tools(self.config, self.cloud))
+        self._start_outputs()
         if self.config.cloud.provider == Provider.LOCAL:
             os.makedirs(self.config.cloud.state_dir, exist_ok=True)
         ident = self.cloud.identity()
@@ -304,5 +214,9 @@ class Daemon:
         if still:
             log.warning("abandoning long steps; they resume on the next start", drives=still)
         self.publish()
+        if self.on_event is not None:
+            self.on_event.close()
+        if self.metrics is not None:
+            self.metrics.close()
         log.info("bsud stopped")
         return 0

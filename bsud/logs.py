@@ -10,7 +10,7 @@ import logging
 import re
 import sys
 import threading
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -27,6 +27,15 @@ def register_secrets(values: Iterable[str | None]) -> None:
     """Remember values that must never be written to a log."""
     with _lock:
         _secrets.update(v for v in values if v and len(v) >= 4)
+
+
+def without_secrets(environ: Mapping[str, str]) -> dict[str, str]:
+    """An environment for a user's command: variables with a secret-looking name or a registered secret value
+    left out (the daemon's credentials never reach a hook)."""
+    with _lock:
+        secrets = tuple(_secrets)
+    return {k: v for k, v in environ.items()
+            if not _SECRET_KEY_RE.search(k) and not any(s in v for s in secrets)}
 
 
 def _scrub(value: Any) -> Any:

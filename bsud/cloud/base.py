@@ -132,6 +132,9 @@ class CloudProvider(ABC):
 
     def __init__(self) -> None:
         self.stop_event = threading.Event()
+        #: Told of every API request (each attempt): its action, result code ("OK", the error code, or
+        #: "Unreachable") and whether it was throttled — the metrics' cloud counters.
+        self.on_request: Callable[[str, str, bool], None] | None = None
 
     @abstractmethod
     def identity(self) -> Identity:

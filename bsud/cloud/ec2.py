@@ -33,10 +33,13 @@ from bsud.ratelimit import RateLimiter
 
 log = get_logger("bsud.cloud.ec2")
 
-_THROTTLE_CODES = frozenset(
+#: The API refused the request for its rate.
+_THROTTLED_CODES = frozenset(
     {"RequestLimitExceeded", "Throttling", "ThrottlingException", "TooManyRequestsException",
-     "RequestThrottled", "SlowDown", "ServiceUnavailable", "InternalError", "Unavailable"}
+     "RequestThrottled", "SlowDown"}
 )
+#: Worth trying again: throttled, or the service briefly unable to answer.
+_THROTTLE_CODES = _THROTTLED_CODES | {"ServiceUnavailable", "InternalError", "Unavailable"}
 _REFUSED_PARAMETER_CODES = frozenset(
     {"UnknownParameter", "InvalidParameter", "InvalidParameterValue", "InvalidParameterCombination",
      "InvalidAction", "OperationNotPermitted", "UnsupportedOperation"}
@@ -112,6 +115,7 @@ class Ec2Cloud(CloudProvider):
         self.client = session.client("ec2", **kwargs)
         # Every HTTP attempt (retries included) takes a token from the shared bucket.
         self.client.meta.events.register("before-send.ec2", self._rate_limit)
+        self.client.meta.events.register("response-received.ec2", self._count_response)
         self._tag_on_create = True
         self._client_token = True
         self.calls = 0
@@ -121,6 +125,21 @@ class Ec2Cloud(CloudProvider):
     def _rate_limit(self, **_: Any) -> None:
         self.calls += 1
         self.limiter.acquire()
+
+    def _count_response(self, event_name: str = "", response_dict: dict[str, Any] | None = None,
+                        parsed_response: dict[str, Any] | None = None, exception: Exception | None = None,
+                        **_: Any) -> None:
+        """Every attempt's answer, to ``on_request`` (botocore's ``response-received`` event)."""
+        if self.on_request is None:
+            return
+        status = (response_dict or {}).get("status_code", 0)
+        if exception is not None or response_dict is None:
+            code = "Unreachable"
+        elif status < 300:
+            code = "OK"
+        else:
+            code = (parsed_response or {}).get("Error", {}).get("Code") or f"HTTP{status}"
+        self.on_request(event_name.rsplit(".", 1)[-1], code, code in _THROTTLED_CODES or status == 429)
 
     def _call(self, operation: str, *, volume_id: str | None = None, **params: Any) -> dict[str, Any]:
         method = getattr(self.client, _snake(operation))

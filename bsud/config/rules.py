@@ -16,7 +16,7 @@ from bsud.config.catalogue import (
     Provider,
     volume_limits,
 )
-from bsud.config.schema import _ConfigFile
+from bsud.config.schema import DaemonSettings, _ConfigFile
 from bsud.errors import ConfigError
 
 # --- validation rules --------------------------------------------------------------------
@@ -84,6 +84,33 @@ def check_mount_path(path: str) -> str | None:
     return None
 
 
+def parse_listen(value: str) -> tuple[str, int] | None:
+    """``host:port``, ``[v6]:port`` or ``:port`` (all addresses) → (host, port); None when it is not that."""
+    m = re.fullmatch(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9_.-]*)):(\d{1,5})", value)
+    if not m or not 1 <= int(m.group(3)) <= 65535:
+        return None
+    return (m.group(1) or m.group(2) or "0.0.0.0"), int(m.group(3))
+
+
+def check_daemon(daemon: DaemonSettings) -> list[tuple[str, str]]:
+    """(field, why) for each problem of the daemon section."""
+    problems = []
+    if daemon.metrics_listen is not None and parse_listen(daemon.metrics_listen) is None:
+        problems.append(("metrics-listen", f"{daemon.metrics_listen!r} is not host:port (e.g. 127.0.0.1:9711, "
+                                           "[::1]:9711, or :9711 for every address; port 1 to 65535)"))
+    textfile = daemon.metrics_textfile
+    if textfile is not None and (not textfile.startswith("/") or not textfile.endswith(".prom")):
+        problems.append(("metrics-textfile", f"{textfile!r} must be an absolute path ending in .prom (what "
+                                             "node_exporter's textfile collector reads)"))
+    if daemon.on_event is not None:
+        if not daemon.on_event or not daemon.on_event[0]:
+            problems.append(("on-event", "give the command as a list: [\"/path/to/program\", \"arg\", ...]"))
+        elif not daemon.on_event[0].startswith("/"):
+            problems.append(("on-event", f"{daemon.on_event[0]!r}: give the program's absolute path (it runs "
+                                         "without a shell)"))
+    return problems
+
+
 def check_semantics(cfg: _ConfigFile, path: str) -> tuple[list[ConfigError], list[str]]:
     problems: list[ConfigError] = []
     warnings: list[str] = []
@@ -104,6 +131,9 @@ def check_semantics(cfg: _ConfigFile, path: str) -> tuple[list[ConfigError], lis
         problem(None, "cloud.availability-zone", f"{cloud.availability_zone!r} is not a zone name")
     if cloud.provider == Provider.LOCAL and not cloud.state_dir.startswith("/"):
         problem(None, "cloud.state-dir", f"{cloud.state_dir!r} must be an absolute path")
+
+    for key, why in check_daemon(cfg.daemon):
+        problem(None, f"daemon.{key}", why)
 
     if not cfg.drives:
         warnings.append(f"{path}: no drives are defined; bsud will have nothing to do")

@@ -56,6 +56,14 @@ class DaemonSettings(_Section):
     volume_wait_seconds: float = Field(default=300.0, gt=0, le=3600)
     #: How long an attached volume's block device may take to appear before the step fails (retried).
     device_wait_seconds: float = Field(default=120.0, gt=0, le=3600)
+    #: ``host:port`` to serve Prometheus metrics on (``/metrics``); off when unset.
+    metrics_listen: str | None = None
+    #: A ``.prom`` file the same metrics are written to, for node_exporter's textfile collector; off when unset.
+    metrics_textfile: str | None = None
+    #: A command (argument list, no shell) run once per event (scale, block, recovery), the facts in ``BSUD_*``
+    #: environment variables; off when unset.
+    on_event: tuple[str, ...] | None = None
+    on_event_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
 
 
 class DriveConfig(_Section):

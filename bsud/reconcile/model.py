@@ -221,8 +221,17 @@ class Outcome(Enum):
     UNCHANGED = "unchanged"   # it was already so: planned again, the action has no effect
 
 
+#: Every phase a drive can be in (its status; the ``phase`` label of the metric ``bsud_drive_phase``).
+PHASES = ("starting", "creating", "attaching", "assembling", "mounting", "recovering", "growing", "scaling-up",
+          "scaling-down", "online", "blocked", "going-offline", "offline", "deleting", "deleted")
+
+
 @dataclass(frozen=True)
 class Plan:
     action: Action
     phase: str
     notes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.phase not in PHASES:
+            raise ValueError(f"unknown phase {self.phase!r}; add it to PHASES")

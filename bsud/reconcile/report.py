@@ -29,6 +29,8 @@ class DriveStatus:
     reason: str = ""
     size_gib: int = 0
     used_percent: float | None = None
+    size_bytes: int | None = None            # the filesystem's size (mounted), the base of used_percent
+    used_bytes: int | None = None
     metadata_used_percent: float | None = None
     write_rate: float = 0.0                  # bytes/s, live
     seconds_to_full: float | None = None     # at write_rate; None when nothing is written
@@ -70,6 +72,7 @@ class DriveStatus:
 
     def record_usage(self, usage: UsageObs | None, pace: Pace) -> None:
         self.used_percent = round(usage.used_percent, 2) if usage else None
+        self.size_bytes, self.used_bytes = (usage.size, usage.used) if usage else (None, None)
         self.metadata_used_percent = round(usage.metadata_percent, 2) if usage else None
         self.write_rate = round(pace.write_rate)
         left = seconds_to_full(usage, pace.write_rate) if usage else math.inf

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from .daemon_harness import DaemonHarness, checksums
 
@@ -21,11 +26,65 @@ def harness(workdir: Path):
     h.close()
 
 
-def test_lifecycle(harness: DaemonHarness):
-    h = harness
-    h.start()
+HOOK = """#!{python}
+import json, os, sys
+with open({log!r}, "a") as out:
+    out.write(json.dumps({{k: v for k, v in os.environ.items() if k.startswith(("BSUD_", "OSC_"))}}) + "\\n")
+"""
+
+
+def results_of(log: Path, kind: str, until: str = "done", timeout: float = 30) -> list[dict[str, str]]:
+    """The on-event command's record of ``kind`` events (it runs beside the drive: wait for ``until``); a
+    step that failed and was retried is not part of the sequence asserted."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = log.read_text().splitlines() if log.exists() else []
+        found = [e for e in map(json.loads, lines) if e["BSUD_EVENT"] == kind and e["BSUD_RESULT"] != "failed"]
+        if any(e["BSUD_RESULT"] == until for e in found) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def sample(name: str, **labels: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    return name, tuple(sorted(labels.items()))
+
+
+def scraped(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """/metrics parsed with prometheus_client's own parser: (sample name, labels) → value."""
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        text = answer.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_lifecycle(workdir: Path):
+    """Online, scale up, scale down, offline, a refused reload, online, delete — with the metrics served and
+    written, and the on-event command told of each scale event."""
+    hook, hook_log, prom = workdir / "hook", workdir / "events.jsonl", workdir / "textfile" / "bsud.prom"
+    hook.write_text(HOOK.format(python=sys.executable, log=str(hook_log)))
+    hook.chmod(0o755)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    h = DaemonHarness(workdir, daemon={"metrics-listen": f"127.0.0.1:{port}", "metrics-textfile": str(prom),
+                                       "on-event": [str(hook)]})
+    try:
+        lifecycle(h, f"http://127.0.0.1:{port}/metrics", hook_log, prom)
+    finally:
+        h.close()
+
+
+def lifecycle(h: DaemonHarness, url: str, hook_log: Path, prom: Path) -> None:
+    h.start(OSC_SECRET_KEY="never-in-a-hook")
     st = h.wait_online(volumes=1)
     assert st["size_gib"] == 1 and h.mounted()
+    m = scraped(url)
+    drive = h.drive
+    assert m[sample("bsud_drive_volumes", drive=drive)] == 1 and m[sample("bsud_drive_blocked", drive=drive)] == 0
+    assert m[sample("bsud_drive_phase", drive=drive, phase="online")] == 1
+    assert m[sample("bsud_drive_phase", drive=drive, phase="scaling-up")] == 0
+    assert 0 < m[sample("bsud_drive_size_bytes", drive=drive)] <= 1 << 30
+    assert any(name == "bsud_build_info" for name, _ in m)
 
     h.fill("a.bin", 400)
     h.fill("b.bin", 480)
@@ -36,6 +95,20 @@ def test_lifecycle(harness: DaemonHarness):
     assert 3 <= st["size_gib"] <= 8
     assert st["used_percent"] < 85
     assert checksums(h.mount) == sums
+    # The scale-up as events (on-event, status) and metrics (served, and the textfile node_exporter reads).
+    st = h.wait_for("scale-up done", lambda s: (s.get("last_scale_event") or {}).get("result") == "done")
+    up = results_of(hook_log, "scale-up")
+    assert [e["BSUD_RESULT"] for e in up] == ["started", "done"], up
+    assert up[1]["BSUD_DRIVE"] == h.drive and up[1]["BSUD_VOLUME"].startswith("vol-")
+    assert float(up[1]["BSUD_DURATION_SECONDS"]) > 0 and int(up[1]["BSUD_VOLUME_GIB"]) == st["size_gib"] - 1
+    assert not any(k.startswith("OSC_") for e in up for k in e), "the daemon's credentials reached the hook"
+    m = scraped(url)
+    assert m[sample("bsud_scale_events_total", drive=drive, direction="up", result="done")] == 1
+    assert m[sample("bsud_scale_duration_seconds_count", drive=drive, direction="up")] == 1
+    assert m[sample("bsud_drive_volumes", drive=drive)] == 2
+    written = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(prom.read_text()) for s in f.samples}
+    assert written[sample("bsud_drive_volumes", drive=drive)] == 2
 
     (h.mount / "a.bin").unlink()
     (h.mount / "b.bin").unlink()
@@ -46,6 +119,9 @@ def test_lifecycle(harness: DaemonHarness):
     assert st["size_gib"] == 1
     assert checksums(h.mount) == sums
     assert len(h.images()) == 1 and len(h.loops()) == 1
+    down = [e["BSUD_RESULT"] for e in results_of(hook_log, "scale-down")]
+    assert down == ["started", "done"], down
+    assert scraped(url)[sample("bsud_scale_events_total", drive=drive, direction="down", result="done")] == 1
 
     h.write_config(target="offline")
     h.signal(signal.SIGHUP)

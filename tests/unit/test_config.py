@@ -140,6 +140,16 @@ BAD = [
     ("bad-region", {"cloud": {"region": "mars-1"}, "drives": [drive()]}, "unknown Outscale region 'mars-1'"),
     ("not-object", [1, 2], "must hold a JSON object"),
     ("drives-not-list", {"drives": {}}, "field 'drives': must be a list"),
+    ("metrics-listen-no-port", {"daemon": {"metrics-listen": "9711"}, "drives": [drive()]},
+     "field 'daemon.metrics-listen': '9711' is not host:port"),
+    ("metrics-listen-port-range", {"daemon": {"metrics-listen": "127.0.0.1:70000"}, "drives": [drive()]},
+     "port 1 to 65535"),
+    ("metrics-textfile-suffix", {"daemon": {"metrics-textfile": "/var/lib/bsud.txt"}, "drives": [drive()]},
+     "field 'daemon.metrics-textfile': '/var/lib/bsud.txt' must be an absolute path ending in .prom"),
+    ("on-event-relative", {"daemon": {"on-event": ["notify.sh"]}, "drives": [drive()]},
+     "field 'daemon.on-event': 'notify.sh': give the program's absolute path"),
+    ("on-event-string", {"daemon": {"on-event": "/bin/notify --all"}, "drives": [drive()]},
+     "field 'daemon.on-event'"),
 ]
 
 
@@ -151,6 +161,11 @@ def test_bad_config_gives_one_line_naming_file_and_field(doc, expected):
     for line in found:
         assert "\n" not in line
         assert line.startswith("bsud.json")
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:9711", "[::1]:9711", ":9711", "metrics.local:80"])
+def test_metrics_listen_accepts_host_port(listen):
+    assert parse({"daemon": {"metrics-listen": listen}, "drives": [drive()]}).daemon.metrics_listen == listen
 
 
 def test_invalid_json_names_line_and_column():

@@ -1,0 +1,153 @@
+"""One drive in the daemon: a thread running its steps, and a sampler thread reading its live space.
+
+The sampler reads the mounted drive's space from sysfs every ``usage-interval-seconds`` (file reads: no process,
+no API call), feeds the write rate, and wakes the drive at once when the planner's own
+:func:`scale_up_reason` says it needs space. The drive's thread runs a full observe/plan/act step every
+``full-check-seconds``, at once when woken, and retries a failed step with a doubling delay (up to 5 minutes).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from bsud.config import DriveConfig, Target
+from bsud.errors import BsudError
+from bsud.logs import get_logger
+from bsud.reconcile.engine import DriveReconciler
+from bsud.reconcile.model import Blocked, Idle, Wait
+from bsud.reconcile.observe import usage_obs
+from bsud.reconcile.pace import RateMeter
+from bsud.reconcile.scaling import scale_up_reason
+
+if TYPE_CHECKING:
+    from bsud.daemon import Daemon
+
+log = get_logger("bsud.daemon")
+
+#: The longest a failing step waits before it is tried again.
+MAX_RETRY_SECONDS = 300.0
+
+
+class DriveWorker(threading.Thread):
+    def __init__(self, daemon: Daemon, spec: DriveConfig) -> None:
+        super().__init__(name=f"drive-{spec.name}", daemon=True)
+        self.owner = daemon
+        self.reconciler = DriveReconciler(spec, daemon.cloud, daemon.snapshot, daemon.config.cloud.provider,
+                                          settings=daemon.config.daemon)
+        self.reconciler.meter = RateMeter()
+        self.reconciler.listeners = daemon.listeners
+        self.stop_event = threading.Event()
+        self.wake = threading.Event()
+        #: Set by the sampler: the drive needs space now; run a full step without waiting.
+        self.urgent = threading.Event()
+        self.quiet_until = 0.0
+        self.pending_spec: DriveConfig | None = None
+        self.lock = threading.Lock()
+        self.sampler = threading.Thread(target=self._sample_loop, name=f"sample-{spec.name}", daemon=True)
+
+    def start(self) -> None:
+        super().start()
+        self.sampler.start()
+
+    def update(self, spec: DriveConfig) -> None:
+        with self.lock:
+            self.pending_spec = spec
+        self.wake.set()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.wake.set()
+
+    def _sleep(self, seconds: float) -> None:
+        self.wake.wait(seconds)
+        self.wake.clear()
+
+    # -- sampling --------------------------------------------------------------------------------
+
+    def sample(self) -> bool:
+        """Read the drive's live space once, feed the write rate; True when sysfs answered (no process)."""
+        rec = self.reconciler
+        spec, obs = rec.spec, rec.last_obs
+        if spec.target != Target.ONLINE or obs is None or not obs.mounted:
+            return True
+        try:
+            space = rec.layout.live_usage(spec.mount_path)
+        except BsudError:
+            return True
+        usage = usage_obs(space)
+        now = time.monotonic()
+        assert rec.meter is not None
+        rec.meter.add(now, usage.used)
+        pace = rec.pace()
+        rec.status.record_usage(usage, pace)
+        reason = scale_up_reason(spec, usage, pace)
+        if reason is not None and now >= self.quiet_until and not self.urgent.is_set():
+            log.info("scale-up trigger", drive=spec.name, reason=reason, used=usage.used, free=usage.free,
+                     write_rate=round(pace.write_rate))
+            self.urgent.set()
+            self.wake.set()
+        return space.source == "sysfs"
+
+    def _sample_loop(self) -> None:
+        interval = self.owner.config.daemon.usage_interval_seconds
+        while not self.stop_event.is_set():
+            try:
+                cheap = self.sample()
+            except Exception:  # noqa: BLE001 - sampling must never stop the drive's own thread
+                log.exception("sampling failed", drive=self.reconciler.spec.name)
+                cheap = False
+            # Without sysfs each sample is a process: sample no more than every 2 s then.
+            self.stop_event.wait(interval if cheap else max(interval, 2.0))
+
+    # -- steps ------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        settings = self.owner.config.daemon
+        last_full = 0.0
+        delay = settings.retry_seconds
+        try:
+            self.reconciler.layout.recover()
+        except BsudError as exc:
+            log.warning("recovery at start failed", drive=self.reconciler.spec.name, error=str(exc))
+        while not self.stop_event.is_set():
+            with self.lock:
+                if self.pending_spec is not None:
+                    settings = self.owner.config.daemon  # the reloaded daemon section applies too
+                    self.reconciler.update_spec(self.pending_spec, settings)
+                    self.pending_spec = None
+                    last_full = 0.0
+            current = self.reconciler.last_plan
+            settled = current is not None and isinstance(current.action, Idle | Blocked)
+            remaining = settings.full_check_seconds - (time.monotonic() - last_full)
+            if settled and remaining > 0 and not self.urgent.is_set():
+                self._sleep(remaining)
+                continue
+            urgent = self.urgent.is_set()
+            self.urgent.clear()
+            try:
+                result = self.reconciler.step()
+                last_full = time.monotonic()
+                delay = settings.retry_seconds
+            except BsudError as exc:
+                self.reconciler.status.last_error = str(exc)
+                log.warning("step failed", drive=self.reconciler.spec.name, error=str(exc), temporary=exc.temporary)
+                self.owner.publish()
+                self._sleep(exc.delay if exc.delay is not None else delay)
+                delay = min(delay * 2, MAX_RETRY_SECONDS)
+                continue
+            except Exception as exc:  # noqa: BLE001 - a bug in one drive must not stop the others
+                self.reconciler.status.last_error = f"internal error: {exc!r}"
+                log.exception("step crashed", drive=self.reconciler.spec.name)
+                self.owner.publish()
+                self._sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_SECONDS)
+                continue
+            self.owner.publish()
+            if urgent and isinstance(result.action, Idle | Blocked | Wait):
+                # The sampler asked for space and the planner cannot give it now (a limit, a block): say it
+                # once per full check, not on every sample.
+                self.quiet_until = time.monotonic() + settings.full_check_seconds
+            if isinstance(result.action, Wait):
+                self._sleep(min(1.0, settings.full_check_seconds))
