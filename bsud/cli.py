@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 from bsud import __version__
@@ -86,6 +87,20 @@ def _observed_status(config: Config) -> dict:
     return {"pid": None, "drives": drives, "unmanaged": unmanaged}
 
 
+def describe_event(event: dict) -> str:
+    """``scale-up done 3 min ago: vol-0a1 (12 GiB) in 21 s, drive 22 GiB``."""
+    ago = max(0.0, time.time() - float(event.get("time", time.time())))
+    when = f"{ago:.0f} s ago" if ago < 120 else f"{ago / 60:.0f} min ago" if ago < 7200 else f"{ago / 3600:.0f} h ago"
+    text = f"{event.get('kind')} {event.get('result')} {when}"
+    if event.get("volume"):
+        text += f": {event['volume']}" + (f" ({event['volume_gib']} GiB)" if event.get("volume_gib") else "")
+    if event.get("duration") is not None:
+        text += f" in {event['duration']:.0f} s"
+    if event.get("result") == "failed" and event.get("reason"):
+        text += f" ({event['reason']})"
+    return text
+
+
 def cmd_status(config: Config, as_json: bool) -> int:
     data = _daemon_status(config)
     source = "daemon" if data else "observed (no daemon running)"
@@ -104,6 +119,8 @@ def cmd_status(config: Config, as_json: bool) -> int:
         if st.get("seconds_to_full") is not None:
             print(f"{'':<16} writing {st['write_rate'] / 1e6:.1f} MB/s: full in {st['seconds_to_full']:.0f} s at "
                   f"that rate (a grow takes ~{st['grow_seconds']:.0f} s)")
+        if st.get("last_scale_event"):
+            print(f"{'':<16} last scale event: {describe_event(st['last_scale_event'])}")
         if st.get("last_error"):
             print(f"{'':<16} error: {st['last_error']}")
         for note in st.get("notes", []):

@@ -157,9 +157,14 @@ def test_throttling_is_retried_by_botocore(cloud):
             return ec2_error(503, "RequestLimitExceeded", "Request limit exceeded.")
         return None
 
+    requests = []
+    cloud.on_request = lambda action, code, throttled: requests.append((action, code, throttled))
     cloud.client.meta.events.register_first("before-send.ec2.CreateVolume", throttle_twice)
     vol = cloud.create_volume("d", 1, "gp2")
     assert len(seen) == 3 and vol.drive == "d"
+    # Each attempt is reported (the metrics' bsud_cloud_requests_total / bsud_cloud_throttled_total).
+    created = [r for r in requests if r[0] == "CreateVolume"]
+    assert created == [("CreateVolume", "RequestLimitExceeded", True)] * 2 + [("CreateVolume", "OK", False)]
     assert [v.id for v in cloud.list_volumes()] == [vol.id]  # retries created nothing twice
     assert cloud.calls >= 3  # the shared limiter saw every attempt
 
