@@ -138,3 +138,40 @@ def test_events_are_queued_and_run_in_order_without_waiting(hook):
     assert time.monotonic() - started < 0.5  # the caller (a drive) never waits for the command
     command.close(wait=20)
     assert [json.loads(line)["BSUD_VOLUME"] for line in log.read_text().splitlines()] == ["vol-0", "vol-1", "vol-2"]
+
+
+def test_the_documented_webhook_example_posts_the_event(tmp_path: Path, monkeypatch):
+    """docs/examples/on-event-webhook, run by EventCommand against a local HTTP server."""
+    import http.server
+    import threading
+
+    posted: list[dict] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            posted.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url_file = tmp_path / "webhook"
+    url_file.write_text(f"http://127.0.0.1:{server.server_port}/hooks/x\n")
+    monkeypatch.setenv("BSUD_WEBHOOK_FILE", str(url_file))
+    example = Path(__file__).resolve().parents[2] / "docs" / "examples" / "on-event-webhook"
+    command = EventCommand((str(example),), timeout=30)
+    try:
+        assert command.run(Event("scale-up", "data", result="started")) == 0  # not posted
+        assert command.run(Event("scale-up", "data", result="done", volume="vol-9", volume_gib=12, drive_gib=22,
+                                 duration=31.2)) == 0
+        assert command.run(Event("blocked", "data", reason="volume vol-1 is attached to i-2")) == 0
+    finally:
+        command.close()
+        server.shutdown()
+    assert [p["text"].split(": ", 1)[1] for p in posted] == [
+        "drive data: scale-up done, volume vol-9 (12 GiB) in 31 s; the drive has 22 GiB of volumes",
+        "drive data: blocked\nvolume vol-1 is attached to i-2",
+    ]
