@@ -176,6 +176,8 @@ class Daemon:
     def run(self) -> int:
         self._lock = take_lock(self.config.daemon.status_file)
         preflight(required_tools(self.config, self.cloud))
+        for note in self.cloud.check_permissions():
+            log.warning("cloud permissions", note=note)
         self._start_outputs()
         if self.config.cloud.provider == Provider.LOCAL:
             os.makedirs(self.config.cloud.state_dir, exist_ok=True)

@@ -42,6 +42,17 @@ class Attachment:
 
 
 @dataclass(frozen=True)
+class VolumeOptions:
+    """What a new volume is made with beside its size and type (from the drive's config)."""
+
+    iops: int | None = None
+    throughput: int | None = None                # MiB/s (gp3)
+    encrypted: bool = False
+    kms_key_id: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)  # the user's, beside bsud's own
+
+
+@dataclass(frozen=True)
 class Volume:
     id: str
     size_gib: int
@@ -136,6 +147,11 @@ class CloudProvider(ABC):
         #: "Unreachable") and whether it was throttled — the metrics' cloud counters.
         self.on_request: Callable[[str, str, bool], None] | None = None
 
+    def check_permissions(self) -> list[str]:
+        """At start: whether these credentials may make every call bsud needs. Raises a :class:`BsudError`
+        naming what is missing; returns notes on what could not be checked. Nothing to check, by default."""
+        return []
+
     @abstractmethod
     def identity(self) -> Identity:
         """This VM's instance id, zone and region."""
@@ -149,7 +165,8 @@ class CloudProvider(ABC):
         """One volume, or None when it no longer exists."""
 
     @abstractmethod
-    def create_volume(self, drive: str, size_gib: int, volume_type: str, iops: int | None = None) -> Volume:
+    def create_volume(self, drive: str, size_gib: int, volume_type: str,
+                      options: VolumeOptions = VolumeOptions()) -> Volume:
         """Create a volume in this VM's zone, tagged for ``drive`` from its first moment."""
 
     @abstractmethod

@@ -22,9 +22,11 @@ from bsud.cloud.base import (
     CloudProvider,
     Identity,
     Volume,
+    VolumeOptions,
     choose_device_name,
 )
 from bsud.cloud.metadata import resolve_identity
+from bsud.cloud.preflight import REFUSED_PARAMETER_CODES, check_permissions, snake
 from bsud.config import CloudSettings, Config, Provider
 from bsud.errors import CloudError, VolumeStateError
 from bsud.logs import get_logger
@@ -40,10 +42,6 @@ _THROTTLED_CODES = frozenset(
 )
 #: Worth trying again: throttled, or the service briefly unable to answer.
 _THROTTLE_CODES = _THROTTLED_CODES | {"ServiceUnavailable", "InternalError", "Unavailable"}
-_REFUSED_PARAMETER_CODES = frozenset(
-    {"UnknownParameter", "InvalidParameter", "InvalidParameterValue", "InvalidParameterCombination",
-     "InvalidAction", "OperationNotPermitted", "UnsupportedOperation"}
-)
 
 
 def endpoint_for(settings: CloudSettings, region: str) -> str | None:
@@ -105,14 +103,15 @@ class Ec2Cloud(CloudProvider):
             read_timeout=60,
             user_agent_extra="bsud",
         )
-        session = session or boto3.session.Session()
-        kwargs: dict[str, Any] = {"region_name": self.region, "config": config}
+        self._session = session or boto3.session.Session()
+        kwargs: dict[str, Any] = {"region_name": self.region}
         if self.endpoint:
             kwargs["endpoint_url"] = self.endpoint
         if access_key and secret_key:
             kwargs["aws_access_key_id"] = access_key
             kwargs["aws_secret_access_key"] = secret_key
-        self.client = session.client("ec2", **kwargs)
+        self._client_kwargs = kwargs
+        self.client = self._session.client("ec2", config=config, **kwargs)
         # Every HTTP attempt (retries included) takes a token from the shared bucket.
         self.client.meta.events.register("before-send.ec2", self._rate_limit)
         self.client.meta.events.register("response-received.ec2", self._count_response)
@@ -142,7 +141,7 @@ class Ec2Cloud(CloudProvider):
         self.on_request(event_name.rsplit(".", 1)[-1], code, code in _THROTTLED_CODES or status == 429)
 
     def _call(self, operation: str, *, volume_id: str | None = None, **params: Any) -> dict[str, Any]:
-        method = getattr(self.client, _snake(operation))
+        method = getattr(self.client, snake(operation))
         try:
             return method(**params)
         except botocore.exceptions.ClientError as exc:
@@ -189,15 +188,23 @@ class Ec2Cloud(CloudProvider):
             raise
         return found[0] if found else None
 
-    def create_volume(self, drive: str, size_gib: int, volume_type: str, iops: int | None = None) -> Volume:
+    def create_volume(self, drive: str, size_gib: int, volume_type: str,
+                      options: VolumeOptions = VolumeOptions()) -> Volume:
         params: dict[str, Any] = {
             "AvailabilityZone": self._identity.availability_zone,
             "Size": size_gib,
             "VolumeType": volume_type,
         }
-        if iops is not None:
-            params["Iops"] = iops
-        tags = [{"Key": DRIVE_TAG, "Value": drive}]
+        if options.iops is not None:
+            params["Iops"] = options.iops
+        if options.throughput is not None:
+            params["Throughput"] = options.throughput
+        if options.encrypted:
+            params["Encrypted"] = True
+            if options.kms_key_id:
+                params["KmsKeyId"] = options.kms_key_id
+        # bsud's own tag last: a user's tag never hides it (the config refuses its key anyway).
+        tags = [*({"Key": k, "Value": v} for k, v in options.tags.items()), {"Key": DRIVE_TAG, "Value": drive}]
         token = str(uuid.uuid4())
         while True:
             attempt = dict(params)
@@ -209,7 +216,7 @@ class Ec2Cloud(CloudProvider):
                 item = self._call("CreateVolume", **attempt)
                 break
             except CloudError as exc:
-                if exc.code not in _REFUSED_PARAMETER_CODES:
+                if exc.code not in REFUSED_PARAMETER_CODES:
                     raise
                 text = str(exc).lower()
                 if self._client_token and "clienttoken" in text:
@@ -227,9 +234,18 @@ class Ec2Cloud(CloudProvider):
         volume = _to_volume(item)
         if not self._tag_on_create or volume.drive != drive:
             self._call("CreateTags", volume_id=volume.id, Resources=[volume.id], Tags=tags)
-            volume = Volume(**{**volume.__dict__, "tags": {**volume.tags, DRIVE_TAG: drive}})
-        log.info("volume created", volume=volume.id, drive=drive, size_gib=size_gib, type=volume_type, iops=iops)
+            volume = Volume(**{**volume.__dict__, "tags": {**volume.tags, **options.tags, DRIVE_TAG: drive}})
+        log.info("volume created", volume=volume.id, drive=drive, size_gib=size_gib, type=volume_type,
+                 iops=options.iops, throughput=options.throughput, encrypted=options.encrypted)
         return volume
+
+    def check_permissions(self) -> list[str]:
+        """DryRun each call bsud makes (see :mod:`bsud.cloud.preflight`), one attempt each."""
+        client = self._session.client("ec2", config=botocore.config.Config(
+            retries={"mode": "standard", "max_attempts": 1}, connect_timeout=5, read_timeout=20,
+            user_agent_extra="bsud"), **self._client_kwargs)
+        client.meta.events.register("before-send.ec2", self._rate_limit)
+        return check_permissions(client, self._identity, self.endpoint or "the API")
 
     def set_tag(self, volume_id: str, key: str, value: str) -> None:
         self._call("CreateTags", volume_id=volume_id, Resources=[volume_id], Tags=[{"Key": key, "Value": value}])
@@ -293,11 +309,3 @@ class Ec2Cloud(CloudProvider):
         self._call("DeleteVolume", volume_id=volume_id, VolumeId=volume_id)
         log.info("volume delete requested", volume=volume_id)
 
-
-def _snake(operation: str) -> str:
-    out = []
-    for i, ch in enumerate(operation):
-        if ch.isupper() and i:
-            out.append("_")
-        out.append(ch.lower())
-    return "".join(out)

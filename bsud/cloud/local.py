@@ -29,6 +29,7 @@ from bsud.cloud.base import (
     CloudProvider,
     Identity,
     Volume,
+    VolumeOptions,
     choose_device_name,
 )
 from bsud.config import CloudSettings, Config
@@ -185,7 +186,8 @@ class LocalCloud(CloudProvider):
             entry = meta["volumes"].get(volume_id)
             return None if entry is None else self._volume(volume_id, entry, loops)
 
-    def create_volume(self, drive: str, size_gib: int, volume_type: str, iops: int | None = None) -> Volume:
+    def create_volume(self, drive: str, size_gib: int, volume_type: str,
+                      options: VolumeOptions = VolumeOptions()) -> Volume:
         volume_id = f"vol-{secrets.token_hex(4)}"
         with self._locked() as meta:
             # Metadata (with the tag) first, then the file: a crash in between leaves a tagged
@@ -193,8 +195,8 @@ class LocalCloud(CloudProvider):
             meta["volumes"][volume_id] = {
                 "size_gib": size_gib,
                 "volume_type": volume_type,
-                "iops": iops,
-                "tags": {DRIVE_TAG: drive},
+                "iops": options.iops,
+                "tags": {**options.tags, DRIVE_TAG: drive},
                 "zone": self._identity.availability_zone,
                 "create_time": time.time(),
                 "device": None,

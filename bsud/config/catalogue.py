@@ -49,6 +49,11 @@ class VolumeLimits:
     max_iops: int | None = None
     max_iops_per_gib: int | None = None
     min_iops: int = 100
+    #: gp3: IOPS and throughput are set apart from the size; this many IOPS whatever the size.
+    baseline_iops: int | None = None
+    min_throughput: int | None = None            # MiB/s; None: the type has no throughput setting
+    max_throughput: int | None = None
+    max_throughput_per_iops: float | None = None
 
 
 _OUTSCALE_LIMITS = {
@@ -59,7 +64,8 @@ _OUTSCALE_LIMITS = {
 _AWS_LIMITS = {
     DiskType.STANDARD: VolumeLimits(1, 1024),
     DiskType.GP2: VolumeLimits(1, 16384),
-    DiskType.GP3: VolumeLimits(1, 16384),
+    DiskType.GP3: VolumeLimits(1, 16384, max_iops=80000, max_iops_per_gib=500, min_iops=3000, baseline_iops=3000,
+                               min_throughput=125, max_throughput=2000, max_throughput_per_iops=0.25),
     DiskType.IO1: VolumeLimits(4, 16384, max_iops=64000, max_iops_per_gib=50),
     DiskType.IO2: VolumeLimits(4, 16384, max_iops=64000, max_iops_per_gib=500),
     DiskType.ST1: VolumeLimits(125, 16384),
@@ -74,6 +80,17 @@ LIMITS = {
     Provider.LOCAL: _GENERIC_LIMITS,
 }
 PROVISIONED_IOPS_TYPES = frozenset({DiskType.IO1, DiskType.IO2})
+#: Types whose IOPS can be set (a fixed figure: ``disk-iops``).
+IOPS_TYPES = PROVISIONED_IOPS_TYPES | {DiskType.GP3}
+#: Providers whose volumes can be encrypted at creation (Outscale FCU has no such option; the local provider's
+#: volumes are plain files).
+ENCRYPTION_PROVIDERS = frozenset({Provider.AWS, Provider.EC2})
+#: Tag keys bsud cannot let a user set: its own namespace, and what the clouds reserve.
+RESERVED_TAG_PREFIXES = ("osc.bsud.", "aws:")
+#: Tags one volume may carry (AWS), bsud's own included; a key's and a value's longest length.
+MAX_TAGS, MAX_TAG_KEY, MAX_TAG_VALUE = 50, 127, 255
+#: Tags bsud sets itself (the drive's name, the bookkeeping of a removal).
+OWN_TAGS = 2
 
 
 def volume_limits(provider: Provider, disk_type: DiskType) -> VolumeLimits | None:

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from bsud.config.catalogue import Provider
-from bsud.config.rules import check_semantics
+from bsud.config.rules import check_semantics, with_cloud_defaults
 from bsud.config.schema import (
     Authentication,
     CloudSettings,
@@ -136,7 +136,7 @@ def parse_config(text: str, path: str = "<config>", env: EnvSettings | None = No
             warnings.append("only one of OSC_ACCESS_KEY / OSC_SECRET_KEY is set; both are needed, ignoring it")
     return Config(
         path=path,
-        drives=tuple(parsed.drives),
+        drives=tuple(with_cloud_defaults(d, parsed.cloud) for d in parsed.drives),
         cloud=parsed.cloud,
         daemon=parsed.daemon,
         access_key=access,

@@ -9,14 +9,22 @@ import re
 from pathlib import PurePosixPath
 
 from bsud.config.catalogue import (
+    ENCRYPTION_PROVIDERS,
+    IOPS_TYPES,
     LIMITS,
+    MAX_TAG_KEY,
+    MAX_TAG_VALUE,
+    MAX_TAGS,
     MAX_VOLUMES_PER_VM,
     OUTSCALE_REGIONS,
+    OWN_TAGS,
     PROVISIONED_IOPS_TYPES,
+    RESERVED_TAG_PREFIXES,
     Provider,
+    VolumeLimits,
     volume_limits,
 )
-from bsud.config.schema import DaemonSettings, _ConfigFile
+from bsud.config.schema import CloudSettings, DaemonSettings, DriveConfig, _ConfigFile
 from bsud.errors import ConfigError
 
 # --- validation rules --------------------------------------------------------------------
@@ -188,13 +196,90 @@ def check_semantics(cfg: _ConfigFile, path: str) -> tuple[list[ConfigError], lis
                 warnings.append(f"{path}: drive {name!r}: max-total-size-gib ({d.max_total_size_gib}) cannot be "
                                 f"reached with {d.max_bsu_count} volumes of at most {limits.max_size} GiB")
         if d.disk_type in PROVISIONED_IOPS_TYPES:
-            if d.disk_iops_per_gib is None:
+            if d.disk_iops_per_gib is None and d.disk_iops is None:
                 problem(name, "disk-iops-per-gib", f"is required with disk-type {d.disk_type.value} "
-                        f"(IOPS per GiB, 1 to {limits.max_iops_per_gib})")
+                        f"(IOPS per GiB, 1 to {limits.max_iops_per_gib}), or give disk-iops")
+            elif d.disk_iops_per_gib is not None and d.disk_iops is not None:
+                problem(name, "disk-iops", "give disk-iops (a fixed figure) or disk-iops-per-gib, not both")
+            elif d.disk_iops_per_gib is None:
+                pass
             elif not 1 <= d.disk_iops_per_gib <= (limits.max_iops_per_gib or 1_000_000):
                 problem(name, "disk-iops-per-gib", f"must be between 1 and {limits.max_iops_per_gib} "
                         f"for {d.disk_type.value} (got {d.disk_iops_per_gib})")
         elif d.disk_iops_per_gib is not None:
             warnings.append(f"{path}: drive {name!r}: disk-iops-per-gib is ignored with "
                             f"disk-type {d.disk_type.value}")
+        for key, why in check_volume_options(d, cloud, limits):
+            problem(name, key, why)
+    for key, why in check_tags(cloud.tags):
+        problem(None, f"cloud.{key}", why)
+    if cloud.kms_key_id and not cloud.encrypted:
+        problem(None, "cloud.kms-key-id", "needs \"encrypted\": true (a key encrypts nothing otherwise)")
+    if (cloud.encrypted or cloud.kms_key_id) and cloud.provider not in ENCRYPTION_PROVIDERS:
+        problem(None, "cloud.encrypted", f"provider {cloud.provider.value!r} cannot encrypt volumes at creation"
+                + (" (Outscale FCU has no such option)" if cloud.provider == Provider.OUTSCALE else "")
+                + "; remove it")
     return problems, warnings
+
+
+def with_cloud_defaults(d: DriveConfig, cloud: CloudSettings) -> DriveConfig:
+    """A drive with the cloud section's volume defaults filled in (tags merged, the drive's winning)."""
+    encrypted = cloud.encrypted if d.encrypted is None else d.encrypted
+    return d.model_copy(update={
+        "tags": {**cloud.tags, **(d.tags or {})},
+        "encrypted": encrypted,
+        "kms_key_id": (d.kms_key_id or cloud.kms_key_id) if encrypted else None,
+    })
+
+
+def check_tags(tags: dict[str, str], key_name: str = "tags") -> list[tuple[str, str]]:
+    """(field, why) for user tags bsud cannot set."""
+    problems = []
+    for key, value in tags.items():
+        if not key or len(key) > MAX_TAG_KEY or len(value) > MAX_TAG_VALUE:
+            problems.append((key_name, f"tag {key!r}: keys are 1 to {MAX_TAG_KEY} characters, values at most "
+                                       f"{MAX_TAG_VALUE}"))
+        elif key.lower().startswith(RESERVED_TAG_PREFIXES):
+            problems.append((key_name, f"tag {key!r}: keys starting with {' or '.join(RESERVED_TAG_PREFIXES)} are "
+                                       "bsud's own or the cloud's; choose another key"))
+    if len(tags) > MAX_TAGS - OWN_TAGS:
+        problems.append((key_name, f"{len(tags)} tags: a volume holds {MAX_TAGS}, {OWN_TAGS} of them bsud's own"))
+    return problems
+
+
+def check_volume_options(d: DriveConfig, cloud: CloudSettings, limits: VolumeLimits) -> list[tuple[str, str]]:
+    """(field, why) for a drive's volume options: tags, encryption, a fixed IOPS figure, throughput."""
+    problems = check_tags(d.tags or {})
+    merged = {**cloud.tags, **(d.tags or {})}
+    if len(merged) > MAX_TAGS - OWN_TAGS and len(d.tags or {}) <= MAX_TAGS - OWN_TAGS:
+        problems.append(("tags", f"{len(merged)} tags with cloud.tags: a volume holds {MAX_TAGS}, {OWN_TAGS} of "
+                                 "them bsud's own"))
+    encrypted = cloud.encrypted if d.encrypted is None else d.encrypted
+    if (encrypted or d.kms_key_id) and cloud.provider not in ENCRYPTION_PROVIDERS:
+        key = "encrypted" if d.encrypted or not d.kms_key_id else "kms-key-id"
+        problems.append((key, f"provider {cloud.provider.value!r} cannot encrypt volumes at creation"
+                         + (" (Outscale FCU has no such option)" if cloud.provider == Provider.OUTSCALE else "")
+                         + "; remove it"))
+    elif d.kms_key_id and not encrypted:
+        problems.append(("kms-key-id", "needs \"encrypted\": true (a key encrypts nothing otherwise)"))
+    kind = d.disk_type.value
+    if d.disk_iops is not None:
+        if d.disk_type not in IOPS_TYPES or limits.max_iops is None:
+            problems.append(("disk-iops", f"is not offered with disk-type {kind} on {cloud.provider.value!r}"))
+        else:
+            per_gib = limits.max_iops_per_gib or limits.max_iops
+            ceiling = min(limits.max_iops, max(limits.baseline_iops or 0, per_gib * d.initial_size_gib))
+            if not limits.min_iops <= d.disk_iops <= ceiling:
+                problems.append(("disk-iops", f"must be between {limits.min_iops} and {ceiling} for {kind} volumes of "
+                                              f"{d.initial_size_gib} GiB or more (got {d.disk_iops})"))
+    if d.disk_throughput is not None:
+        if limits.max_throughput is None or limits.min_throughput is None:
+            problems.append(("disk-throughput", f"is not offered with disk-type {kind} on "
+                                                f"{cloud.provider.value!r} (gp3 only, on AWS)"))
+        else:
+            iops = d.disk_iops or limits.baseline_iops or limits.min_iops
+            ceiling = min(limits.max_throughput, int(iops * (limits.max_throughput_per_iops or 1)))
+            if not limits.min_throughput <= d.disk_throughput <= ceiling:
+                problems.append(("disk-throughput", f"must be between {limits.min_throughput} and {ceiling} MiB/s "
+                                                    f"with {iops} IOPS (got {d.disk_throughput})"))
+    return problems

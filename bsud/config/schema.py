@@ -39,6 +39,10 @@ class CloudSettings(_Section):
     state_dir: str = "/var/lib/bsud/local"
     api_calls_per_second: float = Field(default=5.0, gt=0)
     max_attempts: int = Field(default=8, ge=1, le=50)
+    #: Defaults for every drive's new volumes (a drive's own value wins; tags are merged, the drive's last).
+    tags: dict[str, str] = Field(default_factory=dict)
+    encrypted: bool = False
+    kms_key_id: str | None = None
 
 
 class DaemonSettings(_Section):
@@ -72,6 +76,14 @@ class DriveConfig(_Section):
     mount_path: str
     disk_type: DiskType = DiskType.GP2
     disk_iops_per_gib: int | None = None
+    #: A fixed IOPS figure for every new volume (gp3, io1, io2), instead of disk-iops-per-gib.
+    disk_iops: int | None = None
+    #: MiB/s for every new gp3 volume.
+    disk_throughput: int | None = None
+    #: Extra tags on every volume bsud creates for the drive (cost allocation), beside bsud's own.
+    tags: dict[str, str] | None = None
+    encrypted: bool | None = None
+    kms_key_id: str | None = None
     max_total_size_gib: int | None = None
     initial_size_gib: int = 10
     max_bsu_count: int = 10

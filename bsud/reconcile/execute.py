@@ -6,7 +6,7 @@ verified, a volume is detached only when nothing of the drive is mounted or acti
 
 from __future__ import annotations
 
-from bsud.cloud.base import CloudProvider
+from bsud.cloud.base import CloudProvider, VolumeOptions
 from bsud.config import DriveConfig, Provider, provisioned_iops, volume_limits
 from bsud.errors import BsudError
 from bsud.host import mounts
@@ -125,11 +125,14 @@ class Executor:
     # -- cloud -------------------------------------------------------------------------------------
 
     def _create(self, action: CreateVolume) -> bool:
-        limits = volume_limits(self.provider, self.spec.disk_type)
-        iops = None
-        if self.spec.disk_iops_per_gib is not None and limits is not None and limits.max_iops_per_gib:
-            iops = provisioned_iops(action.size_gib, self.spec.disk_iops_per_gib, limits)
-        vol = self.cloud.create_volume(self.spec.name, action.size_gib, self.spec.disk_type.value, iops)
+        spec = self.spec
+        limits = volume_limits(self.provider, spec.disk_type)
+        iops = spec.disk_iops
+        if spec.disk_iops_per_gib is not None and limits is not None and limits.max_iops_per_gib:
+            iops = provisioned_iops(action.size_gib, spec.disk_iops_per_gib, limits)
+        options = VolumeOptions(iops=iops, throughput=spec.disk_throughput, encrypted=bool(spec.encrypted),
+                                kms_key_id=spec.kms_key_id, tags=dict(spec.tags or {}))
+        vol = self.cloud.create_volume(spec.name, action.size_gib, spec.disk_type.value, options)
         self.created = vol.id
         self.cloud.wait_available(vol.id, timeout=self.attach_timeout)
         return True

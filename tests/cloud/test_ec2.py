@@ -10,7 +10,7 @@ from botocore.awsrequest import AWSResponse
 from botocore.stub import Stubber
 from structlog.testing import capture_logs
 
-from bsud.cloud.base import volumes_by_drive
+from bsud.cloud.base import VolumeOptions, volumes_by_drive
 from bsud.naming import DRIVE_TAG
 from bsud.errors import CloudError, CloudTimeout, VolumeStateError
 
@@ -41,7 +41,7 @@ def ec2_error(status: int, code: str, message: str) -> AWSResponse:
 
 def test_create_is_tagged_and_listed_per_drive(cloud, ec2):
     a = cloud.create_volume("alpha", 10, "gp2")
-    b = cloud.create_volume("beta", 20, "io1", iops=600)
+    b = cloud.create_volume("beta", 20, "io1", VolumeOptions(iops=600))
     ec2.create_volume(AvailabilityZone=ZONE, Size=5)  # untagged: not ours
     assert a.drive == "alpha" and a.size_gib == 10 and a.zone == ZONE
     grouped = volumes_by_drive(cloud.list_volumes())
@@ -223,3 +223,65 @@ def test_concurrent_drives_share_one_limiter(make_cloud, instance_id):
     assert not errors
     assert len(cloud.list_volumes()) == 12
     assert cloud.calls >= 13 and cloud.limiter.waited > 0
+
+
+def test_volume_options_reach_the_cloud(cloud, ec2):
+    """Extra tags, encryption with a KMS key, gp3 IOPS and throughput: what CreateVolume is asked for."""
+    options = VolumeOptions(iops=6000, throughput=500, encrypted=True, kms_key_id="alias/bsud",
+                            tags={"team": "db", "cost-center": "42"})
+    vol = cloud.create_volume("data", 12, "gp3", options)
+    assert vol.drive == "data" and vol.tags["team"] == "db"
+    (item,) = ec2.describe_volumes(VolumeIds=[vol.id])["Volumes"]
+    assert (item["VolumeType"], item["Iops"], item["Throughput"]) == ("gp3", 6000, 500)
+    assert item["Encrypted"] is True and item["KmsKeyId"].endswith("alias/bsud")
+    assert {t["Key"]: t["Value"] for t in item["Tags"]} == {"team": "db", "cost-center": "42", DRIVE_TAG: "data"}
+    plain = cloud.create_volume("data", 1, "gp2")
+    (item,) = ec2.describe_volumes(VolumeIds=[plain.id])["Volumes"]
+    assert item["Encrypted"] is False and {t["Key"] for t in item["Tags"]} == {DRIVE_TAG}
+
+
+def test_permission_preflight_passes_with_every_permission(cloud, ec2):
+    before = len(ec2.describe_volumes()["Volumes"])
+    assert cloud.check_permissions() == []
+    assert len(ec2.describe_volumes()["Volumes"]) == before  # DryRun: nothing made
+
+
+def test_permission_preflight_names_what_is_missing(make_cloud, instance_id, moto_endpoint):
+    """moto's IAM enforcement: a user whose policy lacks ec2:DeleteVolume and ec2:DetachVolume."""
+    import json
+    import urllib.request
+
+    import boto3
+
+    from bsud.cloud.preflight import PermissionMissing
+
+    iam = boto3.client("iam", region_name="us-east-1", endpoint_url=moto_endpoint)
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Resource": "*", "Action": [
+        "ec2:DescribeVolumes", "ec2:DescribeInstances", "ec2:CreateVolume", "ec2:CreateTags",
+        "ec2:AttachVolume"]}]}
+    iam.create_user(UserName="bsud-narrow")
+    iam.put_user_policy(UserName="bsud-narrow", PolicyName="bsud", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName="bsud-narrow")["AccessKey"]
+    cloud = make_cloud(instance_id)
+    narrow = type(cloud)(cloud.settings, key["AccessKeyId"], key["SecretAccessKey"], identity=cloud.identity())
+
+    def auth(count: str) -> None:
+        urllib.request.urlopen(urllib.request.Request(f"{moto_endpoint}/moto-api/reset-auth", data=count.encode(),
+                                                      headers={"Content-Type": "text/plain"}, method="POST"),
+                               timeout=10)
+
+    auth("0")
+    try:
+        with pytest.raises(PermissionMissing) as info:
+            narrow.check_permissions()
+    finally:
+        auth("inf")
+    assert str(info.value).startswith("the cloud refuses ec2:DetachVolume, ec2:DeleteVolume to these credentials")
+    assert "docs/cloud.md" in str(info.value)
+
+
+def test_an_endpoint_that_does_not_answer_is_noted_not_fatal(cloud):
+    down = type(cloud)(cloud.settings.model_copy(update={"endpoint": "http://127.0.0.1:9"}), "testing", "testing",
+                       identity=cloud.identity())
+    (note,) = down.check_permissions()
+    assert note.startswith("permissions not checked: http://127.0.0.1:9 did not answer")

@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bsud.cloud import make_provider
+from bsud.config import load_config
+
 from .daemon_harness import DaemonHarness, checksums
 
 pytestmark = pytest.mark.host
@@ -67,7 +70,7 @@ def test_lifecycle(workdir: Path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     h = DaemonHarness(workdir, daemon={"metrics-listen": f"127.0.0.1:{port}", "metrics-textfile": str(prom),
-                                       "on-event": [str(hook)]})
+                                       "on-event": [str(hook)]}, tags={"team": "storage"})
     try:
         lifecycle(h, f"http://127.0.0.1:{port}/metrics", hook_log, prom)
     finally:
@@ -109,6 +112,9 @@ def lifecycle(h: DaemonHarness, url: str, hook_log: Path, prom: Path) -> None:
     written = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for f in text_string_to_metric_families(prom.read_text()) for s in f.samples}
     assert written[sample("bsud_drive_volumes", drive=drive)] == 2
+    # The drive's extra tags are on every volume bsud made for it.
+    volumes = make_provider(load_config(h.config_path)).list_volumes()
+    assert len(volumes) == 2 and all(v.tags.get("team") == "storage" for v in volumes), volumes
     shown = subprocess.run([sys.executable, "-m", "bsud", "status", "-c", str(h.config_path)], capture_output=True,
                            text=True, timeout=60).stdout
     assert f"last scale event: scale-up done" in shown and up[1]["BSUD_VOLUME"] in shown, shown

@@ -140,6 +140,33 @@ BAD = [
     ("bad-region", {"cloud": {"region": "mars-1"}, "drives": [drive()]}, "unknown Outscale region 'mars-1'"),
     ("not-object", [1, 2], "must hold a JSON object"),
     ("drives-not-list", {"drives": {}}, "field 'drives': must be a list"),
+    ("tag-aws-reserved", {"drives": [drive(tags={"aws:createdBy": "me"})]},
+     "drive 'data': field 'tags': tag 'aws:createdBy': keys starting with osc.bsud. or aws: are bsud's own"),
+    ("tag-bsud-own", {"cloud": {"tags": {"osc.bsud.drive-name": "x"}}, "drives": [drive()]},
+     "field 'cloud.tags': tag 'osc.bsud.drive-name'"),
+    ("tag-too-long", {"drives": [drive(tags={"k" * 128: "v"})]}, "keys are 1 to 127 characters"),
+    ("tags-too-many", {"drives": [drive(tags={f"k{n}": "v" for n in range(49)})]}, "49 tags: a volume holds 50"),
+    ("tag-not-string", {"drives": [drive(tags={"team": 7})]}, "field 'tags.team'"),
+    ("encrypted-on-outscale", {"drives": [drive(encrypted=True)]},
+     "field 'encrypted': provider 'outscale' cannot encrypt volumes at creation (Outscale FCU has no such option)"),
+    ("encrypted-default-on-outscale", {"cloud": {"encrypted": True}, "drives": [drive()]}, "field 'cloud.encrypted'"),
+    ("kms-without-encrypted", {"cloud": {"provider": "aws"}, "drives": [drive(**{"kms-key-id": "alias/x"})]},
+     "field 'kms-key-id': needs \"encrypted\": true"),
+    ("iops-on-gp2", {"cloud": {"provider": "aws"}, "drives": [drive(**{"disk-iops": 4000})]},
+     "field 'disk-iops': is not offered with disk-type gp2"),
+    ("gp3-iops-range", {"cloud": {"provider": "aws"}, "drives": [drive(**{"disk-type": "gp3", "disk-iops": 2000})]},
+     "field 'disk-iops': must be between 3000 and 5000 for gp3 volumes of 10 GiB or more (got 2000)"),
+    ("gp3-iops-per-gib", {"cloud": {"provider": "aws"},
+                          "drives": [drive(**{"disk-type": "gp3", "disk-iops": 6000, "initial-size-gib": 10})]},
+     "must be between 3000 and 5000"),
+    ("gp3-throughput", {"cloud": {"provider": "aws"},
+                        "drives": [drive(**{"disk-type": "gp3", "disk-throughput": 1000})]},
+     "field 'disk-throughput': must be between 125 and 750 MiB/s with 3000 IOPS (got 1000)"),
+    ("throughput-on-io1", {"cloud": {"provider": "aws"},
+                           "drives": [drive(**{"disk-type": "io1", "disk-iops": 400, "disk-throughput": 200})]},
+     "field 'disk-throughput': is not offered with disk-type io1"),
+    ("io1-iops-both", {"drives": [drive(**{"disk-type": "io1", "disk-iops": 400, "disk-iops-per-gib": 30})]},
+     "field 'disk-iops': give disk-iops (a fixed figure) or disk-iops-per-gib, not both"),
     ("metrics-listen-no-port", {"daemon": {"metrics-listen": "9711"}, "drives": [drive()]},
      "field 'daemon.metrics-listen': '9711' is not host:port"),
     ("metrics-listen-port-range", {"daemon": {"metrics-listen": "127.0.0.1:70000"}, "drives": [drive()]},
@@ -166,6 +193,18 @@ def test_bad_config_gives_one_line_naming_file_and_field(doc, expected):
 @pytest.mark.parametrize("listen", ["127.0.0.1:9711", "[::1]:9711", ":9711", "metrics.local:80"])
 def test_metrics_listen_accepts_host_port(listen):
     assert parse({"daemon": {"metrics-listen": listen}, "drives": [drive()]}).daemon.metrics_listen == listen
+
+
+def test_volume_options_from_the_cloud_section_are_each_drives_default():
+    config = parse({"cloud": {"provider": "aws", "region": "eu-west-1", "tags": {"team": "db", "env": "prod"},
+                              "encrypted": True, "kms-key-id": "alias/bsud"},
+                    "drives": [drive(tags={"env": "staging"}, **{"disk-type": "gp3", "disk-iops": 6000,
+                                                                 "disk-throughput": 500, "initial-size-gib": 12}),
+                               drive(name="plain", **{"mount-path": "/mnt/plain", "encrypted": False})]})
+    data, plain = config.drives
+    assert data.tags == {"team": "db", "env": "staging"} and data.encrypted and data.kms_key_id == "alias/bsud"
+    assert (data.disk_iops, data.disk_throughput) == (6000, 500)
+    assert plain.tags == {"team": "db", "env": "prod"} and plain.encrypted is False and plain.kms_key_id is None
 
 
 def test_invalid_json_names_line_and_column():
