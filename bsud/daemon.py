@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bsud import __version__
 from bsud.cloud import CloudProvider, make_provider
-from bsud.config import Config, InvalidConfig, Provider, load_config
+from bsud.config import Config, InvalidConfig, Provider, Target, load_config
 from bsud.errors import BsudError
 from bsud.host.layouts import LAYOUTS, StorageLayout
 from bsud.logs import get_logger, register_secrets
@@ -87,6 +87,8 @@ class Daemon:
         self.reload_event = threading.Event()
         self.publish_lock = threading.Lock()
         self.started = time.time()
+        #: READY=1 sent (once every online drive is mounted, or at daemon.ready-timeout-seconds).
+        self.ready = False
         self.sinks: list[Sink] = [StatusFile(lambda: self.config.daemon.status_file), SdNotifyStatus()]
         #: Every drive's events go to these (shared with the workers' engines).
         self.listeners: list[Callable[[Event], None]] = []
@@ -115,9 +117,30 @@ class Daemon:
             report = DaemonReport(version=__version__, pid=os.getpid(), config=self.config.path,
                                   started=self.started, updated=time.time(),
                                   drives={name: w.reconciler.status for name, w in self.workers.items()},
-                                  unmanaged=unmanaged)
+                                  unmanaged=unmanaged, not_mounted=tuple(self.not_mounted()))
             for sink in self.sinks:
                 sink.publish(report)
+
+    def not_mounted(self) -> list[str]:
+        """Drives whose target is online and that are not mounted (as their last observation saw them)."""
+        return [name for name, w in self.workers.items() if w.reconciler.spec.target == Target.ONLINE
+                and not (w.reconciler.last_obs is not None and w.reconciler.last_obs.mounted)]
+
+    def _announce_ready(self, deadline: float) -> None:
+        """READY=1 once every online drive is mounted — or at ``deadline``, naming those that are not."""
+        if self.ready:
+            return
+        waiting = self.not_mounted()
+        if waiting and time.monotonic() < deadline:
+            return
+        self.ready = True
+        if waiting:
+            log.warning("ready, but drives are not mounted", drives=waiting,
+                        after_seconds=self.config.daemon.ready_timeout_seconds)
+        else:
+            log.info("ready: every online drive is mounted")
+        notify("READY=1")
+        self.publish()
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -157,7 +180,8 @@ class Daemon:
             for problem in exc.problems:
                 log.error("config reload refused, keeping the running config", problem=str(problem))
         finally:
-            notify("READY=1")
+            if self.ready:  # before the first READY=1, readiness is still the drives' to give
+                notify("READY=1")
         self.snapshot.invalidate()
 
     def _start_outputs(self) -> None:
@@ -188,12 +212,13 @@ class Daemon:
         signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
         signal.signal(signal.SIGHUP, lambda *_: self.reload_event.set())
         self._start_workers()
-        notify("READY=1")
+        ready_by = time.monotonic() + self.config.daemon.ready_timeout_seconds
         self.publish()
         watchdog = watchdog_interval()
         next_ping = time.monotonic()
         next_publish = time.monotonic() + STATUS_SECONDS
         while not self.stop_event.is_set():
+            self._announce_ready(ready_by)
             if self.reload_event.is_set():
                 self.reload_event.clear()
                 self.reload()

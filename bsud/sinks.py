@@ -34,11 +34,13 @@ class DaemonReport:
     updated: float
     drives: dict[str, DriveStatus]
     unmanaged: dict[str, list[str]]
+    #: Drives whose target is online but that are not mounted (yet).
+    not_mounted: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {"version": self.version, "pid": self.pid, "config": self.config, "started": self.started,
                 "updated": self.updated, "drives": {n: d.as_dict() for n, d in self.drives.items()},
-                "unmanaged": self.unmanaged}
+                "unmanaged": self.unmanaged, "not_mounted": list(self.not_mounted)}
 
 
 class Sink(Protocol):
@@ -77,7 +79,10 @@ class SdNotifyStatus:
 
     def publish(self, report: DaemonReport) -> None:
         lines = [d.line() for d in report.drives.values()]
-        notify("STATUS=" + ("; ".join(lines) if lines else "no drives"))
+        text = "; ".join(lines) if lines else "no drives"
+        if report.not_mounted:
+            text = f"not mounted yet: {', '.join(report.not_mounted)} | {text}"
+        notify("STATUS=" + text)
 
 
 class EventCommand:

@@ -77,8 +77,37 @@ def test_lifecycle(workdir: Path):
         h.close()
 
 
+class NotifySocket:
+    """systemd's side of sd_notify: a datagram socket the daemon is given as NOTIFY_SOCKET."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.messages: list[str] = []
+
+    def wait_for(self, field: str, timeout: float = 120) -> list[str]:
+        """Messages until one holding ``field`` (e.g. READY=1); those received so far."""
+        deadline = time.monotonic() + timeout
+        while not any(field in m.split("\n") for m in self.messages):
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"no {field} within {timeout} s; got {self.messages}"
+            self.sock.settimeout(remaining)
+            self.messages.append(self.sock.recv(65536).decode())
+        return self.messages
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 def lifecycle(h: DaemonHarness, url: str, hook_log: Path, prom: Path) -> None:
-    h.start(OSC_SECRET_KEY="never-in-a-hook")
+    notify = NotifySocket(h.workdir / "notify")
+    h.start(OSC_SECRET_KEY="never-in-a-hook", NOTIFY_SOCKET=notify.path)
+    # READY=1 only once the drive is mounted: a unit ordered After=bsud.service starts on it, not on an empty
+    # directory.
+    notify.wait_for("READY=1")
+    assert h.mounted(), "READY=1 came before the drive was mounted"
+    notify.close()
     st = h.wait_online(volumes=1)
     assert st["size_gib"] == 1 and h.mounted()
     m = scraped(url)
@@ -157,6 +186,27 @@ def lifecycle(h: DaemonHarness, url: str, hook_log: Path, prom: Path) -> None:
     h.wait_for("deleted", lambda s: s.get("phase") == "deleted")
     assert not h.mounted() and h.loops() == [] and h.images() == []
     assert h.stop() == 0
+
+
+def test_ready_is_bounded_and_names_the_drive_not_mounted(workdir: Path):
+    """A drive that cannot be mounted (its mount path lies under a regular file) holds READY=1 back only for
+    daemon.ready-timeout-seconds; STATUS then says which drive is not mounted."""
+    (workdir / "file").write_text("not a directory")
+    notify = NotifySocket(workdir / "notify")
+    h = DaemonHarness(workdir, daemon={"ready-timeout-seconds": 4})
+    h.settings["mount-path"] = str(workdir / "file" / "mnt")
+    h.write_config()
+    try:
+        started = time.monotonic()
+        h.start(NOTIFY_SOCKET=notify.path)
+        messages = notify.wait_for("READY=1", timeout=60)
+        assert time.monotonic() - started >= 4
+        status = [m for m in notify.wait_for("READY=1") if m.startswith("STATUS=")]
+        assert any(m.startswith(f"STATUS=not mounted yet: {h.drive} |") for m in status), messages
+        assert h.alive()
+    finally:
+        notify.close()
+        h.close()
 
 
 def test_status_and_plan_commands(harness: DaemonHarness):
