@@ -15,8 +15,9 @@ The hypervisor bridge: the guest writes JSON lines to a virtio-serial port
 
 Each volume is a sparse file that outlives unplugging (like a cloud volume), removed on
 delete. The guest's console is streamed to stdout; the exit code is pytest's. With no test path
-given, the lane's files are split over ``--jobs`` guests running side by side (a TCG guest uses
-little more than one core), each console prefixed ``[vmN]``, with one summary line at the end.
+given, the lane's files are split over ``--jobs`` runners side by side (a TCG guest uses little more
+than one core), each console prefixed ``[vmN]``, with one summary line at the end. The systemd
+lane's files (``SYSTEMD_FILES``) boot the host's systemd as PID 1 in a guest of their own.
 """
 
 from __future__ import annotations
@@ -53,6 +54,22 @@ mount -t tmpfs -o size=75% tmpfs /rw
 mkdir -p /rw/upper /rw/work
 mount -t overlay overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work /newroot || exec sh
 repo=$(sed -n 's/.*bsud.repo=\\([^ ]*\\).*/\\1/p' /proc/cmdline)
+if grep -q 'bsud.init=systemd' /proc/cmdline; then
+    # The systemd lane: the host's own systemd as PID 1, booting bsud-vmtest.target (which runs pytest).
+    for unit in bsud-vmtest.service bsud-vmtest.target; do
+        sed "s|@REPO@|$repo|g" "/newroot$repo/tests/vm/systemd/$unit" > "/newroot/etc/systemd/system/$unit"
+    done
+    # Not in a throwaway guest on the host's root: tmpfiles --remove would empty /tmp (where a CI checkout
+    # lives) and walk the whole tree over 9p; nothing else the host enabled is wanted either.
+    for unit in systemd-tmpfiles-setup.service systemd-tmpfiles-clean.timer systemd-timesyncd.service \
+                systemd-pstore.service e2scrub_reap.service; do
+        ln -sf /dev/null "/newroot/etc/systemd/system/$unit"
+    done
+    ln -sf /etc/systemd/system/bsud-vmtest.target /newroot/etc/systemd/system/default.target
+    umount /proc /sys
+    mount --move /dev /newroot/dev 2>/dev/null || umount /dev
+    exec switch_root /newroot /lib/systemd/systemd
+fi
 umount /proc /sys
 mount --move /dev /newroot/dev 2>/dev/null || umount /dev
 exec switch_root /newroot /bin/bash "$repo/tests/vm/guest-init.sh"
@@ -267,35 +284,46 @@ class Bridge:
 
 #: Rough guest seconds per test file under TCG (measured), to split the lane over parallel guests.
 WEIGHTS = {
-    "test_crash_lvm.py": 780,
-    "test_daemon_lvm.py": 680,
-    "test_fill_lvm.py": 360,
-    "test_faults_lvm.py": 300,
-    "test_lvm_layout.py": 200,
-    "test_devices.py": 80,
+    "test_crash_lvm.py": 1000,
+    "test_daemon_lvm.py": 900,
+    "test_fill_lvm.py": 560,
+    "test_faults_lvm.py": 450,
+    "test_lvm_layout.py": 380,
+    "test_systemd.py": 300,
+    "test_devices.py": 100,
     "test_boot.py": 10,
 }
+#: Test files that need systemd as PID 1: each runs in a guest of its own, booted with systemd.
+SYSTEMD_FILES = frozenset({"test_systemd.py"})
 SUMMARY = re.compile(r"=+ (.*?) in [\d.]+s")
 COUNTS = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed)")
 
 
-def split(files: list[str], jobs: int) -> list[list[str]]:
-    """Test files in ``jobs`` groups of about equal weight (longest first onto the lightest group)."""
-    groups: list[list[str]] = [[] for _ in range(min(jobs, len(files)))]
-    loads = [0] * len(groups)
-    for name in sorted(files, key=lambda f: -WEIGHTS.get(Path(f).name, 120)):
+def split(files: list[str], jobs: int) -> list[list[list[str]]]:
+    """Test files over ``jobs`` runners of about equal weight (longest first onto the lightest). A runner boots
+    one guest for its ordinary files, then one guest per systemd-lane file (:data:`SYSTEMD_FILES`), one after
+    the other."""
+    def weight(name: str) -> int:
+        return WEIGHTS.get(Path(name).name, 120)
+
+    runners: list[dict[str, list[str]]] = [{"plain": [], "systemd": []} for _ in range(min(jobs, len(files)))]
+    loads = [0] * len(runners)
+    for name in sorted(files, key=lambda f: -weight(f)):
         lightest = loads.index(min(loads))
-        groups[lightest].append(name)
-        loads[lightest] += WEIGHTS.get(Path(name).name, 120)
-    return [g for g in groups if g]
+        runners[lightest]["systemd" if Path(name).name in SYSTEMD_FILES else "plain"].append(name)
+        loads[lightest] += weight(name)
+    return [[g for g in ([r["plain"]] if r["plain"] else []) + [[f] for f in r["systemd"]]] for r in runners
+            if r["plain"] or r["systemd"]]
 
 
 class Guest:
     """One throwaway VM running pytest with ``pytest_args``; its console goes to stdout with ``prefix``."""
 
     def __init__(self, kver: str, kernel: Path, pytest_args: list[str], opts: argparse.Namespace,
-                 prefix: str = "") -> None:
+                 prefix: str = "", systemd: bool = False) -> None:
         self.kver, self.kernel, self.pytest_args, self.opts, self.prefix = kver, kernel, pytest_args, opts, prefix
+        #: Boot the host's systemd as PID 1 (the systemd lane) instead of tests/vm/guest-init.sh.
+        self.systemd = systemd
         self.exit_code: int | None = None
         self.counts: dict[str, int] = {}
 
@@ -318,7 +346,8 @@ class Guest:
             "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-monitor", "none",
             "-no-reboot", "-nic", "none",
             "-kernel", str(self.kernel), "-initrd", str(initrd),
-            "-append", f"console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init bsud.repo={REPO}",
+            "-append", f"console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init bsud.repo={REPO}" + (
+                " bsud.init=systemd systemd.show_status=false systemd.log_level=warning" if self.systemd else ""),
             "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
             "-virtfs", f"local,path={share},mount_tag=vmshare,security_model=none,multidevs=remap",
             "-device", "virtio-scsi-pci,id=scsi0",
@@ -327,7 +356,8 @@ class Guest:
             "-device", "virtserialport,chardev=bridge,name=bsud.bridge",
             "-qmp", f"unix:{qmp_path},server=on,wait=off",
         ]
-        self.say(f"booting {self.kernel.name} (initramfs built in {time.monotonic() - started:.1f} s), "
+        self.say(f"booting {self.kernel.name}{' with systemd as PID 1' if self.systemd else ''} "
+                 f"(initramfs built in {time.monotonic() - started:.1f} s), "
                  f"timeout {opts.timeout:g} s, pytest {' '.join(self.pytest_args) or 'tests/vm'}")
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         qmp = Qmp(qmp_path)
@@ -385,32 +415,42 @@ def main() -> int:
         raise SystemExit("vm-test: qemu-system-x86_64 is missing (package qemu-system-x86)")
     kver, kernel = find_kernel()
     paths = [a for a in pytest_args if not a.startswith("-") and (REPO / a.split("::")[0]).exists()]
-    if paths or opts.jobs <= 1:
-        groups = [pytest_args if paths else [*pytest_args, "tests/vm"]]
+    if paths:
+        wanted = {Path(p.split("::")[0]).name for p in paths}
+        if wanted & SYSTEMD_FILES and wanted - SYSTEMD_FILES:
+            raise SystemExit(f"vm-test: {', '.join(sorted(wanted & SYSTEMD_FILES))} need a systemd guest of "
+                             "their own; run them apart from the other files")
+        runners = [[pytest_args]]
+    elif opts.jobs <= 1:
+        files = sorted(str(p.relative_to(REPO)) for p in (REPO / "tests" / "vm").glob("test_*.py"))
+        runners = [[[*pytest_args, *g] for g in group] for group in split(files, 1)]
     else:
         files = sorted(str(p.relative_to(REPO)) for p in (REPO / "tests" / "vm").glob("test_*.py"))
-        groups = [[*pytest_args, *group] for group in split(files, opts.jobs)]
-    guests = [Guest(kver, kernel, group, opts, f"[vm{i + 1}] " if len(groups) > 1 else "")
-              for i, group in enumerate(groups)]
+        runners = [[[*pytest_args, *g] for g in group] for group in split(files, opts.jobs)]
+    many = sum(len(r) for r in runners) > 1
+    number = iter(range(1, 100))
+    plan = [[Guest(kver, kernel, args, opts, f"[vm{next(number)}] " if many else "",
+                   systemd=any(Path(a.split("::")[0]).name in SYSTEMD_FILES for a in args))
+             for args in runner] for runner in runners]
+    guests = [g for runner in plan for g in runner]
     started = time.monotonic()
-    if len(guests) == 1:
-        codes = [guests[0].run()]
-    else:
-        codes = [0] * len(guests)
+    codes = [0] * len(guests)
 
-        def run(index: int) -> None:
-            codes[index] = guests[index].run()
+    def run(runner: list[Guest]) -> None:
+        for guest in runner:
+            codes[guests.index(guest)] = guest.run()
 
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(guests))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+    threads = [threading.Thread(target=run, args=(runner,)) for runner in plan]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if many:
         total: dict[str, int] = {}
         for guest in guests:
             for kind, n in guest.counts.items():
                 total[kind] = total.get(kind, 0) + n
-        log(f"{len(guests)} guests finished in {time.monotonic() - started:.1f} s")
+        log(f"{len(guests)} guests on {len(plan)} runners finished in {time.monotonic() - started:.1f} s")
         line = f"{total.get('passed', 0)} passed, {total.get('failed', 0) + total.get('error', 0)} failed"
         print(f"vm-lane: {line}" + (f", {total['skipped']} skipped" if total.get("skipped") else ""), flush=True)
     return next((code for code in codes if code != 0), 0)

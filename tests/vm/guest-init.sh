@@ -1,16 +1,22 @@
 #!/bin/bash
-# PID 1 of the test VM (started by scripts/vmtest.py's initramfs on the overlay root):
-# mounts the basics, loads the storage modules, starts udevd, runs pytest's vm lane,
-# reports its exit code on the console and powers off.
+# The test VM's runner (started by scripts/vmtest.py's initramfs on the overlay root). As PID 1 it mounts the
+# basics and starts udevd itself; in the systemd lane systemd is PID 1 and runs it as bsud-vmtest.service
+# (tests/vm/systemd/), which has done both. Then: the storage modules, pytest's vm lane, its exit code on the
+# console, power off.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mountpoint -q /dev || mount -t devtmpfs dev /dev
-mkdir -p /dev/pts /dev/shm
-[ -e /dev/fd ] || ln -s /proc/self/fd /dev/fd
-mount -t devpts devpts /dev/pts
-mount -t tmpfs tmpfs /dev/shm
-mount -t tmpfs tmpfs /run
+if [ "$$" -eq 1 ]; then
+    mount -t proc proc /proc
+    mount -t sysfs sys /sys
+    mountpoint -q /dev || mount -t devtmpfs dev /dev
+    mkdir -p /dev/pts /dev/shm
+    [ -e /dev/fd ] || ln -s /proc/self/fd /dev/fd
+    mount -t devpts devpts /dev/pts
+    mount -t tmpfs tmpfs /dev/shm
+    mount -t tmpfs tmpfs /run
+    export BSUD_VM_INIT=script
+else
+    export BSUD_VM_INIT=systemd
+fi
 # The checkout may live under the host's /tmp (CI clones): keep /tmp visible and give tests their own
 # tmpfs as TMPDIR, outside /run (bsud refuses mount paths under system trees such as /run).
 mkdir -p /run/vmshare /run/lock /var/tmp/bsud-vm
@@ -19,8 +25,10 @@ export TMPDIR=/var/tmp/bsud-vm
 mount -t 9p -o trans=virtio,version=9p2000.L vmshare /run/vmshare
 for m in dm_mod dm_mirror btrfs virtio_blk virtio_scsi sd_mod nvme loop virtio_console; do modprobe "$m"; done
 ip link set lo up
-/lib/systemd/systemd-udevd --daemon
-udevadm trigger --action=add
+if [ "$$" -eq 1 ]; then
+    /lib/systemd/systemd-udevd --daemon
+    udevadm trigger --action=add
+fi
 udevadm settle --timeout=30
 
 repo=$(sed -n 's/.*bsud.repo=\([^ ]*\).*/\1/p' /proc/cmdline)
@@ -28,10 +36,10 @@ cd "$repo" || { echo "BSUD-VM-EXIT=3"; echo o > /proc/sysrq-trigger; }
 mapfile -t args < <(/usr/bin/python3 -c 'import json,sys; print("\n".join(json.load(open("/run/vmshare/args.json"))))' 2>/dev/null)
 [ "${#args[@]}" -eq 0 ] || [ -z "${args[0]}" ] && args=(tests/vm)
 export BSUD_IN_VM=1 HOME=/root PYTHONDONTWRITEBYTECODE=1 TERM=dumb
-echo "vm: kernel $(uname -r), udevd running, starting pytest ${args[*]}"
+echo "vm: kernel $(uname -r), init: $BSUD_VM_INIT, udevd running, starting pytest ${args[*]}"
 .venv/bin/python -m pytest -p no:cacheprovider -m vm "${args[@]}"
 rc=$?
 sync
 echo "BSUD-VM-EXIT=$rc"
 echo o > /proc/sysrq-trigger
-sleep 10
+sleep 10 2>/dev/null   # until the power-off lands
