@@ -71,7 +71,14 @@ def resolve_attached(volume: Volume, instance_id: str, devices: list[dict],
 
 def observe_drive(spec: DriveConfig, volumes: list[Volume], cloud: CloudProvider,
                   layout: StorageLayout) -> tuple[DriveObs, dict[str, Resolution]]:
-    """Everything the planner needs to know about one drive, read now."""
+    """Everything the planner needs to know about one drive, read now: each read command runs once (the
+    filesystem's ``show``, the VG report are asked for by several pieces)."""
+    with layout.runner.reading():
+        return _observe_drive(spec, volumes, cloud, layout)
+
+
+def _observe_drive(spec: DriveConfig, volumes: list[Volume], cloud: CloudProvider,
+                   layout: StorageLayout) -> tuple[DriveObs, dict[str, Resolution]]:
     me = cloud.identity().instance_id
     devices = block_devices()
     resolutions: dict[str, Resolution] = {}
