@@ -23,7 +23,8 @@ GIB = 1024**3
 
 
 def lvm_drive_on_two_volumes(vm, cloud, drive: str, mnt: str):
-    """An lvm-layout drive: btrfs made and mounted on a first 1 GiB volume, a second one joined (LV not grown)."""
+    """An lvm-layout drive: btrfs made and mounted on a first 1 GiB volume, a second one in the VG (LV not grown:
+    joined as to a drive not in use; joined with the mount point, the LV and btrfs would grow over it at once)."""
     tags = {DRIVE_TAG: drive}
     layout = LvmLayout(drive, Runner())
     v1, v2 = cloud.create_volume(drive, 1, "gp2"), cloud.create_volume(drive, 1, "gp2")
@@ -32,7 +33,7 @@ def lvm_drive_on_two_volumes(vm, cloud, drive: str, mnt: str):
     layout.ensure_filesystem()
     layout.mount([r1.device], mnt)
     r2 = vm.attach(cloud, v2)
-    layout.join(r2, tags, mnt)
+    layout.join(r2, tags, None)
     return layout, r1, r2
 
 
@@ -57,8 +58,7 @@ def test_lvm_end_to_end_grow_and_remove_with_data(vm, tmp_path: Path):
 
     v2 = cloud.create_volume(drive, 1, "gp2")
     r2 = vm.attach(cloud, v2)
-    layout.join(r2, tags, mnt)
-    assert layout.grow(mnt) is True
+    layout.join(r2, tags, mnt)  # joined to a mounted drive: the LV and btrfs grow over it at once
     assert layout.grow(mnt) is False  # nothing left to grow into
     assert layout.usage(mnt).size > 1.9 * size_one
     assert layout.lvm.vg(drive).pv_count == 2
