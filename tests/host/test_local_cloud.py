@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bsud.cloud.base import volumes_by_drive
+from bsud.cloud.base import VolumeOptions, volumes_by_drive
 from bsud.cloud.local import GIB, LocalCloud
 from bsud.config import CloudSettings
 from bsud.errors import CloudError, VolumeStateError
@@ -71,10 +71,10 @@ def test_lifecycle_create_attach_detach_delete(local: LocalCloud, state_dir: Pat
 
 def test_tags_group_volumes_per_drive(local: LocalCloud):
     a = local.create_volume("alpha", 1, "gp2")
-    b = local.create_volume("beta", 1, "io1", iops=300)
+    b = local.create_volume("beta", 1, "io1", VolumeOptions(iops=300, tags={"team": "ops"}))
     grouped = volumes_by_drive(local.list_volumes())
     assert [v.id for v in grouped["alpha"]] == [a.id]
-    assert grouped["beta"][0].iops == 300
+    assert grouped["beta"][0].iops == 300 and grouped["beta"][0].tags["team"] == "ops"
 
 
 def test_mounted_volume_is_not_detached(local: LocalCloud, tmp_path: Path):
