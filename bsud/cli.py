@@ -119,6 +119,11 @@ def cmd_status(config: Config, as_json: bool) -> int:
         if st.get("seconds_to_full") is not None:
             print(f"{'':<16} writing {st['write_rate'] / 1e6:.1f} MB/s: full in {st['seconds_to_full']:.0f} s at "
                   f"that rate (a grow takes ~{st['grow_seconds']:.0f} s)")
+        exports = st.get("exports") or {}
+        if exports:
+            state = "applied" if exports.get("in_sync") else f"not applied: {exports.get('detail')}"
+            servers = ", ".join(exports.get("servers") or []) or "no server"
+            print(f"{'':<16} exports: {exports.get('wanted', 0)} ({servers}), {state}")
         if st.get("last_scale_event"):
             print(f"{'':<16} last scale event: {describe_event(st['last_scale_event'])}")
         if st.get("last_error"):

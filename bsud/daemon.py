@@ -25,6 +25,7 @@ from bsud import __version__
 from bsud.cloud import CloudProvider, make_provider
 from bsud.config import Config, InvalidConfig, Provider, Target, load_config
 from bsud.errors import BsudError
+from bsud.host.exports import KINDS as EXPORT_KINDS
 from bsud.host.layouts import LAYOUTS, StorageLayout
 from bsud.logs import get_logger, register_secrets
 from bsud.metrics import Metrics
@@ -44,8 +45,10 @@ RESTART_TO_APPLY = ("metrics_listen", "metrics_textfile", "on_event", "on_event_
 
 
 def required_tools(config: Config, cloud: CloudProvider) -> list[str]:
-    """What the drives' layouts and the provider run, each named once (every layout needs btrfs)."""
-    tools = [*StorageLayout.tools, *(t for d in config.drives for t in LAYOUTS[d.layout].tools), *cloud.tools]
+    """What the drives' layouts, exports and the provider run, each named once (every layout needs btrfs); an
+    export kind's tools only when a drive uses it."""
+    tools = [*StorageLayout.tools, *(t for d in config.drives for t in LAYOUTS[d.layout].tools), *cloud.tools,
+             *(t for d in config.drives for e in d.exports for t in EXPORT_KINDS[e.kind].tools)]
     return list(dict.fromkeys(tools))
 
 

@@ -37,6 +37,7 @@ TOOL_PACKAGES: dict[str, str] = {
     "umount": "mount",
     "udevadm": "udev",
     "fuser": "psmisc",
+    "exportfs": "nfs-kernel-server",
 }
 
 

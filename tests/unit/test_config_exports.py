@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from bsud.config import InvalidConfig, parse_config
+from bsud.config import CloudSettings, DaemonSettings, InvalidConfig, parse_config
+from bsud.config.exports import EXPORT_KINDS
 
 NFS = {"kind": "nfs", "path": "projects", "clients": ["10.0.0.0/24", "client.example"]}
 SMB = {"kind": "smb", "share": "data", "valid-users": ["alice", "@staff"]}
@@ -27,17 +28,30 @@ def problems(text: str) -> list[str]:
     return [str(p) for p in info.value.problems]
 
 
-def test_every_kind_loads_with_its_defaults():
-    drive = parse_config(config(NFS, SMB, ISCSI, NVME)).drives[0]
-    nfs, smb, iscsi, nvme = drive.exports
+def test_every_kind_has_its_defaults():
+    nfs, smb, iscsi, nvme = (EXPORT_KINDS[e["kind"]].model_validate_json(json.dumps(e), strict=True)
+                             for e in (NFS, SMB, ISCSI, NVME))
     assert nfs.options == ("rw", "sync", "root_squash", "no_subtree_check") and nfs.path == "projects"
     assert smb.read_only is False and smb.valid_users == ("alice", "@staff")
     assert iscsi.lun_size_gib == 4 and iscsi.chap.password.get_secret_value() == "s3cret-passwd"
     assert (nvme.transport, nvme.port) == ("tcp", 4420)
 
 
+def test_nfs_loads_and_the_kinds_not_applied_yet_are_refused_in_one_line():
+    assert parse_config(config(NFS)).drives[0].exports[0].clients == ("10.0.0.0/24", "client.example")
+    for export in (SMB, ISCSI, NVME):
+        (line,) = problems(config(export))
+        assert line.endswith(f"{export['kind']} exports are not applied by this version of bsud yet (only nfs); "
+                             "remove it"), line
+
+
 def test_the_chap_password_is_a_secret():
-    loaded = parse_config(config(ISCSI))
+    from bsud.config.schema import Config
+
+    iscsi = EXPORT_KINDS["iscsi"].model_validate_json(json.dumps(ISCSI), strict=True)
+    drive = parse_config(config(NFS)).drives[0].model_copy(update={"exports": (iscsi,)})
+    loaded = Config(path="x", drives=(drive,), cloud=CloudSettings(), daemon=DaemonSettings(), access_key=None,
+                    secret_key=None, credentials_from="none")
     assert "s3cret-passwd" in loaded.secrets()
     assert "s3cret-passwd" not in json.dumps(loaded.effective())
 
@@ -75,6 +89,7 @@ def test_a_bad_export_is_one_line_naming_drive_and_field(export, expected):
 
 
 def test_two_exports_may_not_share_a_name_or_a_port():
+    # (smb and nvmeof are refused as not applied yet as well: the clash is a line of its own.)
     other = {"name": "logs", "target": "online", "mount-path": "/mnt/logs",
              "exports": [{**SMB, "share": "DATA"}, {**NVME, "nqn": "nqn.2026-11.com.example:logs"}]}
     found = problems(config(SMB, NVME, extra=[other]))
