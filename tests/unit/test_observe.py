@@ -113,3 +113,36 @@ def test_a_stale_check_that_a_refresh_cannot_satisfy_is_turned_off():
     layout.lvm = StuckLvm()  # type: ignore[assignment]
     layout.refresh([])
     assert layout.lvm.refreshed == 1 and layout.stale_check is False
+
+
+class ScriptedExporter:
+    """An export kind whose system state is given (and whose reading can fail)."""
+
+    def __init__(self, kind: str, state=None, error: str | None = None) -> None:
+        self.kind, self.state, self.error = kind, state, error
+
+    def observe(self, drive, mount_path, exports):
+        from bsud.errors import BsudError
+
+        if self.error:
+            raise BsudError(self.error)
+        return self.state
+
+
+def test_exports_of_every_kind_are_summed_up(tmp_path: Path):
+    from bsud.config.exports import NfsExport
+    from bsud.host.exports import ExportState
+    from bsud.reconcile.observe import observe_exports
+
+    s = spec(tmp_path).model_copy(update={"exports": (NfsExport(kind="nfs", clients=("*",)),)})
+    applied = ExportState("nfs", 1, applied=True, present=True, server="nfsd: 8 threads")
+    obs = observe_exports(s, {"nfs": ScriptedExporter("nfs", applied)})
+    assert (obs.wanted, obs.in_sync, obs.present, obs.servers) == (1, True, True, ("nfs: nfsd: 8 threads",))
+    # A kind the drive no longer uses but whose file is still there: out of sync, to be withdrawn.
+    left = ExportState("smb", 0, applied=False, present=True, server="smbd", detail="bsud-d.conf differs")
+    obs = observe_exports(s, {"nfs": ScriptedExporter("nfs", applied), "smb": ScriptedExporter("smb", left)})
+    assert not obs.in_sync and obs.present and obs.detail == "bsud-d.conf differs" and obs.servers == (
+        "nfs: nfsd: 8 threads",)
+    # A state that cannot be read is not in sync, and counted as present (withdrawn before an unmount).
+    obs = observe_exports(s, {"nfs": ScriptedExporter("nfs", error="exportfs: not found")})
+    assert not obs.in_sync and obs.present and "cannot read the nfs exports: exportfs: not found" in obs.detail
