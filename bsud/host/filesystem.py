@@ -72,10 +72,6 @@ class DriveFilesystem:
         """Move the data off ``device`` and take it out (btrfs wipes its superblock when done)."""
         self.btrfs.device_remove(device, mount_point)
 
-    def slack(self, mount_point: str) -> int:
-        """Bytes its devices have that the filesystem does not use yet."""
-        return self.btrfs.usage(mount_point).slack
-
     def grow(self, mount_point: str, devid: int = 1) -> None:
         """Give one of its devices (the only one, on an LV) all its size."""
         self.btrfs.resize(mount_point, devid, "max")

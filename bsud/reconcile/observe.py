@@ -90,7 +90,14 @@ def observe_exports(spec: DriveConfig, exporters: Mapping[str, ExportKind]) -> E
 
 def observe_drive(spec: DriveConfig, volumes: list[Volume], cloud: CloudProvider, layout: StorageLayout,
                   exporters: Mapping[str, ExportKind] | None = None) -> tuple[DriveObs, dict[str, Resolution]]:
-    """Everything the planner needs to know about one drive, read now."""
+    """Everything the planner needs to know about one drive, read now: each read command runs once (the
+    filesystem's ``show``, the VG report are asked for by several pieces)."""
+    with layout.runner.reading():
+        return _observe_drive(spec, volumes, cloud, layout, exporters)
+
+
+def _observe_drive(spec: DriveConfig, volumes: list[Volume], cloud: CloudProvider, layout: StorageLayout,
+                   exporters: Mapping[str, ExportKind] | None) -> tuple[DriveObs, dict[str, Resolution]]:
     me = cloud.identity().instance_id
     devices = block_devices()
     resolutions: dict[str, Resolution] = {}

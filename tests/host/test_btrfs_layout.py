@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 
 from bsud.cloud.local import LocalCloud
+from bsud.config import DriveConfig, Layout, Target
 from bsud.naming import DRIVE_TAG
 from bsud.host import mounts
 from bsud.host.devices import GIB, DeviceMismatch, DeviceWaiter, VolumeRef
 from bsud.host.layouts import BtrfsLayout, LayoutError
-from bsud.reconcile.observe import usage_obs
+from bsud.reconcile.observe import observe_drive, usage_obs
+from bsud.runner import Runner
 
 from .conftest import attach, verify_files, write_files
 
@@ -143,3 +145,39 @@ def test_resolver_on_loop_devices_refuses_a_wrong_size(local, workdir: Path):
     with DeviceWaiter() as waiter, pytest.raises(DeviceMismatch) as info:
         waiter.wait(VolumeRef(v1.id, 2 * GIB, "/dev/xvdb", v1.backing_file), LocalCloud.device_rules, timeout=5)
     assert r1.device in str(info.value) and str(2 * GIB) in str(info.value)
+
+
+class RecordingRunner(Runner):
+    """A runner that records each command it actually starts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started: list[tuple[str, ...]] = []
+
+    def _capture(self, full, argv, timeout, input_text):
+        self.started.append(tuple(argv))
+        return super()._capture(full, argv, timeout, input_text)
+
+
+def test_an_observation_runs_each_read_once(local, workdir: Path):
+    """A full observation of a mounted drive with a member and a blank volume: several pieces ask for the
+    filesystem's ``show`` and each device's probe, but each command runs once; the next observation reads again."""
+    runner = RecordingRunner()
+    layout, v1, r1 = drive_on_one_volume(local, runner)
+    mnt = workdir / "mnt"
+    layout.mount([r1.device], str(mnt))
+    v2 = local.create_volume(DRIVE, 1, "gp2")
+    attach(local, v2.id)
+    spec = DriveConfig(name=DRIVE, target=Target.ONLINE, mount_path=str(mnt), layout=Layout.BTRFS)
+    volumes = [local.get_volume(v1.id), local.get_volume(v2.id)]
+
+    runner.started.clear()
+    obs, _ = observe_drive(spec, volumes, local, layout)
+    assert obs.mounted and obs.usage is not None and obs.usage.size == GIB
+    assert [v.blank for v in obs.volumes] == [False, True]
+    first = list(runner.started)
+    assert any(argv[:3] == ("btrfs", "filesystem", "show") for argv in first)
+    assert len(first) == len(set(first)), f"a read ran twice: {first}"
+    runner.started.clear()
+    observe_drive(spec, volumes, local, layout)
+    assert sorted(runner.started) == sorted(first)

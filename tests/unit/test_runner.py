@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from structlog.testing import capture_logs
 
@@ -67,3 +69,37 @@ def test_preflight_reports_every_missing_tool_at_once():
 def test_unknown_binary_is_a_missing_tool_error():
     with pytest.raises(MissingToolsError):
         Runner().run(["no-such-tool-xyz"], timeout=5)
+
+
+def test_a_read_runs_once_within_a_reading_span(tmp_path):
+    """Within ``reading()`` a quiet read asked twice runs once; outside it, and for commands that change
+    something (not quiet), every call runs."""
+    counter = tmp_path / "count"
+    script = ["sh", "-c", f'echo x >> {counter}; wc -l < {counter}']
+    runner = Runner()
+    with runner.reading():
+        first = runner.run(script, timeout=10, quiet=True)
+        again = runner.run(script, timeout=10, quiet=True)
+        with runner.reading():  # nested: the same answers
+            inner = runner.run(script, timeout=10, quiet=True)
+        loud = runner.run(script, timeout=10)
+    after = runner.run(script, timeout=10, quiet=True)
+    assert first.stdout.strip() == again.stdout.strip() == inner.stdout.strip() == "1"
+    assert loud.stdout.strip() == "2"
+    assert after.stdout.strip() == "3"
+
+
+def test_reading_spans_are_per_thread(tmp_path):
+    runner = Runner()
+    seen: list[str] = []
+    script = ["sh", "-c", f"echo x >> {tmp_path / 'count'}; wc -l < {tmp_path / 'count'}"]
+
+    def other() -> None:
+        seen.append(runner.run(script, timeout=10, quiet=True).stdout.strip())
+
+    with runner.reading():
+        runner.run(script, timeout=10, quiet=True)
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+    assert seen == ["2"]  # the other thread is not inside this span: it ran the command

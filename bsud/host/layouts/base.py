@@ -75,7 +75,8 @@ class StorageLayout(ABC):
 
     @abstractmethod
     def join(self, resolution: Resolution, volume_tags: dict[str, str], mount_point: str | None) -> None:
-        """Make a (gate-checked) device part of the drive's storage."""
+        """Make a (gate-checked) device part of the drive's storage; on a drive mounted at ``mount_point`` its
+        space is usable when this returns."""
 
     @abstractmethod
     def ensure_filesystem(self, resolution: Resolution | None = None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 from bsud.config.catalogue import Layout
+from bsud.host import mounts
 from bsud.host.devices import Resolution
 from bsud.host.btrfs import MIN_DEVICE_BYTES
 from bsud.host.layouts.base import LayoutError, LayoutState, StorageLayout
@@ -87,6 +88,10 @@ class LvmLayout(StorageLayout):
             raise ForeignDevice(f"{dev} is a PV of VG {pv[0].vg_name!r}, not of drive {self.drive!r}")
         if self.lvm.lv(self.vg) is None:
             self.lvm.lvcreate_full(self.vg)
+        elif mount_point is not None and (entry := mounts.mount_at(mount_point)) and self.is_our_mount(entry, []):
+            # A volume joined to a drive in use is put to use at once, as the btrfs layout's device add does:
+            # the next observation would plan Grow anyway, and a drive filling up cannot wait for it.
+            self.grow(mount_point)
 
     def ensure_filesystem(self, resolution: Resolution | None = None,
                           volume_tags: dict[str, str] | None = None) -> None:
@@ -162,14 +167,14 @@ class LvmLayout(StorageLayout):
         group = self.lvm.vg(self.vg)
         if group is not None and group.free >= max(group.extent_size, 1):
             return True
-        return self.fs.slack(mount_point) > 0
+        return bool(self.fs.growable(mount_point))
 
     def grow(self, mount_point: str) -> bool:
         if self.lvm.moves_in_progress(self.vg):
             log.info("resuming an interrupted pvmove", drive=self.drive)
             self.lvm.pvmove()
         grew = self.lvm.lvextend_full(self.vg)
-        if grew or self.fs.slack(mount_point) > 0:
+        if grew or self.fs.growable(mount_point):
             self.fs.grow(mount_point)
             return True
         return False
