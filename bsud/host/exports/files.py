@@ -35,6 +35,45 @@ def _write(path: Path, content: str, mode: int) -> None:
         os.close(fd)
 
 
+def backing_file(path: str, size: int, *, what: str, kind: str) -> None:
+    """A block export's file in the drive (an iSCSI LUN, an NVMe namespace): made sparse, grown to ``size``,
+    never shrunk — that would cut off the data its clients wrote at its end."""
+    file = Path(path)
+    file.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    current = file.stat().st_size if file.exists() else None
+    if current is not None and current > size:
+        raise ExportError(f"{what}: {file} holds {current} B, more than the configured size: a {kind} is never "
+                          "shrunk (its data would be cut off); give its size back, or remove the file yourself")
+    if current != size:
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def port_listening(port: int, proc: Path = Path("/proc/net")) -> bool:
+    """Whether something listens on TCP ``port`` (a kernel target's listener too), from /proc/net/tcp{,6}."""
+    for name in ("tcp", "tcp6"):
+        try:
+            lines = (proc / name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 3 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
+
+
+def write_atomically(path: Path, content: str, mode: int = 0o644) -> None:
+    """Replace ``path`` by ``content`` in one step (a temp file beside it, fsynced, renamed over it)."""
+    temp = path.with_name(f".{path.name}.bsud-tmp")
+    _write(temp, content, mode)
+    os.replace(temp, path)
+
+
 def replace_file(path: Path, content: str | None, *, apply: Callable[[], None], verify: Callable[[], None],
                  validate: Callable[[Path], None] | None = None, mode: int = 0o644) -> bool:
     """Make ``path`` hold ``content`` (None: remove it) and the service use it. False when it already did.
