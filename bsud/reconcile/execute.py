@@ -6,7 +6,7 @@ verified, a volume is detached only when nothing of the drive is mounted or acti
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from bsud.cloud.base import CloudProvider, VolumeOptions
 from bsud.config import DriveConfig, Provider, provisioned_iops, volume_limits
@@ -122,7 +122,7 @@ class Executor:
             case ApplyExports():
                 changed = self._apply_exports()
             case WithdrawExports():
-                changed = any([exporter.withdraw(self.spec.name) for exporter in self.exporters.values()])
+                changed = self._withdraw_exports()
             case Unmount():
                 changed = self._unmount()
             case Grow():
@@ -137,11 +137,28 @@ class Executor:
         """Each kind's exports as the config has them (a kind the drive no longer uses is withdrawn)."""
         if mounts.mount_at(self.spec.mount_path) is None:
             raise ActionError(f"not exporting: {self.spec.mount_path} is not mounted", temporary=True)
-        changed = False
-        for kind, exporter in self.exporters.items():
+
+        def one(kind: str, exporter: ExportKind) -> bool:
             wanted = [e for e in self.spec.exports if e.kind == kind]
-            changed |= exporter.apply(self.spec.name, self.spec.mount_path, wanted) if wanted else \
+            return exporter.apply(self.spec.name, self.spec.mount_path, wanted) if wanted else \
                 exporter.withdraw(self.spec.name)
+        return self._each_kind(one)
+
+    def _withdraw_exports(self) -> bool:
+        return self._each_kind(lambda kind, exporter: exporter.withdraw(self.spec.name))
+
+    def _each_kind(self, change: Callable[[str, ExportKind], bool]) -> bool:
+        """``change`` each export kind; one kind failing does not keep the others from being done, and every
+        failure is reported (the action is retried)."""
+        changed = False
+        failures: list[str] = []
+        for kind, exporter in self.exporters.items():
+            try:
+                changed |= change(kind, exporter)
+            except BsudError as exc:
+                failures.append(str(exc))
+        if failures:
+            raise ActionError("; ".join(failures), temporary=True)
         return changed
 
     # -- cloud -------------------------------------------------------------------------------------
