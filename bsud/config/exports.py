@@ -64,8 +64,6 @@ class NvmeofExport(_Export):
 
 
 Export = Annotated[NfsExport | SmbExport | IscsiExport | NvmeofExport, Field(discriminator="kind")]
-#: Kinds this version applies (``bsud.host.exports.KINDS``); the others are validated, then refused.
-APPLIED_KINDS = frozenset({"nfs"})
 #: The ``kind`` of an export → its model.
 EXPORT_KINDS: dict[str, type[_Export]] = {"nfs": NfsExport, "smb": SmbExport, "iscsi": IscsiExport,
                                           "nvmeof": NvmeofExport}
@@ -147,9 +145,6 @@ def export_name(export: NfsExport | SmbExport | IscsiExport | NvmeofExport) -> s
 def check_export(export: NfsExport | SmbExport | IscsiExport | NvmeofExport) -> list[tuple[str, str]]:
     """(key, why) for each problem of one export."""
     problems: list[tuple[str, str]] = []
-    if export.kind not in APPLIED_KINDS:
-        problems.append(("kind", f"{export.kind} exports are not applied by this version of bsud yet (only "
-                                 f"{', '.join(sorted(APPLIED_KINDS))}); remove it"))
     why = check_path(export.path)
     if why:
         problems.append(("path", why))

@@ -37,12 +37,11 @@ def test_every_kind_has_its_defaults():
     assert (nvme.transport, nvme.port) == ("tcp", 4420)
 
 
-def test_nfs_loads_and_the_kinds_not_applied_yet_are_refused_in_one_line():
+def test_every_kind_loads():
     assert parse_config(config(NFS)).drives[0].exports[0].clients == ("10.0.0.0/24", "client.example")
-    for export in (SMB, ISCSI, NVME):
-        (line,) = problems(config(export))
-        assert line.endswith(f"{export['kind']} exports are not applied by this version of bsud yet (only nfs); "
-                             "remove it"), line
+    assert parse_config(config(SMB)).drives[0].exports[0].share == "data"
+    assert parse_config(config(ISCSI)).drives[0].exports[0].lun_size_gib == 4
+    assert parse_config(config(NVME)).drives[0].exports[0].port == 4420
 
 
 def test_the_chap_password_is_a_secret():
@@ -89,10 +88,24 @@ def test_a_bad_export_is_one_line_naming_drive_and_field(export, expected):
 
 
 def test_two_exports_may_not_share_a_name_or_a_port():
-    # (smb and nvmeof are refused as not applied yet as well: the clash is a line of its own.)
     other = {"name": "logs", "target": "online", "mount-path": "/mnt/logs",
              "exports": [{**SMB, "share": "DATA"}, {**NVME, "nqn": "nqn.2026-11.com.example:logs"}]}
     found = problems(config(SMB, NVME, extra=[other]))
     assert any("drive 'logs'" in p and "the same share name as drive 'data' exports #1" in p for p in found), found
     assert any("the same address and port as drive 'data' exports #2" in p for p in found), found
     assert len(problems(config(NFS, dict(NFS)))) == 1  # one directory exported twice
+
+
+def test_an_export_kinds_tools_are_needed_only_by_the_drives_using_it():
+    from bsud.daemon import required_tools
+
+    class Cloud:
+        tools = ("losetup",)
+
+    other = {"name": "logs", "target": "online", "mount-path": "/mnt/logs", "exports": [{**SMB, "share": "logs"}]}
+    tools = required_tools(parse_config(config(NFS, SMB, extra=[other])), Cloud())  # type: ignore[arg-type]
+    assert tools["btrfs"] == "" and tools["losetup"] == ""
+    assert tools["exportfs"] == "the nfs exports of drive 'data'"
+    assert tools["smbclient"] == "the smb exports of drive 'data', the smb exports of drive 'logs'"
+    assert "modprobe" not in tools and "exportfs" not in required_tools(
+        parse_config(config(SMB)), Cloud())  # type: ignore[arg-type]
