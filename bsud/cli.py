@@ -150,6 +150,9 @@ def cmd_plan(config: Config) -> int:
         print(f"{spec.name}: {plan.phase}: next {action.kind} {detail}".rstrip() + f" — {action.reason}")
         for note in plan.notes:
             print(f"{spec.name}: note: {note}")
+        if not obs.exports.in_sync and action.kind != "ApplyExports":
+            when = "once the drive is online and mounted" if spec.target.value == "online" else "before the unmount"
+            print(f"{spec.name}: exports to change {when}: {obs.exports.detail}")
     return EXIT_OK
 
 
