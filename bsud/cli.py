@@ -123,7 +123,9 @@ def cmd_status(config: Config, as_json: bool) -> int:
         if exports:
             state = "applied" if exports.get("in_sync") else f"not applied: {exports.get('detail')}"
             servers = ", ".join(exports.get("servers") or []) or "no server"
-            print(f"{'':<16} exports: {exports.get('wanted', 0)} ({servers}), {state}")
+            names = ", ".join(exports.get("names") or []) or "none"
+            print(f"{'':<16} exports: {names}; {state}")
+            print(f"{'':<16} servers: {servers}")
         if st.get("last_scale_event"):
             print(f"{'':<16} last scale event: {describe_event(st['last_scale_event'])}")
         if st.get("last_error"):

@@ -79,6 +79,7 @@ class ExportsObs:
     present: bool = False               # something of bsud's is exported for the drive (withdraw before unmount)
     detail: str = ""                    # what differs, when not in sync
     servers: tuple[str, ...] = ()       # each kind's server, in words ("nfs: nfsd: 8 threads")
+    names: tuple[str, ...] = ()         # each wanted export, named ("nfs:/", "smb:data", "iscsi:<iqn>")
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 from bsud.cloud.base import CloudProvider, Volume, volumes_by_drive
 from bsud.config import DriveConfig
+from bsud.config.exports import export_name
 from bsud.errors import BsudError
 from bsud.host import mounts
 from bsud.host.exports import ExportKind, ExportState
@@ -85,6 +86,7 @@ def observe_exports(spec: DriveConfig, exporters: Mapping[str, ExportKind]) -> E
         wanted=len(spec.exports), in_sync=all(s.applied for s in states), present=any(s.present for s in states),
         detail="; ".join(s.detail for s in states if s.detail),
         servers=tuple(f"{s.kind}: {s.server}" for s in states if s.wanted),
+        names=tuple(export_name(e) for e in spec.exports),
     )
 
 

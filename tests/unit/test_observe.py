@@ -140,6 +140,7 @@ def test_exports_of_every_kind_are_summed_up(tmp_path: Path):
     applied = ExportState("nfs", 1, applied=True, present=True, server="nfsd: 8 threads")
     obs = observe_exports(s, {"nfs": ScriptedExporter("nfs", applied)})
     assert (obs.wanted, obs.in_sync, obs.present, obs.servers) == (1, True, True, ("nfs: nfsd: 8 threads",))
+    assert obs.names == ("nfs:/",)
     # A kind the drive no longer uses but whose file is still there: out of sync, to be withdrawn.
     left = ExportState("smb", 0, applied=False, present=True, server="smbd", detail="bsud-d.conf differs")
     obs = observe_exports(s, {"nfs": ScriptedExporter("nfs", applied), "smb": ScriptedExporter("smb", left)})

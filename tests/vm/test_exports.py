@@ -255,6 +255,9 @@ def test_a_drive_shared_over_nfs_smb_iscsi_and_nvme(nfs_server, smb_server, iscs
         assert any(server == "nvmeof: nvmet: listening" for server in st["exports"]["servers"]), st["exports"]
         namespace = Lun(nvme_connect(), h.mount / "ns" / f"nvmeof-{NVME['nqn']}.img")
         assert backing.stat().st_size == 2 << 30 and backing.stat().st_blocks < 2048  # sparse
+        status = sh(sys.executable, "-m", "bsud", "-c", str(h.config_path), "status").stdout
+        assert (f"exports: nfs:/, smb:bsuddata, iscsi:{ISCSI['iqn']}, nvmeof:{NVME['nqn']}; applied" in status
+                and "smb: smbd answers" in status), status
         smb_dir = h.mount / SMB["path"]
         shutil.chown(smb_dir, SMB_USER)  # the share's directory is made by bsud; who may write is the admin's
         # NFSv3: the guest's root is an overlay over 9p, which NFSv4's pseudo-root cannot walk through; a real
