@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -326,19 +327,27 @@ def test_a_drive_shared_over_nfs_smb_iscsi_and_nvme(nfs_server, smb_server, iscs
         assert lun.check() == [] and namespace.check() == []
 
         # Changes the servers cannot take — an NFS client the server cannot resolve, an SMB share name the admin
-        # already uses in smb.conf, a LUN made smaller than the data it holds — rolled back or refused, each
-        # reported; the old exports serve on.
+        # already uses in smb.conf, a LUN made smaller than the data it holds, an NVMe/TCP port another program
+        # holds — rolled back or refused, each reported; the old exports serve on.
         good_nfs, good_smb = exports_file.read_text(), shares_file.read_text()
         conf = Path("/etc/samba/smb.conf")
         conf.write_text(conf.read_text() + "\n[adminshare]\n   path = /var/tmp\n")
+        squatter = socket.socket()
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", 4421))
+        squatter.listen()
         h.write_config(exports=[{**NFS, "clients": ["127.0.0.1", "nosuchhost.invalid"]},
-                                {**SMB, "share": "AdminShare"}, {**ISCSI, "lun-size-gib": 1},
-                                {**NVME, "size-gib": 1}])
+                                {**SMB, "share": "AdminShare"}, {**ISCSI, "lun-size-gib": 1}, {**NVME, "port": 4421}])
         h.signal(signal.SIGHUP)
         st = h.wait_for("rolled back", lambda s: "the previous file is back" in (s.get("last_error") or "")
                         and "already defined" in (s.get("last_error") or ""), timeout=120)
+        squatter.close()
         assert "nosuchhost.invalid" in st["last_error"] and "[AdminShare] is already defined" in st["last_error"]
-        assert "a LUN is never shrunk" in st["last_error"] and "a namespace is never shrunk" in st["last_error"]
+        assert "a LUN is never shrunk" in st["last_error"]
+        assert "port 127.0.0.1:4421 is in use by another program" in st["last_error"]
+        ports = [p for p in Path("/sys/kernel/config/nvmet/ports").iterdir()
+                 if (p / "addr_trsvcid").read_text().strip() == "4421"]
+        assert ports == [], "a port that cannot listen was made"
         assert ISCSI["chap"]["password"] not in json.dumps(st) + h.log_path.read_text()
         assert exports_file.read_text() == good_nfs and shares_file.read_text() == good_smb
         assert backing.stat().st_size == 2 << 30

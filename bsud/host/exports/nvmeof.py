@@ -154,15 +154,20 @@ class NvmetTcp(ExportKind):
         ns.mkdir()
         _write(ns / "device_path", want.file)
         _write(ns / "enable", "1")
-        port = self._port_for(want.address, want.port)
-        (port / "subsystems" / want.nqn).symlink_to(sub)
+        port, made = self._port_for(want.address, want.port)
+        try:
+            (port / "subsystems" / want.nqn).symlink_to(sub)  # enables the port: binds address and port
+        except OSError:
+            if made:
+                port.rmdir()
+            raise
 
-    def _port_for(self, address: str, number: int) -> Path:
-        """The nvmet port on ``address:number`` (made with a free id from :data:`FIRST_PORT_ID` if none)."""
+    def _port_for(self, address: str, number: int) -> tuple[Path, bool]:
+        """The nvmet port on ``address:number``, made with a free id from :data:`FIRST_PORT_ID` if none (True)."""
         for p in self._ports():
             if _read(p / "addr_traddr") == address and _read(p / "addr_trsvcid") == str(number) \
                     and _read(p / "addr_trtype") == "tcp":
-                return p
+                return p, False
         used = {int(p.name) for p in self._ports()}
         port = self.root / "ports" / str(next(i for i in range(FIRST_PORT_ID, 65535) if i not in used))
         port.mkdir()
@@ -170,7 +175,7 @@ class NvmetTcp(ExportKind):
         _write(port / "addr_adrfam", "ipv6" if ipaddress.ip_address(address).version == 6 else "ipv4")
         _write(port / "addr_traddr", address)
         _write(port / "addr_trsvcid", str(number))
-        return port
+        return port, True
 
     def _delete(self, nqn: str) -> None:
         """A subsystem of bsud's, its links, and a port it leaves without subsystems (the file stays)."""
@@ -211,6 +216,12 @@ class NvmetTcp(ExportKind):
         if taken:
             raise ExportError(f"subsystem {', '.join(taken)} exists and is not bsud's (its model is not "
                               f"{model(drive)!r}); remove it or choose another NQN")
+        ports = {(_read(p / "addr_traddr"), _read(p / "addr_trsvcid")) for p in self._ports()}
+        busy = [f"{w.address}:{w.port}" for w, _ in redo if (w.address, str(w.port)) not in ports
+                and port_listening(w.port)]
+        if busy:  # checked before anything is taken down: a retry must not cut the clients each time
+            raise ExportError(f"port {', '.join(busy)} is in use by another program; free it or choose another "
+                              "port")
         backup = [ours[nqn] for nqn in stale + [w.nqn for w, _ in redo] if nqn in ours]
         try:
             for old in backup:
