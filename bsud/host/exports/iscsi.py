@@ -12,9 +12,11 @@ before the drive is mounted); it applies it again after each mount.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,8 @@ from bsud.runner import Runner
 log = get_logger("bsud.host.exports")
 
 CONFIGFS = Path("/sys/kernel/config")
+#: Where LIO keeps what it persists itself (reservations, ALUA state); rtslib points the kernel there.
+DBROOT = Path("/etc/target")
 PORT = 3260
 GIB = 1 << 30
 
@@ -62,6 +66,19 @@ class Wanted:
                    export.lun_size_gib * GIB, frozenset(export.initiators),
                    export.chap.user if export.chap else None,
                    export.chap.password.get_secret_value() if export.chap else None)
+
+
+def lio_errors(method: Callable) -> Callable:
+    """rtslib's and configfs's errors as :class:`ExportError` (retried, shown in the status), never a crash."""
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        from rtslib_fb import RTSLibError
+
+        try:
+            return method(*args, **kwargs)
+        except (RTSLibError, OSError) as exc:
+            raise ExportError(f"LIO: {exc}") from None
+    return wrapper
 
 
 class Lio(ExportKind):
@@ -123,6 +140,7 @@ class Lio(ExportKind):
             return f"{want.iqn}: authentication is not {'on' if want.chap_user else 'off'}"
         return None
 
+    @lio_errors
     def observe(self, drive: str, mount_path: str, exports: list[IscsiExport]) -> ExportState:
         if not self._loaded():
             if not exports:
@@ -151,6 +169,7 @@ class Lio(ExportKind):
             self.runner.run(["modprobe", module], timeout=60)
         if not os.path.ismount(self.configfs):
             self.runner.run(["mount", "-t", "configfs", "configfs", str(self.configfs)], timeout=60)
+        DBROOT.mkdir(mode=0o755, exist_ok=True)  # as the targetcli package makes it; rtslib insists on it
 
     def _create(self, want: Wanted) -> None:
         from rtslib_fb import LUN, TPG, FabricModule, FileIOStorageObject, MappedLUN, NetworkPortal, NodeACL, Target
@@ -177,6 +196,7 @@ class Lio(ExportKind):
             target.delete()
         so.delete()
 
+    @lio_errors
     def apply(self, drive: str, mount_path: str, exports: list[IscsiExport]) -> bool:
         if not os.path.ismount(mount_path):
             raise ExportError(f"drive {drive!r} is not mounted on {mount_path}; not exporting it")
@@ -233,6 +253,7 @@ class Lio(ExportKind):
         except Exception as exc:  # noqa: BLE001 - reported with the failure that led here
             log.error("restoring the previous iSCSI targets failed", drive=drive, error=type(exc).__name__)
 
+    @lio_errors
     def withdraw(self, drive: str) -> bool:
         if not self._loaded():
             return False
