@@ -44,17 +44,18 @@ def sh(*argv: str, check: bool = True, timeout: float = 120, stdin: str | None =
     return done
 
 
-def in_vm() -> None:
+def need(tools: tuple[str, ...], packages: str) -> None:
+    """Skip unless inside the test VM with ``tools`` installed (naming the packages that have them)."""
     if os.environ.get("BSUD_IN_VM") != "1":
         pytest.skip("vm lane: runs inside scripts/vm-test")
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} (packages {packages})")
 
 
 @pytest.fixture(scope="module")
 def nfs_server():
-    in_vm()
-    missing = [t for t in ("rpc.nfsd", "rpc.mountd", "rpcbind", "exportfs", "mount.nfs") if shutil.which(t) is None]
-    if missing:
-        pytest.skip(f"needs {', '.join(missing)} (packages nfs-kernel-server, nfs-common, rpcbind)")
+    need(("rpc.nfsd", "rpc.mountd", "rpcbind", "exportfs", "mount.nfs"), "nfs-kernel-server, nfs-common, rpcbind")
     sh("modprobe", "nfsd")
     if not Path("/proc/fs/nfsd/threads").exists():
         sh("mount", "-t", "nfsd", "nfsd", "/proc/fs/nfsd")
@@ -70,10 +71,7 @@ def nfs_server():
 
 @pytest.fixture(scope="module")
 def smb_server():
-    in_vm()
-    missing = [t for t in ("smbd", "testparm", "smbcontrol", "smbclient", "smbpasswd") if shutil.which(t) is None]
-    if missing:
-        pytest.skip(f"needs {', '.join(missing)} (packages samba, smbclient)")
+    need(("smbd", "testparm", "smbcontrol", "smbclient", "smbpasswd"), "samba, smbclient")
     conf = Path("/etc/samba/smb.conf")
     original = conf.read_text()
     for directory in ("/run/samba", "/var/log/samba", "/var/lib/samba/private", "/var/cache/samba"):
@@ -95,10 +93,7 @@ def smb_server():
 
 @pytest.fixture(scope="module")
 def iscsi_initiator():
-    in_vm()
-    missing = [t for t in ("iscsid", "iscsiadm") if shutil.which(t) is None]
-    if missing:
-        pytest.skip(f"needs {', '.join(missing)} (package open-iscsi)")
+    need(("iscsid", "iscsiadm"), "open-iscsi")
     try:
         import rtslib_fb  # noqa: F401
     except ImportError:
@@ -169,9 +164,7 @@ class Lun:
 
 @pytest.fixture(scope="module")
 def nvme_host():
-    in_vm()
-    if shutil.which("nvme") is None:
-        pytest.skip("needs nvme (package nvme-cli)")
+    need(("nvme",), "nvme-cli")
     sh("modprobe", "nvme-tcp")
     yield
     sh("nvme", "disconnect", "-n", NVME["nqn"], check=False)

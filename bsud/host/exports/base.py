@@ -7,11 +7,22 @@ online and mounted: the planner asks for them after the mount and withdraws them
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from bsud.runner import Runner
+
+
+#: The first line of every file bsud writes for a drive's exports.
+HEADER = "# Written by bsud for drive {drive!r}; bsud rewrites it from its config (exports of the drive).\n"
+
+
+def directory_of(mount_path: str, export: Any) -> str:
+    """The drive's directory an export shares (or holds its file): ``path`` under the mount path."""
+    sub = export.path.strip("/")
+    return os.path.join(mount_path, sub) if sub else mount_path
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bsud.config.exports import IscsiExport
-from bsud.host.exports.base import ExportKind, ExportState
+from bsud.host.exports.base import ExportKind, ExportState, directory_of
 from bsud.host.exports.files import ExportError, backing_file, port_listening
 from bsud.logs import get_logger
 from bsud.runner import Runner
@@ -41,8 +41,7 @@ def backstore_name(drive: str, iqn: str) -> str:
 
 
 def lun_file(mount_path: str, export: IscsiExport) -> str:
-    directory = os.path.join(mount_path, export.path.strip("/")) if export.path.strip("/") else mount_path
-    return os.path.join(directory, f"iscsi-{export.iqn}.img")
+    return os.path.join(directory_of(mount_path, export), f"iscsi-{export.iqn}.img")
 
 
 @dataclass(frozen=True)

@@ -10,21 +10,16 @@ import uuid
 from pathlib import Path
 
 from bsud.config.exports import NfsExport
-from bsud.host.exports.base import ExportKind, ExportState
+from bsud.host.exports.base import HEADER, ExportKind, ExportState, directory_of
 from bsud.host.exports.files import ExportError, replace_file
 from bsud.runner import CommandError, Runner
 
 #: Namespace of the fsid UUIDs (fixed: changing it would change every export's file handles).
 FSID_NAMESPACE = uuid.UUID("6f1b4a52-9c2e-4b43-8d58-3f0f8a1e2c71")
-HEADER = "# Written by bsud for drive {drive!r}; bsud rewrites it from its config (exports of the drive).\n"
 
 
 def fsid(drive: str, path: str) -> str:
     return str(uuid.uuid5(FSID_NAMESPACE, f"{drive}/{path.strip('/')}"))
-
-
-def export_path(mount_path: str, export: NfsExport) -> str:
-    return os.path.join(mount_path, export.path.strip("/")) if export.path.strip("/") else mount_path
 
 
 def render(drive: str, mount_path: str, exports: list[NfsExport]) -> str | None:
@@ -35,7 +30,7 @@ def render(drive: str, mount_path: str, exports: list[NfsExport]) -> str | None:
     for export in exports:
         options = ",".join([*export.options, f"fsid={fsid(drive, export.path)}"])
         clients = " ".join(f"{client}({options})" for client in export.clients)
-        lines.append(f"{export_path(mount_path, export)} {clients}\n")
+        lines.append(f"{directory_of(mount_path, export)} {clients}\n")
     return "".join(lines)
 
 
@@ -82,7 +77,7 @@ class NfsKernel(ExportKind):
         """What the server does not list as wanted, or None."""
         listed = self.listed()
         for export in exports:
-            path = export_path(mount_path, export)
+            path = directory_of(mount_path, export)
             wanted = f"fsid={fsid(drive, export.path)}"
             clients = listed.get(path)
             if not clients:
@@ -113,7 +108,7 @@ class NfsKernel(ExportKind):
         if not os.path.ismount(mount_path):
             raise ExportError(f"drive {drive!r} is not mounted on {mount_path}; not exporting it")
         for export in exports:
-            Path(export_path(mount_path, export)).mkdir(parents=True, exist_ok=True, mode=0o755)
+            Path(directory_of(mount_path, export)).mkdir(parents=True, exist_ok=True, mode=0o755)
 
         def verify() -> None:
             missing = self._serves(drive, mount_path, exports)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bsud.config.exports import NvmeofExport
-from bsud.host.exports.base import ExportKind, ExportState
+from bsud.host.exports.base import ExportKind, ExportState, directory_of
 from bsud.host.exports.files import ExportError, backing_file, port_listening
 from bsud.logs import get_logger
 from bsud.runner import Runner
@@ -36,8 +36,7 @@ def model(drive: str) -> str:
 
 
 def namespace_file(mount_path: str, export: NvmeofExport) -> str:
-    directory = os.path.join(mount_path, export.path.strip("/")) if export.path.strip("/") else mount_path
-    return os.path.join(directory, f"nvmeof-{export.nqn}.img")
+    return os.path.join(directory_of(mount_path, export), f"nvmeof-{export.nqn}.img")
 
 
 @dataclass(frozen=True)

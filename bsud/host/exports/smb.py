@@ -17,24 +17,19 @@ import time
 from pathlib import Path
 
 from bsud.config.exports import SmbExport
-from bsud.host.exports.base import ExportKind, ExportState
+from bsud.host.exports.base import HEADER, ExportKind, ExportState, directory_of
 from bsud.host.exports.files import ExportError, replace_file, write_atomically
 from bsud.logs import get_logger
 from bsud.runner import Runner
 
 log = get_logger("bsud.host.exports")
 
-HEADER = "# Written by bsud for drive {drive!r}; bsud rewrites it from its config (exports of the drive).\n"
 INDEX_HEADER = "# Written by bsud: one include per drive shared over SMB (/etc/samba/bsud.d). Do not edit.\n"
 SECTION_RE = re.compile(r"^\s*\[([^\]]+)\]\s*$")
 #: How long smbd may take to load a new configuration after reload-config (it is asynchronous).
 RELOAD_SECONDS = 15.0
 #: One SMB change at a time: the index file is shared by every drive's worker.
 _LOCK = threading.Lock()
-
-
-def share_path(mount_path: str, export: SmbExport) -> str:
-    return os.path.join(mount_path, export.path.strip("/")) if export.path.strip("/") else mount_path
 
 
 def render(drive: str, mount_path: str, exports: list[SmbExport]) -> str | None:
@@ -44,7 +39,7 @@ def render(drive: str, mount_path: str, exports: list[SmbExport]) -> str | None:
     out = [HEADER.format(drive=drive)]
     for export in exports:
         out.append(f"\n[{export.share}]\n")
-        out.append(f"   path = {share_path(mount_path, export)}\n")
+        out.append(f"   path = {directory_of(mount_path, export)}\n")
         out.append(f"   read only = {'yes' if export.read_only else 'no'}\n")
         out.append(f"   guest ok = {'yes' if export.guest else 'no'}\n")
         if export.valid_users:
@@ -214,7 +209,7 @@ class Samba(ExportKind):
         if not self.smbd_runs():
             raise ExportError("smbd is not running (start it: systemctl start smbd; package samba)")
         for export in exports:
-            Path(share_path(mount_path, export)).mkdir(parents=True, exist_ok=True, mode=0o755)
+            Path(directory_of(mount_path, export)).mkdir(parents=True, exist_ok=True, mode=0o755)
         with _LOCK:
             self.drives_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
             self._ensure_included()
