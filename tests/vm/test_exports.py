@@ -254,6 +254,10 @@ def test_a_drive_shared_over_nfs_smb_iscsi_and_nvme(nfs_server, smb_server, iscs
                 and "smb: smbd answers" in status), status
         smb_dir = h.mount / SMB["path"]
         shutil.chown(smb_dir, SMB_USER)  # the share's directory is made by bsud; who may write is the admin's
+        for parent in smb_dir.parents:  # pytest's pytest-of-root is 0700: let the SMB user walk to the share
+            if parent == Path("/"):
+                break
+            parent.chmod(parent.stat().st_mode | 0o001)
         # NFSv3: the guest's root is an overlay over 9p, which NFSv4's pseudo-root cannot walk through; a real
         # VM's root (ext4, xfs) can, and v4 clients mount the same export there.
         tried = sh("mount", "-t", "nfs", "-o", "vers=3,nolock,hard,timeo=100", f"127.0.0.1:{h.mount}", str(client),
