@@ -76,3 +76,13 @@ def test_the_nvme_model_string_names_the_drive_within_40_characters():
     assert model("data") == "bsud-data"
     long_a, long_b = "a" * 60, "a" * 59 + "b"
     assert len(model(long_a)) == 40 and model(long_a) != model(long_b)
+
+
+def test_a_namespace_made_again_is_the_same_device_to_hosts():
+    from bsud.host.exports.nvmeof import identity
+
+    serial, ns_uuid = identity("data", "nqn.2026-11.com.example:data")
+    assert (serial, ns_uuid) == identity("data", "nqn.2026-11.com.example:data")
+    assert len(serial) == 20 and serial.isalnum()
+    other_nqn, other_drive = identity("data", "nqn.2026-11.com.example:o"), identity("logs", "nqn.2026-11.com.example:data")
+    assert other_nqn[1] != ns_uuid != other_drive[1]

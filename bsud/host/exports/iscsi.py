@@ -16,6 +16,7 @@ import functools
 import hashlib
 import os
 import re
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,7 +174,10 @@ class Lio(ExportKind):
     def _create(self, want: Wanted) -> None:
         from rtslib_fb import LUN, TPG, FabricModule, FileIOStorageObject, MappedLUN, NetworkPortal, NodeACL, Target
 
-        so = FileIOStorageObject(want.backstore, dev=want.file, size=want.size, write_back=False)
+        # A unit serial derived from the backstore's name: made again (a change, drift, a reboot), the LUN is the
+        # same disk to initiators and to multipath (whose WWID it is).
+        serial = str(uuid.uuid5(uuid.NAMESPACE_OID, want.backstore))
+        so = FileIOStorageObject(want.backstore, dev=want.file, size=want.size, write_back=False, wwn=serial)
         target = Target(FabricModule("iscsi"), want.iqn)
         tpg = TPG(target, 1)
         NetworkPortal(tpg, "0.0.0.0", PORT)

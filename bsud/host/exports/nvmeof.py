@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,15 @@ CONFIGFS = Path("/sys/kernel/config")
 GIB = 1 << 30
 #: nvmet port ids bsud gives its ports (any free one from here).
 FIRST_PORT_ID = 6100
+#: Namespace of the namespaces' UUIDs (fixed: changing it would change every namespace's identity).
+UUID_NAMESPACE = uuid.UUID("0b5b8c6e-7f0e-4f3b-9c55-2a8f4e1d6b93")
+
+
+def identity(drive: str, nqn: str) -> tuple[str, str]:
+    """The subsystem's serial and its namespace's UUID (also its NGUID): derived, so that a subsystem made again
+    (a change, drift, a reboot) is the same device to the hosts, which then reconnect to it as if nothing happened;
+    a random one would make them drop the old namespace and its pending I/O."""
+    return hashlib.sha256(nqn.encode()).hexdigest()[:20], str(uuid.uuid5(UUID_NAMESPACE, f"{drive}/{nqn}"))
 
 
 def model(drive: str) -> str:
@@ -142,7 +152,9 @@ class NvmetTcp(ExportKind):
             backing_file(want.file, size, what=want.nqn, kind="namespace")
         sub = self.root / "subsystems" / want.nqn
         sub.mkdir()
+        serial, ns_uuid = identity(drive, want.nqn)
         _write(sub / "attr_model", model(drive))
+        _write(sub / "attr_serial", serial)
         _write(sub / "attr_allow_any_host", "0")
         for host in sorted(want.hosts):
             host_dir = self.root / "hosts" / host
@@ -152,6 +164,8 @@ class NvmetTcp(ExportKind):
         ns = sub / "namespaces" / "1"
         ns.mkdir()
         _write(ns / "device_path", want.file)
+        _write(ns / "device_uuid", ns_uuid)
+        _write(ns / "device_nguid", ns_uuid)
         _write(ns / "enable", "1")
         port, made = self._port_for(want.address, want.port)
         try:
