@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -128,6 +129,29 @@ def iscsi_login() -> Path:
     raise AssertionError(f"{device} did not appear after the iSCSI login")
 
 
+def within(seconds: float, what: str, fn, *args):
+    """``fn(*args)`` in a thread of its own, failing the test if it is not done in time: block I/O to a target that
+    went away waits (in the kernel) for as long as the client retries, which would stall the whole VM lane."""
+    result: list = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+            errors.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        dmesg = sh("dmesg", check=False).stdout.splitlines()[-30:]
+        raise AssertionError(f"{what} did not finish within {seconds:.0f} s; dmesg:\n" + "\n".join(dmesg))
+    if errors:
+        raise errors[0]
+    return result[0]
+
+
 class Lun:
     """Blocks written through the initiator's block device, read back through it and from the backing file."""
 
@@ -136,6 +160,12 @@ class Lun:
         self.blocks: dict[int, str] = {}  # MiB offset → sha256
 
     def write(self, offset_mib: int, kib: int = 4096) -> None:
+        within(120, f"writing {self.device} at {offset_mib} MiB", self._write, offset_mib, kib)
+
+    def check(self) -> list[str]:
+        return within(120, f"reading {self.device} back", self._check)
+
+    def _write(self, offset_mib: int, kib: int) -> None:
         data = os.urandom(kib << 10)
         fd = os.open(self.device, os.O_WRONLY)
         try:
@@ -153,7 +183,7 @@ class Lun:
         finally:
             os.close(fd)
 
-    def check(self) -> list[str]:
+    def _check(self) -> list[str]:
         bad = []
         for offset, tagged in self.blocks.items():
             want, kib = tagged.split(":")
@@ -331,7 +361,11 @@ def test_a_drive_shared_over_nfs_smb_iscsi_and_nvme(nfs_server, smb_server, iscs
                    and str(h.mount) in exported() and SMB["share"] in shares(), timeout=120)
         assert h.log_path.read_text().count('"action": "ApplyExports"') > applies  # (bsud may repair before we look)
         lun.write(300)  # the initiator logged in again by itself
-        namespace.write(300)  # and the host connected again
+        # The NVMe host is connected again by hand: its own reconnect loop (every 10 s, for 10 minutes) is the
+        # kernel's; what is bsud's is the subsystem made again as it was (same serial, namespace UUID and data).
+        sh("nvme", "disconnect", "-n", NVME["nqn"], timeout=120)
+        namespace.device = nvme_connect()
+        namespace.write(300)
         assert lun.check() == [] and namespace.check() == []
 
         # Changes the servers cannot take — an NFS client the server cannot resolve, an SMB share name the admin
