@@ -119,6 +119,13 @@ def cmd_status(config: Config, as_json: bool) -> int:
         if st.get("seconds_to_full") is not None:
             print(f"{'':<16} writing {st['write_rate'] / 1e6:.1f} MB/s: full in {st['seconds_to_full']:.0f} s at "
                   f"that rate (a grow takes ~{st['grow_seconds']:.0f} s)")
+        exports = st.get("exports") or {}
+        if exports:
+            state = "applied" if exports.get("in_sync") else f"not applied: {exports.get('detail')}"
+            servers = ", ".join(exports.get("servers") or []) or "no server"
+            names = ", ".join(exports.get("names") or []) or "none"
+            print(f"{'':<16} exports: {names}; {state}")
+            print(f"{'':<16} servers: {servers}")
         if st.get("last_scale_event"):
             print(f"{'':<16} last scale event: {describe_event(st['last_scale_event'])}")
         if st.get("last_error"):
@@ -145,6 +152,9 @@ def cmd_plan(config: Config) -> int:
         print(f"{spec.name}: {plan.phase}: next {action.kind} {detail}".rstrip() + f" — {action.reason}")
         for note in plan.notes:
             print(f"{spec.name}: note: {note}")
+        if not obs.exports.in_sync and action.kind != "ApplyExports":
+            when = "once the drive is online and mounted" if spec.target.value == "online" else "before the unmount"
+            print(f"{spec.name}: exports to change {when}: {obs.exports.detail}")
     return EXIT_OK
 
 

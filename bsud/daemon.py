@@ -25,6 +25,7 @@ from bsud import __version__
 from bsud.cloud import CloudProvider, make_provider
 from bsud.config import Config, InvalidConfig, Provider, Target, load_config
 from bsud.errors import BsudError
+from bsud.host.exports import KINDS as EXPORT_KINDS
 from bsud.host.layouts import LAYOUTS, StorageLayout
 from bsud.logs import get_logger, register_secrets
 from bsud.metrics import Metrics
@@ -43,10 +44,18 @@ STATUS_SECONDS = 5.0
 RESTART_TO_APPLY = ("metrics_listen", "metrics_textfile", "on_event", "on_event_timeout_seconds")
 
 
-def required_tools(config: Config, cloud: CloudProvider) -> list[str]:
-    """What the drives' layouts and the provider run, each named once (every layout needs btrfs)."""
-    tools = [*StorageLayout.tools, *(t for d in config.drives for t in LAYOUTS[d.layout].tools), *cloud.tools]
-    return list(dict.fromkeys(tools))
+def required_tools(config: Config, cloud: CloudProvider) -> dict[str, str]:
+    """What the drives' layouts, exports and the provider run, each named once (every layout needs btrfs), with who
+    needs it when that is a drive's export: an export kind's tools are needed only when a drive uses it."""
+    tools = dict.fromkeys([*StorageLayout.tools, *(t for d in config.drives for t in LAYOUTS[d.layout].tools),
+                           *cloud.tools], "")
+    for drive in config.drives:
+        for kind in dict.fromkeys(e.kind for e in drive.exports):
+            for tool in EXPORT_KINDS[kind].tools:
+                users = tools.get(tool)
+                if users != "":
+                    tools[tool] = f"{users}, " * bool(users) + f"the {kind} exports of drive {drive.name!r}"
+    return tools
 
 
 class AlreadyRunning(BsudError):

@@ -58,6 +58,8 @@ class _DriveCollector(Collector):
             "blocked": GaugeMetricFamily("bsud_drive_blocked", "1 while the drive needs an operator",
                                          labels=["drive"]),
             "phase": GaugeMetricFamily("bsud_drive_phase", "1 for the drive's current phase", labels=["drive", "phase"]),
+            "exports": GaugeMetricFamily("bsud_drive_exports_applied", "1 when the drive's exports are applied as "
+                                         "configured, 0 when not (drives with exports)", labels=["drive"]),
         }
         errors = CounterMetricFamily("bsud_step_errors", "Steps that failed (each is retried)", labels=["drive"])
         for name, status in sorted(report.drives.items()):
@@ -71,6 +73,8 @@ class _DriveCollector(Collector):
             gauges["blocked"].add_metric([name], 1 if status.phase == "blocked" else 0)
             for phase in dict.fromkeys((*PHASES, status.phase)):
                 gauges["phase"].add_metric([name, phase], 1 if phase == status.phase else 0)
+            if status.exports:
+                gauges["exports"].add_metric([name], 1 if status.exports.get("in_sync") else 0)
             errors.add_metric([name], status.errors)
         yield from gauges.values()
         yield errors

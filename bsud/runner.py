@@ -38,6 +38,11 @@ TOOL_PACKAGES: dict[str, str] = {
     "umount": "mount",
     "udevadm": "udev",
     "fuser": "psmisc",
+    "exportfs": "nfs-kernel-server",
+    "testparm": "samba-common-bin",
+    "smbcontrol": "samba-common-bin",
+    "smbclient": "smbclient",
+    "modprobe": "kmod",
 }
 
 
@@ -55,11 +60,13 @@ def missing_tools(tools: Iterable[str]) -> list[tuple[str, str]]:
     return [(t, TOOL_PACKAGES.get(t, t)) for t in tools if find_tool(t) is None]
 
 
-def preflight(tools: Iterable[str]) -> None:
-    """Raise one :class:`MissingToolsError` naming all missing tools at once."""
+def preflight(tools: Iterable[str] | Mapping[str, str]) -> None:
+    """Raise one :class:`MissingToolsError` naming all missing tools at once (and, given a mapping of tool → who
+    needs it, what needs each)."""
     missing = missing_tools(tools)
     if missing:
-        raise MissingToolsError(missing)
+        users = tools if isinstance(tools, Mapping) else {}
+        raise MissingToolsError([(t, f"{p}; for {users[t]}" if users.get(t) else p) for t, p in missing])
 
 
 @dataclass(frozen=True)

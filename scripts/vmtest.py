@@ -289,6 +289,7 @@ WEIGHTS = {
     "test_fill_lvm.py": 560,
     "test_faults_lvm.py": 450,
     "test_lvm_layout.py": 380,
+    "test_exports.py": 650,
     "test_systemd.py": 300,
     "test_devices.py": 100,
     "test_boot.py": 10,

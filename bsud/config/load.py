@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from bsud.config.catalogue import Provider
+from bsud.config.exports import EXPORT_KINDS
 from bsud.config.rules import check_semantics, with_cloud_defaults
 from bsud.config.schema import (
     Authentication,
@@ -54,6 +55,8 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
         return DaemonSettings
     if head == "authentication" and len(loc) == 1:
         return Authentication
+    if head == "drives" and len(loc) == 5 and loc[2] == "exports":
+        return EXPORT_KINDS.get(str(loc[4]))
     return None
 
 
@@ -78,12 +81,15 @@ def _translate(error: Any, raw: dict[str, Any], path: str) -> ConfigError:
         rest = loc[2:]
     else:
         rest = loc
+    if len(rest) >= 3 and rest[0] == "exports" and isinstance(rest[1], int):
+        # ("exports", 0, "nfs", "clients") → "exports #1 (nfs).clients", as the rules name it too
+        rest = (f"exports #{rest[1] + 1} ({rest[2]})", *rest[3:])
     keys = [str(p) for p in rest if not isinstance(p, int)]
     field_name = ".".join(keys) if keys else None
     kind = error["type"]
     value = error.get("input")
     if kind == "extra_forbidden":
-        parent = _model_at(loc[:-1] if drive is None else ("drives", 0))
+        parent = _model_at(loc[:-1])
         hint = _nearest(str(loc[-1]), _aliases(parent)) if parent else None
         message = "unknown key" + (f"; did you mean {hint!r}?" if hint else "; remove it")
     elif kind == "missing":
@@ -97,8 +103,18 @@ def _translate(error: Any, raw: dict[str, Any], path: str) -> ConfigError:
     elif kind == "enum":
         expected = error.get("ctx", {}).get("expected", "")
         message = f"must be one of {expected} (got {_describe(value)})"
-    elif kind in {"list_type", "model_type", "dict_type", "model_attributes_type"}:
-        want = "a list" if kind == "list_type" else "an object"
+    elif kind == "union_tag_invalid":
+        message = f"kind {_describe(value.get('kind') if isinstance(value, dict) else value)} is not one of " \
+                  f"{', '.join(EXPORT_KINDS)}"
+        value = None
+    elif kind == "union_tag_not_found":
+        message = f"each export needs a \"kind\": {', '.join(EXPORT_KINDS)}"
+    elif kind == "too_short":
+        message = f"needs at least {error.get('ctx', {}).get('min_length', 1)} item"
+    elif kind == "literal_error":
+        message = f"must be {error.get('ctx', {}).get('expected', '')} (got {_describe(value)})"
+    elif kind in {"list_type", "tuple_type", "model_type", "dict_type", "model_attributes_type"}:
+        want = "a list" if kind in ("list_type", "tuple_type") else "an object"
         message = f"must be {want} (got {_describe(value)})"
     else:
         message = str(error["msg"]).removeprefix("Value error, ")

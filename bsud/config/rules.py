@@ -6,6 +6,7 @@ Pure functions of the parsed file: each problem is one :class:`ConfigError` nami
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import PurePosixPath
 
 from bsud.config.catalogue import (
@@ -24,6 +25,7 @@ from bsud.config.catalogue import (
     VolumeLimits,
     volume_limits,
 )
+from bsud.config.exports import check_export, export_identities, export_name
 from bsud.config.schema import CloudSettings, DaemonSettings, DriveConfig, _ConfigFile
 from bsud.errors import ConfigError
 
@@ -211,6 +213,8 @@ def check_semantics(cfg: _ConfigFile, path: str) -> tuple[list[ConfigError], lis
                             f"disk-type {d.disk_type.value}")
         for key, why in check_volume_options(d, cloud, limits):
             problem(name, key, why)
+    for key, why in check_all_exports(cfg.drives):
+        problem(*key, why)
     for key, why in check_tags(cloud.tags):
         problem(None, f"cloud.{key}", why)
     if cloud.kms_key_id and not cloud.encrypted:
@@ -220,6 +224,21 @@ def check_semantics(cfg: _ConfigFile, path: str) -> tuple[list[ConfigError], lis
                 + (" (Outscale FCU has no such option)" if cloud.provider == Provider.OUTSCALE else "")
                 + "; remove it")
     return problems, warnings
+
+
+def check_all_exports(drives: Iterable[DriveConfig]) -> list[tuple[tuple[str, str], str]]:
+    """((drive, field), why) for every export's own problems, and for two exports that would clash."""
+    problems = []
+    seen: dict[tuple[str, str], str] = {}
+    for d in drives:
+        for number, export in enumerate(d.exports, 1):
+            where = f"exports #{number} ({export_name(export)})"
+            problems += [((d.name, f"{where}.{key}"), why) for key, why in check_export(export)]
+            for what, value in export_identities(d.name, export):
+                other = seen.setdefault((what, value), f"drive {d.name!r} {where}")
+                if other != f"drive {d.name!r} {where}":
+                    problems.append(((d.name, where), f"the same {what} as {other}"))
+    return problems
 
 
 def with_cloud_defaults(d: DriveConfig, cloud: CloudSettings) -> DriveConfig:

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bsud.config.catalogue import DiskType, Layout, Provider, Target
+from bsud.config.exports import Export
 
 
 def _kebab(name: str) -> str:
@@ -94,6 +95,8 @@ class DriveConfig(_Section):
     min_used_space_perc: int = 40
     disk_scale_factor_perc: int = 20
     layout: Layout = Layout.LVM
+    #: How the drive is shared while it is online and mounted (NFS, SMB, iSCSI, NVMe-oF).
+    exports: tuple[Export, ...] = ()
 
 
 class _ConfigFile(_Section):
@@ -133,8 +136,10 @@ class Config:
         raise KeyError(name)
 
     def secrets(self) -> list[str]:
-        """Values that must never appear in a log."""
-        return [self.secret_key.get_secret_value()] if self.secret_key else []
+        """Values that must never appear in a log: the API secret key, the exports' CHAP passwords."""
+        chap = [e.chap.password.get_secret_value() for d in self.drives for e in d.exports
+                if getattr(e, "chap", None) is not None]
+        return ([self.secret_key.get_secret_value()] if self.secret_key else []) + chap
 
     def effective(self) -> dict[str, Any]:
         """The config with every default filled in and secrets masked (for check-config)."""

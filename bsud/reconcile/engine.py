@@ -9,6 +9,7 @@ from dataclasses import replace
 from bsud.cloud.base import CloudProvider
 from bsud.config import DaemonSettings, DriveConfig, Provider, volume_limits
 from bsud.errors import BsudError
+from bsud.host.exports import KINDS as EXPORT_KINDS
 from bsud.host.layouts import StorageLayout, make_layout
 from bsud.logs import get_logger
 from bsud.naming import DEFAULT_MAX_VOLUME_GIB
@@ -59,9 +60,10 @@ class DriveReconciler:
             self.clock.default_seconds = settings.grow_seconds or DEFAULT_GROW_SECONDS[self.provider]
         self.spec = spec
         self.layout: StorageLayout = make_layout(spec.layout, spec.name, self.runner)
+        self.exporters = {kind: cls(self.runner) for kind, cls in EXPORT_KINDS.items()}
         self.executor = Executor(spec, self.cloud, self.layout, self.provider,
                                  attach_timeout=self.settings.volume_wait_seconds,
-                                 device_timeout=self.settings.device_wait_seconds)
+                                 device_timeout=self.settings.device_wait_seconds, exporters=self.exporters)
         limits = volume_limits(self.provider, spec.disk_type)
         self.max_volume_gib = limits.max_size if limits else DEFAULT_MAX_VOLUME_GIB
         previous: DriveStatus | None = getattr(self, "status", None)
@@ -78,7 +80,7 @@ class DriveReconciler:
 
     def observe(self, max_age: float | None = None) -> tuple[DriveObs, list[str]]:
         volumes = self.snapshot.by_drive(max_age).get(self.spec.name, [])
-        obs, resolutions = observe_drive(self.spec, volumes, self.cloud, self.layout)
+        obs, resolutions = observe_drive(self.spec, volumes, self.cloud, self.layout, self.exporters)
         obs = replace(obs, pace=self.pace())
         took = self.clock.observe(time.monotonic(), obs.usage.size if obs.usage else None)
         if took is not None:

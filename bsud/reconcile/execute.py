@@ -6,10 +6,13 @@ verified, a volume is detached only when nothing of the drive is mounted or acti
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 from bsud.cloud.base import CloudProvider, VolumeOptions
 from bsud.config import DriveConfig, Provider, provisioned_iops, volume_limits
 from bsud.errors import BsudError
 from bsud.host import mounts
+from bsud.host.exports import ExportKind
 from bsud.host.devices import DeviceWaiter, Resolution, VolumeRef, find_device
 from bsud.host.layouts import StorageLayout
 from bsud.host.safety import probe
@@ -19,6 +22,7 @@ from bsud.reconcile.model import (
     EVACUATED,
     Action,
     Activate,
+    ApplyExports,
     AttachVolume,
     CreateVolume,
     Deactivate,
@@ -35,6 +39,7 @@ from bsud.reconcile.model import (
     RemoveFromDrive,
     RetireVolume,
     Unmount,
+    WithdrawExports,
 )
 
 log = get_logger("bsud.reconcile.execute")
@@ -46,8 +51,10 @@ class ActionError(BsudError):
 
 class Executor:
     def __init__(self, spec: DriveConfig, cloud: CloudProvider, layout: StorageLayout, provider: Provider,
-                 attach_timeout: float = 300.0, device_timeout: float = 120.0) -> None:
+                 attach_timeout: float = 300.0, device_timeout: float = 120.0,
+                 exporters: Mapping[str, ExportKind] | None = None) -> None:
         self.spec = spec
+        self.exporters = dict(exporters or {})
         self.cloud = cloud
         self.layout = layout
         self.provider = provider
@@ -112,6 +119,10 @@ class Executor:
                 changed = self.layout.refresh(self._devices())
             case Remount():
                 changed = self._remount()
+            case ApplyExports():
+                changed = self._apply_exports()
+            case WithdrawExports():
+                changed = self._withdraw_exports()
             case Unmount():
                 changed = self._unmount()
             case Grow():
@@ -121,6 +132,34 @@ class Executor:
             case _:
                 raise ActionError(f"{action.kind} is not carried out by the executor (the engine handles it)")
         return Outcome.UNCHANGED if changed is False else Outcome.CHANGED
+
+    def _apply_exports(self) -> bool:
+        """Each kind's exports as the config has them (a kind the drive no longer uses is withdrawn)."""
+        if mounts.mount_at(self.spec.mount_path) is None:
+            raise ActionError(f"not exporting: {self.spec.mount_path} is not mounted", temporary=True)
+
+        def one(kind: str, exporter: ExportKind) -> bool:
+            wanted = [e for e in self.spec.exports if e.kind == kind]
+            return exporter.apply(self.spec.name, self.spec.mount_path, wanted) if wanted else \
+                exporter.withdraw(self.spec.name)
+        return self._each_kind(one)
+
+    def _withdraw_exports(self) -> bool:
+        return self._each_kind(lambda kind, exporter: exporter.withdraw(self.spec.name))
+
+    def _each_kind(self, change: Callable[[str, ExportKind], bool]) -> bool:
+        """``change`` each export kind; one kind failing does not keep the others from being done, and every
+        failure is reported (the action is retried)."""
+        changed = False
+        failures: list[str] = []
+        for kind, exporter in self.exporters.items():
+            try:
+                changed |= change(kind, exporter)
+            except BsudError as exc:
+                failures.append(str(exc))
+        if failures:
+            raise ActionError("; ".join(failures), temporary=True)
+        return changed
 
     # -- cloud -------------------------------------------------------------------------------------
 

@@ -71,6 +71,18 @@ class Pace:
 
 
 @dataclass(frozen=True)
+class ExportsObs:
+    """The drive's exports (all kinds) as the system has them."""
+
+    wanted: int = 0                     # exports the config asks for
+    in_sync: bool = True                # exactly those are applied and every server lists them
+    present: bool = False               # something of bsud's is exported for the drive (withdraw before unmount)
+    detail: str = ""                    # what differs, when not in sync
+    servers: tuple[str, ...] = ()       # each kind's server, in words ("nfs: nfsd: 8 threads")
+    names: tuple[str, ...] = ()         # each wanted export, named ("nfs:/", "smb:data", "iscsi:<iqn>")
+
+
+@dataclass(frozen=True)
 class DriveObs:
     name: str
     volumes: tuple[VolumeObs, ...] = ()
@@ -86,6 +98,7 @@ class DriveObs:
     read_only: bool = False             # mounted read-write, but the kernel made it read-only (I/O errors)
     usage: UsageObs | None = None
     pace: Pace = Pace()
+    exports: ExportsObs = ExportsObs()
 
     @property
     def size_gib(self) -> int:
@@ -194,6 +207,17 @@ class Unmount(Action):
 
 
 @dataclass(frozen=True)
+class ApplyExports(Action):
+    """Make the system export exactly the drive's configured exports (each kind's file transaction)."""
+
+
+@dataclass(frozen=True)
+class WithdrawExports(Action):
+    """Remove every export of the drive (before an unmount: an export never keeps a drive busy, and an unmounted
+    drive's empty directory is never exported)."""
+
+
+@dataclass(frozen=True)
 class Grow(Action):
     pass
 
@@ -223,7 +247,7 @@ class Outcome(Enum):
 
 #: Every phase a drive can be in (its status; the ``phase`` label of the metric ``bsud_drive_phase``).
 PHASES = ("starting", "creating", "attaching", "assembling", "mounting", "recovering", "growing", "scaling-up",
-          "scaling-down", "online", "blocked", "going-offline", "offline", "deleting", "deleted")
+          "scaling-down", "exporting", "online", "blocked", "going-offline", "offline", "deleting", "deleted")
 
 
 @dataclass(frozen=True)

@@ -10,18 +10,21 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Mapping
 
 from bsud.cloud.base import CloudProvider, Volume, volumes_by_drive
 from bsud.config import DriveConfig
+from bsud.config.exports import export_name
 from bsud.errors import BsudError
 from bsud.host import mounts
+from bsud.host.exports import ExportKind, ExportState
 from bsud.host.devices import DeviceMismatch, Resolution, VolumeRef, block_devices, resolve_device
 from bsud.host.layouts import StorageLayout
 from bsud.host.safety import probe
 from bsud.host.space import Space
 from bsud.logs import get_logger
 from bsud.naming import STATE_TAG
-from bsud.reconcile.model import DriveObs, UsageObs, VolumeObs
+from bsud.reconcile.model import DriveObs, ExportsObs, UsageObs, VolumeObs
 
 log = get_logger("bsud.reconcile.observe")
 
@@ -69,16 +72,34 @@ def resolve_attached(volume: Volume, instance_id: str, devices: list[dict],
         return None, str(exc)
 
 
-def observe_drive(spec: DriveConfig, volumes: list[Volume], cloud: CloudProvider,
-                  layout: StorageLayout) -> tuple[DriveObs, dict[str, Resolution]]:
+def observe_exports(spec: DriveConfig, exporters: Mapping[str, ExportKind]) -> ExportsObs:
+    """The drive's exports of every kind as the system has them (a kind it no longer uses may still be there)."""
+    states = []
+    for kind, exporter in exporters.items():
+        wanted = [e for e in spec.exports if e.kind == kind]
+        try:
+            states.append(exporter.observe(spec.name, spec.mount_path, wanted))
+        except BsudError as exc:
+            states.append(ExportState(kind, len(wanted), applied=False, present=True, server="unknown",
+                                      detail=f"cannot read the {kind} exports: {exc}"))
+    return ExportsObs(
+        wanted=len(spec.exports), in_sync=all(s.applied for s in states), present=any(s.present for s in states),
+        detail="; ".join(s.detail for s in states if s.detail),
+        servers=tuple(f"{s.kind}: {s.server}" for s in states if s.wanted),
+        names=tuple(export_name(e) for e in spec.exports),
+    )
+
+
+def observe_drive(spec: DriveConfig, volumes: list[Volume], cloud: CloudProvider, layout: StorageLayout,
+                  exporters: Mapping[str, ExportKind] | None = None) -> tuple[DriveObs, dict[str, Resolution]]:
     """Everything the planner needs to know about one drive, read now: each read command runs once (the
     filesystem's ``show``, the VG report are asked for by several pieces)."""
     with layout.runner.reading():
-        return _observe_drive(spec, volumes, cloud, layout)
+        return _observe_drive(spec, volumes, cloud, layout, exporters)
 
 
-def _observe_drive(spec: DriveConfig, volumes: list[Volume], cloud: CloudProvider,
-                   layout: StorageLayout) -> tuple[DriveObs, dict[str, Resolution]]:
+def _observe_drive(spec: DriveConfig, volumes: list[Volume], cloud: CloudProvider, layout: StorageLayout,
+                   exporters: Mapping[str, ExportKind] | None) -> tuple[DriveObs, dict[str, Resolution]]:
     me = cloud.identity().instance_id
     devices = block_devices()
     resolutions: dict[str, Resolution] = {}
@@ -149,6 +170,7 @@ def _observe_drive(spec: DriveConfig, volumes: list[Volume], cloud: CloudProvide
         active=active, move_in_progress=state.move_in_progress, can_grow=can_grow, usage=usage,
         lv_missing=state.lv_missing,
         missing=state.missing, stale=state.stale, read_only=read_only,
+        exports=observe_exports(spec, exporters) if exporters else ExportsObs(),
     )
     return obs, resolutions
 

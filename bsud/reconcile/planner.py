@@ -27,6 +27,7 @@ from bsud.reconcile.model import (
     EVACUATED,
     REMOVING,
     Action,
+    ApplyExports,
     AttachVolume,
     Blocked,
     CreateVolume,
@@ -47,6 +48,7 @@ from bsud.reconcile.model import (
     Unmount,
     VolumeObs,
     Wait,
+    WithdrawExports,
 )
 from bsud.reconcile.scaling import ideal_bytes, removal_no_longer_fits, scale_decision, scale_up_reason
 
@@ -145,6 +147,10 @@ def _plan_online(spec: DriveConfig, obs: DriveObs, max_volume_gib: int) -> Plan:
         return Plan(assembling[0], assembling[1], tuple(notes))
     if obs.mount_blocked:
         return Plan(Blocked(reason=obs.mount_blocked), "blocked", tuple(notes))
+    if obs.exports.present and (not obs.mounted or obs.read_only):
+        why = "the drive is not mounted" if not obs.mounted else "the filesystem is to be mounted again"
+        return Plan(WithdrawExports(reason=f"{why}: its exports go first (an empty directory is never exported, "
+                                           "and an export would keep the mount busy)"), "recovering", tuple(notes))
     if not obs.mounted:
         return Plan(Mount(reason="the filesystem is not mounted"), "mounting", tuple(notes))
     if obs.read_only:
@@ -173,18 +179,30 @@ def _plan_online(spec: DriveConfig, obs: DriveObs, max_volume_gib: int) -> Plan:
         return Plan(Wait(reason=f"cannot tell what {', '.join(odd)} hold (neither part of the drive, blank, nor "
                                 "foreign); looking again"), "online", tuple(notes))
     if obs.usage is None:
-        return Plan(Idle(reason="online"), "online", tuple(notes))
+        return _settled(obs, notes)
     action, note = scale_decision(spec, members, obs.usage, max_volume_gib, obs.pace)
     if note:
         notes.append(note)
     if action is None:
-        return Plan(Idle(reason="online"), "online", tuple(notes))
+        return _settled(obs, notes)
     phase = "scaling-up" if isinstance(action, CreateVolume) and \
         scale_up_reason(spec, obs.usage, obs.pace) is not None else "scaling-down"
     return Plan(action, phase, tuple(notes))
 
 
+def _settled(obs: DriveObs, notes: list[str]) -> Plan:
+    """Nothing to build or scale: the exports, then idle. (Exports come after scaling: an export that keeps failing
+    must never hold back the space the drive needs.)"""
+    if not obs.exports.in_sync:
+        return Plan(ApplyExports(reason=obs.exports.detail or "the exports differ from the config"), "exporting",
+                    tuple(notes))
+    return Plan(Idle(reason="online"), "online", tuple(notes))
+
+
 def _plan_offline(obs: DriveObs) -> Plan | None:
+    if obs.exports.present:
+        return Plan(WithdrawExports(reason="target is offline: exports first, so the unmount finds nothing busy"),
+                    "going-offline")
     if obs.mounted:
         return Plan(Unmount(reason="target is offline"), "going-offline")
     if obs.active:

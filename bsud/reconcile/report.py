@@ -41,6 +41,7 @@ class DriveStatus:
     outcome: str | None = None               # what the last action executed did (changed / unchanged)
     errors: int = 0                          # steps that failed since bsud started (each retried)
     last_scale_event: dict[str, Any] | None = None  # the last scale-up/scale-down event (started, done, …)
+    exports: dict[str, Any] = field(default_factory=dict)  # wanted, in_sync, servers, detail
     updated: float = 0.0
 
     def line(self) -> str:
@@ -64,6 +65,9 @@ class DriveStatus:
                 log.warning("drive note", drive=self.name, note=note)
         self.notes = list(current.notes)
         self.size_gib = obs.size_gib
+        e = obs.exports
+        self.exports = {"wanted": e.wanted, "names": list(e.names), "in_sync": e.in_sync, "servers": list(e.servers),
+                        "detail": e.detail} if e.wanted or e.present else {}
         self.record_usage(obs.usage, obs.pace)
         self.volumes = [{"id": v.id, "size_gib": v.size_gib, "state": v.state, "device": v.device,
                          "member": v.member, **({"bookkeeping": v.bookkeeping} if v.bookkeeping else {})}

@@ -68,9 +68,11 @@ def test_foundation_imports_nothing_above(base: str):
 
 
 def test_host_reads_only_the_catalogue_of_the_config():
-    """host/ needs the layout names, not the pydantic schema: it imports ``bsud.config.catalogue`` alone."""
+    """host/ needs the layout names, not the pydantic schema: it imports ``bsud.config.catalogue`` alone — and the
+    exports' models, which ``host/exports`` applies as they are."""
     for path in modules("host"):
-        bad = {m for m in imports_of(path) if m.startswith("bsud.config") and m != "bsud.config.catalogue"}
+        bad = {m for m in imports_of(path)
+               if m.startswith("bsud.config") and m not in ("bsud.config.catalogue", "bsud.config.exports")}
         assert not bad, f"bsud/host/{path.relative_to(PKG / 'host')} imports {bad}"
 
 
@@ -110,6 +112,11 @@ def test_every_config_value_has_its_plug_in():
     assert set(LAYOUTS) == set(Layout) == set(ASSEMBLY)
     assert all(issubclass(cls, StorageLayout) and cls.kind == kind for kind, cls in LAYOUTS.items())
     assert set(PROVIDERS) == set(Provider)
+    from bsud.config.exports import EXPORT_KINDS
+    from bsud.host.exports import KINDS
+
+    assert set(KINDS) == set(EXPORT_KINDS)
+    assert all(cls.kind == kind for kind, cls in KINDS.items())
     for where in PROVIDERS.values():
         module, _, name = where.partition(":")
         cls = getattr(importlib.import_module(module), name)

@@ -38,7 +38,8 @@ def test_drive_gauges_follow_the_report_and_a_removed_drive_disappears():
     writing = DriveStatus("data", "online", "lvm", "/data", phase="scaling-up", size_bytes=10 << 30,
                           used_bytes=9 << 30, write_rate=50e6, seconds_to_full=21.5, errors=3,
                           volumes=[{"id": "vol-1"}, {"id": "vol-2"}])
-    stuck = DriveStatus("logs", "online", "btrfs", "/logs", phase="blocked")
+    stuck = DriveStatus("logs", "online", "btrfs", "/logs", phase="blocked",
+                        exports={"wanted": 1, "in_sync": False, "servers": [], "detail": "x"})
     m = Metrics()
     m.publish(report(writing, stuck))
     got = samples(generate_latest(m.registry).decode())
@@ -51,6 +52,8 @@ def test_drive_gauges_follow_the_report_and_a_removed_drive_disappears():
     assert got[key("bsud_drive_phase", drive="data", phase="scaling-up")] == 1
     assert got[key("bsud_drive_phase", drive="data", phase="online")] == 0
     assert got[key("bsud_drive_blocked", drive="logs")] == 1 and got[key("bsud_drive_blocked", drive="data")] == 0
+    assert got[key("bsud_drive_exports_applied", drive="logs")] == 0
+    assert key("bsud_drive_exports_applied", drive="data") not in got  # no exports: no series
     # Not mounted, not writing: no size, no seconds-to-full (absent, not zero).
     assert key("bsud_drive_size_bytes", drive="logs") not in got
     assert key("bsud_drive_seconds_to_full", drive="logs") not in got

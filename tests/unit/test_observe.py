@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from bsud.cloud.base import Attachment, Volume
-from bsud.config import DriveConfig, Layout, Target
+from bsud.config import DriveConfig, Layout, Provider, Target
 from bsud.host.layouts import LayoutState, StorageLayout
 from bsud.host.safety import Probe
 from bsud.naming import DRIVE_TAG, REMOVING, STATE_TAG
@@ -113,3 +115,78 @@ def test_a_stale_check_that_a_refresh_cannot_satisfy_is_turned_off():
     layout.lvm = StuckLvm()  # type: ignore[assignment]
     layout.refresh([])
     assert layout.lvm.refreshed == 1 and layout.stale_check is False
+
+
+class ScriptedExporter:
+    """An export kind whose system state is given (and whose reading can fail)."""
+
+    def __init__(self, kind: str, state=None, error: str | None = None) -> None:
+        self.kind, self.state, self.error = kind, state, error
+
+    def observe(self, drive, mount_path, exports):
+        from bsud.errors import BsudError
+
+        if self.error:
+            raise BsudError(self.error)
+        return self.state
+
+
+def test_exports_of_every_kind_are_summed_up(tmp_path: Path):
+    from bsud.config.exports import NfsExport
+    from bsud.host.exports import ExportState
+    from bsud.reconcile.observe import observe_exports
+
+    s = spec(tmp_path).model_copy(update={"exports": (NfsExport(kind="nfs", clients=("*",)),)})
+    applied = ExportState("nfs", 1, applied=True, present=True, server="nfsd: 8 threads")
+    obs = observe_exports(s, {"nfs": ScriptedExporter("nfs", applied)})
+    assert (obs.wanted, obs.in_sync, obs.present, obs.servers) == (1, True, True, ("nfs: nfsd: 8 threads",))
+    assert obs.names == ("nfs:/",)
+    # A kind the drive no longer uses but whose file is still there: out of sync, to be withdrawn.
+    left = ExportState("smb", 0, applied=False, present=True, server="smbd", detail="bsud-d.conf differs")
+    obs = observe_exports(s, {"nfs": ScriptedExporter("nfs", applied), "smb": ScriptedExporter("smb", left)})
+    assert not obs.in_sync and obs.present and obs.detail == "bsud-d.conf differs" and obs.servers == (
+        "nfs: nfsd: 8 threads",)
+    # A state that cannot be read is not in sync, and counted as present (withdrawn before an unmount).
+    obs = observe_exports(s, {"nfs": ScriptedExporter("nfs", error="exportfs: not found")})
+    assert not obs.in_sync and obs.present and "cannot read the nfs exports: exportfs: not found" in obs.detail
+
+
+class ChangingExporter:
+    """An export kind that records what it was asked to do (and can fail)."""
+
+    def __init__(self, kind: str, error: str | None = None) -> None:
+        self.kind, self.error, self.done = kind, error, []
+
+    def _do(self, what: str) -> bool:
+        from bsud.host.exports import ExportError
+
+        self.done.append(what)
+        if self.error:
+            raise ExportError(self.error)
+        return True
+
+    def apply(self, drive, mount_path, exports):
+        return self._do(f"apply {len(exports)}")
+
+    def withdraw(self, drive):
+        return self._do("withdraw")
+
+
+def test_one_export_kind_failing_does_not_keep_the_others_from_being_applied(tmp_path: Path, monkeypatch):
+    from bsud.config.exports import NfsExport
+    from bsud.errors import BsudError
+    from bsud.reconcile.execute import Executor
+    from bsud.reconcile.model import ApplyExports, WithdrawExports
+
+    monkeypatch.setattr("bsud.reconcile.execute.mounts.mount_at", lambda path: object())
+    s = spec(tmp_path).model_copy(update={"exports": (NfsExport(kind="nfs", clients=("*",)),)})
+    nfs, smb = ChangingExporter("nfs", error="exportfs -ra failed"), ChangingExporter("smb")
+    executor = Executor(s, CountingCloud([]), ScriptedLayout(LayoutState()), Provider.LOCAL,
+                        exporters={"nfs": nfs, "smb": smb})
+    with pytest.raises(BsudError, match="exportfs -ra failed") as caught:
+        executor.run(ApplyExports(reason="r"))
+    assert caught.value.temporary
+    assert (nfs.done, smb.done) == (["apply 1"], ["withdraw"])  # smb: the drive no longer shares over SMB
+    with pytest.raises(BsudError, match="exportfs -ra failed"):
+        executor.run(WithdrawExports(reason="r"))
+    assert (nfs.done[-1], smb.done[-1]) == ("withdraw", "withdraw")

@@ -10,6 +10,7 @@ from bsud.reconcile.model import (
     GIB,
     REMOVING,
     DriveObs,
+    ExportsObs,
     Pace,
     UsageObs,
     VolumeObs,
@@ -364,3 +365,35 @@ def test_a_deleted_member_is_explained_with_what_to_do():
     assert p.phase == "blocked"
     assert "PV UUID u" in p.action.reason and "deleted or lost its tag" in p.action.reason
     assert "A volume lost" in p.action.reason
+
+
+# -- exports: after the mount and after scaling; withdrawn before any unmount -------------------------------------
+
+OUT_OF_SYNC = ExportsObs(wanted=1, in_sync=False, present=False, detail="/etc/exports.d/bsud-d.exports is missing")
+APPLIED = ExportsObs(wanted=1, in_sync=True, present=True)
+
+EXPORTS_TABLE = [
+    ("settled-drive-applies-its-exports", spec(), online(vol("v1"), used=5, exports=OUT_OF_SYNC),
+     ("ApplyExports", {}), "exporting"),
+    ("applied-exports-leave-the-drive-idle", spec(), online(vol("v1"), used=5, exports=APPLIED), ("Idle", {}),
+     "online"),
+    ("scaling-up-comes-before-exports", spec(), online(vol("v1"), used=9.5, exports=OUT_OF_SYNC),
+     ("CreateVolume", {"size_gib": 12}), "scaling-up"),
+    ("exports-of-an-unmounted-drive-are-withdrawn-before-the-mount", spec(),
+     online(vol("v1"), used=5, mounted=False, exports=APPLIED), ("WithdrawExports", {}), "recovering"),
+    ("exports-are-withdrawn-before-a-remount", spec(), online(vol("v1"), used=5, read_only=True, exports=APPLIED),
+     ("WithdrawExports", {}), "recovering"),
+    ("offline-withdraws-exports-before-the-unmount", spec(target=Target.OFFLINE),
+     online(vol("v1"), used=5, exports=APPLIED), ("WithdrawExports", {}), "going-offline"),
+    ("delete-withdraws-exports-first-too", spec(target=Target.DELETE), online(vol("v1"), used=5, exports=APPLIED),
+     ("WithdrawExports", {}), "going-offline"),
+    ("offline-unmounts-once-withdrawn", spec(target=Target.OFFLINE),
+     online(vol("v1"), used=5, exports=ExportsObs()), ("Unmount", {}), "going-offline"),
+]
+
+
+@pytest.mark.parametrize(("s", "o", "expected", "phase"), [c[1:] for c in EXPORTS_TABLE],
+                         ids=[c[0] for c in EXPORTS_TABLE])
+def test_exports(s, o, expected, phase):
+    assert step(s, o) == expected
+    assert plan(s, o).phase == phase

@@ -103,3 +103,10 @@ def test_reading_spans_are_per_thread(tmp_path):
         thread.start()
         thread.join()
     assert seen == ["2"]  # the other thread is not inside this span: it ran the command
+
+
+def test_preflight_says_what_needs_a_missing_tool():
+    with pytest.raises(MissingToolsError) as caught:
+        preflight({"sh": "", "no-such-smbclient": "the smb exports of drive 'data'"})
+    assert str(caught.value) == ("missing programs: no-such-smbclient (package no-such-smbclient; for the smb "
+                                 "exports of drive 'data'); install them and start bsud again")
