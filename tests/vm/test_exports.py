@@ -395,7 +395,7 @@ def test_a_drive_shared_over_nfs_smb_iscsi_and_nvme(nfs_server, smb_server, iscs
         assert "nosuchhost.invalid" in st["last_error"] and "[AdminShare] is already defined" in st["last_error"]
         assert "a LUN is never shrunk" in st["last_error"]
         assert not NVME_APPLIED or "port 127.0.0.1:4421 is in use by another program" in st["last_error"]
-        ports = [p for p in Path("/sys/kernel/config/nvmet/ports").iterdir()
+        ports = [p for p in Path("/sys/kernel/config/nvmet/ports").glob("*")
                  if (p / "addr_trsvcid").read_text().strip() == "4421"]
         assert ports == [], "a port that cannot listen was made"
         assert ISCSI["chap"]["password"] not in json.dumps(st) + h.log_path.read_text()
