@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bsud.config.exports import IscsiExport
+from bsud.host.devices import GIB
 from bsud.host.exports.base import ExportKind, ExportState, directory_of
 from bsud.host.exports.files import ExportError, backing_file, port_listening
 from bsud.logs import get_logger
@@ -33,7 +34,6 @@ CONFIGFS = Path("/sys/kernel/config")
 #: Where LIO keeps what it persists itself (reservations, ALUA state); rtslib points the kernel there.
 DBROOT = Path("/etc/target")
 PORT = 3260
-GIB = 1 << 30
 
 
 def backstore_name(drive: str, iqn: str) -> str:
@@ -155,9 +155,10 @@ class Lio(ExportKind):
         extra = sorted(set(ours) - {w.backstore for w in wanted})
         if extra:
             problems.append(f"backstores no longer in the config: {', '.join(extra)}")
-        if wanted and not problems and not port_listening(PORT):
+        listening = port_listening(PORT)
+        if wanted and not problems and not listening:
             problems.append(f"nothing listens on port {PORT}")
-        server = f"LIO: {'listening on' if port_listening(PORT) else 'not listening on'} {PORT}"
+        server = f"LIO: {'listening on' if listening else 'not listening on'} {PORT}"
         return ExportState(self.kind, len(exports), applied=not problems, present=bool(ours),
                            server=server if exports else "", detail="; ".join(problems))
 

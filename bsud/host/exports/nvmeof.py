@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bsud.config.exports import NvmeofExport
+from bsud.host.devices import GIB
 from bsud.host.exports.base import ExportKind, ExportState, directory_of
 from bsud.host.exports.files import ExportError, backing_file, port_listening
 from bsud.logs import get_logger
@@ -25,7 +26,6 @@ from bsud.runner import Runner
 log = get_logger("bsud.host.exports")
 
 CONFIGFS = Path("/sys/kernel/config")
-GIB = 1 << 30
 #: nvmet port ids bsud gives its ports (any free one from here).
 FIRST_PORT_ID = 6100
 #: Namespace of the namespaces' UUIDs (fixed: changing it would change every namespace's identity).
