@@ -179,6 +179,12 @@ class Btrfs:
         """Remove a device, relocating its data onto the others (long: hours on big volumes)."""
         self.runner.run(["btrfs", "device", "remove", device, mount_point], timeout=RELOCATION_TIMEOUT)
 
+    def compact(self, mount_point: str, usage_percent: int = 50) -> None:
+        """Rewrite the data and metadata chunks at most ``usage_percent`` used into fewer, full ones (a balance
+        with usage filters: it moves only what those chunks hold), which frees the room they took."""
+        self.runner.run(["btrfs", "balance", "start", f"-dusage={usage_percent}", f"-musage={usage_percent}",
+                         mount_point], timeout=RELOCATION_TIMEOUT)
+
     def resize(self, mount_point: str, devid: int, size: int | str) -> None:
         """``size`` is ``"max"`` or bytes; shrinking relocates data and may fail with ENOSPC."""
         amount = size if isinstance(size, str) else str(int(size))

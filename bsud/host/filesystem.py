@@ -13,9 +13,13 @@ import os
 from bsud.host import mounts
 from bsud.host.btrfs import Btrfs, Filesystem, FsDevice
 from bsud.host.safety import Probe
+from bsud.errors import CommandError
 from bsud.host.space import Space, SpaceReader
+from bsud.logs import get_logger
 from bsud.naming import label_for
 from bsud.runner import Runner
+
+log = get_logger("bsud.host.filesystem")
 
 
 class DriveFilesystem:
@@ -98,7 +102,17 @@ class DriveFilesystem:
         """Shrink a single-device filesystem to ``target`` bytes (if larger); its size after, as btrfs reports it."""
         size = self.single_device_size(mount_point)
         if size is not None and size > target:
-            self.btrfs.resize(mount_point, 1, target)
+            try:
+                self.btrfs.resize(mount_point, 1, target)
+            except CommandError as exc:
+                if "No space left" not in exc.stderr:
+                    raise
+                # The chunks beyond the target found no room below it, which half-empty chunks may be taking (a
+                # drive emptied after it was filled): pack those, then try once more (a failure again is reported).
+                log.warning("btrfs found no room below the new size for the chunks it has to move; packing the "
+                            "chunks at most half used, then shrinking again", mount=mount_point, target=target)
+                self.btrfs.compact(mount_point)
+                self.btrfs.resize(mount_point, 1, target)
             size = self.single_device_size(mount_point)
         return size
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import pytest
 
 from bsud.cloud.local import LocalCloud
 from bsud.config import DriveConfig, Layout, Target
+from bsud.errors import CommandError
+from bsud.host.filesystem import DriveFilesystem
 from bsud.naming import DRIVE_TAG
 from bsud.host import mounts
 from bsud.host.devices import GIB, DeviceMismatch, DeviceWaiter, VolumeRef
@@ -181,3 +184,38 @@ def test_an_observation_runs_each_read_once(local, workdir: Path):
     runner.started.clear()
     observe_drive(spec, volumes, local, layout)
     assert sorted(runner.started) == sorted(first)
+
+
+def test_a_shrink_without_room_packs_the_chunks_tries_again_and_loses_nothing(workdir: Path):
+    """A filesystem filled on 1 GiB, grown to 3 GiB, written beyond the first GiB, then half emptied by deleting
+    every other file: the chunks below 1.2 GiB are half empty and btrfs finds no room there for the chunk it has to
+    move (ENOSPC). bsud packs the half-empty chunks (a balance with usage filters) and tries once more; when that
+    is not enough either, the error is reported, and every byte is still there."""
+    image = workdir / "fs.img"
+    image.write_bytes(b"")
+    os.truncate(image, GIB)
+    loop = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    subprocess.run(["mkfs.btrfs", "-q", "-K", loop], check=True, capture_output=True)
+    mnt = workdir / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", loop, str(mnt)], check=True)
+    sums = write_files(mnt, 32, 25, "f")
+    os.truncate(image, 3 * GIB)
+    subprocess.run(["losetup", "-c", loop], check=True)
+    subprocess.run(["btrfs", "filesystem", "resize", "max", str(mnt)], check=True, capture_output=True)
+    sums |= write_files(mnt, 1, 300, "g")
+    for i in range(0, 32, 2):
+        (mnt / f"f{i}.bin").unlink()
+        del sums[str(mnt / f"f{i}.bin")]
+    subprocess.run(["sync"], check=True)
+    runner = RecordingRunner()
+    fs = DriveFilesystem("hosttest", runner)
+    with pytest.raises(CommandError) as info:
+        fs.shrink(str(mnt), 1200 * 1024**2)
+    assert "No space left" in info.value.stderr
+    resizes = [argv for argv in runner.started if argv[:3] == ("btrfs", "filesystem", "resize")]
+    balances = [argv for argv in runner.started if argv[:3] == ("btrfs", "balance", "start")]
+    assert len(resizes) == 2 and balances == [("btrfs", "balance", "start", "-dusage=50", "-musage=50", str(mnt))]
+    assert fs.single_device_size(str(mnt)) == 3 * GIB
+    verify_files(sums)
