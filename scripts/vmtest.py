@@ -297,6 +297,7 @@ WEIGHTS = {  # seconds each file took in CI (2026-11-26, two guests side by side
 #: Test files that need systemd as PID 1: each runs in a guest of its own, booted with systemd.
 SYSTEMD_FILES = frozenset({"test_systemd.py"})
 SUMMARY = re.compile(r"=+ (.*?) in [\d.]+s")
+FAILURE = re.compile(r"(FAILED|ERROR) tests/")
 COUNTS = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed)")
 
 
@@ -327,6 +328,8 @@ class Guest:
         self.systemd = systemd
         self.exit_code: int | None = None
         self.counts: dict[str, int] = {}
+        #: pytest's short summary lines for what failed (``FAILED …``/``ERROR …``), repeated at the lane's end.
+        self.failures: list[str] = []
 
     def say(self, message: str) -> None:
         log(f"{self.prefix}{message}")
@@ -383,6 +386,8 @@ class Guest:
             m = EXIT_MARK.search(line)
             if m:
                 self.exit_code = int(m.group(1))
+            if FAILURE.match(line):
+                self.failures.append(line)
             summary = SUMMARY.search(line)
             if summary:
                 self.counts = {kind.rstrip("s") if kind.startswith("error") else kind: int(n)
@@ -453,6 +458,10 @@ def main() -> int:
                 total[kind] = total.get(kind, 0) + n
         log(f"{len(guests)} guests on {len(plan)} runners finished in {time.monotonic() - started:.1f} s")
         line = f"{total.get('passed', 0)} passed, {total.get('failed', 0) + total.get('error', 0)} failed"
+        # Last, so that the end of a long log names every failure of every guest.
+        for guest in guests:
+            for failure in guest.failures:
+                print(f"vm-lane: {guest.prefix}{failure}", flush=True)
         print(f"vm-lane: {line}" + (f", {total['skipped']} skipped" if total.get("skipped") else ""), flush=True)
     return next((code for code in codes if code != 0), 0)
 

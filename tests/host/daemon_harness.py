@@ -123,7 +123,8 @@ class DaemonHarness:
             if st and check(st):
                 return st
             time.sleep(0.3)
-        raise AssertionError(f"timed out waiting for {what}; last status {st}; log tail:\n{self.tail()}")
+        raise AssertionError(f"timed out waiting for {what}; last status {st}; log tail:\n{self.tail()}\n"
+                             f"kernel messages:\n{kernel_tail()}")
 
     def wait_online(self, volumes: int | None = None, timeout: float = 120) -> dict[str, Any]:
         def ok(st: dict[str, Any]) -> bool:
@@ -154,3 +155,9 @@ class DaemonHarness:
         subprocess.run(["dd", "if=/dev/urandom", f"of={self.mount / name}", "bs=1M", f"count={mib}",
                         "status=none"], check=True)
         subprocess.run(["sync"], check=True)
+
+
+def kernel_tail(lines: int = 25) -> str:
+    """The kernel's last messages (btrfs and device-mapper say there why a resize or a move failed)."""
+    out = subprocess.run(["dmesg"], capture_output=True, text=True)
+    return "\n".join(out.stdout.splitlines()[-lines:]) if out.returncode == 0 else f"(dmesg: {out.stderr.strip()})"

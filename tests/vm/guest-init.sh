@@ -35,7 +35,7 @@ repo=$(sed -n 's/.*bsud.repo=\([^ ]*\).*/\1/p' /proc/cmdline)
 cd "$repo" || { echo "BSUD-VM-EXIT=3"; echo o > /proc/sysrq-trigger; }
 mapfile -t args < <(/usr/bin/python3 -c 'import json,sys; print("\n".join(json.load(open("/run/vmshare/args.json"))))' 2>/dev/null)
 [ "${#args[@]}" -eq 0 ] || [ -z "${args[0]}" ] && args=(tests/vm)
-export BSUD_IN_VM=1 HOME=/root PYTHONDONTWRITEBYTECODE=1 TERM=dumb
+export BSUD_IN_VM=1 HOME=/root PYTHONDONTWRITEBYTECODE=1 TERM=dumb COLUMNS=300  # COLUMNS: short summary lines not cut at 80
 echo "vm: kernel $(uname -r), init: $BSUD_VM_INIT, udevd running, starting pytest ${args[*]}"
 .venv/bin/python -m pytest -p no:cacheprovider -m vm "${args[@]}"
 rc=$?
