@@ -40,7 +40,15 @@ class DriveFilesystem:
         return found.type == self.fstype and found.blkid.get("LABEL") == self.label
 
     def show(self, target: str) -> Filesystem | None:
-        """The filesystem at a mount point, device or UUID (``btrfs filesystem show``)."""
+        """The filesystem at a mount point, device or UUID (``btrfs filesystem show``).
+
+        A directory that is not a mounted btrfs is answered None without asking btrfs: given one, ``btrfs filesystem
+        show`` opens every block device of the machine to look for it, and one whose I/O hangs (an NVMe-oF or
+        iSCSI disk whose target is gone) would hang bsud with it."""
+        if target.startswith("/") and not target.startswith("/dev/") and os.path.isdir(target):
+            entry = mounts.mount_at(target)
+            if entry is None or entry.fstype != self.fstype:
+                return None
         return self.btrfs.show(target)
 
     def is_mounted_from(self, entry: mounts.MountEntry, devices: list[str]) -> bool:

@@ -219,3 +219,14 @@ def test_a_shrink_without_room_packs_the_chunks_tries_again_and_loses_nothing(wo
     assert len(resizes) == 2 and balances == [("btrfs", "balance", "start", "-dusage=50", "-musage=50", str(mnt))]
     assert fs.single_device_size(str(mnt)) == 3 * GIB
     verify_files(sums)
+
+
+def test_a_directory_that_is_not_a_mounted_btrfs_is_not_looked_for_on_every_device(workdir: Path):
+    """``btrfs filesystem show <dir>`` for a directory that is not a mounted btrfs opens every block device of the
+    machine (one whose target is gone would hang it): bsud answers None without running it."""
+    runner = RecordingRunner()
+    fs = DriveFilesystem("hosttest", runner)
+    (workdir / "empty").mkdir()
+    assert fs.show(str(workdir / "empty")) is None
+    assert fs.growable(str(workdir / "empty")) == []
+    assert runner.started == []
