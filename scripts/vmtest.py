@@ -288,7 +288,7 @@ WEIGHTS = {  # seconds each file took in CI (2026-11-26, two guests side by side
     "test_crash_lvm.py": 1210,
     "test_lvm_layout.py": 615,
     "test_fill_lvm.py": 540,
-    "test_exports.py": 330,
+    "test_exports.py": 420,
     "test_faults_lvm.py": 313,
     "test_systemd.py": 262,
     "test_devices.py": 100,

@@ -170,8 +170,6 @@ def check_export(export: NfsExport | SmbExport | IscsiExport | NvmeofExport) -> 
             if export.chap is not None and not 12 <= len(export.chap.password.get_secret_value()) <= 16:
                 problems.append(("chap.password", "must be 12 to 16 characters (what iSCSI initiators accept)"))
         case NvmeofExport():
-            problems.append(("kind", "nvmeof exports are not applied by this version of bsud yet (its test with a "
-                                     "real NVMe/TCP host does not pass); remove it"))
             if not NQN_RE.fullmatch(export.nqn) or len(export.nqn.encode()) > 223:
                 problems.append(("nqn", f"{export.nqn!r} is not an NQN (nqn.YYYY-MM.reversed.domain:name)"))
             problems += [("hosts", f"{h!r} is not a host NQN") for h in export.hosts

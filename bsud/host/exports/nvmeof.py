@@ -222,8 +222,10 @@ class NvmetTcp(ExportKind):
             backing_file(want.file, size, what=want.nqn, kind="namespace")
         ours = self.ours(drive)
         stale = [nqn for nqn in ours if nqn not in wanted]
-        redo = [(w, s) for nqn, (w, s) in wanted.items() if ours.get(nqn) != w]
-        if not stale and not redo and all(port_listening(w.port) for w, _ in wanted.values()):
+        # A subsystem as configured whose port does not listen (nvmet lost its listener) is made again too:
+        # linking it to a port is what makes nvmet listen.
+        redo = [(w, s) for nqn, (w, s) in wanted.items() if ours.get(nqn) != w or not port_listening(w.port)]
+        if not stale and not redo:
             return False
         taken = [w.nqn for w, _ in redo if w.nqn not in ours and (self.root / "subsystems" / w.nqn).exists()]
         if taken:
