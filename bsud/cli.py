@@ -79,7 +79,7 @@ def _observed_status(config: Config) -> dict:
     snapshot = CloudSnapshot(cloud)
     drives = {}
     for spec in config.drives:
-        rec = DriveReconciler(spec, cloud, snapshot, config.cloud.provider)
+        rec = DriveReconciler(spec, cloud, snapshot, config.cloud.provider, nfs=config.nfs)
         obs, plan = rec.plan_now()
         rec.status.record(obs, plan)
         drives[spec.name] = rec.status.as_dict()
@@ -145,7 +145,7 @@ def cmd_plan(config: Config) -> int:
     cloud = make_provider(config)
     snapshot = CloudSnapshot(cloud)
     for spec in config.drives:
-        obs, plan = DriveReconciler(spec, cloud, snapshot, config.cloud.provider).plan_now()
+        obs, plan = DriveReconciler(spec, cloud, snapshot, config.cloud.provider, nfs=config.nfs).plan_now()
         action = plan.action
         fields = {k: v for k, v in action.__dict__.items() if k != "reason" and v not in (None, "")}
         detail = " ".join(f"{k}={v}" for k, v in fields.items())

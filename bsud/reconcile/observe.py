@@ -76,7 +76,7 @@ def observe_exports(spec: DriveConfig, exporters: Mapping[str, ExportKind]) -> E
     """The drive's exports of every kind as the system has them (a kind it no longer uses may still be there)."""
     states = []
     for kind, exporter in exporters.items():
-        wanted = [e for e in spec.exports if e.kind == kind]
+        wanted = [e for e in spec.exports if e.exporter == kind]
         try:
             states.append(exporter.observe(spec.name, spec.mount_path, wanted))
         except BsudError as exc:
