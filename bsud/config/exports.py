@@ -80,19 +80,13 @@ class NvmeofExport(_Export):
 
 
 class GaneshaSettings(_Settings):
-    """nfs-ganesha, the NFS server of the exports with ``"server": "ganesha"`` (administered over D-Bus)."""
+    """nfs-ganesha, the NFS server of the exports with ``"server": "ganesha"``: the system's service, administered
+    over D-Bus."""
 
-    #: False: a system nfs-ganesha service (bsud adds and removes exports only). True: bsud runs and supervises
-    #: one ``ganesha.nfsd -F`` itself, with ``config-file``.
-    managed: bool = False
     #: Where bsud writes each drive's EXPORT blocks (``<drive>.conf``), which it hands to ganesha over D-Bus.
     exports_dir: str = "/etc/ganesha/bsud.d"
     #: No heartbeat signal from ganesha for this long: not ready (a managed one is restarted).
     heartbeat_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
-    #: Managed mode: the main configuration ganesha.nfsd is started with (bsud writes it when it is missing).
-    config_file: str = "/etc/bsud/ganesha.conf"
-    #: Managed mode: the NFS port of the ganesha bsud runs.
-    port: int = Field(default=2049, ge=1, le=65535)
 
 
 class NfsSettings(_Settings):

@@ -31,7 +31,7 @@ def test_each_export_is_one_block_with_a_stable_id_its_pseudo_path_and_its_clien
     ident = export_id("data", "projects")
     assert f"Export_Id = {ident};" in block
     assert 'Path = "/srv/data/projects";' in block and 'Pseudo = "/bsud/data/projects";' in block
-    assert 'Clients = "10.0.0.0/24", "host.example";' in block and "Access_Type = RO;" in block
+    assert "Clients = 10.0.0.0/24, host.example;" in block and "Access_Type = RO;" in block
     assert "Squash = no_root_squash;" in block and "Anonymous_Uid = 65534;" in block
     assert "SecType = sys, krb5;" in block and "Name = VFS;" in block
     assert "Access_Type = None;" in block  # nobody but the listed clients
@@ -71,7 +71,8 @@ def test_a_drive_without_ganesha_exports_never_asks_dbus(tmp_path: Path):
 def test_the_server_is_chosen_per_export_and_settings_reach_the_kind(tmp_path: Path):
     loaded = parse_config(config({"kind": "nfs", "server": "ganesha", "clients": ["*"]}))
     assert loaded.drives[0].exports[0].exporter == "nfs-ganesha"
-    assert loaded.nfs.ganesha.managed is False and loaded.effective()["nfs"]["ganesha"]["heartbeat-timeout-seconds"] == 10
+    assert loaded.effective()["nfs"]["ganesha"] == {"exports-dir": "/etc/ganesha/bsud.d",
+                                                    "heartbeat-timeout-seconds": 10.0}
     assert parse_config(config({"kind": "nfs", "clients": ["*"]})).drives[0].exports[0].exporter == "nfs"
     kinds = make_exporters(Runner(), loaded.nfs.model_copy(update={"ganesha": GaneshaSettings(exports_dir="/x")}))
     assert kinds["nfs-ganesha"].file("data") == Path("/x/data.conf")

@@ -21,7 +21,7 @@ import os
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from jeepney import DBusAddress, MatchRule, message_bus, new_method_call
 from jeepney.io.blocking import DBusConnection, Proxy, open_dbus_connection
 from jeepney.wrappers import DBusErrorResponse, unwrap_msg
 
-from bsud.config.exports import GaneshaSettings, NfsExport
+from bsud.config.exports import GaneshaSettings, NfsExport, export_name
 from bsud.host.exports.base import HEADER, ExportKind, ExportState, directory_of
 from bsud.host.exports.files import ExportError, replace_file
 from bsud.logs import get_logger
@@ -84,7 +84,7 @@ def export_block(drive: str, mount_path: str, export: NfsExport) -> str:
         lines.append(f"    PrivilegedPort = {'true' if 'secure' in words else 'false'};")
     lines += ["    FSAL {", "        Name = VFS;", "    }",
               "    CLIENT {",
-              f"        Clients = {', '.join(_quote(c) for c in export.clients)};",
+              f"        Clients = {', '.join(export.clients)};",  # ganesha takes them bare (checked at load)
               f"        Access_Type = {'RO' if 'ro' in words else 'RW'};",
               "    }",
               "}"]
@@ -204,7 +204,8 @@ class Heartbeat:
     def __init__(self, bus: str = "SYSTEM") -> None:
         self.bus = bus
         self.last: float | None = None
-        self.listening = False
+        #: Why the listener is not listening (the bus is unreachable…), None while it listens or starts.
+        self.error: str | None = None
         self._started = False
         self._lock = threading.Lock()
 
@@ -225,13 +226,13 @@ class Heartbeat:
                 with open_dbus_connection(bus=self.bus) as conn:
                     Proxy(message_bus, conn).AddMatch(HEARTBEAT)
                     with conn.filter(HEARTBEAT) as queue:
-                        self.listening = True
+                        self.error = None
                         while True:
                             signal = conn.recv_until_filtered(queue)
                             if signal.body and signal.body[0]:
                                 self.last = time.monotonic()
             except Exception as exc:  # noqa: BLE001 - the bus went away: listen again in a moment
-                self.listening = False
+                self.error = str(exc) or type(exc).__name__
                 log.debug("listening for nfs-ganesha's heartbeat failed; again in 2 s", error=str(exc))
                 time.sleep(2)
 
@@ -262,11 +263,11 @@ class Ganesha(ExportKind):
         age = self.heartbeat.age()
         limit = self.settings.heartbeat_timeout_seconds
         if age is not None and age <= limit:
-            return True, f"nfs-ganesha: ready (heartbeat {age:.1f} s ago)"
+            return True, f"ready (heartbeat {age:.1f} s ago)"
         if age is None:
-            return False, "nfs-ganesha: not ready (no heartbeat seen" + (
-                "" if self.heartbeat.listening else "; the system D-Bus is not reachable") + ")"
-        return False, f"nfs-ganesha: not ready (no heartbeat for {age:.0f} s)"
+            return False, "not ready (no heartbeat seen" + (
+                f"; the system D-Bus is not reachable: {self.heartbeat.error}" if self.heartbeat.error else "") + ")"
+        return False, f"not ready (no heartbeat for {age:.0f} s)"
 
     def _unserved(self, drive: str, mount_path: str, exports: list[NfsExport],
                   listed: dict[int, str]) -> str | None:
@@ -354,6 +355,12 @@ class Ganesha(ExportKind):
                 raise ExportError(f"after RemoveExport, ganesha still serves {', '.join(map(str, left))}")
 
         return replace_file(path, None, apply=lambda: self._sync(path, ours), verify=verify)
+
+    def stats(self, drive: str, exports: list[NfsExport]) -> dict[str, dict[str, int]]:
+        try:
+            return {export_name(e): asdict(io) for e, io in zip(exports, self.io(drive, exports).values())}
+        except ExportError:
+            return {}  # ganesha not answering: the observation says so already
 
     def io(self, drive: str, exports: list[NfsExport]) -> dict[str, IoStats]:
         """Each export's I/O counters (by its path in the config, ``/`` for the whole drive)."""
