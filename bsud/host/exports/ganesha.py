@@ -336,12 +336,9 @@ class Ganesha(ExportKind):
             if missing:
                 raise ExportError(f"after AddExport, {missing}")
 
-        changed = replace_file(path, text, apply=lambda: self._sync(path, known), verify=verify)
-        if not changed and self._unserved(drive, mount_path, exports, listed):
-            self._sync(path, known)  # drift: ganesha restarted (it forgets what came over D-Bus) or an export went
-            verify()
-            changed = True
-        return changed
+        # drift: ganesha restarted (it forgets what came over D-Bus) or an export was removed by hand
+        return replace_file(path, text, apply=lambda: self._sync(path, known), verify=verify,
+                            drifted=lambda: bool(self._unserved(drive, mount_path, exports, listed)))
 
     def withdraw(self, drive: str) -> bool:
         path = self.file(drive)
