@@ -5,10 +5,11 @@ I/O counters grow with the traffic, offline removes the exports before the unmou
 
 from __future__ import annotations
 
-import os
+import json
 import signal
 import subprocess
 import time
+import traceback
 from pathlib import Path
 
 import pytest
@@ -171,9 +172,12 @@ def test_exports_through_nfs_ganesha_over_dbus(ganesha, tmp_path: Path, capsys):
                   f"({after.requests} requests, {after.latency_ns / max(after.requests, 1) / 1e6:.2f} ms each)",
                   flush=True)
     except BaseException:
+        if ganesha.proc is not None:
+            ganesha.proc.send_signal(signal.SIGCONT)
         with capsys.disabled():
             steps = [line for line in h.log_path.read_text().splitlines() if '"step"' in line or "failed" in line]
-            print("\n".join(["", "bsud steps:", *steps[-25:], "ganesha log:",
+            print("\n".join(["", traceback.format_exc(), "bsud status:", json.dumps(h.status())[:3000],
+                             "bsud steps:", *steps[-25:], "ganesha log:",
                              *(ganesha.log.read_text().splitlines()[-30:] if ganesha.log.exists() else [])]),
                   flush=True)
         raise

@@ -141,6 +141,10 @@ def parse_io(body: tuple[Any, ...]) -> IoStats:
                    errors=int(read[3]) + int(write[3]), latency_ns=int(read[4]) + int(write[4]))
 
 
+class NoAnswer(ExportError):
+    """ganesha (or the bus) did not answer in time: asking it more now would only wait as long again."""
+
+
 class Bus:
     """Calls to ganesha on the system D-Bus; one connection per thread (jeepney's blocking connections are not
     shared), opened when first needed and again after a failure."""
@@ -167,7 +171,8 @@ class Bus:
         except (OSError, TimeoutError, ConnectionError) as exc:
             self._local.conn = None
             conn.close()
-            raise ExportError(f"nfs-ganesha {method}: no answer on the system D-Bus ({exc or 'timed out'})") from None
+            raise NoAnswer(f"nfs-ganesha {method}: no answer on the system D-Bus within {CALL_TIMEOUT:g} s "
+                           f"({str(exc) or 'timed out'})") from None
         try:
             return tuple(unwrap_msg(reply))
         except DBusErrorResponse as err:
@@ -193,6 +198,8 @@ class Bus:
         for method in IO_METHODS:
             try:
                 total = total + parse_io(self.call(EXPORT_STATS, method, "q", (ident,)))
+            except NoAnswer:
+                raise
             except ExportError:
                 continue  # a version ganesha does not serve answers with an error: nothing to count
         return total
@@ -354,6 +361,8 @@ class Ganesha(ExportKind):
         return replace_file(path, None, apply=lambda: self._sync(path, ours), verify=verify)
 
     def stats(self, drive: str, exports: list[NfsExport]) -> dict[str, dict[str, int]]:
+        if not self.readiness()[0]:
+            return {}  # a server without a heartbeat would make each of these calls wait for its timeout
         try:
             return {export_name(e): asdict(io) for e, io in zip(exports, self.io(drive, exports).values())}
         except ExportError:
