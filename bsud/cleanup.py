@@ -72,7 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in names:
             spec = configured.get(name)
             spec = spec.model_copy(update={"target": Target.DELETE}) if spec else _guess_spec(name, runner)
-            result = DriveReconciler(spec, cloud, snapshot, config.cloud.provider, runner).run_until_settled()
+            result = DriveReconciler(spec, cloud, snapshot, config.cloud.provider, runner,
+                                     nfs=config.nfs).run_until_settled()
             if result.phase == "deleted":
                 print(f"delete-drive: {name}: deleted")
             else:

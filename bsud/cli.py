@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", parents=[common],
                             help="each drive's state, from the running daemon or by observing")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--exports", action="store_true",
+                        help="also each export's I/O counters (servers that keep them: nfs-ganesha)")
     sub.add_parser("plan", parents=[common], help="what the next step of each drive would be; changes nothing")
     sub.add_parser("check-config", parents=[common],
                    help="validate the config and print it with defaults filled and secrets masked")
@@ -79,7 +81,7 @@ def _observed_status(config: Config) -> dict:
     snapshot = CloudSnapshot(cloud)
     drives = {}
     for spec in config.drives:
-        rec = DriveReconciler(spec, cloud, snapshot, config.cloud.provider)
+        rec = DriveReconciler(spec, cloud, snapshot, config.cloud.provider, nfs=config.nfs)
         obs, plan = rec.plan_now()
         rec.status.record(obs, plan)
         drives[spec.name] = rec.status.as_dict()
@@ -101,7 +103,7 @@ def describe_event(event: dict) -> str:
     return text
 
 
-def cmd_status(config: Config, as_json: bool) -> int:
+def cmd_status(config: Config, as_json: bool, export_stats: bool = False) -> int:
     data = _daemon_status(config)
     source = "daemon" if data else "observed (no daemon running)"
     if data is None:
@@ -126,6 +128,10 @@ def cmd_status(config: Config, as_json: bool) -> int:
             names = ", ".join(exports.get("names") or []) or "none"
             print(f"{'':<16} exports: {names}; {state}")
             print(f"{'':<16} servers: {servers}")
+            for export, c in (exports.get("stats") or {}).items() if export_stats else ():
+                each = c.get("latency_ns", 0) / max(c.get("requests", 0), 1) / 1e6
+                print(f"{'':<16} {export}: read {c.get('read_bytes', 0)} B, wrote {c.get('write_bytes', 0)} B, "
+                      f"{c.get('requests', 0)} requests ({c.get('errors', 0)} failed, {each:.2f} ms each)")
         if st.get("last_scale_event"):
             print(f"{'':<16} last scale event: {describe_event(st['last_scale_event'])}")
         if st.get("last_error"):
@@ -145,7 +151,7 @@ def cmd_plan(config: Config) -> int:
     cloud = make_provider(config)
     snapshot = CloudSnapshot(cloud)
     for spec in config.drives:
-        obs, plan = DriveReconciler(spec, cloud, snapshot, config.cloud.provider).plan_now()
+        obs, plan = DriveReconciler(spec, cloud, snapshot, config.cloud.provider, nfs=config.nfs).plan_now()
         action = plan.action
         fields = {k: v for k, v in action.__dict__.items() if k != "reason" and v not in (None, "")}
         detail = " ".join(f"{k}={v}" for k, v in fields.items())
@@ -177,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "check-config":
             return cmd_check_config(config)
         if command == "status":
-            return cmd_status(config, args.json)
+            return cmd_status(config, args.json, args.exports)
         if command == "plan":
             return cmd_plan(config)
         return cmd_run(config)

@@ -50,7 +50,7 @@ def required_tools(config: Config, cloud: CloudProvider) -> dict[str, str]:
     tools = dict.fromkeys([*StorageLayout.tools, *(t for d in config.drives for t in LAYOUTS[d.layout].tools),
                            *cloud.tools], "")
     for drive in config.drives:
-        for kind in dict.fromkeys(e.kind for e in drive.exports):
+        for kind in dict.fromkeys(e.exporter for e in drive.exports):
             for tool in EXPORT_KINDS[kind].tools:
                 users = tools.get(tool)
                 if users != "":

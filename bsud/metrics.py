@@ -30,6 +30,16 @@ log = get_logger("bsud.metrics")
 SCALE_BUCKETS = (5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1200, 1800, 3600)
 
 
+#: The I/O counters an export's server keeps (nfs-ganesha's), as metrics: (key in the status, name, help).
+EXPORT_COUNTERS = (
+    ("read_bytes", "bsud_export_read_bytes", "Bytes the export's clients read (servers that count: nfs-ganesha)"),
+    ("write_bytes", "bsud_export_write_bytes", "Bytes the export's clients wrote"),
+    ("requests", "bsud_export_requests", "Read and write requests of the export's clients"),
+    ("errors", "bsud_export_errors", "Read and write requests that failed"),
+    ("latency_ns", "bsud_export_latency_seconds", "Time the server spent in those requests, in all"),
+)
+
+
 class _DriveCollector(Collector):
     """The drives' state, from the last report."""
 
@@ -62,6 +72,7 @@ class _DriveCollector(Collector):
                                          "configured, 0 when not (drives with exports)", labels=["drive"]),
         }
         errors = CounterMetricFamily("bsud_step_errors", "Steps that failed (each is retried)", labels=["drive"])
+        io = {key: CounterMetricFamily(name, text, labels=["drive", "export"]) for key, name, text in EXPORT_COUNTERS}
         for name, status in sorted(report.drives.items()):
             if status.size_bytes is not None:
                 gauges["size"].add_metric([name], status.size_bytes)
@@ -75,9 +86,14 @@ class _DriveCollector(Collector):
                 gauges["phase"].add_metric([name, phase], 1 if phase == status.phase else 0)
             if status.exports:
                 gauges["exports"].add_metric([name], 1 if status.exports.get("in_sync") else 0)
+                for export, counters in (status.exports.get("stats") or {}).items():
+                    for key, family in io.items():
+                        value = counters.get(key, 0)
+                        family.add_metric([name, export], value / 1e9 if key == "latency_ns" else value)
             errors.add_metric([name], status.errors)
         yield from gauges.values()
         yield errors
+        yield from io.values()
 
 
 class Metrics:

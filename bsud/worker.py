@@ -35,7 +35,7 @@ class DriveWorker(threading.Thread):
         super().__init__(name=f"drive-{spec.name}", daemon=True)
         self.owner = daemon
         self.reconciler = DriveReconciler(spec, daemon.cloud, daemon.snapshot, daemon.config.cloud.provider,
-                                          settings=daemon.config.daemon)
+                                          settings=daemon.config.daemon, nfs=daemon.config.nfs)
         self.reconciler.meter = RateMeter()
         self.reconciler.listeners = daemon.listeners
         self.stop_event = threading.Event()
@@ -115,7 +115,7 @@ class DriveWorker(threading.Thread):
             with self.lock:
                 if self.pending_spec is not None:
                     settings = self.owner.config.daemon  # the reloaded daemon section applies too
-                    self.reconciler.update_spec(self.pending_spec, settings)
+                    self.reconciler.update_spec(self.pending_spec, settings, self.owner.config.nfs)
                     self.pending_spec = None
                     last_full = 0.0
             current = self.reconciler.last_plan

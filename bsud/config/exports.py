@@ -17,21 +17,35 @@ def _kebab(name: str) -> str:
     return name.replace("_", "-")
 
 
-class _Export(BaseModel):
+class _Settings(BaseModel):
     model_config = ConfigDict(alias_generator=_kebab, populate_by_name=True, extra="forbid", frozen=True)
 
+
+class _Export(_Settings):
     #: A directory of the drive to share (relative to its mount path; empty: the whole drive).
     path: str = ""
+
+    @property
+    def exporter(self) -> str:
+        """The name of the export kind that applies it (``bsud.host.exports.KINDS``): its ``kind`` by default."""
+        return str(getattr(self, "kind"))
 
 
 class NfsExport(_Export):
     kind: Literal["nfs"]
     clients: tuple[str, ...] = Field(min_length=1)
     options: tuple[str, ...] = ("rw", "sync", "root_squash", "no_subtree_check")
+    #: ``kernel``: the kernel's NFS server (exportfs); ``ganesha``: nfs-ganesha, over D-Bus.
+    server: Literal["kernel", "ganesha"] = "kernel"
+
+    @property
+    def exporter(self) -> str:
+        return "nfs-ganesha" if self.server == "ganesha" else "nfs"
 
 
 class SmbExport(_Export):
     kind: Literal["smb"]
+
     share: str
     read_only: bool = False
     guest: bool = False
@@ -47,6 +61,7 @@ class Chap(BaseModel):
 
 class IscsiExport(_Export):
     kind: Literal["iscsi"]
+
     iqn: str
     lun_size_gib: int = Field(ge=1)
     initiators: tuple[str, ...] = Field(min_length=1)
@@ -55,6 +70,7 @@ class IscsiExport(_Export):
 
 class NvmeofExport(_Export):
     kind: Literal["nvmeof"]
+
     nqn: str
     size_gib: int = Field(ge=1)
     hosts: tuple[str, ...] = Field(min_length=1)
@@ -63,8 +79,24 @@ class NvmeofExport(_Export):
     port: int = Field(default=4420, ge=1, le=65535)
 
 
+class GaneshaSettings(_Settings):
+    """nfs-ganesha, the NFS server of the exports with ``"server": "ganesha"``: the system's service, administered
+    over D-Bus."""
+
+    #: Where bsud writes each drive's EXPORT blocks (``<drive>.conf``), which it hands to ganesha over D-Bus.
+    exports_dir: str = "/etc/ganesha/bsud.d"
+    #: No heartbeat signal from ganesha for this long: not ready (a managed one is restarted).
+    heartbeat_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
+
+
+class NfsSettings(_Settings):
+    ganesha: GaneshaSettings = GaneshaSettings()
+
+
 Export = Annotated[NfsExport | SmbExport | IscsiExport | NvmeofExport, Field(discriminator="kind")]
 #: The ``kind`` of an export → its model.
+#: Every ``exporter`` an export may name (``bsud.host.exports.KINDS`` has one class for each).
+EXPORTERS = ("nfs", "nfs-ganesha", "smb", "iscsi", "nvmeof")
 EXPORT_KINDS: dict[str, type[_Export]] = {"nfs": NfsExport, "smb": SmbExport, "iscsi": IscsiExport,
                                           "nvmeof": NvmeofExport}
 
@@ -81,6 +113,10 @@ NFS_VALUED_OPTIONS = {
     "anongid": re.compile(r"\d{1,10}"),
     "sec": re.compile(r"(sys|krb5|krb5i|krb5p)(:(sys|krb5|krb5i|krb5p))*"),
 }
+#: The exports(5) words bsud translates into an nfs-ganesha EXPORT block (Access_Type, Squash, Anonymous_Uid/Gid,
+#: SecType, PrivilegedPort); ``sync`` and ``no_subtree_check`` are what ganesha does anyway.
+GANESHA_OPTIONS = frozenset({"rw", "ro", "sync", "no_subtree_check", "root_squash", "no_root_squash", "all_squash",
+                             "no_all_squash", "anonuid", "anongid", "sec", "secure", "insecure"})
 #: iqn.YYYY-MM.reversed.domain[:anything] (RFC 3720 §3.2.6.3.1), lower case.
 IQN_RE = re.compile(r"iqn\.\d{4}-(0[1-9]|1[0-2])\.[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*"
                     r"(:[a-z0-9.:_-]+)?")
@@ -154,6 +190,10 @@ def check_export(export: NfsExport | SmbExport | IscsiExport | NvmeofExport) -> 
             problems += [("options", w) for w in map(check_nfs_option, export.options) if w]
             if "rw" in export.options and "ro" in export.options:
                 problems.append(("options", "give rw or ro, not both"))
+            if export.server == "ganesha":
+                problems += [("options", f"{o!r} has no nfs-ganesha equivalent bsud knows; remove it (or use "
+                                         "\"server\": \"kernel\")") for o in export.options
+                             if o.partition("=")[0] not in GANESHA_OPTIONS and not check_nfs_option(o)]
         case SmbExport():
             if not SMB_SHARE_RE.fullmatch(export.share) or export.share.lower() in SMB_RESERVED_SHARES:
                 problems.append(("share", f"{export.share!r} is not a usable share name (1 to 80 letters, digits, "

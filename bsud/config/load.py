@@ -155,6 +155,7 @@ def parse_config(text: str, path: str = "<config>", env: EnvSettings | None = No
         drives=tuple(with_cloud_defaults(d, parsed.cloud) for d in parsed.drives),
         cloud=parsed.cloud,
         daemon=parsed.daemon,
+        nfs=parsed.nfs,
         access_key=access,
         secret_key=secret,
         credentials_from=origin,

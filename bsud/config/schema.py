@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bsud.config.catalogue import DiskType, Layout, Provider, Target
-from bsud.config.exports import Export
+from bsud.config.exports import Export, GaneshaSettings, NfsSettings
 
 
 def _kebab(name: str) -> str:
@@ -103,6 +103,7 @@ class _ConfigFile(_Section):
     authentication: Authentication | None = None
     cloud: CloudSettings = CloudSettings()
     daemon: DaemonSettings = DaemonSettings()
+    nfs: NfsSettings = NfsSettings()
     drives: list[DriveConfig]
 
 
@@ -128,6 +129,7 @@ class Config:
     secret_key: SecretStr | None
     credentials_from: str
     warnings: tuple[str, ...] = field(default=())
+    nfs: NfsSettings = field(default_factory=NfsSettings)
 
     def drive(self, name: str) -> DriveConfig:
         for drive in self.drives:
@@ -153,6 +155,7 @@ class Config:
             "authentication": auth,
             "cloud": self.cloud.model_dump(mode="json", by_alias=True),
             "daemon": self.daemon.model_dump(mode="json", by_alias=True),
+            "nfs": self.nfs.model_dump(mode="json", by_alias=True),
             "drives": [d.model_dump(mode="json", by_alias=True) for d in self.drives],
         }
 

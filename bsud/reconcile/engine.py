@@ -7,9 +7,9 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from bsud.cloud.base import CloudProvider
-from bsud.config import DaemonSettings, DriveConfig, Provider, volume_limits
+from bsud.config import DaemonSettings, DriveConfig, NfsSettings, Provider, volume_limits
 from bsud.errors import BsudError
-from bsud.host.exports import KINDS as EXPORT_KINDS
+from bsud.host.exports import make_exporters
 from bsud.host.layouts import StorageLayout, make_layout
 from bsud.logs import get_logger
 from bsud.naming import DEFAULT_MAX_VOLUME_GIB
@@ -38,12 +38,14 @@ UNCHANGED_LIMIT = 2
 
 class DriveReconciler:
     def __init__(self, spec: DriveConfig, cloud: CloudProvider, snapshot: CloudSnapshot, provider: Provider,
-                 runner: Runner | None = None, settings: DaemonSettings | None = None) -> None:
+                 runner: Runner | None = None, settings: DaemonSettings | None = None,
+                 nfs: NfsSettings | None = None) -> None:
         self.cloud = cloud
         self.snapshot = snapshot
         self.provider = provider
         self.runner = runner or Runner()
         self.settings = settings or DaemonSettings()
+        self.nfs = nfs or NfsSettings()
         #: This drive's grows, timed; the write rate is fed by the daemon's sampler (None: not sampled).
         self.clock = GrowClock(self.settings.grow_seconds or DEFAULT_GROW_SECONDS[provider])
         self.meter: RateMeter | None = None
@@ -53,14 +55,18 @@ class DriveReconciler:
         self.listeners: list[Callable[[Event], None]] = []
         self.update_spec(spec)
 
-    def update_spec(self, spec: DriveConfig, settings: DaemonSettings | None = None) -> None:
-        """Take a new spec (and daemon section, on a reload); what was learned of the drive's pace is kept."""
+    def update_spec(self, spec: DriveConfig, settings: DaemonSettings | None = None,
+                    nfs: NfsSettings | None = None) -> None:
+        """Take a new spec (and daemon and nfs sections, on a reload); what was learned of the drive's pace is
+        kept."""
+        if nfs is not None:
+            self.nfs = nfs
         if settings is not None:
             self.settings = settings
             self.clock.default_seconds = settings.grow_seconds or DEFAULT_GROW_SECONDS[self.provider]
         self.spec = spec
         self.layout: StorageLayout = make_layout(spec.layout, spec.name, self.runner)
-        self.exporters = {kind: cls(self.runner) for kind, cls in EXPORT_KINDS.items()}
+        self.exporters = make_exporters(self.runner, self.nfs)
         self.executor = Executor(spec, self.cloud, self.layout, self.provider,
                                  attach_timeout=self.settings.volume_wait_seconds,
                                  device_timeout=self.settings.device_wait_seconds, exporters=self.exporters)

@@ -80,6 +80,8 @@ class ExportsObs:
     detail: str = ""                    # what differs, when not in sync
     servers: tuple[str, ...] = ()       # each kind's server, in words ("nfs: nfsd: 8 threads")
     names: tuple[str, ...] = ()         # each wanted export, named ("nfs:/", "smb:data", "iscsi:<iqn>")
+    #: Per export (by name), the I/O counters its server keeps (servers that count: nfs-ganesha).
+    stats: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()
 
 
 @dataclass(frozen=True)

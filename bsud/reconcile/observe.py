@@ -75,10 +75,13 @@ def resolve_attached(volume: Volume, instance_id: str, devices: list[dict],
 def observe_exports(spec: DriveConfig, exporters: Mapping[str, ExportKind]) -> ExportsObs:
     """The drive's exports of every kind as the system has them (a kind it no longer uses may still be there)."""
     states = []
+    stats: dict[str, dict[str, int]] = {}
     for kind, exporter in exporters.items():
-        wanted = [e for e in spec.exports if e.kind == kind]
+        wanted = [e for e in spec.exports if e.exporter == kind]
         try:
             states.append(exporter.observe(spec.name, spec.mount_path, wanted))
+            if wanted and states[-1].present:
+                stats.update(exporter.stats(spec.name, wanted))
         except BsudError as exc:
             states.append(ExportState(kind, len(wanted), applied=False, present=True, server="unknown",
                                       detail=f"cannot read the {kind} exports: {exc}"))
@@ -87,6 +90,7 @@ def observe_exports(spec: DriveConfig, exporters: Mapping[str, ExportKind]) -> E
         detail="; ".join(s.detail for s in states if s.detail),
         servers=tuple(f"{s.kind}: {s.server}" for s in states if s.wanted),
         names=tuple(export_name(e) for e in spec.exports),
+        stats=tuple((name, tuple(counters.items())) for name, counters in stats.items()),
     )
 
 

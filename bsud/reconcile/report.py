@@ -67,7 +67,8 @@ class DriveStatus:
         self.size_gib = obs.size_gib
         e = obs.exports
         self.exports = {"wanted": e.wanted, "names": list(e.names), "in_sync": e.in_sync, "servers": list(e.servers),
-                        "detail": e.detail} if e.wanted or e.present else {}
+                        "detail": e.detail, **({"stats": {name: dict(counters) for name, counters in e.stats}}
+                                               if e.stats else {})} if e.wanted or e.present else {}
         self.record_usage(obs.usage, obs.pace)
         self.volumes = [{"id": v.id, "size_gib": v.size_gib, "state": v.state, "device": v.device,
                          "member": v.member, **({"bookkeeping": v.bookkeeping} if v.bookkeeping else {})}

@@ -112,10 +112,10 @@ def test_every_config_value_has_its_plug_in():
     assert set(LAYOUTS) == set(Layout) == set(ASSEMBLY)
     assert all(issubclass(cls, StorageLayout) and cls.kind == kind for kind, cls in LAYOUTS.items())
     assert set(PROVIDERS) == set(Provider)
-    from bsud.config.exports import EXPORT_KINDS
+    from bsud.config.exports import EXPORT_KINDS, EXPORTERS
     from bsud.host.exports import KINDS
 
-    assert set(KINDS) == set(EXPORT_KINDS)
+    assert set(KINDS) == set(EXPORTERS) >= set(EXPORT_KINDS)
     assert all(cls.kind == kind for kind, cls in KINDS.items())
     for where in PROVIDERS.values():
         module, _, name = where.partition(":")

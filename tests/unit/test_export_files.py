@@ -92,3 +92,14 @@ def test_a_new_file_that_fails_is_removed_again(tmp_path: Path):
     with pytest.raises(ExportError):
         replace_file(path, "broken\n", apply=svc.reload, verify=svc.verify)
     assert not path.exists() and svc.serving is None
+
+
+def test_a_right_file_the_service_forgot_is_applied_again(tmp_path: Path):
+    path = tmp_path / "bsud-data.exports"
+    svc = Service(path)
+    assert replace_file(path, "/mnt/data *(rw)\n", apply=svc.reload, verify=svc.verify)
+    drifted = lambda: svc.serving != path.read_text()  # noqa: E731
+    assert not replace_file(path, "/mnt/data *(rw)\n", apply=svc.reload, verify=svc.verify, drifted=drifted)
+    svc.serving = None  # restarted without it
+    assert replace_file(path, "/mnt/data *(rw)\n", apply=svc.reload, verify=svc.verify, drifted=drifted)
+    assert svc.serving == "/mnt/data *(rw)\n" and svc.reloads == 2

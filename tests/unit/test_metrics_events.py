@@ -178,3 +178,19 @@ def test_the_documented_webhook_example_posts_the_event(tmp_path: Path, monkeypa
         "drive data: scale-up done, volume vol-9 (12 GiB) in 31 s; the drive has 22 GiB of volumes",
         "drive data: blocked\nvolume vol-1 is attached to i-2",
     ]
+
+
+def test_an_exports_io_counters_become_counters_per_drive_and_export():
+    served = DriveStatus("data", "online", "lvm", "/data", phase="online", exports={
+        "wanted": 2, "in_sync": True, "servers": ["nfs-ganesha: ready"], "detail": "",
+        "stats": {"nfs:a": {"read_bytes": 4096, "write_bytes": 1 << 20, "requests": 40, "errors": 1,
+                            "latency_ns": 2_500_000_000}, "nfs:b": {}}})
+    m = Metrics()
+    m.publish(report(served))
+    got = samples(generate_latest(m.registry).decode())
+    assert got[key("bsud_export_read_bytes_total", drive="data", export="nfs:a")] == 4096
+    assert got[key("bsud_export_write_bytes_total", drive="data", export="nfs:a")] == 1 << 20
+    assert got[key("bsud_export_requests_total", drive="data", export="nfs:a")] == 40
+    assert got[key("bsud_export_errors_total", drive="data", export="nfs:a")] == 1
+    assert got[key("bsud_export_latency_seconds_total", drive="data", export="nfs:a")] == 2.5
+    assert got[key("bsud_export_write_bytes_total", drive="data", export="nfs:b")] == 0

@@ -120,8 +120,8 @@ def test_a_stale_check_that_a_refresh_cannot_satisfy_is_turned_off():
 class ScriptedExporter:
     """An export kind whose system state is given (and whose reading can fail)."""
 
-    def __init__(self, kind: str, state=None, error: str | None = None) -> None:
-        self.kind, self.state, self.error = kind, state, error
+    def __init__(self, kind: str, state=None, error: str | None = None, counters=None) -> None:
+        self.kind, self.state, self.error, self.counters = kind, state, error, counters or {}
 
     def observe(self, drive, mount_path, exports):
         from bsud.errors import BsudError
@@ -129,6 +129,9 @@ class ScriptedExporter:
         if self.error:
             raise BsudError(self.error)
         return self.state
+
+    def stats(self, drive, exports):
+        return self.counters
 
 
 def test_exports_of_every_kind_are_summed_up(tmp_path: Path):
@@ -138,9 +141,9 @@ def test_exports_of_every_kind_are_summed_up(tmp_path: Path):
 
     s = spec(tmp_path).model_copy(update={"exports": (NfsExport(kind="nfs", clients=("*",)),)})
     applied = ExportState("nfs", 1, applied=True, present=True, server="nfsd: 8 threads")
-    obs = observe_exports(s, {"nfs": ScriptedExporter("nfs", applied)})
+    obs = observe_exports(s, {"nfs": ScriptedExporter("nfs", applied, counters={"nfs:/": {"write_bytes": 7}})})
     assert (obs.wanted, obs.in_sync, obs.present, obs.servers) == (1, True, True, ("nfs: nfsd: 8 threads",))
-    assert obs.names == ("nfs:/",)
+    assert obs.names == ("nfs:/",) and obs.stats == (("nfs:/", (("write_bytes", 7),)),)
     # A kind the drive no longer uses but whose file is still there: out of sync, to be withdrawn.
     left = ExportState("smb", 0, applied=False, present=True, server="smbd", detail="bsud-d.conf differs")
     obs = observe_exports(s, {"nfs": ScriptedExporter("nfs", applied), "smb": ScriptedExporter("smb", left)})

@@ -56,3 +56,7 @@ class ExportKind(ABC):
     @abstractmethod
     def withdraw(self, drive: str) -> bool:
         """Remove every export of the drive of this kind; True if something was removed."""
+
+    def stats(self, drive: str, exports: list[Any]) -> dict[str, dict[str, int]]:
+        """Per export (by :func:`export_name`), the I/O counters its server keeps; {} for servers that keep none."""
+        return {}

@@ -75,15 +75,22 @@ def write_atomically(path: Path, content: str, mode: int = 0o644) -> None:
 
 
 def replace_file(path: Path, content: str | None, *, apply: Callable[[], None], verify: Callable[[], None],
-                 validate: Callable[[Path], None] | None = None, mode: int = 0o644) -> bool:
+                 validate: Callable[[Path], None] | None = None, drifted: Callable[[], bool] | None = None,
+                 mode: int = 0o644) -> bool:
     """Make ``path`` hold ``content`` (None: remove it) and the service use it. False when it already did.
 
     ``validate(temp)`` checks the new file before it replaces anything; ``apply()`` reloads the service;
     ``verify()`` checks the service answers as wanted. Each raises on failure; the old file is then put back and
-    ``apply()`` run again, and :class:`ExportError` says what failed (the change is retried later)."""
+    ``apply()`` run again, and :class:`ExportError` says what failed (the change is retried later).
+    When the file is already right, ``drifted()`` says whether the service forgot it anyway (restarted, changed by
+    hand): then ``apply()`` and ``verify()`` run again (True: something changed)."""
     current = path.read_text() if path.exists() else None
     if current == content:
-        return False
+        if drifted is None or not drifted():
+            return False
+        apply()
+        verify()
+        return True
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.bsud-new")
     backup = path.with_name(f"{path.name}.bsud-backup")

@@ -115,13 +115,9 @@ class NfsKernel(ExportKind):
             if missing:
                 raise ExportError(f"after exportfs -ra, {missing}")
 
-        changed = replace_file(self.file(drive), render(drive, mount_path, exports), apply=self._reload,
-                               verify=verify)
-        if not changed and self._serves(drive, mount_path, exports):
-            self._reload()  # drift: the file is right but the server forgot it (exportfs -u, a restart)
-            verify()
-            changed = True
-        return changed
+        # drift: the file is right but the server forgot it (exportfs -u, a restart)
+        return replace_file(self.file(drive), render(drive, mount_path, exports), apply=self._reload, verify=verify,
+                            drifted=lambda: bool(self._serves(drive, mount_path, exports)))
 
     def withdraw(self, drive: str) -> bool:
         path = self.file(drive)

@@ -221,14 +221,10 @@ class Samba(ExportKind):
                 self._write_index()
                 self._reload()
 
-            changed = replace_file(path, render(drive, mount_path, exports), apply=apply,
-                                   verify=lambda: self._wait_served(exports, gone),
-                                   validate=self._validate(drive, exports))
-            if not changed and self._serves(exports):
-                apply()  # drift: the files are right but smbd does not serve them (restarted, includes edited)
-                self._wait_served(exports)
-                changed = True
-            return changed
+            # drift: the files are right but smbd does not serve them (restarted, includes edited)
+            return replace_file(path, render(drive, mount_path, exports), apply=apply,
+                                verify=lambda: self._wait_served(exports, gone), validate=self._validate(drive, exports),
+                                drifted=lambda: bool(self._serves(exports)))
 
     def withdraw(self, drive: str) -> bool:
         path = self.file(drive)
