@@ -290,6 +290,7 @@ WEIGHTS = {  # seconds each file took in CI (2026-11-26, two guests side by side
     "test_fill_lvm.py": 540,
     "test_exports.py": 420,
     "test_faults_lvm.py": 313,
+    "test_ganesha.py": 120,
     "test_systemd.py": 262,
     "test_devices.py": 100,
     "test_boot.py": 10,
