@@ -11,8 +11,9 @@ import pytest
 from bsud.config import InvalidConfig, parse_config
 from bsud.config.exports import GaneshaSettings, NfsExport
 from bsud.host.exports import make_exporters
-from bsud.host.exports.ganesha import (FIRST_ID, LAST_ID, Ganesha, IoStats, export_block, export_id, ids_in,
-                                       parse_io, parse_show_exports, render)
+from bsud.host.exports.files import ExportError
+from bsud.host.exports.ganesha import (FIRST_ID, LAST_ID, Ganesha, IoStats, NotRunning, export_block, export_id,
+                                       ids_in, parse_io, parse_show_exports, render)
 from bsud.runner import Runner
 
 
@@ -85,3 +86,21 @@ def test_an_option_ganesha_has_no_word_for_is_refused_at_load(option: str):
     (line,) = [str(p) for p in info.value.problems]
     assert f"'{option}' has no nfs-ganesha equivalent bsud knows" in line and "drive 'data'" in line, line
     parse_config(config({"kind": "nfs", "clients": ["*"], "options": ["rw", option]}))  # the kernel server has it
+
+
+class StoppedGanesha:
+    """A bus on which ganesha is not running (every call answers ServiceUnknown, as dbus-daemon does)."""
+
+    def __getattr__(self, name):
+        def call(*args):
+            raise NotRunning("nfs-ganesha is not on the system D-Bus (not running? start nfs-ganesha)")
+        return call
+
+
+def test_withdrawing_while_ganesha_is_not_running_removes_the_file_and_nothing_else(tmp_path: Path):
+    kind = Ganesha(Runner(), GaneshaSettings(exports_dir=str(tmp_path)))
+    kind.bus = StoppedGanesha()  # type: ignore[assignment]
+    kind.file("data").write_text(render("data", "/srv/data", [nfs()]) or "")
+    assert kind.withdraw("data") is True and not kind.file("data").exists()
+    with pytest.raises(ExportError, match="not on the system D-Bus"):  # applying needs it, though
+        kind.apply("data", "/", [nfs()])

@@ -145,6 +145,10 @@ class NoAnswer(ExportError):
     """ganesha (or the bus) did not answer in time: asking it more now would only wait as long again."""
 
 
+class NotRunning(ExportError):
+    """ganesha is not on the bus: it serves nothing."""
+
+
 class Bus:
     """Calls to ganesha on the system D-Bus; one connection per thread (jeepney's blocking connections are not
     shared), opened when first needed and again after a failure."""
@@ -178,7 +182,7 @@ class Bus:
         except DBusErrorResponse as err:
             detail = err.data[0] if err.data else ""
             if err.name in ("org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NameHasNoOwner"):
-                raise ExportError("nfs-ganesha is not on the system D-Bus (not running? start nfs-ganesha)") from None
+                raise NotRunning("nfs-ganesha is not on the system D-Bus (not running? start nfs-ganesha)") from None
             raise ExportError(f"nfs-ganesha {method}: {detail or err.name}") from None
 
     def show_exports(self) -> dict[int, str]:
@@ -348,17 +352,28 @@ class Ganesha(ExportKind):
                             drifted=lambda: bool(self._unserved(drive, mount_path, exports, listed)))
 
     def withdraw(self, drive: str) -> bool:
+        """A ganesha that is not running serves none of the drive's exports: the file goes all the same (nothing may
+        keep the drive from going offline then); one that runs must stop serving them first."""
         path = self.file(drive)
         if not path.exists():
             return False
         ours = set(ids_in(path.read_text()))
 
+        def sync() -> None:
+            try:
+                self._sync(path, ours)
+            except NotRunning:
+                log.info("nfs-ganesha is not running: nothing of the drive's is served", drive=drive)
+
         def verify() -> None:
-            left = sorted(ours & set(self.bus.show_exports()))
+            try:
+                left = sorted(ours & set(self.bus.show_exports()))
+            except NotRunning:
+                return
             if left:
                 raise ExportError(f"after RemoveExport, ganesha still serves {', '.join(map(str, left))}")
 
-        return replace_file(path, None, apply=lambda: self._sync(path, ours), verify=verify)
+        return replace_file(path, None, apply=sync, verify=verify)
 
     def stats(self, drive: str, exports: list[NfsExport]) -> dict[str, dict[str, int]]:
         if not self.readiness()[0]:
