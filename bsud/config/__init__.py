@@ -40,7 +40,7 @@ from bsud.config.schema import (
 
 __all__ = [
     "DEFAULT_CONFIG_PATH", "MAX_VOLUMES_PER_VM", "OUTSCALE_REGIONS", "PROVISIONED_IOPS_TYPES", "Authentication",
-    "CloudSettings", "Config", "DaemonSettings", "DiskType", "DriveConfig", "EnvSettings", "GaneshaSettings", "InvalidConfig", "Layout", "NfsSettings",
-    "Provider", "Target", "VolumeLimits", "check_drive_name", "check_mount_path", "load_config", "mask",
+    "CloudSettings", "Config", "DaemonSettings", "DiskType", "DriveConfig", "EnvSettings", "GaneshaSettings",
+    "InvalidConfig", "Layout", "NfsSettings", "Provider", "Target", "VolumeLimits", "check_drive_name", "check_mount_path", "load_config", "mask",
     "parse_config", "provisioned_iops", "volume_limits",
 ]

@@ -45,7 +45,6 @@ class NfsExport(_Export):
 
 class SmbExport(_Export):
     kind: Literal["smb"]
-
     share: str
     read_only: bool = False
     guest: bool = False
@@ -61,7 +60,6 @@ class Chap(BaseModel):
 
 class IscsiExport(_Export):
     kind: Literal["iscsi"]
-
     iqn: str
     lun_size_gib: int = Field(ge=1)
     initiators: tuple[str, ...] = Field(min_length=1)
@@ -70,7 +68,6 @@ class IscsiExport(_Export):
 
 class NvmeofExport(_Export):
     kind: Literal["nvmeof"]
-
     nqn: str
     size_gib: int = Field(ge=1)
     hosts: tuple[str, ...] = Field(min_length=1)
@@ -85,7 +82,7 @@ class GaneshaSettings(_Settings):
 
     #: Where bsud writes each drive's EXPORT blocks (``<drive>.conf``), which it hands to ganesha over D-Bus.
     exports_dir: str = "/etc/ganesha/bsud.d"
-    #: No heartbeat signal from ganesha for this long: not ready (a managed one is restarted).
+    #: No heartbeat signal from ganesha for this long: not ready (said in the status).
     heartbeat_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
 
 
@@ -94,9 +91,9 @@ class NfsSettings(_Settings):
 
 
 Export = Annotated[NfsExport | SmbExport | IscsiExport | NvmeofExport, Field(discriminator="kind")]
-#: The ``kind`` of an export → its model.
 #: Every ``exporter`` an export may name (``bsud.host.exports.KINDS`` has one class for each).
 EXPORTERS = ("nfs", "nfs-ganesha", "smb", "iscsi", "nvmeof")
+#: The ``kind`` of an export → its model.
 EXPORT_KINDS: dict[str, type[_Export]] = {"nfs": NfsExport, "smb": SmbExport, "iscsi": IscsiExport,
                                           "nvmeof": NvmeofExport}
 

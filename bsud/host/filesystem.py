@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 
+from bsud.errors import CommandError
 from bsud.host import mounts
 from bsud.host.btrfs import Btrfs, Filesystem, FsDevice
 from bsud.host.safety import Probe
-from bsud.errors import CommandError
 from bsud.host.space import Space, SpaceReader
 from bsud.logs import get_logger
 from bsud.naming import label_for

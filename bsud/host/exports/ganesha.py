@@ -307,9 +307,9 @@ class Ganesha(ExportKind):
             detail = f"{path} " + ("is missing" if current is None else "differs from the config")
         elif wanted is not None and not detail:
             detail = self._unserved(drive, mount_path, exports, listed) or ""
-        present = current is not None or any(i in listed for i in ids_in(current))
-        return ExportState(self.kind, len(exports), applied=not detail and (wanted is None or bool(listed)),
-                           present=present, server=server if exports else "", detail=detail)
+        # (no detail: the file is as wanted — not None, it differs otherwise — and ganesha serves each export)
+        return ExportState(self.kind, len(exports), applied=not detail, present=current is not None,
+                           server=server if exports else "", detail=detail)
 
     def _sync(self, path: Path, known: set[int]) -> None:
         """Make ganesha serve what ``path`` holds now: each of its exports added (or updated), each id of
@@ -379,7 +379,7 @@ class Ganesha(ExportKind):
         if not self.readiness()[0]:
             return {}  # a server without a heartbeat would make each of these calls wait for its timeout
         try:
-            return {export_name(e): asdict(io) for e, io in zip(exports, self.io(drive, exports).values())}
+            return {export_name(e): asdict(self.bus.io(export_id(drive, e.path))) for e in exports}
         except ExportError:
             return {}  # ganesha not answering: the observation says so already
 

@@ -223,8 +223,8 @@ class Samba(ExportKind):
 
             # drift: the files are right but smbd does not serve them (restarted, includes edited)
             return replace_file(path, render(drive, mount_path, exports), apply=apply,
-                                verify=lambda: self._wait_served(exports, gone), validate=self._validate(drive, exports),
-                                drifted=lambda: bool(self._serves(exports)))
+                                verify=lambda: self._wait_served(exports, gone),
+                                validate=self._validate(drive, exports), drifted=lambda: bool(self._serves(exports)))
 
     def withdraw(self, drive: str) -> bool:
         path = self.file(drive)
