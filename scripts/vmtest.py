@@ -128,6 +128,21 @@ def build_initramfs(kver: str, dest: Path) -> None:
     dest.write_bytes(gzip.compress(blob, compresslevel=1))
 
 
+def build_venv_image(dest: Path) -> Path:
+    """The checkout's .venv as a read-only ext4 disk image, which the guest mounts over its 9p copy.
+
+    Measured in a guest: creating boto3's EC2 client took 13 s with the venv on 9p, 5.7 s from a local
+    filesystem (botocore lists ~400 service directories: ~900 listdir and ~2900 stat round trips over 9p under
+    TCG), importing moto's server 9.8 s against 6.4 s. Every bsud start and CLI run in the lane pays it. Built in a
+    few seconds with ``mke2fs -d`` (no mount, file times kept, so the .pyc files stay valid)."""
+    venv = (REPO / ".venv").resolve()
+    used = int(subprocess.run(["du", "-sk", str(venv)], capture_output=True, text=True, check=True).stdout.split()[0])
+    size_kib = used + used // 4 + 65536
+    subprocess.run(["mke2fs", "-q", "-t", "ext4", "-O", "^has_journal", "-L", "bsud-venv", "-d", str(venv), "-F",
+                    str(dest), f"{size_kib}k"], check=True, capture_output=True)
+    return dest
+
+
 def find_kernel() -> tuple[str, Path]:
     kernels = sorted(Path("/boot").glob("vmlinuz-*"))
     for kernel in reversed(kernels):
@@ -323,8 +338,10 @@ class Guest:
     """One throwaway VM running pytest with ``pytest_args``; its console goes to stdout with ``prefix``."""
 
     def __init__(self, kver: str, kernel: Path, pytest_args: list[str], opts: argparse.Namespace,
-                 prefix: str = "", systemd: bool = False) -> None:
+                 prefix: str = "", systemd: bool = False, venv_image: Path | None = None) -> None:
         self.kver, self.kernel, self.pytest_args, self.opts, self.prefix = kver, kernel, pytest_args, opts, prefix
+        #: :func:`build_venv_image`'s disk, shared read-only by the guests (serial ``bsud-vm-venv``).
+        self.venv_image = venv_image
         #: Boot the host's systemd as PID 1 (the systemd lane) instead of tests/vm/guest-init.sh.
         self.systemd = systemd
         self.exit_code: int | None = None
@@ -347,7 +364,7 @@ class Guest:
         build_initramfs(self.kver, initrd)
         qmp_path, bridge_path = work / "qmp.sock", work / "bridge.sock"
         argv = [
-            "qemu-system-x86_64", "-machine", "pc,accel=tcg", "-cpu", "max", "-smp", opts.smp, "-m", opts.memory,
+            "qemu-system-x86_64", "-machine", "pc,accel=tcg", "-cpu", os.environ.get("BSUD_VM_CPU", "max"), "-smp", opts.smp, "-m", opts.memory,
             "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-monitor", "none",
             "-no-reboot", "-nic", "none",
             "-kernel", str(self.kernel), "-initrd", str(initrd),
@@ -361,6 +378,9 @@ class Guest:
             "-device", "virtserialport,chardev=bridge,name=bsud.bridge",
             "-qmp", f"unix:{qmp_path},server=on,wait=off",
         ]
+        if self.venv_image is not None:
+            argv += ["-drive", f"file={self.venv_image},if=none,id=venv,format=raw,readonly=on",
+                     "-device", "virtio-blk-pci,drive=venv,serial=bsud-vm-venv"]
         self.say(f"booting {self.kernel.name}{' with systemd as PID 1' if self.systemd else ''} "
                  f"(initramfs built in {time.monotonic() - started:.1f} s), "
                  f"timeout {opts.timeout:g} s, pytest {' '.join(self.pytest_args) or 'tests/vm'}")
@@ -435,9 +455,18 @@ def main() -> int:
         files = sorted(str(p.relative_to(REPO)) for p in (REPO / "tests" / "vm").glob("test_*.py"))
         runners = [[[*pytest_args, *g] for g in group] for group in split(files, opts.jobs)]
     many = sum(len(r) for r in runners) > 1
+    image_dir = Path(tempfile.mkdtemp(prefix="bsud-vm-venv-"))
+    try:
+        return run_guests(kver, kernel, runners, opts, many, build_venv_image(image_dir / "venv.img"))
+    finally:
+        shutil.rmtree(image_dir, ignore_errors=True)
+
+
+def run_guests(kver: str, kernel: Path, runners: list[list[list[str]]], opts: argparse.Namespace, many: bool,
+               venv_image: Path) -> int:
     number = iter(range(1, 100))
     plan = [[Guest(kver, kernel, args, opts, f"[vm{next(number)}] " if many else "",
-                   systemd=any(Path(a.split("::")[0]).name in SYSTEMD_FILES for a in args))
+                   systemd=any(Path(a.split("::")[0]).name in SYSTEMD_FILES for a in args), venv_image=venv_image)
              for args in runner] for runner in runners]
     guests = [g for runner in plan for g in runner]
     started = time.monotonic()
