@@ -43,7 +43,7 @@ mapfile -t args < <(/usr/bin/python3 -c 'import json,sys; print("\n".join(json.l
 [ "${#args[@]}" -eq 0 ] || [ -z "${args[0]}" ] && args=(tests/vm)
 export BSUD_IN_VM=1 HOME=/root PYTHONDONTWRITEBYTECODE=1 TERM=dumb COLUMNS=300  # COLUMNS: short summary lines not cut at 80
 echo "vm: kernel $(uname -r), init: $BSUD_VM_INIT, udevd running, starting pytest ${args[*]}"
-.venv/bin/python -m pytest -p no:cacheprovider -m vm "${args[@]}"
+.venv/bin/python -m pytest -p no:cacheprovider -m vm --durations=25 "${args[@]}"   # durations: to weigh WEIGHTS
 rc=$?
 sync
 echo "BSUD-VM-EXIT=$rc"
