@@ -128,7 +128,9 @@ def cmd_status(config: Config, as_json: bool, export_stats: bool = False) -> int
             names = ", ".join(exports.get("names") or []) or "none"
             print(f"{'':<16} exports: {names}; {state}")
             print(f"{'':<16} servers: {servers}")
-            for export, c in (exports.get("stats") or {}).items() if export_stats else ():
+            counted = [*(exports.get("stats") or {}).items(),
+                       *((f"client {a}", c) for a, c in (exports.get("clients") or {}).items())]
+            for export, c in counted if export_stats else ():
                 each = c.get("latency_ns", 0) / max(c.get("requests", 0), 1) / 1e6
                 print(f"{'':<16} {export}: read {c.get('read_bytes', 0)} B, wrote {c.get('write_bytes', 0)} B, "
                       f"{c.get('requests', 0)} requests ({c.get('errors', 0)} failed, {each:.2f} ms each)")

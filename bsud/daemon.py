@@ -26,6 +26,7 @@ from bsud.cloud import CloudProvider, make_provider
 from bsud.config import Config, InvalidConfig, Provider, Target, load_config
 from bsud.errors import BsudError
 from bsud.host.exports import KINDS as EXPORT_KINDS
+from bsud.host.exports import ganesha
 from bsud.host.layouts import LAYOUTS, StorageLayout
 from bsud.logs import get_logger, register_secrets
 from bsud.metrics import Metrics
@@ -55,7 +56,14 @@ def required_tools(config: Config, cloud: CloudProvider) -> dict[str, str]:
                 users = tools.get(tool)
                 if users != "":
                     tools[tool] = f"{users}, " * bool(users) + f"the {kind} exports of drive {drive.name!r}"
+    if manages_ganesha(config):
+        tools["ganesha.nfsd"] = "the nfs-ganesha bsud runs itself (nfs.ganesha.managed)"
     return tools
+
+
+def manages_ganesha(config: Config) -> bool:
+    """bsud runs ganesha.nfsd itself: ``nfs.ganesha.managed`` and a drive has an export it serves."""
+    return config.nfs.ganesha.managed and any(e.exporter == "nfs-ganesha" for d in config.drives for e in d.exports)
 
 
 class AlreadyRunning(BsudError):
@@ -182,8 +190,11 @@ class Daemon:
             register_secrets(new.secrets())
             for warning in new.warnings:
                 log.warning(warning)
+            if new.nfs.ganesha != self.config.nfs.ganesha and ganesha.managed() is not None:
+                log.warning("the managed nfs-ganesha's settings apply at the next restart of bsud")
             self.config = new
             self._start_workers()
+            self._manage_ganesha()
             log.info("config reloaded", path=new.path, drives=[d.name for d in new.drives])
         except InvalidConfig as exc:
             for problem in exc.problems:
@@ -192,6 +203,17 @@ class Daemon:
             if self.ready:  # before the first READY=1, readiness is still the drives' to give
                 notify("READY=1")
         self.snapshot.invalidate()
+
+    def _manage_ganesha(self) -> None:
+        """Run ganesha.nfsd when the config asks bsud to (started once; it runs until bsud stops)."""
+        if manages_ganesha(self.config) and ganesha.managed() is None:
+            ganesha.start_managed(self.config.nfs.ganesha, on_up=self._ganesha_up)
+
+    def _ganesha_up(self) -> None:
+        """A new ganesha serves nothing yet: the drives with exports it serves add them now."""
+        for worker in self.workers.values():
+            if any(e.exporter == "nfs-ganesha" for e in worker.reconciler.spec.exports):
+                worker.wake.set()
 
     def _start_outputs(self) -> None:
         """The on-event program must be there, and the metrics port free: refused at start, one line each."""
@@ -221,6 +243,7 @@ class Daemon:
         signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
         signal.signal(signal.SIGHUP, lambda *_: self.reload_event.set())
         self._start_workers()
+        self._manage_ganesha()
         ready_by = time.monotonic() + self.config.daemon.ready_timeout_seconds
         self.publish()
         watchdog = watchdog_interval()
@@ -249,6 +272,7 @@ class Daemon:
         still = [w.reconciler.spec.name for w in self.workers.values() if w.is_alive()]
         if still:
             log.warning("abandoning long steps; they resume on the next start", drives=still)
+        ganesha.stop_managed()
         self.publish()
         if self.on_event is not None:
             self.on_event.close()

@@ -38,6 +38,10 @@ EXPORT_COUNTERS = (
     ("errors", "bsud_export_errors", "Read and write requests that failed"),
     ("latency_ns", "bsud_export_latency_seconds", "Time the server spent in those requests, in all"),
 )
+#: The same counters per NFS client, over all the exports of the server (nfs-ganesha's ``ShowClients``).
+CLIENT_COUNTERS = tuple((key, name.replace("bsud_export_", "bsud_nfs_client_"), text.replace("export's clients",
+                                                                                        "client"))
+                        for key, name, text in EXPORT_COUNTERS)
 
 
 class _DriveCollector(Collector):
@@ -73,6 +77,8 @@ class _DriveCollector(Collector):
         }
         errors = CounterMetricFamily("bsud_step_errors", "Steps that failed (each is retried)", labels=["drive"])
         io = {key: CounterMetricFamily(name, text, labels=["drive", "export"]) for key, name, text in EXPORT_COUNTERS}
+        per_client = {key: CounterMetricFamily(name, text, labels=["client"]) for key, name, text in CLIENT_COUNTERS}
+        clients: dict[str, dict[str, int]] = {}  # server-wide: drives sharing a server report the same clients
         for name, status in sorted(report.drives.items()):
             if status.size_bytes is not None:
                 gauges["size"].add_metric([name], status.size_bytes)
@@ -90,10 +96,17 @@ class _DriveCollector(Collector):
                     for key, family in io.items():
                         value = counters.get(key, 0)
                         family.add_metric([name, export], value / 1e9 if key == "latency_ns" else value)
+                for address, counters in (status.exports.get("clients") or {}).items():
+                    clients.setdefault(address, counters)
             errors.add_metric([name], status.errors)
         yield from gauges.values()
         yield errors
         yield from io.values()
+        for address, counters in sorted(clients.items()):
+            for key, family in per_client.items():
+                value = counters.get(key, 0)
+                family.add_metric([address], value / 1e9 if key == "latency_ns" else value)
+        yield from per_client.values()
 
 
 class Metrics:

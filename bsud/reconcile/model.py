@@ -82,6 +82,8 @@ class ExportsObs:
     names: tuple[str, ...] = ()         # each wanted export, named ("nfs:/", "smb:data", "iscsi:<iqn>")
     #: Per export (by name), the I/O counters its server keeps (servers that count: nfs-ganesha).
     stats: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()
+    #: Per client address, the I/O counters of the servers of the drive's exports (over all their exports).
+    clients: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -76,12 +76,14 @@ def observe_exports(spec: DriveConfig, exporters: Mapping[str, ExportKind]) -> E
     """The drive's exports of every kind as the system has them (a kind it no longer uses may still be there)."""
     states = []
     stats: dict[str, dict[str, int]] = {}
+    clients: dict[str, dict[str, int]] = {}
     for kind, exporter in exporters.items():
         wanted = [e for e in spec.exports if e.exporter == kind]
         try:
             states.append(exporter.observe(spec.name, spec.mount_path, wanted))
             if wanted and states[-1].present:
                 stats.update(exporter.stats(spec.name, wanted))
+                clients.update(exporter.clients())
         except BsudError as exc:
             states.append(ExportState(kind, len(wanted), applied=False, present=True, server="unknown",
                                       detail=f"cannot read the {kind} exports: {exc}"))
@@ -91,6 +93,7 @@ def observe_exports(spec: DriveConfig, exporters: Mapping[str, ExportKind]) -> E
         servers=tuple(f"{s.kind}: {s.server}" for s in states if s.wanted),
         names=tuple(export_name(e) for e in spec.exports),
         stats=tuple((name, tuple(counters.items())) for name, counters in stats.items()),
+        clients=tuple((address, tuple(counters.items())) for address, counters in clients.items()),
     )
 
 

@@ -68,7 +68,9 @@ class DriveStatus:
         e = obs.exports
         self.exports = {"wanted": e.wanted, "names": list(e.names), "in_sync": e.in_sync, "servers": list(e.servers),
                         "detail": e.detail, **({"stats": {name: dict(counters) for name, counters in e.stats}}
-                                               if e.stats else {})} if e.wanted or e.present else {}
+                                               if e.stats else {}),
+                        **({"clients": {address: dict(counters) for address, counters in e.clients}}
+                           if e.clients else {})} if e.wanted or e.present else {}
         self.record_usage(obs.usage, obs.pace)
         self.volumes = [{"id": v.id, "size_gib": v.size_gib, "state": v.state, "device": v.device,
                          "member": v.member, **({"bookkeeping": v.bookkeeping} if v.bookkeeping else {})}

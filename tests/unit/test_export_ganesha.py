@@ -4,6 +4,7 @@ config accepts for a ganesha export."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -72,8 +73,10 @@ def test_a_drive_without_ganesha_exports_never_asks_dbus(tmp_path: Path):
 def test_the_server_is_chosen_per_export_and_settings_reach_the_kind(tmp_path: Path):
     loaded = parse_config(config({"kind": "nfs", "server": "ganesha", "clients": ["*"]}))
     assert loaded.drives[0].exports[0].exporter == "nfs-ganesha"
-    assert loaded.effective()["nfs"]["ganesha"] == {"exports-dir": "/etc/ganesha/bsud.d",
-                                                    "heartbeat-timeout-seconds": 10.0}
+    assert loaded.effective()["nfs"]["ganesha"] == {
+        "exports-dir": "/etc/ganesha/bsud.d", "heartbeat-timeout-seconds": 10.0, "managed": False,
+        "config-file": "/etc/ganesha/ganesha.conf", "log-file": "/var/log/ganesha/ganesha.log",
+        "pid-file": "/run/ganesha/ganesha.pid", "restart-backoff-max-seconds": 60.0}
     assert parse_config(config({"kind": "nfs", "clients": ["*"]})).drives[0].exports[0].exporter == "nfs"
     kinds = make_exporters(Runner(), loaded.nfs.model_copy(update={"ganesha": GaneshaSettings(exports_dir="/x")}))
     assert kinds["nfs-ganesha"].file("data") == Path("/x/data.conf")
@@ -104,3 +107,23 @@ def test_withdrawing_while_ganesha_is_not_running_removes_the_file_and_nothing_e
     assert kind.withdraw("data") is True and not kind.file("data").exists()
     with pytest.raises(ExportError, match="not on the system D-Bus"):  # applying needs it, though
         kind.apply("data", "/", [nfs()])
+
+
+def test_the_daemon_runs_one_managed_ganesha_and_its_state_is_in_the_readiness_line(monkeypatch, tmp_path: Path):
+    from bsud.host.exports.ganesha import managed, start_managed, stop_managed
+    from bsud.host.exports.ganesha_process import ManagedGanesha
+
+    missing = "rpcbind is not running (ganesha registers NFS and MOUNT there); start it (package rpcbind)"
+    monkeypatch.setattr(ManagedGanesha, "_prerequisites", staticmethod(lambda: missing))
+    settings = GaneshaSettings(managed=True, exports_dir=str(tmp_path))
+    first = start_managed(settings)
+    try:
+        assert start_managed(settings) is first and managed() is first
+        deadline = time.monotonic() + 10
+        while not first.state.startswith("waiting:") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ready, text = Ganesha(Runner(), settings).readiness()
+        assert not ready and f"managed: waiting: {missing}" in text, text
+    finally:
+        stop_managed()
+    assert managed() is None and first.state == "stopped"

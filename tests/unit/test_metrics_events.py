@@ -194,3 +194,17 @@ def test_an_exports_io_counters_become_counters_per_drive_and_export():
     assert got[key("bsud_export_errors_total", drive="data", export="nfs:a")] == 1
     assert got[key("bsud_export_latency_seconds_total", drive="data", export="nfs:a")] == 2.5
     assert got[key("bsud_export_write_bytes_total", drive="data", export="nfs:b")] == 0
+
+
+def test_nfs_clients_counters_are_per_client_once_whatever_the_drives_sharing_the_server():
+    clients = {"10.0.0.5": {"read_bytes": 10, "write_bytes": 20, "requests": 3, "errors": 0, "latency_ns": 5e8}}
+    drives = [DriveStatus(name, "online", "lvm", f"/{name}", phase="online", exports={
+        "wanted": 1, "in_sync": True, "servers": ["nfs-ganesha: ready"], "detail": "", "clients": clients})
+        for name in ("one", "two")]
+    m = Metrics()
+    m.publish(report(*drives))
+    text = generate_latest(m.registry).decode()
+    got = samples(text)
+    assert got[key("bsud_nfs_client_write_bytes_total", client="10.0.0.5")] == 20
+    assert got[key("bsud_nfs_client_latency_seconds_total", client="10.0.0.5")] == 0.5
+    assert text.count('bsud_nfs_client_read_bytes_total{client="10.0.0.5"}') == 1

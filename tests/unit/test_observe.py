@@ -120,8 +120,9 @@ def test_a_stale_check_that_a_refresh_cannot_satisfy_is_turned_off():
 class ScriptedExporter:
     """An export kind whose system state is given (and whose reading can fail)."""
 
-    def __init__(self, kind: str, state=None, error: str | None = None, counters=None) -> None:
+    def __init__(self, kind: str, state=None, error: str | None = None, counters=None, clients=None) -> None:
         self.kind, self.state, self.error, self.counters = kind, state, error, counters or {}
+        self.client_counters = clients or {}
 
     def observe(self, drive, mount_path, exports):
         from bsud.errors import BsudError
@@ -133,6 +134,9 @@ class ScriptedExporter:
     def stats(self, drive, exports):
         return self.counters
 
+    def clients(self):
+        return self.client_counters
+
 
 def test_exports_of_every_kind_are_summed_up(tmp_path: Path):
     from bsud.config.exports import NfsExport
@@ -141,9 +145,11 @@ def test_exports_of_every_kind_are_summed_up(tmp_path: Path):
 
     s = spec(tmp_path).model_copy(update={"exports": (NfsExport(kind="nfs", clients=("*",)),)})
     applied = ExportState("nfs", 1, applied=True, present=True, server="nfsd: 8 threads")
-    obs = observe_exports(s, {"nfs": ScriptedExporter("nfs", applied, counters={"nfs:/": {"write_bytes": 7}})})
+    obs = observe_exports(s, {"nfs": ScriptedExporter("nfs", applied, counters={"nfs:/": {"write_bytes": 7}},
+                                                      clients={"10.0.0.5": {"read_bytes": 3}})})
     assert (obs.wanted, obs.in_sync, obs.present, obs.servers) == (1, True, True, ("nfs: nfsd: 8 threads",))
     assert obs.names == ("nfs:/",) and obs.stats == (("nfs:/", (("write_bytes", 7),)),)
+    assert obs.clients == (("10.0.0.5", (("read_bytes", 3),)),)
     # A kind the drive no longer uses but whose file is still there: out of sync, to be withdrawn.
     left = ExportState("smb", 0, applied=False, present=True, server="smbd", detail="bsud-d.conf differs")
     obs = observe_exports(s, {"nfs": ScriptedExporter("nfs", applied), "smb": ScriptedExporter("smb", left)})

@@ -6,6 +6,8 @@ I/O counters grow with the traffic, offline removes the exports before the unmou
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import subprocess
 import time
@@ -80,7 +82,8 @@ class GaneshaProcess:
 
 
 @pytest.fixture(scope="module")
-def ganesha(tmp_path_factory):
+def system_bus():
+    """The system D-Bus and rpcbind, as the system runs them."""
     need(("ganesha.nfsd", "dbus-daemon", "rpcbind", "mount.nfs4"), "nfs-ganesha, nfs-ganesha-vfs, dbus, rpcbind, "
          "nfs-common")
     for directory in ("/run/dbus", "/run/rpcbind", "/var/lib/nfs/ganesha", "/var/run/ganesha"):
@@ -88,11 +91,17 @@ def ganesha(tmp_path_factory):
     if not Path("/run/dbus/system_bus_socket").exists():
         sh("dbus-daemon", "--system", "--fork")
     sh("rpcbind", "-w")
+    yield
+    sh("pkill", "-x", "rpcbind", check=False)
+
+
+@pytest.fixture
+def ganesha(system_bus, tmp_path_factory):
+    """nfs-ganesha as the system's service would run it (bsud only talks to it)."""
     server = GaneshaProcess(tmp_path_factory.mktemp("ganesha"))
     server.start()
     yield server
     server.stop()
-    sh("pkill", "-x", "rpcbind", check=False)
 
 
 def mount_nfs4(source: str, target: Path) -> None:
@@ -184,4 +193,83 @@ def test_exports_through_nfs_ganesha_over_dbus(ganesha, tmp_path: Path, capsys):
     finally:
         for point in (a, b):
             sh("umount", "-f", "-l", str(point), check=False)
+        h.close()
+
+
+def ganesha_pid(status: dict) -> int | None:
+    """The managed process's pid as the status says it ("… managed: running, pid 123 …")."""
+    m = re.search(r"managed: running, pid (\d+)", servers(status))
+    return int(m.group(1)) if m else None
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_managed_ganesha_is_started_restarted_when_killed_or_hung_and_stopped_with_bsud(system_bus, tmp_path: Path,
+                                                                                      capsys):
+    """``nfs.ganesha.managed``: bsud runs ganesha.nfsd itself. kill -9 and SIGSTOP (no heartbeat) each get a new
+    process with the exports added back while a client's hard mount carries on; the per-client counters grow;
+    stopping bsud stops it."""
+    conf = tmp_path / "ganesha.conf"
+    conf.write_text(MAIN_CONF)
+    log_file = tmp_path / "ganesha.log"
+    settings = {"managed": True, "config-file": str(conf), "log-file": str(log_file),
+                "pid-file": "/run/ganesha-managed.pid", "exports-dir": str(tmp_path / "ganesha.d"),
+                "heartbeat-timeout-seconds": 3}
+    h = DaemonHarness(tmp_path, drive="gsm", exports=[export("a")], extra={"nfs": {"ganesha": settings}})
+    id_a, client = export_id("gsm", "a"), tmp_path / "client"
+    bus = Bus()
+    in_sync = lambda s: (s.get("exports") or {}).get("in_sync") is True  # noqa: E731
+    pids: list[int] = []
+
+    def new_process(what: str) -> None:
+        st = h.wait_for(what, lambda s: in_sync(s) and ganesha_pid(s) not in (None, *pids)
+                        and id_a in bus.show_exports(), timeout=300)
+        pids.append(ganesha_pid(st))
+
+    try:
+        h.start()
+        new_process("ganesha started by bsud, the export added")
+        mount_nfs4("/bsud/gsm/a", client)
+        sums = {"m0.bin": write_through(client, "m0.bin", 512)}
+        st = h.wait_for("client counters", lambda s: any(
+            c.get("write_bytes", 0) >= 512 << 10 for c in ((s.get("exports") or {}).get("clients") or {}).values()),
+            timeout=120)
+        counted = st["exports"]["clients"]
+
+        os.kill(pids[-1], signal.SIGKILL)
+        new_process("restarted after kill -9")
+        assert "1 restart" in servers(h.status())
+        sums["m1.bin"] = write_through(client, "m1.bin", 256)  # the hard mount carried on
+
+        os.kill(pids[-1], signal.SIGSTOP)  # alive but silent: no heartbeat for 3 s
+        new_process("replaced after its heartbeat stopped")
+        assert not alive(pids[-2])
+        sums["m2.bin"] = write_through(client, "m2.bin", 256)
+        assert {n: digest(client / n) for n in sums} == sums
+        assert {n: digest(h.mount / "a" / n) for n in sums} == sums
+
+        sh("umount", "-f", "-l", str(client))
+        assert h.stop() == 0
+        assert not alive(pids[-1]), "bsud stopped and left its ganesha running"
+        with capsys.disabled():
+            print(f"\nmanaged ganesha: pids {pids} (killed -9, then stopped by SIGSTOP), {len(sums)} files intact; "
+                  f"clients counted {counted}", flush=True)
+    except BaseException:
+        with capsys.disabled():
+            lines = [line for line in h.log_path.read_text().splitlines() if "ganesha" in line or '"step"' in line]
+            print("\n".join(["", traceback.format_exc(), "bsud status:", json.dumps(h.status())[:3000],
+                             "bsud log:", *lines[-30:], "ganesha log:",
+                             *(log_file.read_text().splitlines()[-30:] if log_file.exists() else [])]), flush=True)
+        raise
+    finally:
+        sh("umount", "-f", "-l", str(client), check=False)
+        for pid in pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
         h.close()

@@ -60,3 +60,8 @@ class ExportKind(ABC):
     def stats(self, drive: str, exports: list[Any]) -> dict[str, dict[str, int]]:
         """Per export (by :func:`export_name`), the I/O counters its server keeps; {} for servers that keep none."""
         return {}
+
+    def clients(self) -> dict[str, dict[str, int]]:
+        """Per client address, the I/O counters its server keeps over all its exports (not only this drive's);
+        {} for servers that keep none."""
+        return {}

@@ -21,6 +21,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,15 +33,18 @@ from jeepney.wrappers import DBusErrorResponse, unwrap_msg
 from bsud.config.exports import GaneshaSettings, NfsExport, export_name
 from bsud.host.exports.base import HEADER, ExportKind, ExportState, directory_of
 from bsud.host.exports.files import ExportError, replace_file
+from bsud.host.exports.ganesha_process import BUS_NAME, ManagedGanesha
 from bsud.logs import get_logger
 from bsud.runner import Runner
 
 log = get_logger("bsud.host.exports")
 
-BUS_NAME = "org.ganesha.nfsd"
 EXPORT_MGR = DBusAddress("/org/ganesha/nfsd/ExportMgr", bus_name=BUS_NAME, interface="org.ganesha.nfsd.exportmgr")
 EXPORT_STATS = DBusAddress("/org/ganesha/nfsd/ExportMgr", bus_name=BUS_NAME,
                            interface="org.ganesha.nfsd.exportstats")
+CLIENT_MGR = DBusAddress("/org/ganesha/nfsd/ClientMgr", bus_name=BUS_NAME, interface="org.ganesha.nfsd.clientmgr")
+CLIENT_STATS = DBusAddress("/org/ganesha/nfsd/ClientMgr", bus_name=BUS_NAME,
+                           interface="org.ganesha.nfsd.clientstats")
 HEARTBEAT = MatchRule(type="signal", interface="org.ganesha.nfsd.admin", member="heartbeat")
 #: Export ids bsud gives (ganesha's are 16 bits; 0 is the pseudo root, low ones are usually hand-written).
 FIRST_ID, LAST_ID = 1000, 64999
@@ -198,10 +202,22 @@ class Bus:
         self.call(EXPORT_MGR, "RemoveExport", "q", (ident,))
 
     def io(self, ident: int) -> IoStats:
+        """One export's I/O (``org.ganesha.nfsd.exportstats``, by export id)."""
+        return self._io(EXPORT_STATS, "q", ident)
+
+    def show_clients(self) -> list[str]:
+        """The addresses of the clients ganesha knows (``ShowClients``: (timestamp, [(address, …), …]))."""
+        return [str(entry[0]) for entry in self.call(CLIENT_MGR, "ShowClients")[1]]
+
+    def client_io(self, address: str) -> IoStats:
+        """One client's I/O over all exports (``org.ganesha.nfsd.clientstats``, by address)."""
+        return self._io(CLIENT_STATS, "s", address)
+
+    def _io(self, address: DBusAddress, signature: str, key: int | str) -> IoStats:
         total = IoStats()
         for method in IO_METHODS:
             try:
-                total = total + parse_io(self.call(EXPORT_STATS, method, "q", (ident,)))
+                total = total + parse_io(self.call(address, method, signature, (key,)))
             except NoAnswer:
                 raise
             except ExportError:
@@ -258,6 +274,33 @@ def heartbeat(bus: str = "SYSTEM") -> Heartbeat:
         return _HEARTBEATS.setdefault(bus, Heartbeat(bus))
 
 
+#: The ganesha bsud runs itself (``nfs.ganesha.managed``), while the daemon has one.
+_MANAGED: list[ManagedGanesha] = []
+_MANAGED_LOCK = threading.Lock()
+
+
+def start_managed(settings: GaneshaSettings, on_up: Callable[[], None] | None = None) -> ManagedGanesha:
+    """Run and supervise ganesha.nfsd (the daemon does, when a drive has ganesha exports and ``managed`` is set)."""
+    with _MANAGED_LOCK:
+        if not _MANAGED:
+            listener = heartbeat()
+            listener.start()
+            _MANAGED.append(ManagedGanesha(settings, lambda: listener.last, on_up=on_up))
+            _MANAGED[0].start()
+        return _MANAGED[0]
+
+
+def stop_managed() -> None:
+    with _MANAGED_LOCK:
+        managed = _MANAGED.pop() if _MANAGED else None
+    if managed is not None:
+        managed.stop()
+
+
+def managed() -> ManagedGanesha | None:
+    return _MANAGED[0] if _MANAGED else None
+
+
 class Ganesha(ExportKind):
     kind = "nfs-ganesha"
 
@@ -273,12 +316,16 @@ class Ganesha(ExportKind):
     def readiness(self) -> tuple[bool, str]:
         age = self.heartbeat.age()
         limit = self.settings.heartbeat_timeout_seconds
+        process = managed() if self.settings.managed else None
+        supervised = "" if process is None else f"; managed: {process.state}" + (
+            f", {process.restarts} restart{'s' * (process.restarts != 1)}" if process.restarts else "")
         if age is not None and age <= limit:
-            return True, f"ready (heartbeat {age:.1f} s ago)"
+            return True, f"ready (heartbeat {age:.1f} s ago{supervised})"
         if age is None:
             return False, "not ready (no heartbeat seen" + (
-                f"; the system D-Bus is not reachable: {self.heartbeat.error}" if self.heartbeat.error else "") + ")"
-        return False, f"not ready (no heartbeat for {age:.0f} s)"
+                f"; the system D-Bus is not reachable: {self.heartbeat.error}" if self.heartbeat.error else "") + \
+                f"{supervised})"
+        return False, f"not ready (no heartbeat for {age:.0f} s{supervised})"
 
     def _unserved(self, drive: str, mount_path: str, exports: list[NfsExport],
                   listed: dict[int, str]) -> str | None:
@@ -382,6 +429,14 @@ class Ganesha(ExportKind):
             return {export_name(e): asdict(self.bus.io(export_id(drive, e.path))) for e in exports}
         except ExportError:
             return {}  # ganesha not answering: the observation says so already
+
+    def clients(self) -> dict[str, dict[str, int]]:
+        if not self.readiness()[0]:
+            return {}
+        try:
+            return {address: asdict(self.bus.client_io(address)) for address in self.bus.show_clients()}
+        except ExportError:
+            return {}
 
     def io(self, drive: str, exports: list[NfsExport]) -> dict[str, IoStats]:
         """Each export's I/O counters (by its path in the config, ``/`` for the whole drive)."""
