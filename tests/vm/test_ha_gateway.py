@@ -50,7 +50,7 @@ def gateway_host():
     sh("ip", "link", "set", NIC, "up")
     Path("/run/rpcbind").mkdir(exist_ok=True)
     sh("rpcbind", "-w")
-    for module in ("nfsd", "nvme-tcp", "nvmet-tcp"):
+    for module in ("nfsd", "nvme-tcp", "nvmet-tcp", "target_core_mod", "target_core_file", "iscsi_target_mod"):
         sh("modprobe", module)
     Path("/etc/target").mkdir(exist_ok=True)
     yield
