@@ -52,6 +52,8 @@ def gateway_host():
     sh("rpcbind", "-w")
     for module in ("nfsd", "nvme-tcp", "nvmet-tcp", "target_core_mod", "target_core_file", "iscsi_target_mod"):
         sh("modprobe", module)
+    if not os.path.ismount("/sys/kernel/config"):
+        sh("mount", "-t", "configfs", "configfs", "/sys/kernel/config")
     Path("/etc/target").mkdir(exist_ok=True)
     yield
     sh("ip", "link", "del", NIC, check=False)
