@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--exports", action="store_true",
                         help="also each export's I/O counters (servers that keep them: nfs-ganesha)")
     sub.add_parser("plan", parents=[common], help="what the next step of each drive would be; changes nothing")
+    ha = sub.add_parser("ha-config", parents=[common],
+                        help="the drbd-reactor promoter file of each drive with an ha section (checked against "
+                             "the OCF agents' meta-data); --write puts it in place and reloads drbd-reactor")
+    ha.add_argument("--write", action="store_true", help="write <promoter-dir>/bsud-<drive>.toml (atomically)")
     sub.add_parser("check-config", parents=[common],
                    help="validate the config and print it with defaults filled and secrets masked")
     return parser
@@ -166,6 +170,33 @@ def cmd_plan(config: Config) -> int:
     return EXIT_OK
 
 
+def cmd_ha_config(config: Config, write: bool) -> int:
+    """Print (secrets masked) or write each ha drive's promoter file; one line per problem, exit 1 on any."""
+    from bsud.host.ha import Promoter, check_agents, render, start_list, toml_string
+    from bsud.runner import Runner
+
+    drives = [d for d in config.drives if d.ha is not None]
+    if not drives:
+        print("bsud: no drive has an ha section", file=sys.stderr)
+        return EXIT_ERROR
+    failed = False
+    for d in drives:
+        assert d.ha is not None
+        if write:
+            changed = Promoter(Runner()).write(d.name, d.mount_path, d.ha, d.exports)
+            print(f"{Promoter.file(d.name, d.ha)}: {'written' if changed else 'unchanged'}")
+            continue
+        problems = check_agents(start_list(d.name, d.mount_path, d.ha, d.exports))
+        text = render(d.name, d.mount_path, d.ha, d.exports)
+        for secret in config.secrets():  # as the file has it: in a shell word, in a TOML string
+            text = text.replace(toml_string(secret)[1:-1], "********").replace(secret, "********")
+        print(f"# {Promoter.file(d.name, d.ha)}\n{text}", end="")
+        for problem in problems:
+            print(f"bsud: drive {d.name!r}: {problem}", file=sys.stderr)
+        failed |= bool(problems)
+    return EXIT_ERROR if failed else EXIT_OK
+
+
 def cmd_run(config: Config) -> int:
     from bsud.daemon import Daemon
 
@@ -188,6 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_status(config, args.json, args.exports)
         if command == "plan":
             return cmd_plan(config)
+        if command == "ha-config":
+            return cmd_ha_config(config, args.write)
         return cmd_run(config)
     except InvalidConfig as exc:
         for problem in exc.problems:

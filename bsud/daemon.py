@@ -24,7 +24,7 @@ from pathlib import Path
 from bsud import __version__
 from bsud.cloud import CloudProvider, make_provider
 from bsud.config import Config, InvalidConfig, Provider, Target, load_config
-from bsud.errors import BsudError
+from bsud.errors import BsudError, ConfigError
 from bsud.host.exports import KINDS as EXPORT_KINDS
 from bsud.host.exports import ganesha
 from bsud.host.layouts import LAYOUTS, StorageLayout
@@ -68,6 +68,15 @@ def manages_ganesha(config: Config) -> bool:
 
 class AlreadyRunning(BsudError):
     pass
+
+
+def not_run_here(config: Config) -> list[ConfigError]:
+    """Drives the daemon does not run: a highly available drive's LV is DRBD's backing device, which bsud must never
+    mount itself (that would bypass the replication); this version writes their drbd-reactor file only."""
+    return [ConfigError("the daemon does not run highly available drives yet (its LV is DRBD's backing device, "
+                        "which bsud must not mount); write its drbd-reactor file with 'bsud ha-config --write' and "
+                        "remove the drive from the daemon's config", path=config.path, drive=d.name, field="ha")
+            for d in config.drives if d.ha is not None]
 
 
 def take_lock(status_file: str) -> int:
@@ -179,6 +188,9 @@ class Daemon:
         notify("RELOADING=1", f"MONOTONIC_USEC={int(time.monotonic() * 1e6)}")
         try:
             new = load_config(self.config.path)
+            refused = not_run_here(new)
+            if refused:
+                raise InvalidConfig(refused)
             if new.cloud != self.config.cloud:
                 log.warning("the cloud section changed; restart bsud to apply it (keeping the old one)")
                 new = Config(**{**new.__dict__, "cloud": self.config.cloud})
@@ -229,6 +241,9 @@ class Daemon:
                                 f"{settings.metrics_listen}: {exc.strerror or exc}; choose a free port") from None
 
     def run(self) -> int:
+        refused = not_run_here(self.config)
+        if refused:
+            raise InvalidConfig(refused)
         self._lock = take_lock(self.config.daemon.status_file)
         preflight(required_tools(self.config, self.cloud))
         for note in self.cloud.check_permissions():

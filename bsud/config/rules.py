@@ -26,6 +26,7 @@ from bsud.config.catalogue import (
     volume_limits,
 )
 from bsud.config.exports import check_export, export_identities, export_name
+from bsud.config.ha import check_ha
 from bsud.config.schema import CloudSettings, DaemonSettings, DriveConfig, _ConfigFile
 from bsud.errors import ConfigError
 
@@ -215,6 +216,10 @@ def check_semantics(cfg: _ConfigFile, path: str) -> tuple[list[ConfigError], lis
             problem(name, key, why)
     for key, why in check_all_exports(cfg.drives):
         problem(*key, why)
+    for d in cfg.drives:
+        if d.ha is not None:
+            for key, why in check_ha(d.ha, d.exports, d.layout.value):
+                problem(d.name, f"ha.{key}" if key else "ha", why)
     for key, why in check_tags(cloud.tags):
         problem(None, f"cloud.{key}", why)
     if cloud.kms_key_id and not cloud.encrypted:

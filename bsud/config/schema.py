@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bsud.config.catalogue import DiskType, Layout, Provider, Target
 from bsud.config.exports import Export, GaneshaSettings, NfsSettings
+from bsud.config.ha import HaConfig
 
 
 def _kebab(name: str) -> str:
@@ -97,6 +98,8 @@ class DriveConfig(_Section):
     layout: Layout = Layout.LVM
     #: How the drive is shared while it is online and mounted (NFS, SMB, iSCSI, NVMe-oF).
     exports: tuple[Export, ...] = ()
+    #: Its exports served by a highly available gateway (drbd-reactor's promoter; bsud writes its file).
+    ha: HaConfig | None = None
 
 
 class _ConfigFile(_Section):

@@ -1,0 +1,78 @@
+"""A drive's ``ha`` section: its exports served by a highly available gateway (drbd-reactor's promoter starting OCF
+resource agents on the DRBD Primary), the schema and the rules the schema cannot say. Pure: no I/O."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Literal
+
+from pydantic import Field
+
+from bsud.config.exports import IscsiExport, NfsExport, NvmeofExport, SmbExport, _Settings
+
+DRBD_RESOURCE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
+NIC_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,14}")
+DEVICE_RE = re.compile(r"/dev/[A-Za-z0-9/_.+-]+")
+
+#: systemd's FailureAction= values drbd-reactor accepts for on-drbd-demote-failure.
+DEMOTE_FAILURE_ACTIONS = ("none", "reboot", "reboot-force", "reboot-immediate", "poweroff", "poweroff-force",
+                          "poweroff-immediate", "exit", "exit-force")
+
+
+class HaConfig(_Settings):
+    #: The DRBD resource whose backing device is the drive's LV.
+    drbd_resource: str
+    #: The DRBD device the gateway mounts (``/dev/drbd1000``).
+    drbd_device: str
+    #: The service address the clients use, with its prefix (``10.0.0.50/24``): it moves with the Primary.
+    service_ip: str
+    #: The interface IPaddr2 puts it on (None: the one whose network holds it).
+    nic: str | None = None
+    #: Where the gateway mounts the DRBD device (None: the drive's mount-path).
+    mount_path: str | None = None
+    #: NFS only: a small DRBD device of its own for the NFS server's state (``nfs_shared_infodir``), and where to
+    #: mount it, so clients' locks and leases move with the service.
+    cluster_private_device: str | None = None
+    cluster_private_mount: str | None = None
+    target_as: Literal["Wants", "Requires", "Requisite", "BindsTo"] = "Requires"
+    stop_services_on_exit: bool = True
+    on_drbd_demote_failure: Literal[DEMOTE_FAILURE_ACTIONS] = "reboot-immediate"  # type: ignore[valid-type]
+    #: drbd-reactor's directory of snippets.
+    promoter_dir: str = Field(default="/etc/drbd-reactor.d")
+
+
+def check_ha(ha: HaConfig, exports: tuple[NfsExport | SmbExport | IscsiExport | NvmeofExport, ...],
+             layout: str) -> list[tuple[str, str]]:
+    """(key under ``ha``, why) for each problem."""
+    problems: list[tuple[str, str]] = []
+    if layout != "lvm":
+        problems.append(("", "a highly available drive needs the lvm layout (its LV is DRBD's backing device)"))
+    if not DRBD_RESOURCE_RE.fullmatch(ha.drbd_resource):
+        problems.append(("drbd-resource", f"{ha.drbd_resource!r} is not a DRBD resource name"))
+    for key, device in (("drbd-device", ha.drbd_device), ("cluster-private-device", ha.cluster_private_device)):
+        if device is not None and not DEVICE_RE.fullmatch(device):
+            problems.append((key, f"{device!r} is not a device path (/dev/drbd1000)"))
+    try:
+        iface = ipaddress.ip_interface(ha.service_ip)
+        if "/" not in ha.service_ip or iface.ip == iface.network.network_address and iface.network.prefixlen < 31:
+            raise ValueError
+    except ValueError:
+        problems.append(("service-ip", f"{ha.service_ip!r} is not a host address with its prefix (10.0.0.50/24)"))
+    if ha.nic is not None and not NIC_RE.fullmatch(ha.nic):
+        problems.append(("nic", f"{ha.nic!r} is not an interface name"))
+    for key, path in (("mount-path", ha.mount_path), ("cluster-private-mount", ha.cluster_private_mount)):
+        if path is not None and not path.startswith("/"):
+            problems.append((key, f"{path!r} must be an absolute path"))
+    if not exports:
+        problems.append(("", "a highly available drive serves exports: give it an exports list"))
+    for export in exports:
+        if isinstance(export, SmbExport):
+            problems.append(("", "smb exports have no OCF agent in the gateway; remove them or the ha section"))
+        if isinstance(export, NfsExport) and export.server != "kernel":
+            problems.append(("", "the gateway's NFS is the kernel server (nfsserver, exportfs agents); remove "
+                                 "\"server\": \"ganesha\""))
+    if any(isinstance(e, NfsExport) for e in exports) and not (ha.cluster_private_device and ha.cluster_private_mount):
+        problems.append(("cluster-private-device", "NFS needs cluster-private-device and cluster-private-mount (the "
+                                                   "NFS server's state moves with the service)"))
+    return problems

@@ -1,0 +1,230 @@
+"""Highly available gateways: the drbd-reactor promoter file for a drive with an ``ha`` section.
+
+On the node where DRBD's resource (backed by the drive's LV) may be promoted, drbd-reactor starts the ``start`` list
+in order — each ``ocf:<vendor>:<agent> <name> key=value …`` entry an OCF resource agent run through its
+``ocf.rs@`` wrapper, with ``OCF_RESKEY_<key>`` set — and stops it in reverse order when the resource must move.
+bsud writes that list in the layout linstor-gateway uses:
+
+  portblock block → Filesystem (cluster-private, NFS only) → Filesystem (the data) → IPaddr2 (the service address)
+  → the gateway (nfsserver + exportfs / iSCSITarget + iSCSILogicalUnit / nvmet-subsystem + nvmet-namespace +
+  nvmet-port) → portblock unblock
+
+Every line is checked against its agent's own ``meta-data`` (from the resource-agents package) before the file is
+written: a parameter the agent does not have, or a required one missing, is refused — found here, not in production.
+bsud never promotes or demotes DRBD itself.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shlex
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+from bsud.config.exports import IscsiExport, NfsExport, NvmeofExport
+from bsud.config.ha import HaConfig
+from bsud.host.exports.base import HEADER, directory_of
+from bsud.host.exports.files import ExportError, replace_file
+from bsud.host.exports.iscsi import lun_file
+from bsud.host.exports.nfs import fsid
+from bsud.host.exports.nvmeof import identity, namespace_file
+from bsud.logs import get_logger
+from bsud.runner import Runner
+
+log = get_logger("bsud.host.ha")
+
+OCF_ROOT = Path("/usr/lib/ocf")
+SCHEMA_VERSION = 1
+NFS_PORT, ISCSI_PORT = 2049, 3260
+
+
+@dataclass(frozen=True)
+class Agent:
+    """One ``start`` entry: an OCF resource agent instance."""
+
+    vendor: str
+    agent: str
+    name: str
+    params: tuple[tuple[str, str], ...]
+
+    def line(self) -> str:
+        """As drbd-reactor reads it (its words split like a shell's: values with spaces are quoted)."""
+        return " ".join([f"ocf:{self.vendor}:{self.agent}", self.name,
+                         *(f"{key}={shlex.quote(value)}" for key, value in self.params)])
+
+    @classmethod
+    def parse(cls, line: str) -> Agent:
+        """The inverse of :meth:`line` (how drbd-reactor splits an entry: ``shell_words::split``)."""
+        head, _, rest = line.partition(" ")
+        _, vendor, agent = head.split(":", 2)
+        words = shlex.split(rest)
+        return cls(vendor, agent, words[0], tuple(tuple(w.split("=", 1)) for w in words[1:]))  # type: ignore[misc]
+
+    def env(self, resource: str, ocf_root: Path = OCF_ROOT) -> dict[str, str]:
+        """The environment drbd-reactor's ocf.rs@ wrapper gives the agent (instance ``<name>_<resource>``)."""
+        return {"OCF_ROOT": str(ocf_root), "OCF_RESOURCE_INSTANCE": f"{self.name}_{resource}",
+                **{f"OCF_RESKEY_{k}": v for k, v in self.params}}
+
+
+def _ports(exports: tuple[object, ...]) -> str:
+    ports: list[int] = []
+    for export in exports:
+        port = NFS_PORT if isinstance(export, NfsExport) else ISCSI_PORT if isinstance(export, IscsiExport) \
+            else export.port if isinstance(export, NvmeofExport) else None
+        if port is not None and port not in ports:
+            ports.append(port)
+    return ",".join(map(str, ports))
+
+
+def start_list(drive: str, mount_path: str, ha: HaConfig, exports: tuple[object, ...]) -> list[Agent]:
+    """The agents drbd-reactor starts for the drive, in order."""
+    iface = ipaddress.ip_interface(ha.service_ip)
+    ip, mount = str(iface.ip), ha.mount_path or mount_path
+    ports = _ports(exports)
+    nfs = [e for e in exports if isinstance(e, NfsExport)]
+    agents = [Agent("heartbeat", "portblock", "pblock0",
+                    (("ip", ip), ("portno", ports), ("action", "block"), ("protocol", "tcp")))]
+    if nfs and ha.cluster_private_device and ha.cluster_private_mount:
+        agents.append(Agent("heartbeat", "Filesystem", "fs_cluster_private",
+                            (("device", ha.cluster_private_device), ("directory", ha.cluster_private_mount),
+                             ("fstype", "ext4"), ("run_fsck", "no"))))
+    agents.append(Agent("heartbeat", "Filesystem", "fs_data",
+                        (("device", ha.drbd_device), ("directory", mount), ("fstype", "btrfs"), ("run_fsck", "no"))))
+    agents.append(Agent("heartbeat", "IPaddr2", "service_ip0",
+                        (("ip", ip), ("cidr_netmask", str(iface.network.prefixlen)),
+                         *((("nic", ha.nic),) if ha.nic else ()))))
+    if nfs:
+        agents.append(Agent("heartbeat", "nfsserver", "nfsserver",
+                            (("nfs_shared_infodir", f"{ha.cluster_private_mount}/nfs"), ("nfs_ip", ip))))
+        for i, export in enumerate(nfs):
+            for j, client in enumerate(export.clients):
+                agents.append(Agent("heartbeat", "exportfs", f"export{i}_{j}",
+                                    (("clientspec", client), ("directory", directory_of(mount, export)),
+                                     ("fsid", fsid(drive, export.path)), ("options", ",".join(export.options)))))
+    for i, export in enumerate(e for e in exports if isinstance(e, IscsiExport)):
+        initiators = " ".join(export.initiators)
+        target = [("iqn", export.iqn), ("portals", f"{ip}:{ISCSI_PORT}"), ("implementation", "lio-t"),
+                  ("allowed_initiators", initiators)]
+        if export.chap is not None:
+            target += [("incoming_username", export.chap.user),
+                       ("incoming_password", export.chap.password.get_secret_value())]
+        agents.append(Agent("heartbeat", "iSCSITarget", f"target{i}", tuple(target)))
+        agents.append(Agent("heartbeat", "iSCSILogicalUnit", f"lu{i}",
+                            (("target_iqn", export.iqn), ("lun", "0"), ("path", lun_file(mount, export)),
+                             ("implementation", "lio-t"), ("liot_bstype", "fileio"),
+                             ("allowed_initiators", initiators))))
+    for i, export in enumerate(e for e in exports if isinstance(e, NvmeofExport)):
+        serial, uuid = identity(drive, export.nqn)
+        agents.append(Agent("heartbeat", "nvmet-subsystem", f"subsys{i}",
+                            (("nqn", export.nqn), ("allowed_initiators", " ".join(export.hosts)),
+                             ("serial", serial))))
+        agents.append(Agent("heartbeat", "nvmet-namespace", f"ns{i}",
+                            (("nqn", export.nqn), ("namespace_id", "1"),
+                             ("backing_path", namespace_file(mount, export)), ("uuid", uuid), ("nguid", uuid))))
+        agents.append(Agent("heartbeat", "nvmet-port", f"port{i}",
+                            (("nqns", export.nqn), ("addr", ip), ("svcid", str(export.port)), ("type", "tcp"),
+                             ("addr_fam", "ipv6" if iface.version == 6 else "ipv4"))))
+    agents.append(Agent("heartbeat", "portblock", "portunblock0",
+                        (("ip", ip), ("portno", ports), ("action", "unblock"), ("protocol", "tcp"))))
+    return agents
+
+
+def toml_string(value: str | bool) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
+    return f'"{escaped}"'
+
+
+def render(drive: str, mount_path: str, ha: HaConfig, exports: tuple[object, ...]) -> str:
+    """The promoter file (TOML) for the drive."""
+    lines = [HEADER.format(drive=drive).rstrip("\n"),
+             "[[promoter]]",
+             "[promoter.metadata]",
+             f"bsud-drive = {toml_string(drive)}",
+             f"bsud-schema-version = {SCHEMA_VERSION}",
+             f"[promoter.resources.{toml_string(ha.drbd_resource)}]",
+             f"runner = {toml_string('systemd')}",
+             f"stop-services-on-exit = {toml_string(ha.stop_services_on_exit)}",
+             f"on-drbd-demote-failure = {toml_string(ha.on_drbd_demote_failure)}",
+             f"target-as = {toml_string(ha.target_as)}",
+             "start = ["]
+    lines += [f"    {toml_string(agent.line())}," for agent in start_list(drive, mount_path, ha, exports)]
+    lines.append("]")
+    return "\n".join(lines) + "\n"
+
+
+def metadata(vendor: str, agent: str, ocf_root: Path = OCF_ROOT) -> dict[str, bool]:
+    """An agent's parameters (name → required) from its own ``meta-data`` action."""
+    path = ocf_root / "resource.d" / vendor / agent
+    if not os.access(path, os.X_OK):
+        raise ExportError(f"OCF agent {vendor}:{agent} is not installed ({path}; package resource-agents)")
+    out = subprocess.run([str(path), "meta-data"], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "OCF_ROOT": str(ocf_root)})
+    try:
+        root = ET.fromstring(out.stdout)
+    except ET.ParseError as exc:
+        raise ExportError(f"OCF agent {vendor}:{agent}: its meta-data is not XML ({exc})") from None
+    return {p.get("name", ""): p.get("required") == "1" for p in root.iter("parameter")}
+
+
+def check_agents(agents: list[Agent], ocf_root: Path = OCF_ROOT) -> list[str]:
+    """What each entry gets wrong against its agent's meta-data: unknown parameters, required ones missing."""
+    problems: list[str] = []
+    known: dict[tuple[str, str], dict[str, bool]] = {}
+    for agent in agents:
+        key = (agent.vendor, agent.agent)
+        if key not in known:
+            known[key] = metadata(*key, ocf_root=ocf_root)
+        params = known[key]
+        given = {k for k, _ in agent.params}
+        unknown = sorted(given - set(params))
+        missing = sorted(name for name, required in params.items() if required and name not in given)
+        if unknown:
+            problems.append(f"{agent.agent} {agent.name}: {agent.agent} has no parameter {', '.join(unknown)}")
+        if missing:
+            problems.append(f"{agent.agent} {agent.name}: required parameter {', '.join(missing)} missing")
+    return problems
+
+
+class Promoter:
+    """Writes a drive's promoter file (``<promoter-dir>/bsud-<drive>.toml``) and has drbd-reactor reload it."""
+
+    def __init__(self, runner: Runner, ocf_root: Path = OCF_ROOT) -> None:
+        self.runner = runner
+        self.ocf_root = ocf_root
+
+    @staticmethod
+    def file(drive: str, ha: HaConfig) -> Path:
+        return Path(ha.promoter_dir) / f"bsud-{drive}.toml"
+
+    def _reload(self) -> None:
+        if shutil.which("systemctl") and Path("/run/systemd/system").is_dir():
+            # reloads drbd-reactor when it runs, does nothing when it does not (not packaged for Debian 12)
+            self.runner.run(["systemctl", "try-reload-or-restart", "drbd-reactor.service"], timeout=120)
+
+    def write(self, drive: str, mount_path: str, ha: HaConfig, exports: tuple[object, ...]) -> bool:
+        """Make the file hold what the config asks (checked against the agents first); True when it changed."""
+
+        def validate(temp: Path) -> None:
+            agents = [Agent.parse(a) for a in start_list_lines(temp.read_text())]
+            problems = check_agents(agents, self.ocf_root)
+            if problems:
+                raise ExportError("; ".join(problems))
+
+        # 0600: an iSCSI target's CHAP password is in it
+        return replace_file(self.file(drive, ha), render(drive, mount_path, ha, exports), apply=self._reload,
+                            verify=lambda: None, validate=validate, mode=0o600)
+
+
+def start_list_lines(text: str) -> list[str]:
+    """The ``start`` entries of a promoter file bsud wrote (read back with tomllib)."""
+    import tomllib
+
+    data = tomllib.loads(text)
+    return [line for promoter in data.get("promoter", []) for resource in promoter.get("resources", {}).values()
+            for line in resource.get("start", [])]

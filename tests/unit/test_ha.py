@@ -1,0 +1,130 @@
+"""The drbd-reactor promoter file for a highly available drive: its TOML read back, the start list in the
+linstor-gateway order, and every line checked against the real agents' meta-data (resource-agents)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from bsud.config import InvalidConfig, parse_config
+from bsud.host.exports.files import ExportError
+from bsud.host.ha import OCF_ROOT, Agent, Promoter, check_agents, render, start_list
+from bsud.runner import Runner
+
+HA = {"drbd-resource": "data", "drbd-device": "/dev/drbd1000", "service-ip": "10.0.0.50/24", "nic": "eth1",
+      "cluster-private-device": "/dev/drbd1001", "cluster-private-mount": "/srv/ha/data-private"}
+EXPORTS = [
+    {"kind": "nfs", "clients": ["10.0.0.0/24", "app.example"], "options": ["rw", "sync", "no_root_squash"]},
+    {"kind": "iscsi", "iqn": "iqn.2026-11.com.example:data", "path": "luns", "lun-size-gib": 4,
+     "initiators": ["iqn.2026-11.com.example:app"], "chap": {"user": "u", "password": "chap secret 12"}},
+    {"kind": "nvmeof", "nqn": "nqn.2026-11.com.example:data", "path": "ns", "size-gib": 4,
+     "hosts": ["nqn.2026-11.com.example:host"], "address": "10.0.0.50", "port": 4420},
+]
+needs_agents = pytest.mark.skipif(not (OCF_ROOT / "resource.d" / "heartbeat" / "IPaddr2").exists(),
+                                  reason="the OCF agents are not installed (package resource-agents)")
+
+
+def drive(ha=HA, exports=EXPORTS, layout="lvm"):
+    text = json.dumps({"cloud": {"provider": "local"}, "drives": [
+        {"name": "data", "target": "online", "mount-path": "/srv/data", "layout": layout, "exports": exports,
+         "ha": ha}]})
+    return parse_config(text, path="bsud.json").drives[0]
+
+
+def test_the_start_list_is_in_the_gateway_order_and_reads_back_as_drbd_reactor_splits_it():
+    d = drive()
+    agents = start_list(d.name, d.mount_path, d.ha, d.exports)
+    assert [a.agent for a in agents] == [
+        "portblock", "Filesystem", "Filesystem", "IPaddr2", "nfsserver", "exportfs", "exportfs", "iSCSITarget",
+        "iSCSILogicalUnit", "nvmet-subsystem", "nvmet-namespace", "nvmet-port", "portblock"]
+    assert dict(agents[0].params)["action"] == "block" and dict(agents[-1].params)["action"] == "unblock"
+    assert dict(agents[0].params)["portno"] == "2049,3260,4420"
+    assert dict(agents[2].params) == {"device": "/dev/drbd1000", "directory": "/srv/data", "fstype": "btrfs",
+                                      "run_fsck": "no"}
+    assert dict(agents[3].params) == {"ip": "10.0.0.50", "cidr_netmask": "24", "nic": "eth1"}
+    assert dict(agents[8].params)["path"] == "/srv/data/luns/iscsi-iqn.2026-11.com.example:data.img"
+    for agent in agents:  # a value with spaces survives drbd-reactor's shell-like split
+        assert Agent.parse(agent.line()) == agent
+    assert dict(agents[7].params)["incoming_password"] == "chap secret 12"
+    env = agents[3].env("data")
+    assert env["OCF_RESOURCE_INSTANCE"] == "service_ip0_data" and env["OCF_RESKEY_ip"] == "10.0.0.50"
+
+
+def test_the_file_is_a_promoter_section_with_metadata():
+    d = drive()
+    data = tomllib.loads(render(d.name, d.mount_path, d.ha, d.exports))
+    (promoter,) = data["promoter"]
+    assert promoter["metadata"] == {"bsud-drive": "data", "bsud-schema-version": 1}
+    resource = promoter["resources"]["data"]
+    assert (resource["runner"], resource["target-as"], resource["stop-services-on-exit"],
+            resource["on-drbd-demote-failure"]) == ("systemd", "Requires", True, "reboot-immediate")
+    assert [Agent.parse(line) for line in resource["start"]] == start_list(d.name, d.mount_path, d.ha, d.exports)
+
+
+@needs_agents
+def test_every_line_bsud_writes_matches_its_agents_meta_data():
+    d = drive()
+    assert check_agents(start_list(d.name, d.mount_path, d.ha, d.exports)) == []
+    typo = Agent("heartbeat", "IPaddr2", "ip", (("ip", "10.0.0.50"), ("cidr_mask", "24")))
+    bare = Agent("heartbeat", "Filesystem", "fs", (("device", "/dev/drbd1000"),))
+    assert check_agents([typo, bare]) == ["IPaddr2 ip: IPaddr2 has no parameter cidr_mask",
+                                          "Filesystem fs: required parameter directory, fstype missing"]
+    with pytest.raises(ExportError, match="package resource-agents"):
+        check_agents([Agent("heartbeat", "NoSuchAgent", "x", ())])
+
+
+@needs_agents
+def test_the_file_is_written_private_and_a_line_an_agent_refuses_changes_nothing(tmp_path: Path, monkeypatch):
+    d = drive(ha={**HA, "promoter-dir": str(tmp_path)})
+    promoter = Promoter(Runner())
+    assert promoter.write(d.name, d.mount_path, d.ha, d.exports)
+    path = tmp_path / "bsud-data.toml"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600  # the CHAP password is in it
+    assert not promoter.write(d.name, d.mount_path, d.ha, d.exports)
+    good = path.read_text()
+    import bsud.host.ha as ha
+
+    real = ha.start_list
+    monkeypatch.setattr(ha, "start_list", lambda *a: [*real(*a), Agent("heartbeat", "IPaddr2", "x", (("ipp", "1"),))])
+    with pytest.raises(ExportError, match="IPaddr2 has no parameter ipp, required parameter ip missing|"
+                                          "IPaddr2 has no parameter ipp"):
+        promoter.write(d.name, "/srv/other", d.ha, d.exports)
+    assert path.read_text() == good and sorted(p.name for p in tmp_path.iterdir()) == ["bsud-data.toml"]
+
+
+@pytest.mark.parametrize(("ha", "exports", "layout", "expected"), [
+    ({**HA, "service-ip": "10.0.0.50"}, EXPORTS, "lvm", "field 'ha.service-ip': '10.0.0.50' is not a host address"),
+    ({**HA, "drbd-resource": "bad name"}, EXPORTS, "lvm", "field 'ha.drbd-resource': 'bad name' is not a DRBD resource"),
+    (HA, EXPORTS, "btrfs", "field 'ha': a highly available drive needs the lvm layout"),
+    (HA, [{"kind": "smb", "share": "s"}], "lvm", "field 'ha': smb exports have no OCF agent"),
+    ({k: v for k, v in HA.items() if not k.startswith("cluster")}, EXPORTS[:1], "lvm",
+     "field 'ha.cluster-private-device': NFS needs cluster-private-device"),
+])
+def test_a_bad_ha_section_is_one_line(ha, exports, layout, expected):
+    with pytest.raises(InvalidConfig) as info:
+        drive(ha, exports, layout)
+    lines = [str(p) for p in info.value.problems]
+    assert any(expected in line and "drive 'data'" in line for line in lines), lines
+
+
+def test_the_daemon_refuses_a_highly_available_drive_and_ha_config_prints_its_file_masked(tmp_path: Path, capsys):
+    from bsud.cli import main
+
+    config = tmp_path / "bsud.json"
+    config.write_text(json.dumps({"cloud": {"provider": "local", "state-dir": str(tmp_path / "state")},
+                                  "daemon": {"status-file": str(tmp_path / "status.json")},
+                                  "drives": [{"name": "data", "target": "online", "mount-path": "/srv/data",
+                                              "exports": EXPORTS, "ha": HA}]}))
+    assert main(["-c", str(config), "run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "drive 'data'" in err[0] and "does not run highly available drives" in err[0], err
+    if (OCF_ROOT / "resource.d" / "heartbeat" / "IPaddr2").exists():
+        assert main(["-c", str(config), "ha-config"]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("# /etc/drbd-reactor.d/bsud-data.toml\n") and "chap secret 12" not in out
+        assert "incoming_password='********'" in out and "ocf:heartbeat:IPaddr2 service_ip0" in out

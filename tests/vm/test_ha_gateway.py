@@ -1,0 +1,182 @@
+"""The start list bsud writes for drbd-reactor, proven for real: in the test VM, its OCF agents run in order with the
+environment drbd-reactor's ocf.rs@ wrapper gives them (OCF_ROOT, OCF_RESOURCE_INSTANCE, OCF_RESKEY_*), against a
+bsud drive (its LV stands in for the DRBD device: DRBD itself is not what is tested); clients reach NFS, iSCSI and
+NVMe/TCP on the service address; then the agents stop in reverse order and everything they made is gone."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bsud.config import parse_config
+from bsud.host.exports.files import backing_file
+from bsud.host.ha import Agent, check_agents, start_list
+from bsud.host.layouts import LvmLayout
+from bsud.naming import DRIVE_TAG
+from bsud.runner import Runner
+
+from .test_exports import need, sh
+
+pytestmark = pytest.mark.vm
+
+NIC, SERVICE = "bsudha0", "10.99.0.50"
+INITIATOR = "iqn.2026-11.test.bsud:ha-client"
+IQN, NQN, HOSTNQN = "iqn.2026-11.test.bsud:ha", "nqn.2026-11.test.bsud:ha", "nqn.2026-11.test.bsud:ha-host"
+OCF_SUCCESS, OCF_NOT_RUNNING = 0, 7
+
+
+def run_agent(agent: Agent, action: str, resource: str) -> subprocess.CompletedProcess:
+    path = f"/usr/lib/ocf/resource.d/{agent.vendor}/{agent.agent}"
+    return subprocess.run([path, action], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **agent.env(resource)})
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def gateway_host():
+    need(("iptables", "targetcli", "exportfs", "rpcbind", "iscsiadm", "nvme"),
+         "resource-agents, iptables, targetcli-fb, nfs-kernel-server, open-iscsi, nvme-cli")
+    if not Path("/usr/lib/ocf/resource.d/heartbeat/IPaddr2").exists():
+        pytest.skip("the OCF agents are not installed (package resource-agents)")
+    sh("ip", "link", "add", NIC, "type", "dummy")
+    sh("ip", "link", "set", NIC, "up")
+    Path("/run/rpcbind").mkdir(exist_ok=True)
+    sh("rpcbind", "-w")
+    for module in ("nfsd", "nvme-tcp", "nvmet-tcp", "target_core_mod", "target_core_file", "iscsi_target_mod"):
+        sh("modprobe", module)
+    if not os.path.ismount("/sys/kernel/config"):
+        sh("mount", "-t", "configfs", "configfs", "/sys/kernel/config")
+    Path("/etc/target").mkdir(exist_ok=True)
+    yield
+    sh("ip", "link", "del", NIC, check=False)
+    sh("pkill", "-x", "rpcbind", check=False)
+
+
+def test_the_generated_start_list_runs_serves_and_stops(vm, gateway_host, tmp_path: Path, capsys):
+    drive = "hagw"
+    cloud = vm.cloud("virtio")
+    layout = LvmLayout(drive, Runner())
+    data = vm.attach(cloud, cloud.create_volume(drive, 2, "gp2"))
+    layout.join(data, {DRIVE_TAG: drive}, None)
+    layout.ensure_filesystem()
+    private = vm.attach(cloud, cloud.create_volume(f"{drive}-private", 1, "gp2"))
+    sh("mkfs.ext4", "-q", private.device)  # stands in for the cluster-private DRBD device
+    gw = tmp_path / "gateway"
+    exports = [
+        {"kind": "nfs", "path": "share", "clients": ["10.99.0.0/24"], "options": ["rw", "sync", "no_root_squash",
+                                                                                   "no_subtree_check"]},
+        {"kind": "iscsi", "iqn": IQN, "path": "luns", "lun-size-gib": 1, "initiators": [INITIATOR],
+         "chap": {"user": "hauser", "password": "ha-chap-secret"}},
+        {"kind": "nvmeof", "nqn": NQN, "path": "ns", "size-gib": 1, "hosts": [HOSTNQN], "address": SERVICE,
+         "port": 4420},
+    ]
+    spec = parse_config(json.dumps({"cloud": {"provider": "local"}, "drives": [{
+        "name": drive, "target": "online", "mount-path": str(tmp_path / "mnt"), "exports": exports,
+        "ha": {"drbd-resource": drive, "drbd-device": layout.lv_path, "service-ip": f"{SERVICE}/24", "nic": NIC,
+               "mount-path": str(gw), "cluster-private-device": private.device,
+               "cluster-private-mount": str(tmp_path / "private")}}]})).drives[0]
+    assert spec.ha is not None
+    agents = start_list(drive, spec.mount_path, spec.ha, spec.exports)
+    assert check_agents(agents) == []
+
+    # The block exports' files exist in the drive (bsud's iSCSI and NVMe kinds make them when they apply).
+    gw.mkdir()
+    sh("mount", layout.lv_path, str(gw))
+    (gw / "share").mkdir()
+    backing_file(str(gw / "luns" / f"iscsi-{IQN}.img"), 1 << 30, what=IQN, kind="LUN")
+    backing_file(str(gw / "ns" / f"nvmeof-{NQN}.img"), 1 << 30, what=NQN, kind="namespace")
+    sh("umount", str(gw))
+
+    started: list[Agent] = []
+    client = tmp_path / "client"
+    client.mkdir()
+    try:
+        for agent in agents:
+            done = run_agent(agent, "start", drive)
+            assert done.returncode == OCF_SUCCESS, f"{agent.line()}: start: {done.returncode}: {done.stderr[-1500:]}"
+            started.append(agent)
+            monitored = run_agent(agent, "monitor", drive)
+            assert monitored.returncode == OCF_SUCCESS, f"{agent.line()}: monitor: {monitored.stderr[-1500:]}"
+        assert f"inet {SERVICE}/24" in sh("ip", "-o", "addr", "show", NIC).stdout
+        assert os.path.ismount(gw) and os.path.ismount(tmp_path / "private")
+
+        # NFS on the service address (NFSv3: the VM's root is an overlay, see docs/exports.md).
+        sh("mount", "-t", "nfs", "-o", "vers=3,nolock,hard,timeo=100", f"{SERVICE}:{gw / 'share'}", str(client),
+           timeout=180)
+        payload = os.urandom(1 << 20)
+        (client / "through-nfs.bin").write_bytes(payload)
+        sh("sync")
+        assert digest(gw / "share" / "through-nfs.bin") == hashlib.sha256(payload).hexdigest()
+        sh("umount", str(client))
+
+        # iSCSI: log in with CHAP on the service address, write a block, read it in the LUN's file.
+        Path("/etc/iscsi").mkdir(exist_ok=True)
+        Path("/etc/iscsi/initiatorname.iscsi").write_text(f"InitiatorName={INITIATOR}\n")
+        if sh("pgrep", "-x", "iscsid", check=False).returncode:
+            sh("iscsid")
+        sh("iscsiadm", "-m", "discovery", "-t", "st", "-p", f"{SERVICE}:3260", timeout=120)
+        for key, value in (("node.session.auth.authmethod", "CHAP"), ("node.session.auth.username", "hauser"),
+                           ("node.session.auth.password", "ha-chap-secret")):
+            sh("iscsiadm", "-m", "node", "-T", IQN, "-p", f"{SERVICE}:3260", "-o", "update", "-n", key, "-v", value)
+        sh("iscsiadm", "-m", "node", "-T", IQN, "-p", f"{SERVICE}:3260", "--login", timeout=120)
+        sh("udevadm", "settle")
+        disks = sh("sh", "-c", f"ls /dev/disk/by-path/ | grep -F {IQN}", check=False).stdout.split()
+        assert disks, "no disk after the iSCSI login"
+        block = os.urandom(4096)
+        with open(f"/dev/disk/by-path/{disks[0]}", "r+b", buffering=0) as fh:
+            fh.seek(1 << 20)
+            fh.write(block)
+            os.fsync(fh.fileno())
+        sh("iscsiadm", "-m", "node", "-T", IQN, "-p", f"{SERVICE}:3260", "--logout", timeout=120)
+        with open(gw / "luns" / f"iscsi-{IQN}.img", "rb") as fh:
+            fh.seek(1 << 20)
+            assert fh.read(4096) == block
+
+        # NVMe/TCP on the service address.
+        sh("nvme", "connect", "-t", "tcp", "-a", SERVICE, "-s", "4420", "-n", NQN, "--hostnqn", HOSTNQN,
+           "--ctrl-loss-tmo", "30")
+        sh("udevadm", "settle")
+        ns = [p for p in Path("/sys/class/nvme").glob("nvme*/nvme*n1")
+              if (p.parent / "subsysnqn").read_text().strip() == NQN]
+        assert ns, "no namespace after nvme connect"
+        with open(f"/dev/{ns[0].name}", "r+b", buffering=0) as fh:
+            fh.seek(2 << 20)
+            fh.write(block)
+            os.fsync(fh.fileno())
+        sh("nvme", "disconnect", "-n", NQN, timeout=120)
+        with open(gw / "ns" / f"nvmeof-{NQN}.img", "rb") as fh:
+            fh.seek(2 << 20)
+            assert fh.read(4096) == block
+    except BaseException:
+        with capsys.disabled():
+            print("\n".join(["", "agents:", *(a.line() for a in agents), "kernel:",
+                             *sh("dmesg", check=False).stdout.splitlines()[-30:]]), flush=True)
+        raise
+    finally:
+        sh("umount", "-f", "-l", str(client), check=False)
+        sh("iscsiadm", "-m", "node", "-T", IQN, "--logout", check=False)
+        sh("nvme", "disconnect", "-n", NQN, check=False)
+        stopped = []
+        for agent in reversed(started):
+            done = run_agent(agent, "stop", drive)
+            stopped.append((agent, done.returncode, done.stderr[-800:]))
+    assert [(a.name, rc) for a, rc, _ in stopped if rc != OCF_SUCCESS] == [], stopped
+    assert all(run_agent(a, "monitor", drive).returncode == OCF_NOT_RUNNING for a in agents
+               if a.agent not in ("portblock",)), "an agent still reports its resource running after stop"
+    assert SERVICE not in sh("ip", "-o", "addr", "show", NIC).stdout
+    assert not os.path.ismount(gw) and not os.path.ismount(tmp_path / "private")
+    assert not Path(f"/sys/kernel/config/target/iscsi/{IQN}").exists()
+    assert not Path(f"/sys/kernel/config/nvmet/subsystems/{NQN}").exists()
+    assert str(gw / "share") not in sh("exportfs", "-s", check=False).stdout
+    assert SERVICE not in sh("iptables", "-S", check=False).stdout
+    with capsys.disabled():
+        print(f"\nha gateway: {len(agents)} agents started in order, NFS/iSCSI/NVMe-TCP reached on {SERVICE}, "
+              "stopped in reverse, nothing left", flush=True)
