@@ -311,7 +311,9 @@ WEIGHTS = {  # seconds under CI load (2026-11-26: two guests side by side; crash
     "test_boot.py": 14,
 }
 #: Test files that need systemd as PID 1: each runs in a guest of its own, booted with systemd.
-SYSTEMD_FILES = frozenset({"test_systemd.py"})
+SYSTEMD_FILES = frozenset({"test_systemd.py",
+                           # the OCF agents drbd-reactor runs (nfsserver) drive systemd's units, as on a gateway host
+                           "test_ha_gateway.py"})
 SUMMARY = re.compile(r"=+ (.*?) in [\d.]+s")
 FAILURE = re.compile(r"(FAILED|ERROR) tests/")
 COUNTS = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed)")
@@ -319,8 +321,8 @@ COUNTS = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed)")
 
 def split(files: list[str], jobs: int) -> list[list[list[str]]]:
     """Test files over ``jobs`` runners of about equal weight (longest first onto the lightest). A runner boots
-    one guest for its ordinary files, then one guest per systemd-lane file (:data:`SYSTEMD_FILES`), one after
-    the other."""
+    one guest for its ordinary files, then one guest with systemd as PID 1 for its systemd-lane files
+    (:data:`SYSTEMD_FILES`), one after the other."""
     def weight(name: str) -> int:
         return WEIGHTS.get(Path(name).name, 120)
 
@@ -330,8 +332,8 @@ def split(files: list[str], jobs: int) -> list[list[list[str]]]:
         lightest = loads.index(min(loads))
         runners[lightest]["systemd" if Path(name).name in SYSTEMD_FILES else "plain"].append(name)
         loads[lightest] += weight(name)
-    return [[g for g in ([r["plain"]] if r["plain"] else []) + [[f] for f in r["systemd"]]] for r in runners
-            if r["plain"] or r["systemd"]]
+    return [[g for g in ([r["plain"]] if r["plain"] else []) + ([r["systemd"]] if r["systemd"] else [])]
+            for r in runners if r["plain"] or r["systemd"]]
 
 
 class Guest:

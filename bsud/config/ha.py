@@ -40,6 +40,10 @@ class HaConfig(_Settings):
     on_drbd_demote_failure: Literal[DEMOTE_FAILURE_ACTIONS] = "reboot-immediate"  # type: ignore[valid-type]
     #: drbd-reactor's directory of snippets.
     promoter_dir: str = Field(default="/etc/drbd-reactor.d")
+    #: Block the service ports while the gateway starts (portblock block … unblock, as linstor-gateway does), so
+    #: that clients retry rather than meet a half-started server. False for a machine whose portblock agent cannot
+    #: see its own rules (``bsud ha-config`` checks it: Debian 12's resource-agents with its iptables 1.8.9).
+    portblock: bool = True
 
 
 def check_ha(ha: HaConfig, exports: tuple[NfsExport | SmbExport | IscsiExport | NvmeofExport, ...],

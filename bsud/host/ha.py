@@ -21,6 +21,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,14 +52,27 @@ class Agent:
     name: str
     params: tuple[tuple[str, str], ...]
 
+    @classmethod
+    def unit(cls, name: str) -> Agent:
+        """A plain systemd unit in the list (drbd-reactor starts it as it is)."""
+        return cls("systemd", "unit", name, ())
+
+    @property
+    def is_unit(self) -> bool:
+        return self.vendor == "systemd"
+
     def line(self) -> str:
         """As drbd-reactor reads it (its words split like a shell's: values with spaces are quoted)."""
+        if self.is_unit:
+            return self.name
         return " ".join([f"ocf:{self.vendor}:{self.agent}", self.name,
                          *(f"{key}={shlex.quote(value)}" for key, value in self.params)])
 
     @classmethod
     def parse(cls, line: str) -> Agent:
         """The inverse of :meth:`line` (how drbd-reactor splits an entry: ``shell_words::split``)."""
+        if not line.startswith("ocf:"):
+            return cls.unit(line.strip())
         head, _, rest = line.partition(" ")
         _, vendor, agent = head.split(":", 2)
         words = shlex.split(rest)
@@ -87,7 +101,7 @@ def start_list(drive: str, mount_path: str, ha: HaConfig, exports: tuple[object,
     ports = _ports(exports)
     nfs = [e for e in exports if isinstance(e, NfsExport)]
     agents = [Agent("heartbeat", "portblock", "pblock0",
-                    (("ip", ip), ("portno", ports), ("action", "block"), ("protocol", "tcp")))]
+                    (("ip", ip), ("portno", ports), ("action", "block"), ("protocol", "tcp")))] if ha.portblock else []
     if nfs and ha.cluster_private_device and ha.cluster_private_mount:
         agents.append(Agent("heartbeat", "Filesystem", "fs_cluster_private",
                             (("device", ha.cluster_private_device), ("directory", ha.cluster_private_mount),
@@ -128,8 +142,9 @@ def start_list(drive: str, mount_path: str, ha: HaConfig, exports: tuple[object,
         agents.append(Agent("heartbeat", "nvmet-port", f"port{i}",
                             (("nqns", export.nqn), ("addr", ip), ("svcid", str(export.port)), ("type", "tcp"),
                              ("addr_fam", "ipv6" if iface.version == 6 else "ipv4"))))
-    agents.append(Agent("heartbeat", "portblock", "portunblock0",
-                        (("ip", ip), ("portno", ports), ("action", "unblock"), ("protocol", "tcp"))))
+    if ha.portblock:
+        agents.append(Agent("heartbeat", "portblock", "portunblock0",
+                            (("ip", ip), ("portno", ports), ("action", "unblock"), ("protocol", "tcp"))))
     return agents
 
 
@@ -177,6 +192,8 @@ def check_agents(agents: list[Agent], ocf_root: Path = OCF_ROOT) -> list[str]:
     problems: list[str] = []
     known: dict[tuple[str, str], dict[str, bool]] = {}
     for agent in agents:
+        if agent.is_unit:
+            continue
         key = (agent.vendor, agent.agent)
         if key not in known:
             known[key] = metadata(*key, ocf_root=ocf_root)
@@ -188,6 +205,55 @@ def check_agents(agents: list[Agent], ocf_root: Path = OCF_ROOT) -> list[str]:
             problems.append(f"{agent.agent} {agent.name}: {agent.agent} has no parameter {', '.join(unknown)}")
         if missing:
             problems.append(f"{agent.agent} {agent.name}: required parameter {', '.join(missing)} missing")
+    return problems
+
+
+#: A documentation address (RFC 5737) and the discard port: what the portblock probe blocks, in a namespace of its own.
+PROBE_IP, PROBE_PORT = "192.0.2.1", "9"
+
+
+def portblock_problem(ocf_root: Path = OCF_ROOT) -> str | None:
+    """Whether this machine's portblock agent finds the rules it makes, tried for real in a network namespace of its
+    own: ``start`` (block) then ``stop`` must leave no rule. resource-agents before ClusterLabs/resource-agents#1924
+    (Debian 12's 4.12) looks for ``tcp`` in ``iptables -n -L``, which iptables 1.8.9 prints as ``6``: it never sees
+    its rules, so an unblock would leave the service ports closed."""
+    path = ocf_root / "resource.d" / "heartbeat" / "portblock"
+    if not os.access(path, os.X_OK):
+        return None  # check_agents says the agent is missing
+    if shutil.which("iptables") is None or shutil.which("ip") is None:
+        return "the portblock agent needs iptables and ip (packages iptables, iproute2)"
+    netns = f"bsud-portblock-{os.getpid()}"
+    run = lambda *argv: subprocess.run(list(argv), capture_output=True, text=True, timeout=60, env=env)  # noqa: E731
+    with tempfile.TemporaryDirectory() as state:
+        env = {**os.environ, "OCF_ROOT": str(ocf_root), "OCF_RESOURCE_INSTANCE": "bsud-probe", "HA_RSCTMP": state,
+               "OCF_RESKEY_ip": PROBE_IP, "OCF_RESKEY_portno": PROBE_PORT, "OCF_RESKEY_protocol": "tcp",
+               "OCF_RESKEY_action": "block"}
+        made = run("ip", "netns", "add", netns)
+        if made.returncode != 0:
+            return f"cannot try the portblock agent in a network namespace: {made.stderr.strip()}"
+        try:
+            started = run("ip", "netns", "exec", netns, str(path), "start")
+            run("ip", "netns", "exec", netns, str(path), "stop")
+            rules = run("ip", "netns", "exec", netns, "iptables", "-w", "-S", "INPUT").stdout
+        finally:
+            run("ip", "netns", "del", netns)
+    if started.returncode != 0:
+        return f"the portblock agent failed to block a port ({started.returncode}): {started.stderr.strip()[-300:]}"
+    if PROBE_IP in rules:
+        version = subprocess.run(["iptables", "-V"], capture_output=True, text=True).stdout.strip()
+        return (f"the portblock agent here does not find the rules it makes ({version} lists protocols as numbers, "
+                "which resource-agents before ClusterLabs/resource-agents#1924 does not read): its unblock would "
+                "leave the service ports closed; install a fixed resource-agents, or set \"portblock\": false in "
+                "the drive's ha section")
+    return None
+
+
+def check_gateway(agents: list[Agent], ocf_root: Path = OCF_ROOT) -> list[str]:
+    """:func:`check_agents`, and the portblock agent tried when the list uses it."""
+    problems = check_agents(agents, ocf_root)
+    if any(a.agent == "portblock" for a in agents):
+        problem = portblock_problem(ocf_root)
+        problems += [f"portblock: {problem}"] if problem else []
     return problems
 
 
@@ -212,7 +278,7 @@ class Promoter:
 
         def validate(temp: Path) -> None:
             agents = [Agent.parse(a) for a in start_list_lines(temp.read_text())]
-            problems = check_agents(agents, self.ocf_root)
+            problems = check_gateway(agents, self.ocf_root)
             if problems:
                 raise ExportError("; ".join(problems))
 

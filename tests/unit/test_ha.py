@@ -44,6 +44,7 @@ def test_the_start_list_is_in_the_gateway_order_and_reads_back_as_drbd_reactor_s
         "iSCSILogicalUnit", "nvmet-subsystem", "nvmet-namespace", "nvmet-port", "portblock"]
     assert dict(agents[0].params)["action"] == "block" and dict(agents[-1].params)["action"] == "unblock"
     assert dict(agents[0].params)["portno"] == "2049,3260,4420"
+    assert Agent.parse("var-lib-nfs-rpc_pipefs.mount").is_unit  # a plain unit, as drbd-reactor takes one
     assert dict(agents[2].params) == {"device": "/dev/drbd1000", "directory": "/srv/data", "fstype": "btrfs",
                                       "run_fsck": "no"}
     assert dict(agents[3].params) == {"ip": "10.0.0.50", "cidr_netmask": "24", "nic": "eth1"}
@@ -79,8 +80,28 @@ def test_every_line_bsud_writes_matches_its_agents_meta_data():
 
 
 @needs_agents
-def test_the_file_is_written_private_and_a_line_an_agent_refuses_changes_nothing(tmp_path: Path, monkeypatch):
+def test_without_portblock_the_list_has_no_portblock_entries():
+    d = drive(ha={**HA, "portblock": False})
+    agents = start_list(d.name, d.mount_path, d.ha, d.exports)
+    assert [a.agent for a in agents][:3] == ["Filesystem", "Filesystem", "IPaddr2"]
+    assert agents[-1].agent == "nvmet-port"
+
+
+@needs_agents
+def test_a_portblock_agent_that_cannot_see_its_rules_stops_the_write(tmp_path: Path, monkeypatch):
+    import bsud.host.ha as ha
+
     d = drive(ha={**HA, "promoter-dir": str(tmp_path)})
+    monkeypatch.setattr(ha, "portblock_problem", lambda *a: "the portblock agent here does not find the rules")
+    with pytest.raises(ExportError, match="portblock: the portblock agent here does not find the rules"):
+        Promoter(Runner()).write(d.name, d.mount_path, d.ha, d.exports)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(ha, "portblock_problem", lambda *a: None)
+    assert Promoter(Runner()).write(d.name, d.mount_path, d.ha, d.exports)
+
+
+def test_the_file_is_written_private_and_a_line_an_agent_refuses_changes_nothing(tmp_path: Path, monkeypatch):
+    d = drive(ha={**HA, "promoter-dir": str(tmp_path), "portblock": False})
     promoter = Promoter(Runner())
     assert promoter.write(d.name, d.mount_path, d.ha, d.exports)
     path = tmp_path / "bsud-data.toml"
@@ -119,7 +140,7 @@ def test_the_daemon_refuses_a_highly_available_drive_and_ha_config_prints_its_fi
     config.write_text(json.dumps({"cloud": {"provider": "local", "state-dir": str(tmp_path / "state")},
                                   "daemon": {"status-file": str(tmp_path / "status.json")},
                                   "drives": [{"name": "data", "target": "online", "mount-path": "/srv/data",
-                                              "exports": EXPORTS, "ha": HA}]}))
+                                              "exports": EXPORTS, "ha": {**HA, "portblock": False}}]}))
     assert main(["-c", str(config), "run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "drive 'data'" in err[0] and "does not run highly available drives" in err[0], err

@@ -15,12 +15,12 @@ import pytest
 
 from bsud.config import parse_config
 from bsud.host.exports.files import backing_file
-from bsud.host.ha import Agent, check_agents, start_list
+from bsud.host.ha import Agent, check_gateway, portblock_problem, start_list
 from bsud.host.layouts import LvmLayout
 from bsud.naming import DRIVE_TAG
 from bsud.runner import Runner
 
-from .test_exports import need, sh
+from .test_exports import need, nvme_namespace, sh
 
 pytestmark = pytest.mark.vm
 
@@ -31,6 +31,11 @@ OCF_SUCCESS, OCF_NOT_RUNNING = 0, 7
 
 
 def run_agent(agent: Agent, action: str, resource: str) -> subprocess.CompletedProcess:
+    if agent.is_unit:  # as drbd-reactor does with a plain unit of the list
+        done = subprocess.run(["systemctl", {"monitor": "is-active"}.get(action, action), agent.name],
+                              capture_output=True, text=True, timeout=300)
+        return done if action != "monitor" or done.returncode == 0 else subprocess.CompletedProcess(
+            done.args, OCF_NOT_RUNNING, done.stdout, done.stderr)
     path = f"/usr/lib/ocf/resource.d/{agent.vendor}/{agent.agent}"
     return subprocess.run([path, action], capture_output=True, text=True, timeout=300,
                           env={**os.environ, **agent.env(resource)})
@@ -48,16 +53,22 @@ def gateway_host():
         pytest.skip("the OCF agents are not installed (package resource-agents)")
     sh("ip", "link", "add", NIC, "type", "dummy")
     sh("ip", "link", "set", NIC, "up")
-    Path("/run/rpcbind").mkdir(exist_ok=True)
-    sh("rpcbind", "-w")
+    if os.environ.get("BSUD_VM_INIT") != "systemd":
+        pytest.skip("runs in the systemd lane: the nfsserver agent starts nfs-server.service through systemctl")
+    # As on a Debian host at boot (this guest's target stops short of multi-user): rpcbind, which rpc.statd needs
+    # (Debian's agent takes the nfs-kernel-server init script, which starts statd itself but not rpcbind), and the
+    # system D-Bus, without which targetcli (the iSCSI agents' lio-t) does not start.
+    sh("systemctl", "start", "rpcbind.socket", "rpcbind.service", "dbus.socket", "dbus.service")
     for module in ("nfsd", "nvme-tcp", "nvmet-tcp", "target_core_mod", "target_core_file", "iscsi_target_mod"):
         sh("modprobe", module)
     if not os.path.ismount("/sys/kernel/config"):
         sh("mount", "-t", "configfs", "configfs", "/sys/kernel/config")
     Path("/etc/target").mkdir(exist_ok=True)
+    # What systemd-tmpfiles makes at boot on a real host (this guest has no systemd): the agents' state directory
+    # (portblock keeps its pseudo-resource state there).
+    sh("systemd-tmpfiles", "--create", "/usr/lib/tmpfiles.d/resource-agents.conf")
     yield
     sh("ip", "link", "del", NIC, check=False)
-    sh("pkill", "-x", "rpcbind", check=False)
 
 
 def test_the_generated_start_list_runs_serves_and_stops(vm, gateway_host, tmp_path: Path, capsys):
@@ -78,14 +89,18 @@ def test_the_generated_start_list_runs_serves_and_stops(vm, gateway_host, tmp_pa
         {"kind": "nvmeof", "nqn": NQN, "path": "ns", "size-gib": 1, "hosts": [HOSTNQN], "address": SERVICE,
          "port": 4420},
     ]
+    # Debian 12's portblock agent does not find its own rules with its iptables (1.8.9): bsud says so, and the
+    # list is proven without it there; with a fixed agent, with it.
+    problem = portblock_problem()
+    assert problem is None or "ClusterLabs/resource-agents#1924" in problem, problem
     spec = parse_config(json.dumps({"cloud": {"provider": "local"}, "drives": [{
         "name": drive, "target": "online", "mount-path": str(tmp_path / "mnt"), "exports": exports,
         "ha": {"drbd-resource": drive, "drbd-device": layout.lv_path, "service-ip": f"{SERVICE}/24", "nic": NIC,
                "mount-path": str(gw), "cluster-private-device": private.device,
-               "cluster-private-mount": str(tmp_path / "private")}}]})).drives[0]
+               "cluster-private-mount": str(tmp_path / "private"), "portblock": problem is None}}]})).drives[0]
     assert spec.ha is not None
     agents = start_list(drive, spec.mount_path, spec.ha, spec.exports)
-    assert check_agents(agents) == []
+    assert check_gateway(agents) == []
 
     # The block exports' files exist in the drive (bsud's iSCSI and NVMe kinds make them when they apply).
     gw.mkdir()
@@ -104,7 +119,8 @@ def test_the_generated_start_list_runs_serves_and_stops(vm, gateway_host, tmp_pa
             assert done.returncode == OCF_SUCCESS, f"{agent.line()}: start: {done.returncode}: {done.stderr[-1500:]}"
             started.append(agent)
             monitored = run_agent(agent, "monitor", drive)
-            assert monitored.returncode == OCF_SUCCESS, f"{agent.line()}: monitor: {monitored.stderr[-1500:]}"
+            assert monitored.returncode == OCF_SUCCESS, \
+                f"{agent.line()}: monitor: {monitored.returncode}: {monitored.stdout[-500:]} {monitored.stderr[-1500:]}"
         assert f"inet {SERVICE}/24" in sh("ip", "-o", "addr", "show", NIC).stdout
         assert os.path.ismount(gw) and os.path.ismount(tmp_path / "private")
 
@@ -143,11 +159,7 @@ def test_the_generated_start_list_runs_serves_and_stops(vm, gateway_host, tmp_pa
         # NVMe/TCP on the service address.
         sh("nvme", "connect", "-t", "tcp", "-a", SERVICE, "-s", "4420", "-n", NQN, "--hostnqn", HOSTNQN,
            "--ctrl-loss-tmo", "30")
-        sh("udevadm", "settle")
-        ns = [p for p in Path("/sys/class/nvme").glob("nvme*/nvme*n1")
-              if (p.parent / "subsysnqn").read_text().strip() == NQN]
-        assert ns, "no namespace after nvme connect"
-        with open(f"/dev/{ns[0].name}", "r+b", buffering=0) as fh:
+        with open(nvme_namespace(NQN), "r+b", buffering=0) as fh:
             fh.seek(2 << 20)
             fh.write(block)
             os.fsync(fh.fileno())
@@ -168,7 +180,8 @@ def test_the_generated_start_list_runs_serves_and_stops(vm, gateway_host, tmp_pa
         for agent in reversed(started):
             done = run_agent(agent, "stop", drive)
             stopped.append((agent, done.returncode, done.stderr[-800:]))
-    assert [(a.name, rc) for a, rc, _ in stopped if rc != OCF_SUCCESS] == [], stopped
+    failed = [f"{a.line()}: stop: {rc}: {err}" for a, rc, err in stopped if rc != OCF_SUCCESS]
+    assert not failed, "\n".join(failed)
     assert all(run_agent(a, "monitor", drive).returncode == OCF_NOT_RUNNING for a in agents
                if a.agent not in ("portblock",)), "an agent still reports its resource running after stop"
     assert SERVICE not in sh("ip", "-o", "addr", "show", NIC).stdout
@@ -179,4 +192,4 @@ def test_the_generated_start_list_runs_serves_and_stops(vm, gateway_host, tmp_pa
     assert SERVICE not in sh("iptables", "-S", check=False).stdout
     with capsys.disabled():
         print(f"\nha gateway: {len(agents)} agents started in order, NFS/iSCSI/NVMe-TCP reached on {SERVICE}, "
-              "stopped in reverse, nothing left", flush=True)
+              "stopped in reverse, nothing left" + (f"; without portblock: {problem}" if problem else ""), flush=True)
