@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ..host.daemon_harness import DaemonHarness, checksums
+from ..host.daemon_harness import DaemonHarness, checksums, kernel_tail
 from .conftest import ec2_harness
 
 pytestmark = pytest.mark.vm
@@ -39,7 +39,14 @@ MATRIX: list[tuple[str, str, str, str]] = []
 def run_chain(h: DaemonHarness, chain_name: str, points: list[tuple[str, bool]]) -> None:
     for point, group in points:
         h.start(crash=point, group=group)
-        rc = h.wait_exit(600)
+        try:
+            rc = h.wait_exit(600)
+        except subprocess.TimeoutExpired:
+            state = [subprocess.run(argv, capture_output=True, text=True).stdout for argv in (
+                ["dmsetup", "info", "-c"], ["lvm", "lvs", "-a", "-o", "lv_name,lv_attr,devices,copy_percent"],
+                ["ps", "-eo", "pid,stat,wchan:32,args"])]
+            raise AssertionError(f"{chain_name}: bsud did not reach {point} within 600 s:\n{h.tail(80)}\n"
+                                 + "\n".join(state) + f"\nkernel:\n{kernel_tail()}") from None
         MATRIX.append((chain_name, point, "group" if group else "bsud", "killed" if rc == -9 else f"rc {rc}"))
         assert rc == -9, f"{chain_name}: bsud did not reach {point} (rc {rc}):\n{h.tail(60)}"
 

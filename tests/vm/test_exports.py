@@ -213,14 +213,20 @@ def nvme_connect() -> Path:
     # withdrawn target every process that opens the namespace (a device scan) waits for it.
     sh("nvme", "connect", "-t", "tcp", "-a", NVME["address"], "-s", str(NVME["port"]), "-n", NVME["nqn"],
        "--hostnqn", HOSTNQN, "--ctrl-loss-tmo", "60")
+    return nvme_namespace(NVME["nqn"])
+
+
+def nvme_namespace(nqn: str) -> Path:
+    """The block device of a connected subsystem's first namespace (``nvme0n1``; with native multipath the
+    controller's path node ``nvme0c0n1`` is no block device)."""
     for _ in range(120):
         for subsys in [*Path("/sys/class/nvme-subsystem").glob("*"), *Path("/sys/class/nvme").glob("*")]:
-            if (subsys / "subsysnqn").exists() and (subsys / "subsysnqn").read_text().strip() == NVME["nqn"]:
+            if (subsys / "subsysnqn").exists() and (subsys / "subsysnqn").read_text().strip() == nqn:
                 for ns in sorted(subsys.glob("nvme*n1")):
                     if Path("/dev", ns.name).exists():
                         return Path("/dev", ns.name)
         subprocess.run(["udevadm", "settle", "-t", "1"])
-    raise AssertionError(f"no block device of {NVME['nqn']} after nvme connect")
+    raise AssertionError(f"no block device of {nqn} after nvme connect")
 
 
 def exported() -> dict[str, list[str]]:
