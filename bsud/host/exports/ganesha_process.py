@@ -89,8 +89,9 @@ def _alive(pid: int) -> bool:
 
 
 class ManagedGanesha:
-    """Runs and supervises one ganesha.nfsd in a thread of its own. ``heartbeat_age`` is the heartbeat listener's
-    (seconds since ganesha's last heartbeat, None before the first); ``prerequisites`` names what is missing."""
+    """Runs and supervises one ganesha.nfsd in a thread of its own. ``heartbeat_last`` is the heartbeat listener's
+    time (monotonic) of ganesha's last heartbeat, None before the first; ``prerequisites`` names what is missing,
+    None when nothing is; ``owner_pid`` is who owns ganesha's bus name (the tests give stand-ins for the three)."""
 
     def __init__(self, settings: GaneshaSettings, heartbeat_last: Callable[[], float | None],
                  argv: list[str] | None = None, prerequisites: Callable[[], str | None] | None = None,
