@@ -364,7 +364,8 @@ class Guest:
         build_initramfs(self.kver, initrd)
         qmp_path, bridge_path = work / "qmp.sock", work / "bridge.sock"
         argv = [
-            "qemu-system-x86_64", "-machine", "pc,accel=tcg", "-cpu", os.environ.get("BSUD_VM_CPU", "max"), "-smp", opts.smp, "-m", opts.memory,
+            "qemu-system-x86_64", "-machine", "pc,accel=tcg", "-cpu", os.environ.get("BSUD_VM_CPU", "max"),
+            "-smp", opts.smp, "-m", opts.memory,
             "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-monitor", "none",
             "-no-reboot", "-nic", "none",
             "-kernel", str(self.kernel), "-initrd", str(initrd),
