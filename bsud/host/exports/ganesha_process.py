@@ -75,7 +75,8 @@ def bus_owner_pid(bus: str = "SYSTEM") -> int | None:
             return None
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """The process runs (a zombie does not: an exited child of ours not yet waited for)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -158,7 +159,7 @@ class ManagedGanesha:
                 self._stop.wait(2)
                 continue
             started = time.monotonic()
-            if owner is not None and _alive(owner):
+            if owner is not None and alive(owner):
                 self.pid, self._proc = owner, None
                 log.info("nfs-ganesha already running: adopted", pid=owner)
             elif not self._spawn():
@@ -203,7 +204,7 @@ class ManagedGanesha:
                 rc = self._proc.poll()
                 if rc is not None:
                     return f"exited with code {rc}" if rc >= 0 else f"killed by signal {-rc}"
-            elif self.pid is None or not _alive(self.pid):
+            elif self.pid is None or not alive(self.pid):
                 return "exited"
             last = self.heartbeat_last()
             now = time.monotonic()
@@ -224,7 +225,7 @@ class ManagedGanesha:
     def _end(self, reason: str) -> None:
         """The process gone: SIGTERM (SIGCONT first: a stopped process would not act on it), SIGKILL if it stays."""
         pid = self.pid
-        if pid is None or not _alive(pid):
+        if pid is None or not alive(pid):
             self._reap()
             self.pid = None
             return
@@ -235,16 +236,16 @@ class ManagedGanesha:
             except ProcessLookupError:
                 break
         deadline = time.monotonic() + TERM_SECONDS
-        while _alive(pid) and time.monotonic() < deadline:
+        while alive(pid) and time.monotonic() < deadline:
             self._reap()
             time.sleep(0.1)
-        if _alive(pid):
+        if alive(pid):
             log.warning("nfs-ganesha did not stop on SIGTERM: killed", pid=pid)
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            while _alive(pid):
+            while alive(pid):
                 self._reap()
                 time.sleep(0.1)
         self._reap()
