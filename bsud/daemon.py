@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bsud import __version__
 from bsud.cloud import CloudProvider, make_provider
-from bsud.config import Config, InvalidConfig, Provider, Target, load_config
+from bsud.config import Config, DriveConfig, InvalidConfig, Provider, Target, load_config
 from bsud.errors import BsudError, ConfigError
 from bsud.host.exports import KINDS as EXPORT_KINDS
 from bsud.host.exports import ganesha
@@ -61,9 +61,13 @@ def required_tools(config: Config, cloud: CloudProvider) -> dict[str, str]:
     return tools
 
 
+def has_ganesha_exports(drive: DriveConfig) -> bool:
+    return any(e.exporter == "nfs-ganesha" for e in drive.exports)
+
+
 def manages_ganesha(config: Config) -> bool:
     """bsud runs ganesha.nfsd itself: ``nfs.ganesha.managed`` and a drive has an export it serves."""
-    return config.nfs.ganesha.managed and any(e.exporter == "nfs-ganesha" for d in config.drives for e in d.exports)
+    return config.nfs.ganesha.managed and any(has_ganesha_exports(d) for d in config.drives)
 
 
 class AlreadyRunning(BsudError):
@@ -224,7 +228,7 @@ class Daemon:
     def _ganesha_up(self) -> None:
         """A new ganesha serves nothing yet: the drives with exports it serves add them now."""
         for worker in self.workers.values():
-            if any(e.exporter == "nfs-ganesha" for e in worker.reconciler.spec.exports):
+            if has_ganesha_exports(worker.reconciler.spec):
                 worker.wake.set()
 
     def _start_outputs(self) -> None:

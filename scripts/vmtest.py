@@ -298,16 +298,16 @@ class Bridge:
 # --- main ---------------------------------------------------------------------------------------
 
 #: Rough guest seconds per test file under TCG (measured), to split the lane over parallel guests.
-WEIGHTS = {  # seconds under CI load (2026-11-26: two guests side by side; crash and lvm_layout ran 2550 s together)
-    "test_crash_lvm.py": 1700,
-    "test_daemon_lvm.py": 1400,
-    "test_lvm_layout.py": 850,
-    "test_exports.py": 590,
-    "test_fill_lvm.py": 560,
-    "test_faults_lvm.py": 330,
-    "test_systemd.py": 320,
-    "test_ganesha.py": 170,
-    "test_devices.py": 140,
+WEIGHTS = {  # seconds with two guests side by side (2026-11-26 CI run, after the venv disk and moto's one image)
+    "test_crash_lvm.py": 1100,
+    "test_daemon_lvm.py": 940,
+    "test_exports.py": 800,
+    "test_fill_lvm.py": 770,
+    "test_lvm_layout.py": 490,
+    "test_systemd.py": 340,
+    "test_faults_lvm.py": 300,
+    "test_ganesha.py": 250,
+    "test_devices.py": 40,
     "test_boot.py": 14,
 }
 #: Test files that need systemd as PID 1: each runs in a guest of its own, booted with systemd.
@@ -366,7 +366,8 @@ class Guest:
         build_initramfs(self.kver, initrd)
         qmp_path, bridge_path = work / "qmp.sock", work / "bridge.sock"
         argv = [
-            "qemu-system-x86_64", "-machine", "pc,accel=tcg", "-cpu", os.environ.get("BSUD_VM_CPU", "max"), "-smp", opts.smp, "-m", opts.memory,
+            "qemu-system-x86_64", "-machine", "pc,accel=tcg", "-cpu", os.environ.get("BSUD_VM_CPU", "max"),
+            "-smp", opts.smp, "-m", opts.memory,
             "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-monitor", "none",
             "-no-reboot", "-nic", "none",
             "-kernel", str(self.kernel), "-initrd", str(initrd),

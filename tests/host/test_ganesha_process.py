@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from bsud.config.exports import GaneshaSettings
-from bsud.host.exports.ganesha_process import ManagedGanesha, _alive, rpcbind_running
+from bsud.host.exports.ganesha_process import ManagedGanesha, alive, rpcbind_running
 
 
 def wait_until(what: str, check, timeout: float = 20.0) -> None:
@@ -71,17 +71,17 @@ def test_a_process_whose_heartbeat_stops_is_replaced_and_the_drives_are_told_whe
     try:
         wait_until("up", lambda: ups)
         first = m.pid
-        assert first is not None and _alive(first) and m.state == f"running, pid {first}"
+        assert first is not None and alive(first) and m.state == f"running, pid {first}"
         os.kill(first, signal.SIGSTOP)  # hung as a stopped process is: SIGTERM alone would not end it
         beats.beating = False
         wait_until("replaced", lambda: m.pid not in (None, first), timeout=30)
-        assert not _alive(first) and m.restarts == 1
+        assert not alive(first) and m.restarts == 1
         beats.beating = True
         wait_until("the new one up", lambda: len(ups) == 2)
     finally:
         m.stop()
         beats.done.set()
-    assert not _alive(first)
+    assert not alive(first)
 
 
 def test_stopping_stops_the_process_and_a_running_ganesha_is_adopted_not_doubled(tmp_path: Path):
@@ -103,7 +103,7 @@ def test_stopping_stops_the_process_and_a_running_ganesha_is_adopted_not_doubled
     finally:
         m.stop()
         beats.done.set()
-    assert own is not None and not _alive(own) and m.state == "stopped"
+    assert own is not None and not alive(own) and m.state == "stopped"
 
 
 def test_nothing_is_started_while_the_bus_or_rpcbind_is_missing_and_the_status_says_what_to_start(tmp_path: Path):

@@ -18,6 +18,7 @@ import pytest
 
 from bsud.config.exports import GaneshaSettings, NfsExport
 from bsud.host.exports.ganesha import Bus, Ganesha, export_id
+from bsud.host.exports.ganesha_process import alive
 from bsud.runner import Runner
 
 from ..host.daemon_harness import DaemonHarness
@@ -200,14 +201,6 @@ def ganesha_pid(status: dict) -> int | None:
     """The managed process's pid as the status says it ("… managed: running, pid 123 …")."""
     m = re.search(r"managed: running, pid (\d+)", servers(status))
     return int(m.group(1)) if m else None
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def test_managed_ganesha_is_started_restarted_when_killed_or_hung_and_stopped_with_bsud(system_bus, tmp_path: Path,

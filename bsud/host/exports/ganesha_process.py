@@ -75,7 +75,8 @@ def bus_owner_pid(bus: str = "SYSTEM") -> int | None:
             return None
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """The process runs (a zombie does not: an exited child of ours not yet waited for)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -89,8 +90,9 @@ def _alive(pid: int) -> bool:
 
 
 class ManagedGanesha:
-    """Runs and supervises one ganesha.nfsd in a thread of its own. ``heartbeat_age`` is the heartbeat listener's
-    (seconds since ganesha's last heartbeat, None before the first); ``prerequisites`` names what is missing."""
+    """Runs and supervises one ganesha.nfsd in a thread of its own. ``heartbeat_last`` is the heartbeat listener's
+    time (monotonic) of ganesha's last heartbeat, None before the first; ``prerequisites`` names what is missing,
+    None when nothing is; ``owner_pid`` is who owns ganesha's bus name (the tests give stand-ins for the three)."""
 
     def __init__(self, settings: GaneshaSettings, heartbeat_last: Callable[[], float | None],
                  argv: list[str] | None = None, prerequisites: Callable[[], str | None] | None = None,
@@ -157,7 +159,7 @@ class ManagedGanesha:
                 self._stop.wait(2)
                 continue
             started = time.monotonic()
-            if owner is not None and _alive(owner):
+            if owner is not None and alive(owner):
                 self.pid, self._proc = owner, None
                 log.info("nfs-ganesha already running: adopted", pid=owner)
             elif not self._spawn():
@@ -202,7 +204,7 @@ class ManagedGanesha:
                 rc = self._proc.poll()
                 if rc is not None:
                     return f"exited with code {rc}" if rc >= 0 else f"killed by signal {-rc}"
-            elif self.pid is None or not _alive(self.pid):
+            elif self.pid is None or not alive(self.pid):
                 return "exited"
             last = self.heartbeat_last()
             now = time.monotonic()
@@ -223,7 +225,7 @@ class ManagedGanesha:
     def _end(self, reason: str) -> None:
         """The process gone: SIGTERM (SIGCONT first: a stopped process would not act on it), SIGKILL if it stays."""
         pid = self.pid
-        if pid is None or not _alive(pid):
+        if pid is None or not alive(pid):
             self._reap()
             self.pid = None
             return
@@ -234,16 +236,16 @@ class ManagedGanesha:
             except ProcessLookupError:
                 break
         deadline = time.monotonic() + TERM_SECONDS
-        while _alive(pid) and time.monotonic() < deadline:
+        while alive(pid) and time.monotonic() < deadline:
             self._reap()
             time.sleep(0.1)
-        if _alive(pid):
+        if alive(pid):
             log.warning("nfs-ganesha did not stop on SIGTERM: killed", pid=pid)
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            while _alive(pid):
+            while alive(pid):
                 self._reap()
                 time.sleep(0.1)
         self._reap()
