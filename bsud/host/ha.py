@@ -6,8 +6,8 @@ in order — each ``ocf:<vendor>:<agent> <name> key=value …`` entry an OCF res
 bsud writes that list in the layout linstor-gateway uses:
 
   portblock block → Filesystem (cluster-private, NFS only) → Filesystem (the data) → IPaddr2 (the service address)
-  → the gateway (nfsserver + exportfs / iSCSITarget + iSCSILogicalUnit / nvmet-subsystem + nvmet-namespace +
-  nvmet-port) → portblock unblock
+  → the gateway (nfsserver + exportfs / iSCSITarget + iSCSILogicalUnit / nvmet-subsystem + a symlink per allowed
+  host + nvmet-namespace + nvmet-port) → portblock unblock
 
 Every line is checked against its agent's own ``meta-data`` (from the resource-agents package) before the file is
 written: a parameter the agent does not have, or a required one missing, is refused — found here, not in production.
@@ -41,6 +41,7 @@ log = get_logger("bsud.host.ha")
 OCF_ROOT = Path("/usr/lib/ocf")
 SCHEMA_VERSION = 1
 NFS_PORT, ISCSI_PORT = 2049, 3260
+NVMET = "/sys/kernel/config/nvmet"
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,13 @@ def start_list(drive: str, mount_path: str, ha: HaConfig, exports: tuple[object,
         agents.append(Agent("heartbeat", "nvmet-subsystem", f"subsys{i}",
                             (("nqn", export.nqn), ("allowed_initiators", " ".join(export.hosts)),
                              ("serial", serial))))
+        # The nvmet-subsystem agent links each allowed host into the subsystem but its stop only rmdirs the
+        # subsystem, which configfs refuses while a link is in it (ENOTEMPTY, and the agent still says stopped): one
+        # symlink entry per host owns that link, so its stop (just before the subsystem's) removes it.
+        for j, host in enumerate(export.hosts):
+            agents.append(Agent("heartbeat", "symlink", f"subsys{i}_host{j}",
+                                (("link", f"{NVMET}/subsystems/{export.nqn}/allowed_hosts/{host}"),
+                                 ("target", f"{NVMET}/hosts/{host}"))))
         agents.append(Agent("heartbeat", "nvmet-namespace", f"ns{i}",
                             (("nqn", export.nqn), ("namespace_id", "1"),
                              ("backing_path", namespace_file(mount, export)), ("uuid", uuid), ("nguid", uuid))))
@@ -257,24 +265,65 @@ def check_gateway(agents: list[Agent], ocf_root: Path = OCF_ROOT) -> list[str]:
     return problems
 
 
+#: Where systemd looks for unit files, most specific first.
+UNIT_DIRS = (Path("/etc/systemd/system"), Path("/run/systemd/system"), Path("/usr/lib/systemd/system"),
+             Path("/lib/systemd/system"))
+#: nfsdcld (the NFSv4 client tracking daemon nfs-server.service pulls in) keeps its database open under
+#: /var/lib/nfs, and nothing stops it with nfs-server: the nfsserver agent's stop then fails to unmount its
+#: /var/lib/nfs bind mount ("target is busy") — unless nfsdcld is part of nfs-server.
+NFSDCLD_DROPIN = Path("/etc/systemd/system/nfsdcld.service.d/bsud-ha.conf")
+NFSDCLD_DROPIN_TEXT = ("# Written by bsud for its highly available NFS gateways (docs/ha.md): nfsdcld stops with\n"
+                       "# nfs-server, so that the nfsserver agent's stop can unmount /var/lib/nfs.\n"
+                       "[Unit]\nPartOf=nfs-server.service\n")
+
+
+def systemd_running() -> bool:
+    return shutil.which("systemctl") is not None and Path("/run/systemd/system").is_dir()
+
+
+def needs_nfsdcld_dropin(agents: list[Agent], unit_dirs: tuple[Path, ...] = UNIT_DIRS) -> bool:
+    """Whether the list runs the nfsserver agent on a host that has nfsdcld.service."""
+    return any(a.agent == "nfsserver" for a in agents) and any((d / "nfsdcld.service").exists() for d in unit_dirs)
+
+
 class Promoter:
     """Writes a drive's promoter file (``<promoter-dir>/bsud-<drive>.toml``) and has drbd-reactor reload it."""
 
-    def __init__(self, runner: Runner, ocf_root: Path = OCF_ROOT) -> None:
+    def __init__(self, runner: Runner, ocf_root: Path = OCF_ROOT, unit_dirs: tuple[Path, ...] = UNIT_DIRS,
+                 nfsdcld_dropin: Path = NFSDCLD_DROPIN) -> None:
         self.runner = runner
         self.ocf_root = ocf_root
+        self.unit_dirs = unit_dirs
+        self.nfsdcld_dropin = nfsdcld_dropin
 
     @staticmethod
     def file(drive: str, ha: HaConfig) -> Path:
         return Path(ha.promoter_dir) / f"bsud-{drive}.toml"
 
     def _reload(self) -> None:
-        if shutil.which("systemctl") and Path("/run/systemd/system").is_dir():
-            # reloads drbd-reactor when it runs, does nothing when it does not (not packaged for Debian 12)
+        if not systemd_running():
+            return
+        loaded = self.runner.run(["systemctl", "show", "--property=LoadState", "--value", "drbd-reactor.service"],
+                                 timeout=60, check=False, quiet=True)
+        if loaded.stdout.strip() == "loaded":  # not packaged for Debian 12: often absent
             self.runner.run(["systemctl", "try-reload-or-restart", "drbd-reactor.service"], timeout=120)
 
+    def prepare_host(self, agents: list[Agent]) -> bool:
+        """What the list's agents need of this host beyond their packages: nfsdcld stopping with nfs-server (a
+        systemd drop-in). True when something changed."""
+        if not needs_nfsdcld_dropin(agents, self.unit_dirs):
+            return False
+
+        def daemon_reload() -> None:
+            if systemd_running():
+                self.runner.run(["systemctl", "daemon-reload"], timeout=120)
+
+        return replace_file(self.nfsdcld_dropin, NFSDCLD_DROPIN_TEXT, apply=daemon_reload, verify=lambda: None)
+
     def write(self, drive: str, mount_path: str, ha: HaConfig, exports: tuple[object, ...]) -> bool:
-        """Make the file hold what the config asks (checked against the agents first); True when it changed."""
+        """Make the file hold what the config asks (checked against the agents first), and the host ready for its
+        agents (:meth:`prepare_host`); True when either changed."""
+        prepared = self.prepare_host(start_list(drive, mount_path, ha, exports))
 
         def validate(temp: Path) -> None:
             agents = [Agent.parse(a) for a in start_list_lines(temp.read_text())]
@@ -283,7 +332,7 @@ class Promoter:
                 raise ExportError("; ".join(problems))
 
         # 0600: an iSCSI target's CHAP password is in it
-        return replace_file(self.file(drive, ha), render(drive, mount_path, ha, exports), apply=self._reload,
+        return prepared | replace_file(self.file(drive, ha), render(drive, mount_path, ha, exports), apply=self._reload,
                             verify=lambda: None, validate=validate, mode=0o600)
 
 

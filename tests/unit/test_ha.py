@@ -13,7 +13,8 @@ import pytest
 
 from bsud.config import InvalidConfig, parse_config
 from bsud.host.exports.files import ExportError
-from bsud.host.ha import OCF_ROOT, Agent, Promoter, check_agents, render, start_list
+from bsud.host.ha import (NFSDCLD_DROPIN_TEXT, OCF_ROOT, Agent, Promoter, check_agents, needs_nfsdcld_dropin,
+                          render, start_list)
 from bsud.runner import Runner
 
 HA = {"drbd-resource": "data", "drbd-device": "/dev/drbd1000", "service-ip": "10.0.0.50/24", "nic": "eth1",
@@ -41,7 +42,13 @@ def test_the_start_list_is_in_the_gateway_order_and_reads_back_as_drbd_reactor_s
     agents = start_list(d.name, d.mount_path, d.ha, d.exports)
     assert [a.agent for a in agents] == [
         "portblock", "Filesystem", "Filesystem", "IPaddr2", "nfsserver", "exportfs", "exportfs", "iSCSITarget",
-        "iSCSILogicalUnit", "nvmet-subsystem", "nvmet-namespace", "nvmet-port", "portblock"]
+        "iSCSILogicalUnit", "nvmet-subsystem", "symlink", "nvmet-namespace", "nvmet-port", "portblock"]
+    # the subsystem agent's stop cannot remove a subsystem with an allowed host linked in it: the symlink entry's
+    # stop (just before, in reverse order) removes that link
+    assert dict(agents[10].params) == {
+        "link": "/sys/kernel/config/nvmet/subsystems/nqn.2026-11.com.example:data/allowed_hosts/"
+                "nqn.2026-11.com.example:host",
+        "target": "/sys/kernel/config/nvmet/hosts/nqn.2026-11.com.example:host"}
     assert dict(agents[0].params)["action"] == "block" and dict(agents[-1].params)["action"] == "unblock"
     assert dict(agents[0].params)["portno"] == "2049,3260,4420"
     assert Agent.parse("var-lib-nfs-rpc_pipefs.mount").is_unit  # a plain unit, as drbd-reactor takes one
@@ -88,21 +95,45 @@ def test_without_portblock_the_list_has_no_portblock_entries():
 
 
 @needs_agents
+def promoter(tmp_path: Path, units: tuple[Path, ...] = ()) -> Promoter:
+    """A promoter that looks for unit files in ``units`` and writes its drop-in under tmp_path, not in /etc."""
+    return Promoter(Runner(), unit_dirs=units, nfsdcld_dropin=tmp_path / "units" / "nfsdcld.service.d" / "x.conf")
+
+
 def test_a_portblock_agent_that_cannot_see_its_rules_stops_the_write(tmp_path: Path, monkeypatch):
     import bsud.host.ha as ha
 
-    d = drive(ha={**HA, "promoter-dir": str(tmp_path)})
+    d = drive(ha={**HA, "promoter-dir": str(tmp_path / "reactor")})
     monkeypatch.setattr(ha, "portblock_problem", lambda *a: "the portblock agent here does not find the rules")
     with pytest.raises(ExportError, match="portblock: the portblock agent here does not find the rules"):
-        Promoter(Runner()).write(d.name, d.mount_path, d.ha, d.exports)
-    assert list(tmp_path.iterdir()) == []
+        promoter(tmp_path).write(d.name, d.mount_path, d.ha, d.exports)
+    assert not (tmp_path / "reactor").exists() or list((tmp_path / "reactor").iterdir()) == []
     monkeypatch.setattr(ha, "portblock_problem", lambda *a: None)
-    assert Promoter(Runner()).write(d.name, d.mount_path, d.ha, d.exports)
+    assert promoter(tmp_path).write(d.name, d.mount_path, d.ha, d.exports)
+
+
+def test_with_nfs_the_host_gets_nfsdcld_stopping_with_nfs_server(tmp_path: Path):
+    """Found by running the agents (tests/vm/test_ha_gateway.py): nfsdcld, which nfs-server.service pulls in, keeps
+    /var/lib/nfs busy after nfs-server stops, and the nfsserver agent's stop then fails to unmount it."""
+    units = tmp_path / "lib"
+    units.mkdir()
+    d = drive(ha={**HA, "promoter-dir": str(tmp_path / "reactor"), "portblock": False})
+    agents = start_list(d.name, d.mount_path, d.ha, d.exports)
+    assert not needs_nfsdcld_dropin(agents, (units,))  # no nfsdcld on this host: nothing to do
+    (units / "nfsdcld.service").write_text("[Service]\nExecStart=/usr/sbin/nfsdcld\n")
+    assert needs_nfsdcld_dropin(agents, (units,))
+    assert not needs_nfsdcld_dropin([a for a in agents if a.agent not in ("nfsserver", "exportfs")], (units,))
+    p = promoter(tmp_path, (units,))
+    assert p.write(d.name, d.mount_path, d.ha, d.exports)
+    assert p.nfsdcld_dropin.read_text() == NFSDCLD_DROPIN_TEXT and "PartOf=nfs-server.service" in NFSDCLD_DROPIN_TEXT
+    assert not p.write(d.name, d.mount_path, d.ha, d.exports)  # idempotent
+    p.nfsdcld_dropin.write_text("[Unit]\n")  # changed by hand: put back
+    assert p.write(d.name, d.mount_path, d.ha, d.exports) and p.nfsdcld_dropin.read_text() == NFSDCLD_DROPIN_TEXT
 
 
 def test_the_file_is_written_private_and_a_line_an_agent_refuses_changes_nothing(tmp_path: Path, monkeypatch):
     d = drive(ha={**HA, "promoter-dir": str(tmp_path), "portblock": False})
-    promoter = Promoter(Runner())
+    promoter = Promoter(Runner(), unit_dirs=())
     assert promoter.write(d.name, d.mount_path, d.ha, d.exports)
     path = tmp_path / "bsud-data.toml"
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600  # the CHAP password is in it

@@ -15,7 +15,7 @@ import pytest
 
 from bsud.config import parse_config
 from bsud.host.exports.files import backing_file
-from bsud.host.ha import Agent, check_gateway, portblock_problem, start_list
+from bsud.host.ha import NFSDCLD_DROPIN, Agent, Promoter, portblock_problem, start_list_lines
 from bsud.host.layouts import LvmLayout
 from bsud.naming import DRIVE_TAG
 from bsud.runner import Runner
@@ -39,6 +39,27 @@ def run_agent(agent: Agent, action: str, resource: str) -> subprocess.CompletedP
     path = f"/usr/lib/ocf/resource.d/{agent.vendor}/{agent.agent}"
     return subprocess.run([path, action], capture_output=True, text=True, timeout=300,
                           env={**os.environ, **agent.env(resource)})
+
+
+def holders() -> list[str]:
+    """Processes and mounts under /var/lib/nfs and the gateway's mounts, and the NFS units: what a failed stop
+    says beside its own message."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            links = [os.readlink(f"/proc/{pid}/cwd"), os.readlink(f"/proc/{pid}/root")]
+            links += [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        held = sorted({link for link in links if link.startswith(("/var/lib/nfs", "/tmp"))})
+        if held:
+            found.append(f"pid {pid} {comm}: {' '.join(held[:6])}")
+    found += [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if "/var/lib/nfs" in line
+              or "rpc_pipefs" in line or "nfsd" in line]
+    found += sh("systemctl", "list-units", "--all", "--no-legend", "nfs*", "rpc*", "var-lib-nfs*", "run-rpc*",
+                check=False).stdout.splitlines()
+    return found
 
 
 def digest(path: Path) -> str:
@@ -97,10 +118,13 @@ def test_the_generated_start_list_runs_serves_and_stops(vm, gateway_host, tmp_pa
         "name": drive, "target": "online", "mount-path": str(tmp_path / "mnt"), "exports": exports,
         "ha": {"drbd-resource": drive, "drbd-device": layout.lv_path, "service-ip": f"{SERVICE}/24", "nic": NIC,
                "mount-path": str(gw), "cluster-private-device": private.device,
-               "cluster-private-mount": str(tmp_path / "private"), "portblock": problem is None}}]})).drives[0]
+               "cluster-private-mount": str(tmp_path / "private"), "portblock": problem is None,
+               "promoter-dir": str(tmp_path / "drbd-reactor.d")}}]})).drives[0]
     assert spec.ha is not None
-    agents = start_list(drive, spec.mount_path, spec.ha, spec.exports)
-    assert check_gateway(agents) == []
+    # What `bsud ha-config --write` does: the file (checked against the agents), and the host made ready for them.
+    assert Promoter(Runner()).write(drive, spec.mount_path, spec.ha, spec.exports)
+    assert "PartOf=nfs-server.service" in sh("systemctl", "cat", "nfsdcld.service").stdout, NFSDCLD_DROPIN
+    agents = [Agent.parse(line) for line in start_list_lines(Promoter.file(drive, spec.ha).read_text())]
 
     # The block exports' files exist in the drive (bsud's iSCSI and NVMe kinds make them when they apply).
     gw.mkdir()
@@ -181,15 +205,19 @@ def test_the_generated_start_list_runs_serves_and_stops(vm, gateway_host, tmp_pa
             done = run_agent(agent, "stop", drive)
             stopped.append((agent, done.returncode, done.stderr[-800:]))
     failed = [f"{a.line()}: stop: {rc}: {err}" for a, rc, err in stopped if rc != OCF_SUCCESS]
-    assert not failed, "\n".join(failed)
-    assert all(run_agent(a, "monitor", drive).returncode == OCF_NOT_RUNNING for a in agents
-               if a.agent not in ("portblock",)), "an agent still reports its resource running after stop"
+    assert not failed, "\n".join([*failed, "what still holds the gateway's mounts:", *holders()])
+    after = [(a, run_agent(a, "monitor", drive)) for a in agents if a.agent != "portblock"]
+    running = [f"{a.line()}: monitor: {done.returncode}: {done.stderr[-400:]}" for a, done in after
+               if done.returncode != OCF_NOT_RUNNING]
+    assert not running, "\n".join(["agents not reporting 'not running' after stop:", *running])
     assert SERVICE not in sh("ip", "-o", "addr", "show", NIC).stdout
     assert not os.path.ismount(gw) and not os.path.ismount(tmp_path / "private")
     assert not Path(f"/sys/kernel/config/target/iscsi/{IQN}").exists()
     assert not Path(f"/sys/kernel/config/nvmet/subsystems/{NQN}").exists()
     assert str(gw / "share") not in sh("exportfs", "-s", check=False).stdout
     assert SERVICE not in sh("iptables", "-S", check=False).stdout
+    assert sh("systemctl", "is-active", "nfs-server.service", "nfsdcld.service", check=False).stdout.split() == \
+        ["inactive", "inactive"]
     with capsys.disabled():
         print(f"\nha gateway: {len(agents)} agents started in order, NFS/iSCSI/NVMe-TCP reached on {SERVICE}, "
               "stopped in reverse, nothing left" + (f"; without portblock: {problem}" if problem else ""), flush=True)
