@@ -298,19 +298,20 @@ class Bridge:
 # --- main ---------------------------------------------------------------------------------------
 
 #: Rough guest seconds per test file under TCG (measured), to split the lane over parallel guests.
-WEIGHTS = {  # seconds with two guests side by side (2026-11-26 CI run, after the venv disk and moto's one image)
-    "test_crash_lvm.py": 1100,
-    "test_daemon_lvm.py": 940,
-    "test_exports.py": 800,
-    "test_fill_lvm.py": 770,
+WEIGHTS = {  # guest seconds per file, two guests side by side (the 2026-11-26 CI run's per-test durations, clean)
+    "test_daemon_lvm.py": 815,
+    "test_crash_lvm.py": 710,
+    "test_exports.py": 520,
+    "test_fill_lvm.py": 490,
     "test_lvm_layout.py": 490,
-    "test_systemd.py": 340,
-    "test_faults_lvm.py": 300,
-    "test_ganesha.py": 250,
-    "test_devices.py": 40,
+    "test_systemd.py": 330,
+    "test_faults_lvm.py": 290,
+    "test_ha_gateway.py": 230,  # one guest alone: 219 s with its boot
+    "test_ganesha.py": 110,
+    "test_devices.py": 20,
     "test_boot.py": 14,
 }
-#: Test files that need systemd as PID 1: each runs in a guest of its own, booted with systemd.
+#: Test files that need systemd as PID 1: a runner's run in one guest of their own, booted with systemd.
 SYSTEMD_FILES = frozenset({"test_systemd.py",
                            # the OCF agents drbd-reactor runs (nfsserver) drive systemd's units, as on a gateway host
                            "test_ha_gateway.py"})
