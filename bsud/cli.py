@@ -172,8 +172,7 @@ def cmd_plan(config: Config) -> int:
 
 def cmd_ha_config(config: Config, write: bool) -> int:
     """Print (secrets masked) or write each ha drive's promoter file; one line per problem, exit 1 on any."""
-    from bsud.host.ha import (NFSDCLD_DROPIN, NFSDCLD_DROPIN_TEXT, Promoter, check_gateway, needs_nfsdcld_dropin,
-                              render, start_list, toml_string)
+    from bsud.host.ha import Promoter, check_gateway, render, start_list, toml_string
     from bsud.runner import Runner
 
     drives = [d for d in config.drives if d.ha is not None]
@@ -189,10 +188,9 @@ def cmd_ha_config(config: Config, write: bool) -> int:
             continue
         agents = start_list(d.name, d.mount_path, d.ha, d.exports)
         problems = check_gateway(agents)
-        if needs_nfsdcld_dropin(agents) and not (NFSDCLD_DROPIN.exists()
-                                                 and NFSDCLD_DROPIN.read_text() == NFSDCLD_DROPIN_TEXT):
-            print(f"bsud: drive {d.name!r}: --write also writes {NFSDCLD_DROPIN} (nfsdcld must stop with "
-                  "nfs-server for the nfsserver agent's stop to succeed)", file=sys.stderr)
+        for path in Promoter(Runner()).unprepared(agents):
+            print(f"bsud: drive {d.name!r}: --write also writes {path} (nfsdcld must stop with nfs-server for the "
+                  "nfsserver agent's stop to succeed)", file=sys.stderr)
         text = render(d.name, d.mount_path, d.ha, d.exports)
         for secret in config.secrets():  # as the file has it: in a shell word, in a TOML string
             text = text.replace(toml_string(secret)[1:-1], "********").replace(secret, "********")

@@ -308,10 +308,18 @@ class Promoter:
         if loaded.stdout.strip() == "loaded":  # not packaged for Debian 12: often absent
             self.runner.run(["systemctl", "try-reload-or-restart", "drbd-reactor.service"], timeout=120)
 
+    def unprepared(self, agents: list[Agent]) -> list[Path]:
+        """The files :meth:`prepare_host` would write for the list's agents (empty: the host is ready)."""
+        dropin = self.nfsdcld_dropin
+        if not needs_nfsdcld_dropin(agents, self.unit_dirs) or (dropin.exists()
+                                                                 and dropin.read_text() == NFSDCLD_DROPIN_TEXT):
+            return []
+        return [dropin]
+
     def prepare_host(self, agents: list[Agent]) -> bool:
         """What the list's agents need of this host beyond their packages: nfsdcld stopping with nfs-server (a
         systemd drop-in). True when something changed."""
-        if not needs_nfsdcld_dropin(agents, self.unit_dirs):
+        if not self.unprepared(agents):
             return False
 
         def daemon_reload() -> None:

@@ -124,7 +124,9 @@ def test_with_nfs_the_host_gets_nfsdcld_stopping_with_nfs_server(tmp_path: Path)
     assert needs_nfsdcld_dropin(agents, (units,))
     assert not needs_nfsdcld_dropin([a for a in agents if a.agent not in ("nfsserver", "exportfs")], (units,))
     p = promoter(tmp_path, (units,))
+    assert p.unprepared(agents) == [p.nfsdcld_dropin]  # what `bsud ha-config` names before --write
     assert p.write(d.name, d.mount_path, d.ha, d.exports)
+    assert p.unprepared(agents) == []
     assert p.nfsdcld_dropin.read_text() == NFSDCLD_DROPIN_TEXT and "PartOf=nfs-server.service" in NFSDCLD_DROPIN_TEXT
     assert not p.write(d.name, d.mount_path, d.ha, d.exports)  # idempotent
     p.nfsdcld_dropin.write_text("[Unit]\n")  # changed by hand: put back
