@@ -243,10 +243,22 @@ def udevd_running() -> bool:
     return os.path.exists("/run/udev/control")
 
 
+def udev_initialized(device: str) -> bool:
+    """Whether udevd has finished its rules on a block device (its /dev/disk links are made, its db written)."""
+    try:
+        import pyudev
+
+        return bool(pyudev.Devices.from_device_file(pyudev.Context(), device).is_initialized)
+    except Exception:  # noqa: BLE001 - gone, not a device node yet, no libudev: not ready
+        return False
+
+
 class DeviceWaiter:
     """Waits for a volume's device with pyudev events (started before the attach), polling sysfs too.
 
-    Uses udev events where udevd runs (links are made by then), kernel events elsewhere.
+    Uses udev events where udevd runs, kernel events elsewhere. Sysfs can show a disk before udevd has run its
+    rules on it (slow ones, scsi_id, under load), so where udevd runs a device is only handed out once udev has
+    initialized it: its links exist and LVM's udev rules have seen it before bsud writes to it.
     """
 
     def __init__(self) -> None:
@@ -287,10 +299,15 @@ class DeviceWaiter:
         deadline = time.monotonic() + timeout
         while True:
             found = resolve_device(ref, block_devices(), rules)
-            if found is not None:
+            if found is not None and (self.source != "udev" or udev_initialized(found.device)):
                 log.info("device found", volume=ref.volume_id, device=found.device, rule=found.rule)
                 return found
             remaining = deadline - time.monotonic()
+            if remaining <= 0 and found is not None:
+                raise DeviceNotFound(
+                    f"volume {ref.volume_id} is {found.device} (by {found.rule}) but udev has not finished with it "
+                    f"within {timeout:g} s; see `udevadm info {found.device}` and the journal of systemd-udevd"
+                )
             if remaining <= 0:
                 raise DeviceNotFound(
                     f"volume {ref.volume_id} (attached as {ref.requested_device}) did not appear as a block "

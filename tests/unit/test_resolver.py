@@ -91,3 +91,35 @@ def test_every_provider_names_known_rules():
         module, _, name = where.partition(":")
         rules = getattr(importlib.import_module(module), name).device_rules
         assert rules and set(rules) <= set(RULES), where
+
+
+def _waiter(source: str):
+    from bsud.host.devices import DeviceWaiter
+
+    waiter = DeviceWaiter.__new__(DeviceWaiter)  # no netlink monitor: its pause is a sleep
+    waiter.monitor, waiter.source = None, source
+    return waiter
+
+
+def test_waiter_hands_out_a_disk_only_once_udev_has_initialized_it(monkeypatch):
+    import bsud.host.devices as devices
+
+    asked: list[str] = []
+    monkeypatch.setattr(devices, "block_devices", lambda: DEVICES["outscale"])
+    monkeypatch.setattr(devices, "udev_initialized", lambda dev: asked.append(dev) or len(asked) >= 3)
+    found = _waiter("udev").wait(VolumeRef("vol-aaa", 10 * GIB, "/dev/xvdc"), devices.RULES, timeout=5)
+    assert (found.device, asked) == ("/dev/sda", ["/dev/sda"] * 3)
+
+
+def test_waiter_names_the_device_udev_never_finished(monkeypatch):
+    import bsud.host.devices as devices
+
+    monkeypatch.setattr(devices, "block_devices", lambda: DEVICES["outscale"])
+    monkeypatch.setattr(devices, "udev_initialized", lambda dev: False)
+    with pytest.raises(devices.DeviceNotFound) as info:
+        _waiter("udev").wait(VolumeRef("vol-aaa", 10 * GIB, "/dev/xvdc"), devices.RULES, timeout=0.2)
+    assert "vol-aaa is /dev/sda" in str(info.value) and "udev has not finished" in str(info.value)
+    assert info.value.temporary
+    # Without udevd (kernel events or polling) there is nothing to wait for beyond sysfs.
+    found = _waiter("kernel").wait(VolumeRef("vol-aaa", 10 * GIB, "/dev/xvdc"), devices.RULES, timeout=0.2)
+    assert found.device == "/dev/sda"
