@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bsud import __version__
 from bsud.cloud import CloudProvider, make_provider
@@ -63,6 +64,12 @@ def required_tools(config: Config, cloud: CloudProvider) -> dict[str, str]:
 
 def has_ganesha_exports(drive: DriveConfig) -> bool:
     return any(e.exporter == "nfs-ganesha" for e in drive.exports)
+
+
+def managed_ganesha_status() -> dict[str, Any] | None:
+    """The ganesha.nfsd bsud supervises, for the status file and the metrics (None when it runs none)."""
+    process = ganesha.managed()
+    return None if process is None else process.status()
 
 
 def manages_ganesha(config: Config) -> bool:
@@ -147,7 +154,8 @@ class Daemon:
             report = DaemonReport(version=__version__, pid=os.getpid(), config=self.config.path,
                                   started=self.started, updated=time.time(),
                                   drives={name: w.reconciler.status for name, w in self.workers.items()},
-                                  unmanaged=unmanaged, not_mounted=tuple(self.not_mounted()))
+                                  unmanaged=unmanaged, not_mounted=tuple(self.not_mounted()),
+                                  ganesha=managed_ganesha_status())
             for sink in self.sinks:
                 sink.publish(report)
 

@@ -107,6 +107,15 @@ class _DriveCollector(Collector):
                 value = counters.get(key, 0)
                 family.add_metric([address], value / 1e9 if key == "latency_ns" else value)
         yield from per_client.values()
+        if report.ganesha is not None:
+            restarts = CounterMetricFamily("bsud_ganesha_restarts", "Times the nfs-ganesha bsud runs itself ended "
+                                           "or hung and was started again (nfs.ganesha.managed)")
+            restarts.add_metric([], report.ganesha.get("restarts", 0))
+            yield restarts
+            running = GaugeMetricFamily("bsud_ganesha_running", "1 while the nfs-ganesha bsud runs itself is "
+                                        "running and sends its heartbeat, 0 while it starts, waits or restarts")
+            running.add_metric([], 1 if str(report.ganesha.get("state", "")).startswith("running") else 0)
+            yield running
 
 
 class Metrics:

@@ -36,11 +36,13 @@ class DaemonReport:
     unmanaged: dict[str, list[str]]
     #: Drives whose target is online but that are not mounted (yet).
     not_mounted: tuple[str, ...] = ()
+    #: The nfs-ganesha bsud runs itself (``nfs.ganesha.managed``): ``state`` in words, ``pid``, ``restarts``.
+    ganesha: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"version": self.version, "pid": self.pid, "config": self.config, "started": self.started,
                 "updated": self.updated, "drives": {n: d.as_dict() for n, d in self.drives.items()},
-                "unmanaged": self.unmanaged, "not_mounted": list(self.not_mounted)}
+                "unmanaged": self.unmanaged, "not_mounted": list(self.not_mounted), "ganesha": self.ganesha}
 
 
 class Sink(Protocol):

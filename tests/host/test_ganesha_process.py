@@ -12,8 +12,13 @@ import threading
 import time
 from pathlib import Path
 
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
 from bsud.config.exports import GaneshaSettings
 from bsud.host.exports.ganesha_process import ManagedGanesha, alive, rpcbind_running
+from bsud.metrics import Metrics
+from bsud.sinks import DaemonReport
 
 
 def wait_until(what: str, check, timeout: float = 20.0) -> None:
@@ -78,6 +83,13 @@ def test_a_process_whose_heartbeat_stops_is_replaced_and_the_drives_are_told_whe
         assert not alive(first) and m.restarts == 1
         beats.beating = True
         wait_until("the new one up", lambda: len(ups) == 2)
+        # What an operator's scrape shows of it: one restart, running again.
+        metrics = Metrics()
+        metrics.publish(DaemonReport(version="t", pid=1, config="c", started=0, updated=0, drives={}, unmanaged={},
+                                     ganesha=m.status()))
+        got = {s.name: s.value for f in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+               for s in f.samples}
+        assert (got["bsud_ganesha_restarts_total"], got["bsud_ganesha_running"]) == (1, 1)
     finally:
         m.stop()
         beats.done.set()

@@ -208,3 +208,15 @@ def test_nfs_clients_counters_are_per_client_once_whatever_the_drives_sharing_th
     assert got[key("bsud_nfs_client_write_bytes_total", client="10.0.0.5")] == 20
     assert got[key("bsud_nfs_client_latency_seconds_total", client="10.0.0.5")] == 0.5
     assert text.count('bsud_nfs_client_read_bytes_total{client="10.0.0.5"}') == 1
+
+
+def test_the_managed_ganesha_has_a_restarts_counter_and_a_running_gauge_only_when_bsud_runs_one():
+    m = Metrics()
+    m.publish(report())
+    assert not any(name.startswith("bsud_ganesha") for name, _ in samples(generate_latest(m.registry).decode()))
+    waiting = DaemonReport(version="t", pid=1, config="c", started=0, updated=0, drives={}, unmanaged={},
+                           ganesha={"state": "restarting in 4 s (exited with code 2)", "pid": None, "restarts": 3})
+    m.publish(waiting)
+    got = samples(generate_latest(m.registry).decode())
+    assert got[key("bsud_ganesha_restarts_total")] == 3 and got[key("bsud_ganesha_running")] == 0
+    assert waiting.as_dict()["ganesha"]["restarts"] == 3  # and in the status file

@@ -122,6 +122,10 @@ class ManagedGanesha:
             return "rpcbind is not running (ganesha registers NFS and MOUNT there); start it (package rpcbind)"
         return None
 
+    def status(self) -> dict[str, object]:
+        """For the status file and the metrics (``bsud_ganesha_restarts_total``, ``bsud_ganesha_running``)."""
+        return {"state": self.state, "pid": self.pid, "restarts": self.restarts}
+
     # -- lifecycle -------------------------------------------------------------------------------------
 
     def start(self) -> None:
