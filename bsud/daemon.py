@@ -63,7 +63,7 @@ def required_tools(config: Config, cloud: CloudProvider) -> dict[str, str]:
 
 
 def has_ganesha_exports(drive: DriveConfig) -> bool:
-    return any(e.exporter == "nfs-ganesha" for e in drive.exports)
+    return bool(drive.exports_by("nfs-ganesha"))
 
 
 def managed_ganesha_status() -> dict[str, Any] | None:

@@ -101,6 +101,10 @@ class DriveConfig(_Section):
     #: Its exports served by a highly available gateway (drbd-reactor's promoter; bsud writes its file).
     ha: HaConfig | None = None
 
+    def exports_by(self, exporter: str) -> list[Export]:
+        """The drive's exports one exporter serves (``nfs``, ``nfs-ganesha``, ``smb``, ``iscsi``, ``nvmeof``)."""
+        return [e for e in self.exports if e.exporter == exporter]
+
 
 class _ConfigFile(_Section):
     authentication: Authentication | None = None

@@ -139,7 +139,7 @@ class Executor:
             raise ActionError(f"not exporting: {self.spec.mount_path} is not mounted", temporary=True)
 
         def one(kind: str, exporter: ExportKind) -> bool:
-            wanted = [e for e in self.spec.exports if e.exporter == kind]
+            wanted = self.spec.exports_by(kind)
             return exporter.apply(self.spec.name, self.spec.mount_path, wanted) if wanted else \
                 exporter.withdraw(self.spec.name)
         return self._each_kind(one)

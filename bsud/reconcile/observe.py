@@ -78,7 +78,7 @@ def observe_exports(spec: DriveConfig, exporters: Mapping[str, ExportKind]) -> E
     stats: dict[str, dict[str, int]] = {}
     clients: dict[str, dict[str, int]] = {}
     for kind, exporter in exporters.items():
-        wanted = [e for e in spec.exports if e.exporter == kind]
+        wanted = spec.exports_by(kind)
         try:
             states.append(exporter.observe(spec.name, spec.mount_path, wanted))
             if wanted and states[-1].present:
