@@ -2,10 +2,12 @@
 VM, real clients on loopback: an NFSv3 mount, smbclient, open-iscsi logged in with CHAP, nvme connect): the exports applied once mounted, data
 written and read back through each client, scale-up and scale-down while the clients write, drift repaired for
 each kind, a change each server refuses rolled back or refused while the old exports keep serving, and offline
-(the exports withdrawn first, the unmount succeeds). Local provider, btrfs layout: what is tested is the exports."""
+(the exports withdrawn first, the unmount succeeds). Local provider, btrfs layout: what is tested is the exports.
+Then LIO's and nvmet's own rollback: a change that fails half-way puts the previous targets and subsystems back."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -20,8 +22,13 @@ from pathlib import Path
 
 import pytest
 
+from bsud.config.exports import IscsiExport, NvmeofExport
+from bsud.host.exports.files import ExportError, port_listening
+from bsud.host.exports.iscsi import Lio, lun_file
 from bsud.host.exports.nfs import parse_exportfs
+from bsud.host.exports.nvmeof import NvmetTcp, namespace_file
 from bsud.host.exports.smb import parse_share_list
+from bsud.runner import Runner
 
 from ..host.daemon_harness import DaemonHarness
 
@@ -119,9 +126,8 @@ def iscsi_initiator():
         name.write_text(original)
 
 
-def iscsi_login() -> Path:
+def iscsi_login(iqn: str = ISCSI["iqn"], chap: dict = ISCSI["chap"]) -> Path:
     """Discover the drive's target, give the node its CHAP secret, log in; the LUN's block device."""
-    iqn, chap = ISCSI["iqn"], ISCSI["chap"]
     sh("iscsiadm", "-m", "discovery", "-t", "sendtargets", "-p", PORTAL)
     for key, value in (("node.session.auth.authmethod", "CHAP"), ("node.session.auth.username", chap["user"]),
                        ("node.session.auth.password", chap["password"])):
@@ -207,13 +213,13 @@ def nvme_host():
     sh("nvme", "disconnect", "-n", NVME["nqn"], check=False)
 
 
-def nvme_connect() -> Path:
+def nvme_connect(nqn: str = NVME["nqn"]) -> Path:
     """Connect to the drive's subsystem over TCP as the allowed host; the namespace's block device."""
     # ctrl-loss-tmo 60 s instead of 600: the host here is this same kernel, and while its controller reconnects to a
     # withdrawn target every process that opens the namespace (a device scan) waits for it.
-    sh("nvme", "connect", "-t", "tcp", "-a", NVME["address"], "-s", str(NVME["port"]), "-n", NVME["nqn"],
+    sh("nvme", "connect", "-t", "tcp", "-a", NVME["address"], "-s", str(NVME["port"]), "-n", nqn,
        "--hostnqn", HOSTNQN, "--ctrl-loss-tmo", "60")
-    return nvme_namespace(NVME["nqn"])
+    return nvme_namespace(nqn)
 
 
 def nvme_namespace(nqn: str) -> Path:
@@ -446,3 +452,93 @@ def test_a_drive_shared_over_nfs_smb_iscsi_and_nvme(nfs_server, smb_server, iscs
         sh("nvme", "disconnect", "-n", NVME["nqn"], check=False)
         sh("umount", "-f", "-l", str(client), check=False)
         h.close()
+
+
+def lio_state(lio: Lio, drive: str) -> dict:
+    """The drive's backstores and targets as LIO has them, in rtslib's own dump format (CHAP secrets included)."""
+    return {name: (so.dump(), sorted((t.dump() for t in targets), key=lambda t: t["wwn"]))
+            for name, (so, targets) in lio._ours(drive).items()}
+
+
+def nvmet_state(nvmet: NvmetTcp, drive: str) -> dict:
+    """The drive's subsystems as nvmet has them, with the identity an NVMe host sees (serial, namespace UUID)."""
+    subsystems = Path("/sys/kernel/config/nvmet/subsystems")
+    return {nqn: (sub, (subsystems / nqn / "attr_serial").read_text().strip(),
+                  (subsystems / nqn / "namespaces" / "1" / "device_uuid").read_text().strip())
+            for nqn, sub in nvmet.ours(drive).items()}
+
+
+def test_a_change_failing_half_way_puts_the_previous_iscsi_and_nvme_exports_back(iscsi_initiator, nvme_host,
+                                                                                 tmp_path: Path, capsys):
+    """LIO and nvmet have no transactions: a change is made by taking the export down and building it again. When
+    building fails half-way — here the new export's build is made to fail once it is made, the fault injected in
+    the exporter's ``_create``, everything else real — what was built is taken away, the previous targets and
+    subsystems are put back as they were (CHAP, ACLs, serials, namespace UUIDs), and their clients carry on."""
+    from rtslib_fb import RTSLibError
+
+    drive, mount = "rollback", tmp_path / "mnt"
+    image = tmp_path / "drive.img"
+    with open(image, "wb") as fh:
+        fh.truncate(8 << 30)
+    loop = sh("losetup", "--find", "--show", str(image)).stdout.strip()
+    mount.mkdir()
+    sh("mkfs.btrfs", "-q", loop)
+    sh("mount", loop, str(mount))
+    old_iscsi = IscsiExport.model_validate({**ISCSI, "iqn": "iqn.2026-11.test.bsud:rollback-a"})
+    new_iscsi = [old_iscsi.model_copy(update={"initiators": (INITIATOR, "iqn.2026-11.test.bsud:other")}),
+                 IscsiExport.model_validate({**ISCSI, "iqn": "iqn.2026-11.test.bsud:rollback-b"})]
+    old_nvme = NvmeofExport.model_validate({**NVME, "nqn": "nqn.2026-11.test.bsud:rollback-a"})
+    new_nvme = [old_nvme.model_copy(update={"hosts": (HOSTNQN, "nqn.2026-11.test.bsud:other")}),
+                NvmeofExport.model_validate({**NVME, "nqn": "nqn.2026-11.test.bsud:rollback-b"})]
+
+    class FailingLio(Lio):
+        def _create(self, want):
+            super()._create(want)
+            if want.iqn == new_iscsi[1].iqn:
+                raise RTSLibError("injected: the new target could not be made")
+
+    class FailingNvmet(NvmetTcp):
+        def _create(self, drive, want, size):
+            super()._create(drive, want, size)
+            if want.nqn == new_nvme[1].nqn:
+                raise OSError(errno.EIO, "injected: the new subsystem could not be made")
+
+    lio, nvmet = FailingLio(Runner()), FailingNvmet(Runner())
+    try:
+        assert lio.apply(drive, str(mount), [old_iscsi]) and nvmet.apply(drive, str(mount), [old_nvme])
+        lio_before, nvmet_before = lio_state(lio, drive), nvmet_state(nvmet, drive)
+        assert list(nvmet_before) == [old_nvme.nqn] and len(lio_before) == 1
+        lun = Lun(iscsi_login(old_iscsi.iqn, ISCSI["chap"]), Path(lun_file(str(mount), old_iscsi)))
+        namespace = Lun(nvme_connect(old_nvme.nqn), Path(namespace_file(str(mount), old_nvme)))
+        lun.write(0)
+        namespace.write(0)
+
+        with pytest.raises(ExportError, match="the previous targets are back: injected"):
+            lio.apply(drive, str(mount), new_iscsi)
+        with pytest.raises(ExportError, match="the previous subsystems are back: .*injected"):
+            nvmet.apply(drive, str(mount), new_nvme)
+        assert lio_state(lio, drive) == lio_before
+        assert nvmet_state(nvmet, drive) == nvmet_before
+        assert not Path("/sys/kernel/config/target/iscsi", new_iscsi[1].iqn).exists()
+        assert not Path("/sys/kernel/config/nvmet/hosts/nqn.2026-11.test.bsud:other").exists()
+        assert port_listening(3260) and port_listening(NVME["port"])
+        assert lio.observe(drive, str(mount), [old_iscsi]).applied
+        assert nvmet.observe(drive, str(mount), [old_nvme]).applied
+
+        # The initiator logs in again by itself (same target, CHAP and LUN serial); the NVMe host here is this same
+        # kernel, connected again by hand (its reconnect loop is the kernel's) to the same serial and namespace.
+        lun.write(100)
+        sh("nvme", "disconnect", "-n", old_nvme.nqn, timeout=120)
+        namespace.device = nvme_connect(old_nvme.nqn)
+        namespace.write(100)
+        assert lun.check() == [] and namespace.check() == []
+        with capsys.disabled():
+            print(f"\nrollback: a change failing half-way, LIO and nvmet put back as they were; {len(lun.blocks)} "
+                  f"iSCSI and {len(namespace.blocks)} NVMe/TCP blocks intact through it", flush=True)
+    finally:
+        sh("iscsiadm", "-m", "node", "-T", old_iscsi.iqn, "-p", PORTAL, "--logout", check=False)
+        sh("nvme", "disconnect", "-n", old_nvme.nqn, check=False)
+        Lio(Runner()).withdraw(drive)
+        NvmetTcp(Runner()).withdraw(drive)
+        sh("umount", "-l", str(mount), check=False)
+        sh("losetup", "-d", loop, check=False)
