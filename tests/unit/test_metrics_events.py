@@ -220,3 +220,21 @@ def test_the_managed_ganesha_has_a_restarts_counter_and_a_running_gauge_only_whe
     got = samples(generate_latest(m.registry).decode())
     assert got[key("bsud_ganesha_restarts_total")] == 3 and got[key("bsud_ganesha_running")] == 0
     assert waiting.as_dict()["ganesha"]["restarts"] == 3  # and in the status file
+
+
+def test_every_series_bsud_exposes_is_in_the_monitoring_docs_table():
+    served = DriveStatus("data", "online", "lvm", "/data", phase="online", size_bytes=1, used_bytes=1,
+                         seconds_to_full=9.0, exports={
+                             "wanted": 1, "in_sync": True, "servers": [], "detail": "",
+                             "stats": {"nfs:/": {"read_bytes": 1}}, "clients": {"10.0.0.5": {"read_bytes": 1}}})
+    m = Metrics()
+    m.publish(DaemonReport(version="t", pid=1, config="c", started=0, updated=0, drives={"data": served},
+                           unmanaged={}, ganesha={"state": "running, pid 9", "pid": 9, "restarts": 0}))
+    m.event(Event(kind="scale-up", drive="data", result="done", duration=12.0))
+    m.cloud_request("CreateVolume", "OK", throttled=True)
+    table = (Path(__file__).resolve().parents[2] / "docs" / "monitoring.md").read_text()
+    exposed = {s.name for f in text_string_to_metric_families(generate_latest(m.registry).decode()) for s in f.samples
+               if not s.name.endswith(("_created", "_bucket", "_count", "_sum"))}
+    assert len(exposed) > 20
+    missing = sorted(name for name in exposed if f"| `{name}` |" not in table and f"`{name}`" not in table)
+    assert not missing, f"not in docs/monitoring.md: {missing}"
