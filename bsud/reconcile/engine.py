@@ -15,7 +15,8 @@ from bsud.logs import get_logger
 from bsud.naming import DEFAULT_MAX_VOLUME_GIB
 from bsud.reconcile.events import Event, EventTracker
 from bsud.reconcile.execute import Executor
-from bsud.reconcile.model import Blocked, CreateVolume, DriveObs, Idle, Outcome, Pace, Plan, Wait
+from bsud.reconcile.model import (Blocked, CreateVolume, DriveObs, Idle, Outcome, Pace, Plan, RemoveFromDrive,
+                                  Wait)
 from bsud.reconcile.observe import CloudSnapshot, observe_drive
 from bsud.reconcile.pace import DEFAULT_GROW_SECONDS, GrowClock, RateMeter, make_pace
 from bsud.reconcile.planner import plan
@@ -34,6 +35,11 @@ REPEAT_LIMIT = 8
 #: …or this many times in a row reporting that there was nothing to do (Outcome.UNCHANGED): the observation
 #: and the action disagree, and doing it again will not help.
 UNCHANGED_LIMIT = 2
+#: Moving data off a volume that failed this many times without a success in between (btrfs cannot relocate its
+#: chunks, pvmove keeps failing…) is given up for ``REMOVAL_HOLD_SECONDS``: the volume stays in the drive, and the
+#: drive is not made to repeat that heavy I/O every few minutes. Tried again after that (never parked for good).
+REMOVAL_FAILURE_LIMIT = 3
+REMOVAL_HOLD_SECONDS = 3600.0
 
 
 class DriveReconciler:
@@ -53,6 +59,10 @@ class DriveReconciler:
         self.events = EventTracker(spec.name)
         #: Called with each event (metrics, the on-event command); a listener's failure is logged, never raised.
         self.listeners: list[Callable[[Event], None]] = []
+        #: Failed attempts to move data off a volume, and the volumes left in the drive for a while after too many
+        #: (until when, monotonic; why, in words). In memory only: a restarted bsud tries again at once.
+        self._removal_failures: dict[str, int] = {}
+        self._removal_held: dict[str, tuple[float, str]] = {}
         self.update_spec(spec)
 
     def update_spec(self, spec: DriveConfig, settings: DaemonSettings | None = None,
@@ -87,7 +97,7 @@ class DriveReconciler:
     def observe(self, max_age: float | None = None) -> tuple[DriveObs, list[str]]:
         volumes = self.snapshot.by_drive(max_age).get(self.spec.name, [])
         obs, resolutions = observe_drive(self.spec, volumes, self.cloud, self.layout, self.exporters)
-        obs = replace(obs, pace=self.pace())
+        obs = replace(obs, pace=self.pace(), removal_held=self._held_removals())
         took = self.clock.observe(time.monotonic(), obs.usage.size if obs.usage else None)
         if took is not None:
             log.info("grow done: capacity usable", drive=self.spec.name, seconds=round(took, 2),
@@ -95,6 +105,25 @@ class DriveReconciler:
             self.emit(self.events.grew(took, obs))
         self.last_obs = obs
         return obs, [r.device for r in resolutions.values()]
+
+    def _held_removals(self) -> tuple[tuple[str, str], ...]:
+        now = time.monotonic()
+        for volume in [v for v, (until, _) in self._removal_held.items() if until <= now]:
+            del self._removal_held[volume]
+            log.info("removal no longer held back: it may be tried again", drive=self.spec.name, volume=volume)
+        return tuple((volume, why) for volume, (_, why) in sorted(self._removal_held.items()))
+
+    def _removal_failed(self, volume: str, error: Exception) -> None:
+        failures = self._removal_failures.get(volume, 0) + 1
+        self._removal_failures[volume] = failures
+        if failures < REMOVAL_FAILURE_LIMIT:
+            return
+        del self._removal_failures[volume]
+        again = time.strftime("%H:%M UTC", time.gmtime(time.time() + REMOVAL_HOLD_SECONDS))
+        why = f"moving data off it failed {failures} times in a row (last: {error}); not tried again before {again}"
+        self._removal_held[volume] = (time.monotonic() + REMOVAL_HOLD_SECONDS, why)
+        log.error("removal failed repeatedly: the volume stays in the drive for now", drive=self.spec.name,
+                  volume=volume, failures=failures, hold_seconds=REMOVAL_HOLD_SECONDS, error=str(error))
 
     def plan_now(self, max_age: float | None = None) -> tuple[DriveObs, Plan]:
         obs, _ = self.observe(max_age)
@@ -163,9 +192,15 @@ class DriveReconciler:
         try:
             outcome = self.executor.run(action, devices)
             self.status.last_error = None
+        except Exception as exc:
+            if isinstance(action, RemoveFromDrive):
+                self._removal_failed(action.volume_id, exc)
+            raise
         finally:
             if action.changes_cloud:
                 self.snapshot.invalidate()
+        if isinstance(action, RemoveFromDrive):
+            self._removal_failures.pop(action.volume_id, None)
         self.status.outcome = outcome.value
         self.emit(self.events.executed(current, obs, time.monotonic(), self.executor.created))
         # Only a completed execution counts as a repeat: a failure is retried with backoff, not counted.

@@ -103,6 +103,9 @@ class DriveObs:
     usage: UsageObs | None = None
     pace: Pace = Pace()
     exports: ExportsObs = ExportsObs()
+    #: Volumes whose removal failed several times in a row, with why: left in the drive for a while (the engine
+    #: remembers it, in memory; a restart of bsud tries again at once).
+    removal_held: tuple[tuple[str, str], ...] = ()
 
     @property
     def size_gib(self) -> int:

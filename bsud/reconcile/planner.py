@@ -160,7 +160,11 @@ def _plan_online(spec: DriveConfig, obs: DriveObs, max_volume_gib: int) -> Plan:
     if fresh:
         return Plan(Join(volume_id=fresh[0].id, reason=f"{fresh[0].id} is attached but not part of the drive"),
                     "scaling-up", tuple(notes))
+    held = dict(obs.removal_held)
     for v in removing:
+        if v.member and v.id in held:
+            return Plan(MarkVolume(volume_id=v.id, value="", reason=f"abandoning the removal of {v.id}: {held[v.id]}; "
+                                   "it stays in the drive"), "scaling-down", tuple(notes))
         if v.member and obs.usage is not None:
             why = removal_no_longer_fits(spec, obs.usage, obs.pace, members, v)
             if why:
@@ -181,6 +185,8 @@ def _plan_online(spec: DriveConfig, obs: DriveObs, max_volume_gib: int) -> Plan:
     if obs.usage is None:
         return _settled(obs, notes)
     action, note = scale_decision(spec, members, obs.usage, max_volume_gib, obs.pace)
+    if isinstance(action, MarkVolume) and action.volume_id in held:
+        action, note = None, f"not removing {action.volume_id} for now: {held[action.volume_id]}"
     if note:
         notes.append(note)
     if action is None:

@@ -3,6 +3,7 @@ reached backs off and tries again; an episode (Idle/Wait/Blocked between) starts
 
 from __future__ import annotations
 
+from dataclasses import replace as replace_
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,10 @@ import pytest
 from bsud.cloud.local import LocalCloud
 from bsud.config import CloudSettings, DriveConfig, Layout, Provider, Target
 from bsud.errors import BsudError
-from bsud.reconcile.engine import REPEAT_LIMIT, UNCHANGED_LIMIT, DriveReconciler
-from bsud.reconcile.model import DriveObs, Grow, Idle, MarkVolume, Outcome, Unmount, VolumeObs
+from bsud.reconcile import engine
+from bsud.reconcile.engine import REMOVAL_FAILURE_LIMIT, REPEAT_LIMIT, UNCHANGED_LIMIT, DriveReconciler
+from bsud.reconcile.model import (REMOVING, DriveObs, Grow, Idle, MarkVolume, Outcome, RemoveFromDrive, Unmount,
+                                  UsageObs, VolumeObs)
 from bsud.reconcile.observe import CloudSnapshot
 
 
@@ -37,7 +40,9 @@ class ScriptedDrive(DriveReconciler):
     next_obs: DriveObs
 
     def observe(self, max_age=None):
-        return self.next_obs, []
+        from dataclasses import replace
+
+        return replace(self.next_obs, removal_held=self._held_removals()), []
 
 
 MEMBER = VolumeObs(id="v1", size_gib=10, state="in-use", attached_here=True, device="/dev/x", member=True)
@@ -130,3 +135,35 @@ def test_a_reload_applies_the_daemon_section_too(drive):
     rec.update_spec(rec.spec, DaemonSettings(volume_wait_seconds=7, device_wait_seconds=9, grow_seconds=4))
     assert (rec.executor.attach_timeout, rec.executor.device_timeout) == (7, 9)
     assert rec.pace().grow_seconds == 4  # nothing timed yet: the configured default
+
+
+def test_a_removal_failing_again_and_again_is_given_up_for_an_hour_then_tried_again(drive, monkeypatch):
+    rec, fake = drive
+    clock = [1000.0]
+    monkeypatch.setattr(engine.time, "monotonic", lambda: clock[0])
+    small = VolumeObs(id="v2", size_gib=10, state="in-use", attached_here=True, device="/dev/y", member=True)
+    big = VolumeObs(id="v1", size_gib=30, state="in-use", attached_here=True, device="/dev/x", member=True)
+    low = UsageObs(used=2 << 30, free=38 << 30, size=40 << 30)
+    removing = DriveObs(name="d", volumes=(replace_(big, bookkeeping=REMOVING), small), has_filesystem=True,
+                        mounted=True, active=True, usage=low)
+    rec.next_obs = removing
+
+    def run(action, devices=None):
+        fake.done.append(action.kind)
+        if isinstance(action, RemoveFromDrive):
+            raise BsudError("btrfs: unable to relocate a chunk (No space left on device)", temporary=True)
+        return Outcome.CHANGED
+    fake.run = run  # type: ignore[method-assign]
+
+    for _ in range(REMOVAL_FAILURE_LIMIT):
+        with pytest.raises(BsudError, match="relocate"):
+            rec.step()
+    abandon = rec.step().action  # the volume is left in the drive, saying why and until when
+    assert abandon == MarkVolume(volume_id="v1", value="") and "failed 3 times in a row" in abandon.reason
+    assert "No space left" in abandon.reason and "not tried again before" in abandon.reason
+    rec.next_obs = replace_(removing, volumes=(big, small))  # the mark dropped: used is still low
+    settled = rec.step()
+    assert settled.action == Idle() and any("not removing v1 for now" in n for n in settled.notes)
+    assert fake.done == ["RemoveFromDrive"] * REMOVAL_FAILURE_LIMIT + ["MarkVolume"]
+    clock[0] += engine.REMOVAL_HOLD_SECONDS + 1
+    assert rec.step().action == MarkVolume(volume_id="v1", value=REMOVING)  # an hour on: tried again

@@ -136,6 +136,19 @@ ONLINE_TABLE = [
     ("removal-abandoned-when-filling-fast", spec(),
      online(vol("v1"), vol("v2", 12, bookkeeping=REMOVING), used=2,
             pace=Pace(write_rate=200e6, grow_seconds=60)), ("MarkVolume", {"volume_id": "v2"})),
+    # a removal that failed again and again is given up for a while (the engine holds it back), the orphan PV
+    # of a removal is finished whatever happened
+    ("removal-held-back-is-abandoned", spec(),
+     online(vol("v1"), vol("v2", 12, bookkeeping=REMOVING), used=2, removal_held=(("v2", "failed 3 times"),)),
+     ("MarkVolume", {"volume_id": "v2"})),
+    ("removal-held-back-is-not-started-again", spec(),
+     online(vol("v1"), vol("v2", 12), used=2, removal_held=(("v2", "failed 3 times"),)), ("Idle", {})),
+    ("a-held-volume-does-not-stop-removing-the-largest", spec(),
+     online(vol("v1", 12), vol("v2", 10), used=2, removal_held=(("v2", "failed 3 times"),)),
+     ("MarkVolume", {"volume_id": "v1", "value": REMOVING})),
+    ("held-back-orphan-pv-is-still-finished", spec(layout=Layout.LVM),
+     online(vol("v1"), vol("v2", 12, bookkeeping=REMOVING, member=False, own=True), used=2,
+            removal_held=(("v2", "failed 3 times"),)), ("RemoveFromDrive", {"volume_id": "v2"})),
     # issue 9 faults: a volume detached or deleted behind bsud's back while the drive is mounted
     ("member-detached-behind-its-back-is-attached-back", spec(layout=Layout.LVM),
      online(vol("v1"), vol("v2", state="available", member=False), used=2, missing="VG d misses 1 of its 2 PVs"),
