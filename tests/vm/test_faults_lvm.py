@@ -126,11 +126,14 @@ def test_volumes_taken_away_behind_its_back(vm, tmp_path: Path, capsys):
         vm.ec2.detach_volume(VolumeId=yanked, InstanceId=vm.instance_id, Force=True)
         h.wait_for("the detach noticed", lambda s: logged(h, "detached while the drive is in use, not by bsud"),
                    timeout=120)
-        # The writer stops at its first error (read-only btrfs, EIO): then nothing holds the mount.
+        # The writer stops at its first error (read-only btrfs, EIO): then nothing holds the mount. The status file
+        # is written after each step: until the re-attach step ends it still says online and idle, so the recovery
+        # is awaited in the log first.
+        h.wait_for("the LV refreshed", lambda s: logged(h, "lvchange --refresh") or logged(h, "reloading its table"),
+                   timeout=300)
         st = h.wait_online(volumes=2, timeout=300)
         writer.halt.set()
         writer.join(60)
-        assert logged(h, "lvchange --refresh") or logged(h, "reloading its table"), h.tail(80)
         remounted = logged(h, "read-only after I/O errors")
         intact = checksums(h.mount)
         durable = {**before, **writer.written}
