@@ -34,14 +34,18 @@ class ConfigError(BsudError):
         path: str | None = None,
         drive: str | None = None,
         field: str | None = None,
+        line: int | None = None,
     ) -> None:
         self.path = path
         self.drive = drive
         self.field = field
+        self.line = line
         self.reason = message
         where = []
         if path:
             where.append(str(path))
+        if line:
+            where.append(f"line {line}")
         if drive:
             where.append(f"drive {drive!r}")
         if field:

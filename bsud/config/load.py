@@ -24,6 +24,7 @@ from bsud.config.schema import (
     EnvSettings,
     _ConfigFile,
 )
+from bsud.config.source import JsonSyntaxError, read_document
 from bsud.errors import BsudError, ConfigError
 
 DEFAULT_CONFIG_PATH = "/etc/osc/bsud.json"
@@ -69,23 +70,35 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _translate(error: Any, raw: dict[str, Any], path: str) -> ConfigError:
-    """One pydantic error → one ConfigError with file, drive and field."""
-    loc = tuple(error["loc"])
+def _where(loc: tuple[Any, ...], raw: Any) -> tuple[str | None, str | None]:
+    """(drive, field) for a place in the document: ``("drives", 0, "exports", 1, "nfs", "clients")`` → drive
+    ``data``, field ``exports #2 (nfs).clients``, as the rules name them too."""
     drive = None
     if len(loc) >= 2 and loc[0] == "drives" and isinstance(loc[1], int):
         try:
-            drive = raw["drives"][loc[1]].get("name") or f"#{loc[1] + 1}"
+            name = raw["drives"][loc[1]].get("name")
         except (KeyError, IndexError, TypeError, AttributeError):
-            drive = f"#{loc[1] + 1}"
+            name = None
+        drive = name if isinstance(name, str) and name else f"#{loc[1] + 1}"
         rest = loc[2:]
     else:
         rest = loc
-    if len(rest) >= 3 and rest[0] == "exports" and isinstance(rest[1], int):
-        # ("exports", 0, "nfs", "clients") → "exports #1 (nfs).clients", as the rules name it too
-        rest = (f"exports #{rest[1] + 1} ({rest[2]})", *rest[3:])
+    if len(rest) >= 2 and rest[0] == "exports" and isinstance(rest[1], int):
+        try:
+            kind = raw["drives"][loc[1]]["exports"][rest[1]].get("kind")
+        except (KeyError, IndexError, TypeError, AttributeError):
+            kind = None
+        tagged = len(rest) >= 3 and isinstance(rest[2], str) and rest[2] == kind  # pydantic's loc names the kind
+        shown = f" ({kind})" if isinstance(kind, str) else ""
+        rest = (f"exports #{rest[1] + 1}{shown}", *rest[3 if tagged else 2:])
     keys = [str(p) for p in rest if not isinstance(p, int)]
-    field_name = ".".join(keys) if keys else None
+    return drive, ".".join(keys) if keys else None
+
+
+def _translate(error: Any, raw: dict[str, Any], path: str) -> ConfigError:
+    """One pydantic error → one ConfigError with file, drive and field."""
+    loc = tuple(error["loc"])
+    drive, field_name = _where(loc, raw)
     kind = error["type"]
     value = error.get("input")
     if kind == "extra_forbidden":
@@ -123,22 +136,113 @@ def _translate(error: Any, raw: dict[str, Any], path: str) -> ConfigError:
     return ConfigError(message, path=path, drive=drive, field=field_name)
 
 
+_GONE = object()
+
+
+def _set_aside(doc: Any, loc: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """Mark what a schema error at ``loc`` is about for removal: the value itself, or — when the error is about
+    something absent (a missing key, an export kind) — the deepest object that holds it. The place marked (None:
+    the whole document, nothing can be checked further)."""
+    node, reached = doc, ()
+    for part in loc:
+        if isinstance(node, dict) and isinstance(part, str) and part in node:
+            node, reached = node[part], (*reached, part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node, reached = node[part], (*reached, part)
+        else:
+            break
+    if not reached:
+        return None
+    parent = doc
+    for part in reached[:-1]:
+        parent = parent[part]
+    parent[reached[-1]] = _GONE
+    return reached
+
+
+def _without_gone(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_gone(v) for k, v in value.items() if v is not _GONE}
+    if isinstance(value, list):
+        return [_without_gone(v) for v in value if v is not _GONE]
+    return value
+
+
+def _validate(raw: dict[str, Any], path: str) -> tuple[_ConfigFile | None, list[ConfigError],
+                                                         set[tuple[str | None, str | None]]]:
+    """The schema's problems with ``raw`` (all of them: pydantic reports every field at once), and the file with
+    what they are about set aside, validated again so that the rules can still check everything else. The set
+    aside places are returned as (drive, field) — field None for a whole drive or export."""
+    problems: list[ConfigError] = []
+    aside: set[tuple[str | None, str | None]] = set()
+    doc = json.loads(json.dumps(raw))
+    for attempt in range(6):
+        try:
+            return _ConfigFile.model_validate_json(json.dumps(doc), strict=True), problems, aside
+        except ValidationError as exc:
+            errors = exc.errors()
+        if attempt == 0:  # later rounds only find what setting things aside caused: not the user's problems
+            problems = [_translate(e, doc, path) for e in errors]
+        for error in errors:
+            loc = tuple(error["loc"])
+            drive, _ = _where(loc, doc)
+            marked = _set_aside(doc, loc)
+            if marked is None:
+                return None, problems, aside
+            aside.add((drive, _where(marked, doc)[1] if len(marked) > 2 or marked[0] != "drives" else None))
+        doc = _without_gone(doc)
+    return None, problems, aside
+
+
+def _follows_from(problem: ConfigError, aside: set[tuple[str | None, str | None]]) -> bool:
+    """A rule's problem about something the schema already refused (or that only a refused value's default made):
+    not worth a second line."""
+    for drive, field_name in aside:
+        if drive != problem.drive:
+            continue
+        if field_name is None:
+            return True
+        key = field_name.rsplit(".", 1)[-1]
+        if (problem.field or "").startswith(field_name) or key in problem.reason:
+            return True
+    return False
+
+
+#: The original bsud's docs (docs/use.md) spell the credentials section so; its code reads 'authentication'.
+_ORIGINAL_SPELLING = "authentification"
+
+
 def parse_config(text: str, path: str = "<config>", env: EnvSettings | None = None) -> Config:
-    """Validate a config file's text; raise :class:`InvalidConfig` listing every problem."""
+    """Validate a config file's text; raise :class:`InvalidConfig` listing every problem (the file's own — a
+    repeated key, an absurd number —, the schema's and the rules', all in one run)."""
     try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidConfig([ConfigError(f"line {exc.lineno} column {exc.colno}: invalid JSON: {exc.msg}",
-                                         path=path)]) from None
+        document = read_document(text)
+    except JsonSyntaxError as exc:
+        raise InvalidConfig([ConfigError(str(exc), path=path)]) from None
+    raw = document.data
     if not isinstance(raw, dict):
         raise InvalidConfig([ConfigError("must hold a JSON object with a 'drives' list", path=path)])
-    try:
-        parsed = _ConfigFile.model_validate_json(text, strict=True)
-    except ValidationError as exc:
-        raise InvalidConfig([_translate(e, raw, path) for e in exc.errors()]) from None
-    problems, warnings = check_semantics(parsed, path)
-    if problems:
-        raise InvalidConfig(problems)
+    problems = [ConfigError(f.message, path=path, line=f.line, drive=_where(f.path, raw)[0],
+                            field=_where(f.path, raw)[1]) for f in document.findings]
+    warnings: list[str] = []
+    if _ORIGINAL_SPELLING in raw:
+        if "authentication" in raw:
+            problems.append(ConfigError(f"give 'authentication' only ({_ORIGINAL_SPELLING!r} is also there)",
+                                        path=path, line=document.lines.get((_ORIGINAL_SPELLING,)),
+                                        field=_ORIGINAL_SPELLING))
+        else:
+            warnings.append(f"{path}: {_ORIGINAL_SPELLING!r} read as 'authentication' (the original bsud's docs "
+                            "spell it so, its code did not read it); rename the key")
+        raw = {("authentication" if k == _ORIGINAL_SPELLING else k): v for k, v in raw.items()}
+    parsed, schema_problems, aside = _validate(raw, path)
+    problems += schema_problems
+    aside |= {_where(f.path, raw) for f in document.findings}
+    if parsed is not None:
+        rule_problems, rule_warnings = check_semantics(parsed, path)
+        problems += [p for p in rule_problems if not _follows_from(p, aside)]
+        warnings += rule_warnings
+    if problems or parsed is None:
+        raise InvalidConfig(problems or [ConfigError("cannot be read as a bsud config", path=path)])
 
     env = env if env is not None else EnvSettings()
     if parsed.authentication is not None:

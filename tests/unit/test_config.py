@@ -281,3 +281,107 @@ def test_example_config_is_valid():
     example = Path(__file__).resolve().parents[2] / "config.example.json"
     config = load_config(example, NO_ENV)
     assert config.drives
+
+
+# --- issue 20: no config mistake deletes data; every problem in one run; nothing a user writes ends in a traceback
+
+
+def test_a_repeated_key_is_refused_with_its_line_not_silently_the_last():
+    text = '{"drives": [{"name": "data", "target": "online",\n  "mount-path": "/mnt/data",\n  "target": "delete"}]}'
+    assert problems(text) == ["bsud.json: line 3: drive 'data': field 'target': repeated key (first on line 1): "
+                              "JSON keeps the last one silently and bsud will not guess which you meant; remove one "
+                              "of them"]
+
+
+def test_a_repeated_section_is_refused():
+    text = ('{"drives": [{"name": "a", "target": "online", "mount-path": "/mnt/a"}],\n'
+            ' "drives": [{"name": "b", "target": "online", "mount-path": "/mnt/b"}]}')
+    assert problems(text) == ["bsud.json: line 2: field 'drives': repeated key (first on line 1): JSON keeps the "
+                              "last one silently and bsud will not guess which you meant; remove one of them"]
+
+
+def test_repeated_keys_deep_down_name_their_export():
+    doc = ('{"drives": [{"name": "data", "target": "online", "mount-path": "/mnt/data", "exports": [\n'
+           '  {"kind": "nfs", "clients": ["10.0.0.0/8"], "clients": ["*"]}]}]}')
+    (line,) = problems(doc)
+    assert line.startswith("bsud.json: line 2: drive 'data': field 'exports #1 (nfs).clients': repeated key")
+
+
+def test_an_absurd_number_is_one_line_not_a_traceback():
+    text = '{"drives": [{"name": "data", "target": "online", "mount-path": "/mnt/data", "max-bsu-count": ' + \
+        "9" * 5000 + "}]}"
+    assert problems(text) == ["bsud.json: line 1: drive 'data': field 'max-bsu-count': a 5000-character number is "
+                              "not a usable value (no field takes a number of 10^15 or more)"]
+    assert problems(json.dumps({"drives": [drive(**{"max-total-size-gib": 1e300})]})) == [
+        "bsud.json: line 1: drive 'data': field 'max-total-size-gib': 1e+300 is not a usable value (no field takes "
+        "a number of 10^15 or more)"]
+
+
+def test_type_and_rule_problems_are_reported_in_one_run():
+    found = problems({"drives": [drive(**{"mount-path": "mnt/data", "initial-size-gib": 2.5,
+                                          "max-total-size-gib": 5}),
+                                 drive(name="logs", target="sideways", **{"mount-path": "/mnt/logs"}),
+                                 drive(name="sda", **{"mount-path": "/mnt/sda"})],
+                      "daemon": {"metrics-textfile": "relative.prom"}})
+    assert found == [
+        "bsud.json: drive 'data': field 'initial-size-gib': must be a whole number (got 2.5)",
+        "bsud.json: drive 'logs': field 'target': must be one of 'online', 'offline' or 'delete' (got 'sideways')",
+        "bsud.json: field 'daemon.metrics-textfile': 'relative.prom' must be an absolute path ending in .prom (what "
+        "node_exporter's textfile collector reads)",
+        "bsud.json: drive 'data': field 'mount-path': 'mnt/data' must be an absolute path (starting with /)",
+        "bsud.json: drive 'sda': field 'name': 'sda' is reserved (it would clash with a name under /dev or in LVM); "
+        "choose another name",
+    ]  # not "max-total-size-gib (5) must be at least initial-size-gib (10)": 10 is only the refused value's default
+
+
+def test_a_drive_missing_a_required_key_does_not_hide_the_others_problems():
+    found = problems({"drives": [drive(target=None), drive(name="two", **{"mount-path": "/"})]})
+    assert found == ["bsud.json: drive 'data': field 'target': required key is missing",
+                     "bsud.json: drive 'two': field 'mount-path': the mount path must not be '/'"]
+
+
+def test_the_original_docs_spelling_of_authentication_is_read_with_a_warning():
+    doc = {"authentification": {"access-key": "AKIAORIG", "secret-key": "s3cr3t-value"}, "drives": [drive()]}
+    config = parse(doc)
+    assert config.access_key == "AKIAORIG" and config.credentials_from == "config file"
+    assert config.warnings == ("bsud.json: 'authentification' read as 'authentication' (the original bsud's docs "
+                               "spell it so, its code did not read it); rename the key",)
+    both = {**doc, "authentication": {"access-key": "AKIAOTHER", "secret-key": "x" * 8}}
+    assert problems(both) == ["bsud.json: line 1: field 'authentification': give 'authentication' only "
+                              "('authentification' is also there)"]
+
+
+@pytest.mark.parametrize("text", ["", "[", "{", '{"drives": [', "[" * 100000, "{" * 5000, '{"a": NaN}',
+                                  '{"a": Infinity}', "\ufeff{}", '{"drives": []} trailing', '"just a string"',
+                                  '{"drives": "x"}', '{"drives": [1, null, true]}', '{"a":"\\ud800"}',
+                                  '{"drives": [{"name": {"name": {}}}]}', '{"\\u0000": 1}', "1e99999999"])
+def test_nothing_a_user_can_write_ends_in_a_traceback(text: str):
+    found = problems(text)
+    assert found and all(p.startswith("bsud.json") and "\n" not in p for p in found), found
+
+
+def test_random_damage_to_a_good_file_is_always_one_line_per_problem():
+    import random
+
+    good = json.dumps({"cloud": {"provider": "aws", "region": "eu-west-1", "tags": {"a": "b"}},
+                       "daemon": {"metrics-listen": "127.0.0.1:9711", "on-event": ["/bin/true"]},
+                       "drives": [drive(exports=[{"kind": "nfs", "clients": ["10.0.0.0/8"]}],
+                                        **{"max-total-size-gib": 100})]})
+    rng = random.Random(20)
+    alphabet = '{}[]:,"0123456789.eE-+ \\/atrufnl' + "x\u00e9\u2028"
+    for _ in range(3000):
+        chars = list(good)
+        for _ in range(rng.randint(1, 4)):
+            where = rng.randrange(len(chars))
+            match rng.randrange(3):
+                case 0:
+                    del chars[where]
+                case 1:
+                    chars.insert(where, rng.choice(alphabet))
+                case _:
+                    chars[where] = rng.choice(alphabet)
+        text = "".join(chars)
+        try:
+            parse_config(text, "bsud.json", NO_ENV)
+        except InvalidConfig as exc:
+            assert exc.problems and all("\n" not in str(p) for p in exc.problems), text

@@ -74,8 +74,8 @@ BAD = [
     ("nvmeof-bad-address", {**NVME, "address": "storage.local"}, "'storage.local' is not an IP address"),
     ("nvmeof-port", {**NVME, "port": 70000}, "port"),
     ("nvmeof-rdma", {**NVME, "transport": "rdma"}, "field 'exports #1 (nvmeof).transport': must be 'tcp'"),
-    ("unknown-kind", {"kind": "ftp"}, "field 'exports': kind 'ftp' is not one of nfs, smb, iscsi, nvmeof"),
-    ("no-kind", {"clients": ["*"]}, "field 'exports': each export needs a \"kind\""),
+    ("unknown-kind", {"kind": "ftp"}, "field 'exports #1 (ftp)': kind 'ftp' is not one of nfs, smb, iscsi, nvmeof"),
+    ("no-kind", {"clients": ["*"]}, "field 'exports #1': each export needs a \"kind\""),
     ("typo-suggests", {**NFS, "optons": ["rw"]}, "field 'exports #1 (nfs).optons': unknown key; did you mean 'options'?"),
 ]
 
