@@ -1,4 +1,6 @@
-"""Logging: readable lines on a terminal, JSON lines otherwise (journald); secrets scrubbed.
+"""Logging: readable lines on a terminal; on journald, ``<N>``-prefixed lines that carry each event's level as the
+journal's priority (``journalctl -p warning``) and no timestamp of their own; JSON lines anywhere else.
+Secrets scrubbed.
 
 Every event goes through :func:`scrub_secrets`, which masks values under secret-looking
 keys and any registered secret value wherever it appears (in argv, in error text...).
@@ -6,7 +8,10 @@ keys and any registered secret value wherever it appears (in argv, in error text
 
 from __future__ import annotations
 
+import io
+import json as jsonlib
 import logging
+import os
 import re
 import sys
 import threading
@@ -61,24 +66,65 @@ def scrub_secrets(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> 
     return event
 
 
-def configure_logging(level: str = "info", *, stream: TextIO | None = None, json: bool | None = None) -> None:
-    """Set up structlog. ``json=None`` picks console lines on a terminal, JSON otherwise."""
+#: syslog priorities (sd-daemon(3)'s ``<N>`` prefixes) of bsud's levels.
+PRIORITIES = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
+
+
+def is_journal(stream: TextIO) -> bool:
+    """Whether ``stream`` is connected to journald: $JOURNAL_STREAM names its device and inode (systemd.exec(5))."""
+    try:
+        device, inode = (int(part) for part in os.environ.get("JOURNAL_STREAM", "").split(":"))
+        info = os.fstat(stream.fileno())
+    except (ValueError, OSError, AttributeError, io.UnsupportedOperation):
+        return False
+    return (info.st_dev, info.st_ino) == (device, inode)
+
+
+def journal_line(text: str, priority: int) -> str:
+    """``text`` with journald's priority prefix on each of its lines (a traceback's lines keep the level too)."""
+    return "\n".join(f"<{priority}>{line}" for line in text.split("\n"))
+
+
+def _logfmt(value: Any) -> str:
+    if isinstance(value, str) and value and not any(c in value for c in ' "=\\\n'):
+        return value
+    return jsonlib.dumps(value, default=str, ensure_ascii=False)
+
+
+def render_for_journal(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> str:
+    """structlog renderer for journald: ``<4>step failed drive=data error="…"`` — the priority from the level, the
+    event, then its fields as key=value (JSON-quoted where needed); journald stamps the time itself."""
+    priority = PRIORITIES.get(str(event.pop("level", "info")), 6)
+    message = str(event.pop("event", ""))
+    trace = event.pop("exception", None)
+    fields = " ".join(f"{key}={_logfmt(value)}" for key, value in event.items())
+    text = f"{message} {fields}".rstrip() + (f"\n{trace}" if trace else "")
+    return journal_line(text, priority)
+
+
+def configure_logging(level: str = "info", *, stream: TextIO | None = None, json: bool | None = None,
+                      journal: bool | None = None) -> None:
+    """Set up structlog: journald lines when ``stream`` is the journal (``journal=None``: detected), else
+    ``json=None`` picks console lines on a terminal, JSON otherwise."""
     stream = stream or sys.stderr
     level = level.lower()
     if level not in LEVELS:
         level = "info"
+    if journal is None:
+        journal = json is None and is_journal(stream)
     if json is None:
         json = not stream.isatty()
     renderer: Any = (
-        structlog.processors.JSONRenderer(sort_keys=False)
-        if json
+        render_for_journal if journal
+        else structlog.processors.JSONRenderer(sort_keys=False) if json
         else structlog.dev.ConsoleRenderer(colors=stream.isatty())
     )
+    stamp = [] if journal else [structlog.processors.TimeStamper(fmt="iso", utc=True)]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *stamp,
             scrub_secrets,
             structlog.processors.format_exc_info,
             renderer,
