@@ -9,16 +9,28 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
 
 from bsud import __version__
-from bsud.config import DEFAULT_CONFIG_PATH, Config, EnvSettings, InvalidConfig, load_config
+from bsud.config import DEFAULT_CONFIG_PATH, Config, DriveConfig, EnvSettings, InvalidConfig, Target, load_config
 from bsud.errors import BsudError
-from bsud.logs import LEVELS, configure_logging, get_logger, register_secrets
+from bsud.logs import LEVELS, configure_logging, get_logger, is_journal, journal_line, register_secrets
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 2
+#: A reader that stopped reading (``bsud status | head -1``): quiet, as a program killed by SIGPIPE.
+EXIT_PIPE = 128 + 13
+#: How long ``bsud wait-online`` waits by default (bsud-wait-online@.service).
+WAIT_ONLINE_SECONDS = 300.0
+#: How long ``bsud reload`` waits for the daemon to answer.
+RELOAD_ANSWER_SECONDS = 60.0
+
+
+def say(text: str, priority: int = 3) -> None:
+    """One line for the user on stderr (with journald's priority prefix when stderr is the journal)."""
+    print(journal_line(text, priority) if is_journal(sys.stderr) else text, file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +60,22 @@ def build_parser() -> argparse.ArgumentParser:
     ha.add_argument("--write", action="store_true", help="write <promoter-dir>/bsud-<drive>.toml (atomically)")
     sub.add_parser("check-config", parents=[common],
                    help="validate the config and print it with defaults filled and secrets masked")
+    wait = sub.add_parser("wait-online", parents=[common],
+                          help="wait until the named drives (default: every drive whose target is online) are "
+                               "mounted by the running daemon; exit 1 at the timeout (bsud-wait-online@.service)")
+    wait.add_argument("drives", nargs="*", metavar="DRIVE", help="drive names from the config")
+    wait.add_argument("--timeout", type=float, default=WAIT_ONLINE_SECONDS, metavar="SECONDS",
+                      help=f"give up after this long (default {WAIT_ONLINE_SECONDS:.0f})")
+    reload = sub.add_parser("reload", parents=[common],
+                            help="check the config, then have the running daemon reload it (SIGHUP) and wait for "
+                                 "its answer; exit 2 when the config is refused (the unit's ExecReload)")
+    reload.add_argument("--pid", type=int, help="the daemon's pid (default: from its status file)")
+    delete = sub.add_parser("delete-drive", parents=[common],
+                            help="take drives down and DELETE their volumes: unmount, deactivate, detach, delete "
+                                 "(asks for the drive names unless --yes)")
+    delete.add_argument("drives", nargs="*", metavar="DRIVE", help="drive names (need not be in the config)")
+    delete.add_argument("--all", action="store_true", help="every drive whose volumes carry bsud's tag")
+    delete.add_argument("--yes", action="store_true", help="do not ask; delete")
     return parser
 
 
@@ -177,7 +205,7 @@ def cmd_ha_config(config: Config, write: bool) -> int:
 
     drives = [d for d in config.drives if d.ha is not None]
     if not drives:
-        print("bsud: no drive has an ha section", file=sys.stderr)
+        say("bsud: no drive has an ha section")
         return EXIT_ERROR
     failed = False
     for d in drives:
@@ -189,22 +217,136 @@ def cmd_ha_config(config: Config, write: bool) -> int:
         agents = start_list(d.name, d.mount_path, d.ha, d.exports)
         problems = check_gateway(agents)
         for path in Promoter(Runner()).unprepared(agents):
-            print(f"bsud: drive {d.name!r}: --write also writes {path} (nfsdcld must stop with nfs-server for the "
-                  "nfsserver agent's stop to succeed)", file=sys.stderr)
+            say(f"bsud: drive {d.name!r}: --write also writes {path} (nfsdcld must stop with nfs-server for the "
+                "nfsserver agent's stop to succeed)", 4)
         text = render(d.name, d.mount_path, d.ha, d.exports)
         for secret in config.secrets():  # as the file has it: in a shell word, in a TOML string
             text = text.replace(toml_string(secret)[1:-1], "********").replace(secret, "********")
         print(f"# {Promoter.file(d.name, d.ha)}\n{text}", end="")
         for problem in problems:
-            print(f"bsud: drive {d.name!r}: {problem}", file=sys.stderr)
+            say(f"bsud: drive {d.name!r}: {problem}")
         failed |= bool(problems)
     return EXIT_ERROR if failed else EXIT_OK
+
+
+def _mounted(data: dict | None, spec: DriveConfig) -> bool:
+    """The running daemon says the drive is mounted, and the kernel agrees."""
+    status = (data or {}).get("drives", {}).get(spec.name) or {}
+    return bool(status.get("mounted")) and os.path.ismount(spec.mount_path)
+
+
+def cmd_wait_online(config: Config, names: list[str], timeout: float) -> int:
+    """Until every named drive (default: each whose target is online) is mounted; 1 at the timeout."""
+    known = {d.name: d for d in config.drives}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        say(f"bsud: wait-online: {', '.join(map(repr, unknown))} not in {config.path} (its drives: "
+            f"{', '.join(known) or 'none'})")
+        return EXIT_CONFIG
+    specs = [known[n] for n in names] if names else [d for d in config.drives if d.target == Target.ONLINE]
+    never = [d.name for d in specs if d.target != Target.ONLINE]
+    if never:
+        say(f"bsud: wait-online: drive {', '.join(map(repr, never))} has target "
+            f"{known[never[0]].target.value} in {config.path}: it will not be mounted")
+        return EXIT_ERROR
+    deadline = time.monotonic() + timeout
+    while True:
+        data = _daemon_status(config)
+        waiting = [d for d in specs if not _mounted(data, d)]
+        if not waiting:
+            say(f"bsud: wait-online: mounted: {', '.join(d.name for d in specs) or 'no online drive'}", 6)
+            return EXIT_OK
+        if time.monotonic() >= deadline:
+            for d in waiting:
+                status = (data or {}).get("drives", {}).get(d.name) or {}
+                why = ("no bsud daemon is running" if data is None else
+                       f"phase {status.get('phase', 'unknown')}" + (f", last error: {status['last_error']}"
+                                                                    if status.get("last_error") else ""))
+                say(f"bsud: wait-online: drive {d.name!r} is not mounted on {d.mount_path} after {timeout:.0f} s "
+                    f"({why}); see bsud status")
+            return EXIT_ERROR
+        time.sleep(0.5)
+
+
+def cmd_reload(config: Config, pid: int | None) -> int:
+    """The config is valid (it was loaded): SIGHUP the daemon and wait for its answer."""
+    from bsud.daemon import not_run_here
+
+    refused = not_run_here(config)
+    if refused:
+        raise InvalidConfig(refused)
+    data = _daemon_status(config)
+    pid = pid or (int(data["pid"]) if data else None)
+    if not pid:
+        say(f"bsud: reload: no bsud daemon is running with status file {config.daemon.status_file}")
+        return EXIT_ERROR
+    before = data.get("reloads", 0) if data and data.get("pid") == pid else -1
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as exc:
+        say(f"bsud: reload: cannot signal bsud (pid {pid}): {exc.strerror}")
+        return EXIT_ERROR
+    deadline = time.monotonic() + RELOAD_ANSWER_SECONDS
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        data = _daemon_status(config)
+        if data and data.get("pid") == pid and data.get("reloads", 0) > before:
+            result = str(data.get("reload_result", ""))
+            if result.startswith("refused"):
+                say(f"bsud: reload {result}")
+                return EXIT_CONFIG
+            say(f"bsud: config reloaded by bsud (pid {pid})", 6)
+            return EXIT_OK
+    say(f"bsud: reload: bsud (pid {pid}) did not answer within {RELOAD_ANSWER_SECONDS:.0f} s; see its log")
+    return EXIT_ERROR
+
+
+def cmd_delete_drive(config: Config, names: list[str], every: bool, yes: bool) -> int:
+    from bsud.cleanup import delete_drives, doomed
+
+    if not names and not every:
+        say("bsud: delete-drive: name the drives to delete, or pass --all")
+        return EXIT_CONFIG
+    if not yes:
+        if not sys.stdin.isatty():
+            say("bsud: delete-drive: this deletes volumes and their data; refusing without --yes (stdin is not a "
+                "terminal to ask on)")
+            return EXIT_ERROR
+        listing = doomed(config, names, every)
+        for name, volumes in listing.items():
+            print(f"{name}: {', '.join(volumes) or 'no volume'}")
+        answer = input(f"Delete these drives and their volumes, data included? Type {' '.join(listing)} to "
+                       "confirm: ").split()
+        if sorted(answer) != sorted(listing) or not listing:
+            say("bsud: delete-drive: not confirmed; nothing deleted", 6)
+            return EXIT_ERROR
+    return delete_drives(config, names, every, report=say)
 
 
 def cmd_run(config: Config) -> int:
     from bsud.daemon import Daemon
 
     return Daemon(config).run()
+
+
+def _command(config_path: str, args: argparse.Namespace) -> int:
+    command = args.command or "run"
+    config = _load(config_path)
+    if command == "check-config":
+        return cmd_check_config(config)
+    if command == "status":
+        return cmd_status(config, args.json, args.exports)
+    if command == "plan":
+        return cmd_plan(config)
+    if command == "ha-config":
+        return cmd_ha_config(config, args.write)
+    if command == "wait-online":
+        return cmd_wait_online(config, args.drives, args.timeout)
+    if command == "reload":
+        return cmd_reload(config, args.pid)
+    if command == "delete-drive":
+        return cmd_delete_drive(config, args.drives, args.all, args.yes)
+    return cmd_run(config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -214,25 +356,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = getattr(args, "log_level", None) or env.bsud_log or "info"
     configure_logging(level)
     config_path = getattr(args, "config", None) or DEFAULT_CONFIG_PATH
-    command = args.command or "run"
     try:
-        config = _load(config_path)
-        if command == "check-config":
-            return cmd_check_config(config)
-        if command == "status":
-            return cmd_status(config, args.json, args.exports)
-        if command == "plan":
-            return cmd_plan(config)
-        if command == "ha-config":
-            return cmd_ha_config(config, args.write)
-        return cmd_run(config)
+        return _command(config_path, args)
     except InvalidConfig as exc:
         for problem in exc.problems:
-            print(f"bsud: config error: {problem}", file=sys.stderr)
+            say(f"bsud: config error: {problem}")
         return EXIT_CONFIG
     except BsudError as exc:
-        print(f"bsud: error: {exc}", file=sys.stderr)
+        say(f"bsud: error: {exc}")
         return EXIT_ERROR
+    except BrokenPipeError:
+        # Whoever read our output stopped (| head): no traceback, and none at exit when Python flushes stdout.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_PIPE
     except KeyboardInterrupt:
         return 130
 

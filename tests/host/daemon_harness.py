@@ -79,7 +79,7 @@ class DaemonHarness:
             self.proc.kill()
             self.proc.wait()
         self.proc = None
-        subprocess.run([sys.executable, "-m", "bsud.cleanup", "-c", str(self.config_path), "--all"],
+        subprocess.run([sys.executable, "-m", "bsud", "delete-drive", "--yes", "-c", str(self.config_path), "--all"],
                        capture_output=True, cwd=ROOT, timeout=600)
 
     def signal(self, sig: int) -> None:

@@ -86,3 +86,58 @@ def test_secrets_never_printed(tmp_path):
     assert out.returncode == 0
     assert "TopSecret123" not in out.stdout + out.stderr
     assert "chmod 600" in out.stderr
+
+
+def local_config(tmp_path: Path, **daemon: object) -> Path:
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"cloud": {"provider": "local", "state-dir": str(tmp_path / "state")},
+                                "daemon": {"status-file": str(tmp_path / "status.json"), **daemon},
+                                "drives": [{"name": "data", "target": "online", "mount-path": str(tmp_path / "m")},
+                                           {"name": "old", "target": "offline", "mount-path": str(tmp_path / "o")}]}))
+    return path
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly(tmp_path):
+    """`bsud check-config | head -1`: the pipe closes under bsud; no BrokenPipeError traceback, SIGPIPE's status."""
+    import os
+
+    config = local_config(tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OSC_", "BSUD_"))}
+    proc = subprocess.Popen([sys.executable, "-m", "bsud", "check-config", "-c", str(config)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdout is not None
+    proc.stdout.readline()
+    proc.stdout.close()  # as `head -1` does once it has its line
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 141 and b"Traceback" not in err and b"BrokenPipe" not in err, err
+
+
+def test_wait_online_names_what_it_waits_for_and_refuses_what_never_comes(tmp_path):
+    config = str(local_config(tmp_path))
+    out = bsud("wait-online", "-c", config, "nope")
+    assert out.returncode == 2 and out.stderr.strip() == f"bsud: wait-online: 'nope' not in {config} (its drives: " \
+                                                         "data, old)"
+    out = bsud("wait-online", "-c", config, "old")
+    assert out.returncode == 1 and out.stderr.strip() == f"bsud: wait-online: drive 'old' has target offline in " \
+                                                         f"{config}: it will not be mounted"
+    out = bsud("wait-online", "-c", config, "--timeout", "1")
+    assert out.returncode == 1
+    assert out.stderr.strip() == f"bsud: wait-online: drive 'data' is not mounted on {tmp_path / 'm'} after 1 s " \
+                                 "(no bsud daemon is running); see bsud status"
+
+
+def test_reload_checks_the_config_before_signalling(tmp_path):
+    path = local_config(tmp_path)
+    out = bsud("reload", "-c", str(path))
+    assert out.returncode == 1
+    assert out.stderr.strip() == f"bsud: reload: no bsud daemon is running with status file {tmp_path}/status.json"
+    path.write_text('{"drives": [{"name": "data", "target": "delete", "target": "online"}]}')
+    out = bsud("reload", "-c", str(path), "--pid", "1")  # never signalled: the config is refused first
+    assert out.returncode == 2 and "repeated key" in out.stderr and "mount-path" in out.stderr
+
+
+def test_delete_drive_asks_first_and_refuses_without_a_terminal(tmp_path):
+    out = bsud("delete-drive", "-c", str(local_config(tmp_path)), "data")
+    assert out.returncode == 1
+    assert out.stderr.strip() == ("bsud: delete-drive: this deletes volumes and their data; refusing without --yes "
+                                  "(stdin is not a terminal to ask on)")
