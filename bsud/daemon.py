@@ -126,6 +126,12 @@ class Daemon:
         self.started = time.time()
         #: READY=1 sent (once every online drive is mounted, or at daemon.ready-timeout-seconds).
         self.ready = False
+        #: Reloads asked for (SIGHUP) and how the last one ended ("applied" or "refused: <first problem>"), in the
+        #: status file: ``bsud reload`` (the unit's ExecReload) waits for it and fails when the config was refused.
+        self.reloads = 0
+        self.reload_result = ""
+        #: Why a drive's thread looks stuck, while it does (the watchdog is not pinged then).
+        self.stuck: str | None = None
         self.sinks: list[Sink] = [StatusFile(lambda: self.config.daemon.status_file), SdNotifyStatus()]
         #: Every drive's events go to these (shared with the workers' engines).
         self.listeners: list[Callable[[Event], None]] = []
@@ -155,7 +161,8 @@ class Daemon:
                                   started=self.started, updated=time.time(),
                                   drives={name: w.reconciler.status for name, w in self.workers.items()},
                                   unmanaged=unmanaged, not_mounted=tuple(self.not_mounted()),
-                                  ganesha=managed_ganesha_status())
+                                  ganesha=managed_ganesha_status(), reloads=self.reloads,
+                                  reload_result=self.reload_result, stuck=self.stuck)
             for sink in self.sinks:
                 sink.publish(report)
 
@@ -165,20 +172,38 @@ class Daemon:
                 and not (w.reconciler.last_obs is not None and w.reconciler.last_obs.mounted)]
 
     def _announce_ready(self, deadline: float) -> None:
-        """READY=1 once every online drive is mounted — or at ``deadline``, naming those that are not."""
+        """READY=1 once every online drive is mounted — or at ``deadline``, naming those that are not. Until then
+        systemd's start timeout is pushed out to the deadline (EXTEND_TIMEOUT_USEC), so the unit's own
+        TimeoutStartSec only bounds a start that hangs before it gets here."""
         if self.ready:
             return
         waiting = self.not_mounted()
-        if waiting and time.monotonic() < deadline:
+        now = time.monotonic()
+        if waiting and now < deadline:
+            notify(f"EXTEND_TIMEOUT_USEC={int((deadline - now + 15) * 1e6)}")
             return
         self.ready = True
         if waiting:
-            log.warning("ready, but drives are not mounted", drives=waiting,
+            log.warning("ready, but drives are not mounted yet; units that need one wait with "
+                        "bsud-wait-online@<drive>.service", drives=waiting,
                         after_seconds=self.config.daemon.ready_timeout_seconds)
         else:
             log.info("ready: every online drive is mounted")
         notify("READY=1")
         self.publish()
+
+    def _watchdog_ok(self) -> bool:
+        """No drive thread is stuck: otherwise the watchdog is not told all is well (systemd restarts bsud, whose
+        start-up recovery lets the drive go on). Said once per stuck spell."""
+        now = time.monotonic()
+        stuck = next((why for w in self.workers.values() if (why := w.overdue(now))), None)
+        if stuck and stuck != self.stuck:
+            log.error("a drive's thread is stuck; no longer pinging systemd's watchdog (it restarts bsud)",
+                      why=stuck)
+        elif self.stuck and not stuck:
+            log.info("the stuck drive thread went on; pinging the watchdog again")
+        self.stuck = stuck
+        return stuck is None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -219,14 +244,19 @@ class Daemon:
             self.config = new
             self._start_workers()
             self._manage_ganesha()
+            self.reload_result = "applied"
             log.info("config reloaded", path=new.path, drives=[d.name for d in new.drives])
         except InvalidConfig as exc:
+            self.reload_result = f"refused: {exc.problems[0]}" + (f" (and {len(exc.problems) - 1} more problems)"
+                                                                  if len(exc.problems) > 1 else "")
             for problem in exc.problems:
                 log.error("config reload refused, keeping the running config", problem=str(problem))
         finally:
+            self.reloads += 1
             if self.ready:  # before the first READY=1, readiness is still the drives' to give
                 notify("READY=1")
         self.snapshot.invalidate()
+        self.publish()
 
     def _manage_ganesha(self) -> None:
         """Run ganesha.nfsd when the config asks bsud to (started once; it runs until bsud stops)."""
@@ -238,6 +268,13 @@ class Daemon:
         for worker in self.workers.values():
             if has_ganesha_exports(worker.reconciler.spec):
                 worker.wake.set()
+
+    def _check_permissions(self) -> None:
+        try:
+            for note in self.cloud.check_permissions():
+                log.warning("cloud permissions", note=note)
+        except Exception as exc:  # noqa: BLE001 - a check that could not run is a note, not a stop
+            log.warning("cloud permissions could not be checked", error=str(exc))
 
     def _start_outputs(self) -> None:
         """The on-event program must be there, and the metrics port free: refused at start, one line each."""
@@ -258,8 +295,8 @@ class Daemon:
             raise InvalidConfig(refused)
         self._lock = take_lock(self.config.daemon.status_file)
         preflight(required_tools(self.config, self.cloud))
-        for note in self.cloud.check_permissions():
-            log.warning("cloud permissions", note=note)
+        # The DryRun calls wait on the cloud: in the background, so that a cloud down at boot delays nothing.
+        threading.Thread(target=self._check_permissions, name="permissions", daemon=True).start()
         self._start_outputs()
         if self.config.cloud.provider == Provider.LOCAL:
             os.makedirs(self.config.cloud.state_dir, exist_ok=True)
@@ -284,9 +321,10 @@ class Daemon:
             if time.monotonic() >= next_publish:
                 self.publish()  # the live usage and write rate the samplers keep
                 next_publish = time.monotonic() + STATUS_SECONDS
-            if watchdog and time.monotonic() >= next_ping:
-                notify("WATCHDOG=1")
-                next_ping = time.monotonic() + watchdog
+            if time.monotonic() >= next_ping:
+                if self._watchdog_ok() and watchdog:
+                    notify("WATCHDOG=1")
+                next_ping = time.monotonic() + (watchdog or 5.0)
             self.stop_event.wait(min(1.0, watchdog or 1.0))
         notify("STOPPING=1")
         log.info("stopping: letting drives finish their current step")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from bsud.errors import CommandError, MissingToolsError
 from bsud.logs import get_logger
+from bsud.watch import operation
 
 log = get_logger("bsud.runner")
 
@@ -144,10 +145,11 @@ class Runner:
         timeout = self.default_timeout if timeout is None else timeout
         executable = self.resolve(argv[0])
         started = time.monotonic()
-        if on_line is not None:
-            proc = self._stream([executable, *argv[1:]], argv, timeout, on_line)
-        else:
-            proc = self._capture([executable, *argv[1:]], argv, timeout, input_text)
+        with operation(f"command {' '.join(argv[:3])}", timeout):
+            if on_line is not None:
+                proc = self._stream([executable, *argv[1:]], argv, timeout, on_line)
+            else:
+                proc = self._capture([executable, *argv[1:]], argv, timeout, input_text)
         duration = time.monotonic() - started
         ok = proc.returncode in set(ok_codes)
         event = "command" if ok else "command failed"

@@ -38,11 +38,17 @@ class DaemonReport:
     not_mounted: tuple[str, ...] = ()
     #: The nfs-ganesha bsud runs itself (``nfs.ganesha.managed``): ``state`` in words, ``pid``, ``restarts``.
     ganesha: dict[str, Any] | None = None
+    #: SIGHUPs handled, and how the last one ended ("applied" / "refused: …"): ``bsud reload`` waits on them.
+    reloads: int = 0
+    reload_result: str = ""
+    #: Why a drive's thread looks stuck (the watchdog is not pinged meanwhile), None when none is.
+    stuck: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"version": self.version, "pid": self.pid, "config": self.config, "started": self.started,
                 "updated": self.updated, "drives": {n: d.as_dict() for n, d in self.drives.items()},
-                "unmanaged": self.unmanaged, "not_mounted": list(self.not_mounted), "ganesha": self.ganesha}
+                "unmanaged": self.unmanaged, "not_mounted": list(self.not_mounted), "ganesha": self.ganesha,
+                "reloads": self.reloads, "reload_result": self.reload_result, "stuck": self.stuck}
 
 
 class Sink(Protocol):
@@ -84,6 +90,8 @@ class SdNotifyStatus:
         text = "; ".join(lines) if lines else "no drives"
         if report.not_mounted:
             text = f"not mounted yet: {', '.join(report.not_mounted)} | {text}"
+        if report.stuck:
+            text = f"stuck: {report.stuck} | {text}"
         notify("STATUS=" + text)
 
 

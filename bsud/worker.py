@@ -20,6 +20,7 @@ from bsud.reconcile.model import Blocked, Idle, Wait
 from bsud.reconcile.observe import usage_obs
 from bsud.reconcile.pace import RateMeter
 from bsud.reconcile.scaling import scale_up_reason
+from bsud.watch import StepWatch
 
 if TYPE_CHECKING:
     from bsud.daemon import Daemon
@@ -28,6 +29,8 @@ log = get_logger("bsud.daemon")
 
 #: The longest a failing step waits before it is tried again.
 MAX_RETRY_SECONDS = 300.0
+#: A sampler that has not finished a sample for this long is stuck (it samples every 0.25 s, at worst every 2 s).
+SAMPLER_STUCK_SECONDS = 120.0
 
 
 class DriveWorker(threading.Thread):
@@ -46,6 +49,11 @@ class DriveWorker(threading.Thread):
         self.pending_spec: DriveConfig | None = None
         self.lock = threading.Lock()
         self.sampler = threading.Thread(target=self._sample_loop, name=f"sample-{spec.name}", daemon=True)
+        #: The step thread's progress (the daemon stops pinging systemd's watchdog when it is overdue).
+        self.watch = StepWatch(spec.name)
+        #: When the sampler last finished a sample (monotonic): a sampler that stops sampling stops the drive's
+        #: reaction to a writer, which is as bad as a stuck step.
+        self.sampled = time.monotonic()
 
     def start(self) -> None:
         super().start()
@@ -98,8 +106,17 @@ class DriveWorker(threading.Thread):
             except Exception:  # noqa: BLE001 - sampling must never stop the drive's own thread
                 log.exception("sampling failed", drive=self.reconciler.spec.name)
                 cheap = False
+            self.sampled = time.monotonic()
             # Without sysfs each sample is a process: sample no more than every 2 s then.
             self.stop_event.wait(interval if cheap else max(interval, 2.0))
+
+    def overdue(self, now: float) -> str | None:
+        """Why this drive's threads look stuck (a step past its operation's bound, a sampler that stopped), or
+        None."""
+        stuck = self.watch.overdue(now)
+        if stuck is None and self.sampler.is_alive() and now - self.sampled > SAMPLER_STUCK_SECONDS:
+            stuck = f"drive {self.reconciler.spec.name!r}: no usage sample for {now - self.sampled:.0f} s"
+        return stuck
 
     # -- steps ------------------------------------------------------------------------------------
 
@@ -107,10 +124,14 @@ class DriveWorker(threading.Thread):
         settings = self.owner.config.daemon
         last_full = 0.0
         delay = settings.retry_seconds
+        self.watch.bind()
+        self.watch.begin()
         try:
             self.reconciler.layout.recover()
         except BsudError as exc:
             log.warning("recovery at start failed", drive=self.reconciler.spec.name, error=str(exc))
+        finally:
+            self.watch.end()
         while not self.stop_event.is_set():
             with self.lock:
                 if self.pending_spec is not None:
@@ -126,24 +147,30 @@ class DriveWorker(threading.Thread):
                 continue
             urgent = self.urgent.is_set()
             self.urgent.clear()
+            self.watch.begin()
             try:
-                result = self.reconciler.step()
-                last_full = time.monotonic()
-                delay = settings.retry_seconds
-            except BsudError as exc:
-                self.reconciler.status.last_error = str(exc)
-                log.warning("step failed", drive=self.reconciler.spec.name, error=str(exc), temporary=exc.temporary)
-                self.owner.publish()
-                self._sleep(exc.delay if exc.delay is not None else delay)
-                delay = min(delay * 2, MAX_RETRY_SECONDS)
-                continue
+                result, failure = self.reconciler.step(), None
             except Exception as exc:  # noqa: BLE001 - a bug in one drive must not stop the others
-                self.reconciler.status.last_error = f"internal error: {exc!r}"
-                log.exception("step crashed", drive=self.reconciler.spec.name)
+                result, failure = None, exc
+            finally:
+                self.watch.end()
+            if failure is not None:
+                wait = delay
+                if isinstance(failure, BsudError):
+                    self.reconciler.status.last_error = str(failure)
+                    log.warning("step failed", drive=self.reconciler.spec.name, error=str(failure),
+                                temporary=failure.temporary)
+                    wait = failure.delay if failure.delay is not None else delay
+                else:
+                    self.reconciler.status.last_error = f"internal error: {failure!r}"
+                    log.error("step crashed", drive=self.reconciler.spec.name, exc_info=failure)
                 self.owner.publish()
-                self._sleep(delay)
+                self._sleep(wait)
                 delay = min(delay * 2, MAX_RETRY_SECONDS)
                 continue
+            assert result is not None
+            last_full = time.monotonic()
+            delay = settings.retry_seconds
             self.owner.publish()
             if urgent and isinstance(result.action, Idle | Blocked | Wait):
                 # The sampler asked for space and the planner cannot give it now (a limit, a block): say it

@@ -63,8 +63,9 @@ class DaemonSettings(_Section):
     #: How long an attached volume's block device may take to appear before the step fails (retried).
     device_wait_seconds: float = Field(default=120.0, gt=0, le=3600)
     #: At start, systemd hears READY=1 once every online drive is mounted, or after this long (STATUS then names
-    #: the drives that are not): a unit ordered After=bsud.service starts on a mounted drive.
-    ready_timeout_seconds: float = Field(default=600.0, gt=0, le=86400)
+    #: the drives that are not). Short: boot must not wait on the cloud; a unit that needs a drive mounted waits
+    #: with bsud-wait-online@<drive>.service (``bsud wait-online``).
+    ready_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
     #: ``host:port`` to serve Prometheus metrics on (``/metrics``); off when unset.
     metrics_listen: str | None = None
     #: A ``.prom`` file the same metrics are written to, for node_exporter's textfile collector; off when unset.

@@ -42,6 +42,7 @@ class DriveStatus:
     errors: int = 0                          # steps that failed since bsud started (each retried)
     last_scale_event: dict[str, Any] | None = None  # the last scale-up/scale-down event (started, done, …)
     exports: dict[str, Any] = field(default_factory=dict)  # wanted, in_sync, servers, detail
+    mounted: bool = False                    # on its mount path, as the last observation saw it
     updated: float = 0.0
 
     def line(self) -> str:
@@ -65,6 +66,7 @@ class DriveStatus:
                 log.warning("drive note", drive=self.name, note=note)
         self.notes = list(current.notes)
         self.size_gib = obs.size_gib
+        self.mounted = obs.mounted
         e = obs.exports
         self.exports = {"wanted": e.wanted, "names": list(e.names), "in_sync": e.in_sync, "servers": list(e.servers),
                         "detail": e.detail, **({"stats": {name: dict(counters) for name, counters in e.stats}}
