@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -145,6 +146,8 @@ def cmd_status(config: Config, as_json: bool, export_stats: bool = False) -> int
         sys.stdout.write("\n")
         return EXIT_OK
     print(f"source: {source}")
+    for problem in [*(data.get("problems") or []), *([data["stuck"]] if data.get("stuck") else [])]:
+        print(f"problem: {problem}")
     print(f"{'DRIVE':<16} {'TARGET':<8} {'PHASE':<14} {'VOLS':>4} {'SIZE':>8} {'USED':>7}  MOUNT / LAST ERROR")
     for name, st in data["drives"].items():
         used = f"{st['used_percent']:.1f}%" if st.get("used_percent") is not None else "-"
@@ -235,8 +238,15 @@ def _mounted(data: dict | None, spec: DriveConfig) -> bool:
     return bool(status.get("mounted")) and os.path.ismount(spec.mount_path)
 
 
+def systemd_unescape(name: str) -> str:
+    """A unit instance name as systemd-escape(1) writes it (``a\\x2bb``) back to the drive name (``a+b``): a
+    drive name can hold ``+``, which a unit name cannot (``-`` stays as it is: drive names hold no ``/``)."""
+    return re.sub(r"\\x([0-9a-fA-F]{2})", lambda m: chr(int(m.group(1), 16)), name)
+
+
 def cmd_wait_online(config: Config, names: list[str], timeout: float) -> int:
     """Until every named drive (default: each whose target is online) is mounted; 1 at the timeout."""
+    names = [systemd_unescape(n) for n in names]
     known = {d.name: d for d in config.drives}
     unknown = [n for n in names if n not in known]
     if unknown:

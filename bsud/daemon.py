@@ -132,6 +132,8 @@ class Daemon:
         self.reload_result = ""
         #: Why a drive's thread looks stuck, while it does (the watchdog is not pinged then).
         self.stuck: str | None = None
+        #: What is wrong for every drive (cloud permissions refused), for the status and STATUS=.
+        self.problems: list[str] = []
         self.sinks: list[Sink] = [StatusFile(lambda: self.config.daemon.status_file), SdNotifyStatus()]
         #: Every drive's events go to these (shared with the workers' engines).
         self.listeners: list[Callable[[Event], None]] = []
@@ -162,7 +164,8 @@ class Daemon:
                                   drives={name: w.reconciler.status for name, w in self.workers.items()},
                                   unmanaged=unmanaged, not_mounted=tuple(self.not_mounted()),
                                   ganesha=managed_ganesha_status(), reloads=self.reloads,
-                                  reload_result=self.reload_result, stuck=self.stuck)
+                                  reload_result=self.reload_result, stuck=self.stuck,
+                                  problems=tuple(self.problems))
             for sink in self.sinks:
                 sink.publish(report)
 
@@ -270,9 +273,15 @@ class Daemon:
                 worker.wake.set()
 
     def _check_permissions(self) -> None:
+        """DryRun each call bsud makes. A call refused is an error in the journal and the status, and bsud runs on:
+        what the credentials allow (growing, say) still protects the drives."""
         try:
             for note in self.cloud.check_permissions():
                 log.warning("cloud permissions", note=note)
+        except BsudError as exc:
+            log.error("cloud permissions", problem=str(exc))
+            self.problems.append(str(exc))
+            self.publish()
         except Exception as exc:  # noqa: BLE001 - a check that could not run is a note, not a stop
             log.warning("cloud permissions could not be checked", error=str(exc))
 

@@ -43,12 +43,15 @@ class DaemonReport:
     reload_result: str = ""
     #: Why a drive's thread looks stuck (the watchdog is not pinged meanwhile), None when none is.
     stuck: str | None = None
+    #: What is wrong for every drive (cloud permissions refused at start).
+    problems: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {"version": self.version, "pid": self.pid, "config": self.config, "started": self.started,
                 "updated": self.updated, "drives": {n: d.as_dict() for n, d in self.drives.items()},
                 "unmanaged": self.unmanaged, "not_mounted": list(self.not_mounted), "ganesha": self.ganesha,
-                "reloads": self.reloads, "reload_result": self.reload_result, "stuck": self.stuck}
+                "reloads": self.reloads, "reload_result": self.reload_result, "stuck": self.stuck,
+                "problems": list(self.problems)}
 
 
 class Sink(Protocol):
@@ -92,6 +95,8 @@ class SdNotifyStatus:
             text = f"not mounted yet: {', '.join(report.not_mounted)} | {text}"
         if report.stuck:
             text = f"stuck: {report.stuck} | {text}"
+        for problem in report.problems:
+            text = f"{problem} | {text}"
         notify("STATUS=" + text)
 
 
