@@ -84,21 +84,29 @@ def test_no_shell_anywhere():
         assert "os.system(" not in text and "os.popen(" not in text, path
 
 
-def test_systemd_unit_verifies(tmp_path: Path):
+@pytest.mark.parametrize("name", ["bsud.service", "bsud-wait-online@.service"])
+def test_systemd_units_verify_and_keep_the_hosts_mount_namespace(tmp_path: Path, name: str):
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed (package systemd)")
     bsud = Path(sys.executable).parent / "bsud"
     if not bsud.exists():
         pytest.skip(f"no bsud console script next to {sys.executable} (pip install -e .)")
-    unit = (ROOT / "packaging" / "bsud.service").read_text().replace("/usr/local/bin/bsud", str(bsud))
-    assert "ProtectSystem" not in unit.split("# No ProtectSystem")[0]
-    (tmp_path / "bsud.service").write_text(unit)
-    out = subprocess.run([analyze, "verify", str(tmp_path / "bsud.service")], capture_output=True, text=True,
-                         timeout=60)
-    assert out.returncode == 0, out.stderr
-    for option in ("PrivateDevices", "PrivateTmp", "ProtectHome", "PrivateMounts", "ProtectKernel", "ReadWritePaths"):
-        assert f"\n{option}" not in unit
+    unit = (ROOT / "packaging" / name).read_text()
+    settings = [line.split("=", 1)[0] for line in unit.splitlines() if line and not line.startswith(("#", "["))]
+    for option in ("ProtectSystem", "PrivateDevices", "PrivateTmp", "ProtectHome", "PrivateMounts", "ProtectKernel",
+                   "ProtectControlGroups", "ProtectProc", "ReadWritePaths", "PrivateUsers", "TemporaryFileSystem"):
+        assert not any(s.startswith(option) for s in settings), option  # each would give bsud a mount namespace
+    # The man page is the package's (not installed here): verify the rest, beside the other unit (wait-online
+    # requires bsud.service).
+    for other in ("bsud.service", "bsud-wait-online@.service"):
+        text = (ROOT / "packaging" / other).read_text().replace("/usr/local/bin/bsud", str(bsud))
+        (tmp_path / other).write_text(text.replace("man:bsud(8)", ""))
+    target = tmp_path / (name.replace("@", "@data") if "@." in name else name)
+    if target.name != name:
+        (tmp_path / name).rename(target)
+    out = subprocess.run([analyze, "verify", str(target)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "bsud" not in out.stderr, out.stderr
 
 
 def test_every_config_value_has_its_plug_in():
