@@ -76,3 +76,26 @@ def test_promtool_does_report_a_name_against_the_guide():
     done = promtool("check", "metrics", stdin="# HELP bsud_things Things.\n# TYPE bsud_things counter\n"
                                               "bsud_things 1\n")
     assert done.returncode != 0 and "bsud_things" in done.stdout + done.stderr
+
+
+@needs_promtool
+def test_every_dashboard_query_is_valid_promql(tmp_path: Path):
+    """Each panel's query, its Grafana variables replaced as Grafana does, loaded by promtool as a recording rule
+    (which parses it)."""
+    import json
+
+    import yaml
+
+    board = json.loads((ROOT / "packaging" / "grafana" / "bsud.json").read_text())
+    exprs = [t["expr"] for top in board["panels"] for p in (top, *top.get("panels", []))
+             for t in p.get("targets", [])]
+    assert len(exprs) > 25
+    substituted = [e.replace("$__rate_interval", "5m").replace("$instance", ".*").replace("$drive", ".*")
+                   for e in exprs]
+    assert not [e for e in substituted if "$" in e]
+    rules = {"groups": [{"name": "dashboard", "rules": [{"record": f"bsud:panel{n}", "expr": e}
+                                                        for n, e in enumerate(substituted)]}]}
+    path = tmp_path / "dashboard.rules.yml"
+    path.write_text(yaml.safe_dump(rules))
+    done = promtool("check", "rules", str(path))
+    assert done.returncode == 0, done.stdout + done.stderr
