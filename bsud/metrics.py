@@ -183,15 +183,15 @@ class _DriveCollector(Collector):
             "to_full": GaugeMetricFamily("bsud_drive_time_to_full_seconds",
                                          "When the drive would be full at the present write rate (only while "
                                          "writing)", labels=["drive"]),
-            "old_to_full": GaugeMetricFamily("bsud_drive_seconds_to_full", deprecated_help("bsud_drive_seconds_to_full"),
-                                             labels=["drive"]),
+            "old_to_full": GaugeMetricFamily("bsud_drive_seconds_to_full",
+                                             deprecated_help("bsud_drive_seconds_to_full"), labels=["drive"]),
             "grow": GaugeMetricFamily("bsud_drive_grow_estimate_seconds", "What a grow takes, from the decision to "
                                       "the capacity usable (learned from the drive's grows, else the provider's "
                                       "default)", labels=["drive"]),
             "blocked": GaugeMetricFamily("bsud_drive_blocked", "1 while the drive needs an operator",
                                          labels=["drive"]),
             "notes": GaugeMetricFamily("bsud_drive_notes", "Notes bsud has on the drive (a limit stops a scale-up, a "
-                                       "volume in error, …; bsud status says them)", labels=["drive"]),
+                                       "volume in error...; bsud status says them)", labels=["drive"]),
             "phase": GaugeMetricFamily("bsud_drive_phase", "1 for the drive's current phase", labels=["drive", "phase"]),
             "observed": GaugeMetricFamily("bsud_drive_last_observed_timestamp_seconds", "When a step last observed "
                                           "the drive without error", labels=["drive"]),
