@@ -86,6 +86,7 @@ class DriveReconciler:
         self.status = DriveStatus(spec.name, spec.target.value, spec.layout.value, spec.mount_path)
         if previous is not None:  # what happened before a reload is still what happened
             self.status.errors, self.status.last_scale_event = previous.errors, previous.last_scale_event
+            self.status.updated = previous.updated  # a reload does not make a drive that fails to observe look new
         self.last_plan: Plan | None = None
         self._repeats = 0
         self._unchanged = 0

@@ -43,7 +43,8 @@ class DriveStatus:
     last_scale_event: dict[str, Any] | None = None  # the last scale-up/scale-down event (started, done, …)
     exports: dict[str, Any] = field(default_factory=dict)  # wanted, in_sync, servers, detail
     mounted: bool = False                    # on its mount path, as the last observation saw it
-    updated: float = 0.0
+    updated: float = 0.0                     # when a step last observed the drive without error (record);
+                                             # 0 until one did (metric bsud_drive_last_observed_timestamp_seconds)
 
     def line(self) -> str:
         used = f"{self.used_percent:.1f}%" if self.used_percent is not None else "-"

@@ -117,6 +117,15 @@ def lifecycle(h: DaemonHarness, url: str, hook_log: Path, prom: Path) -> None:
     assert m[sample("bsud_drive_phase", drive=drive, phase="scaling-up")] == 0
     assert 0 < m[sample("bsud_drive_size_bytes", drive=drive)] <= 1 << 30
     assert any(name == "bsud_build_info" for name, _ in m)
+    # A real daemon's timestamps are fresh, its btrfs metadata share and grow time are there; the served endpoint
+    # has the process's series, the textfile (node_exporter's) has not.
+    now = time.time()
+    assert now - 60 < m[sample("bsud_last_report_timestamp_seconds")] <= now + 1
+    assert now - 120 < m[sample("bsud_drive_last_observed_timestamp_seconds", drive=drive)] <= now + 1
+    assert 0 < m[sample("bsud_drive_metadata_used_ratio", drive=drive)] < 1
+    assert m[sample("bsud_drive_grow_estimate_seconds", drive=drive)] > 0
+    assert m[sample("process_resident_memory_bytes")] > 0
+    assert "process_resident_memory_bytes" not in prom.read_text()
 
     h.fill("a.bin", 400)
     h.fill("b.bin", 480)

@@ -3,6 +3,7 @@ reached backs off and tries again; an episode (Idle/Wait/Blocked between) starts
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace as replace_
 from pathlib import Path
 
@@ -167,3 +168,26 @@ def test_a_removal_failing_again_and_again_is_given_up_for_an_hour_then_tried_ag
     assert fake.done == ["RemoveFromDrive"] * REMOVAL_FAILURE_LIMIT + ["MarkVolume"]
     clock[0] += engine.REMOVAL_HOLD_SECONDS + 1
     assert rec.step().action == MarkVolume(volume_id="v1", value=REMOVING)  # an hour on: tried again
+
+
+def test_the_last_observation_is_kept_while_steps_fail_to_observe_and_across_a_reload(drive, monkeypatch):
+    """What bsud_drive_last_observed_timestamp_seconds shows: set by a step that observed the drive (whatever its
+    action then does), left alone by one that could not, and not made new by a reload."""
+    rec, fake = drive
+    assert rec.status.updated == 0
+    rec.next_obs = SETTLED
+    before = time.time()
+    rec.step()
+    seen = rec.status.updated
+    assert before <= seen <= time.time()
+
+    def cannot_observe(max_age=None):
+        raise BsudError("lsblk timed out", temporary=True)
+
+    monkeypatch.setattr(rec, "observe", cannot_observe)
+    for _ in range(3):
+        with pytest.raises(BsudError, match="lsblk"):
+            rec.step()
+    assert rec.status.updated == seen and rec.status.errors == 3
+    rec.update_spec(rec.spec)
+    assert rec.status.updated == seen and rec.status.errors == 3

@@ -19,6 +19,8 @@ from bsud.reconcile.events import Event
 from bsud.reconcile.report import DriveStatus
 from bsud.sinks import DaemonReport, EventCommand
 
+from ..metrics_fixture import full_metrics, sample_names, scrape
+
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
@@ -47,7 +49,8 @@ def test_drive_gauges_follow_the_report_and_a_removed_drive_disappears():
     assert got[key("bsud_drive_used_bytes", drive="data")] == 9 << 30
     assert got[key("bsud_drive_volumes", drive="data")] == 2
     assert got[key("bsud_drive_write_rate_bytes_per_second", drive="data")] == 50e6
-    assert got[key("bsud_drive_seconds_to_full", drive="data")] == 21.5
+    assert got[key("bsud_drive_time_to_full_seconds", drive="data")] == 21.5
+    assert got[key("bsud_drive_seconds_to_full", drive="data")] == 21.5  # the deprecated alias, one more release
     assert got[key("bsud_step_errors_total", drive="data")] == 3
     assert got[key("bsud_drive_phase", drive="data", phase="scaling-up")] == 1
     assert got[key("bsud_drive_phase", drive="data", phase="online")] == 0
@@ -56,7 +59,10 @@ def test_drive_gauges_follow_the_report_and_a_removed_drive_disappears():
     assert key("bsud_drive_exports_applied", drive="data") not in got  # no exports: no series
     # Not mounted, not writing: no size, no seconds-to-full (absent, not zero).
     assert key("bsud_drive_size_bytes", drive="logs") not in got
+    assert key("bsud_drive_time_to_full_seconds", drive="logs") not in got
     assert key("bsud_drive_seconds_to_full", drive="logs") not in got
+    assert key("bsud_drive_metadata_used_ratio", drive="logs") not in got
+    assert key("bsud_drive_last_observed_timestamp_seconds", drive="logs") not in got  # never observed yet
     assert not any("vol-" in str(labels) for _, labels in got), "a volume id became a label"
     m.publish(report(writing))
     assert key("bsud_drive_blocked", drive="logs") not in samples(generate_latest(m.registry).decode())
@@ -223,18 +229,9 @@ def test_the_managed_ganesha_has_a_restarts_counter_and_a_running_gauge_only_whe
 
 
 def test_every_series_bsud_exposes_is_in_the_monitoring_docs_table():
-    served = DriveStatus("data", "online", "lvm", "/data", phase="online", size_bytes=1, used_bytes=1,
-                         seconds_to_full=9.0, exports={
-                             "wanted": 1, "in_sync": True, "servers": [], "detail": "",
-                             "stats": {"nfs:/": {"read_bytes": 1}}, "clients": {"10.0.0.5": {"read_bytes": 1}}})
-    m = Metrics()
-    m.publish(DaemonReport(version="t", pid=1, config="c", started=0, updated=0, drives={"data": served},
-                           unmanaged={}, ganesha={"state": "running, pid 9", "pid": 9, "restarts": 0}))
-    m.event(Event(kind="scale-up", drive="data", result="done", duration=12.0))
-    m.cloud_request("CreateVolume", "OK", throttled=True)
+    m = full_metrics()
     table = (Path(__file__).resolve().parents[2] / "docs" / "monitoring.md").read_text()
-    exposed = {s.name for f in text_string_to_metric_families(generate_latest(m.registry).decode()) for s in f.samples
-               if not s.name.endswith(("_created", "_bucket", "_count", "_sum"))}
-    assert len(exposed) > 20
+    exposed = {name for name in sample_names(scrape(m.served)) if not name.endswith(("_bucket", "_count", "_sum"))}
+    assert len(exposed) > 30 and any(name.startswith("process_") for name in exposed)
     missing = sorted(name for name in exposed if f"| `{name}` |" not in table and f"`{name}`" not in table)
     assert not missing, f"not in docs/monitoring.md: {missing}"
