@@ -16,6 +16,7 @@ with ``--web.disable-exporter-metrics``, passed off as node_exporter's.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prometheus_client import (CollectorRegistry, Counter, Histogram, ProcessCollector, disable_created_metrics,
-                               start_http_server, write_to_textfile)
+                               generate_latest, start_http_server)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -319,11 +320,22 @@ class Metrics:
     # -- outputs ----------------------------------------------------------------------------------
 
     def write_textfile(self, path: str) -> None:
-        """Atomically (a temp file renamed over it), as node_exporter's textfile collector wants."""
+        """Atomically (a temp file renamed over it), as node_exporter's textfile collector wants, and readable by
+        it (mode 0644 whatever bsud's umask: the unit's is 0077; node_exporter runs as its own user)."""
         with self._lock:
             try:
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-                write_to_textfile(path, self.registry)
+                target = Path(path)
+                if not target.parent.is_dir():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.parent.chmod(0o755)
+                temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+                try:
+                    os.fchmod(fd, 0o644)
+                    os.write(fd, generate_latest(self.registry))
+                finally:
+                    os.close(fd)
+                os.replace(temp, target)
                 self._textfile_failed = False
             except OSError as exc:
                 if not self._textfile_failed:  # said once until it works again

@@ -241,3 +241,21 @@ def test_drives_sharing_the_server_give_each_client_its_latest_count():
                            drives={"one": drive("one", 900), "two": drive("two", 1000)}))
     got = values(scrape(m.registry))
     assert got[("bsud_nfs_client_read_bytes_total", (("client", "10.0.0.5"),))] == 1000
+
+
+def test_the_textfile_is_readable_by_node_exporter_whatever_bsuds_umask(tmp_path):
+    """The unit runs bsud with UMask=0077; node_exporter reads the textfile as its own user."""
+    import os
+    import stat
+
+    from bsud.metrics import Metrics
+
+    old = os.umask(0o077)
+    try:
+        path = tmp_path / "node-exporter" / "bsud.prom"
+        Metrics(str(path)).write_textfile(str(path))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644 and stat.S_IMODE(path.parent.stat().st_mode) == 0o755
+    assert "bsud_build_info" in path.read_text()
+    assert [p.name for p in path.parent.iterdir()] == ["bsud.prom"]  # no temp file left
