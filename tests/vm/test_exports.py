@@ -498,8 +498,8 @@ def test_a_change_failing_half_way_puts_the_previous_iscsi_and_nvme_exports_back
                 raise RTSLibError("injected: the new target could not be made")
 
     class FailingNvmet(NvmetTcp):
-        def _create(self, drive, want, size):
-            super()._create(drive, want, size)
+        def _create(self, drive, want):
+            super()._create(drive, want)
             if want.nqn == new_nvme[1].nqn:
                 raise OSError(errno.EIO, "injected: the new subsystem could not be made")
 
@@ -521,7 +521,7 @@ def test_a_change_failing_half_way_puts_the_previous_iscsi_and_nvme_exports_back
         assert nvmet_state(nvmet, drive) == nvmet_before
         assert not Path("/sys/kernel/config/target/iscsi", new_iscsi[1].iqn).exists()
         assert not Path("/sys/kernel/config/nvmet/hosts/nqn.2026-11.test.bsud:other").exists()
-        assert port_listening(3260) and port_listening(NVME["port"])
+        assert port_listening("0.0.0.0", 3260) and port_listening(NVME["address"], NVME["port"])
         assert lio.observe(drive, str(mount), [old_iscsi]).applied
         assert nvmet.observe(drive, str(mount), [old_nvme]).applied
 
