@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from bsud.cloud.base import CloudProvider
-from bsud.config import DaemonSettings, DriveConfig, NfsSettings, Provider, volume_limits
+from bsud.config import DaemonSettings, DriveConfig, NfsSettings, Provider, Target, volume_limits
+from bsud.config.exports import export_name
 from bsud.errors import BsudError
 from bsud.host.exports import make_exporters
 from bsud.host.layouts import StorageLayout, make_layout
@@ -15,8 +16,8 @@ from bsud.logs import get_logger
 from bsud.naming import DEFAULT_MAX_VOLUME_GIB
 from bsud.reconcile.events import Event, EventTracker
 from bsud.reconcile.execute import Executor
-from bsud.reconcile.model import (Blocked, CreateVolume, DriveObs, Idle, Outcome, Pace, Plan, RemoveFromDrive,
-                                  Wait)
+from bsud.reconcile.model import (ApplyExports, Blocked, CreateVolume, DriveObs, Idle, Outcome, Pace, Plan,
+                                  RemoveFromDrive, Wait)
 from bsud.reconcile.observe import CloudSnapshot, observe_drive
 from bsud.reconcile.pace import DEFAULT_GROW_SECONDS, GrowClock, RateMeter, make_pace
 from bsud.reconcile.planner import plan
@@ -40,6 +41,21 @@ UNCHANGED_LIMIT = 2
 #: drive is not made to repeat that heavy I/O every few minutes. Tried again after that (never parked for good).
 REMOVAL_FAILURE_LIMIT = 3
 REMOVAL_HOLD_SECONDS = 3600.0
+#: Applying the exports that failed is tried again after ``retry-seconds``, then twice as long each time, at most
+#: this long apart (the worker's own backoff, which the failed step's delay sets). The drive is ``online``
+#: meanwhile: it is mounted and serves; scaling and everything else go on.
+EXPORTS_RETRY_MAX_SECONDS = 300.0
+
+
+@dataclass(frozen=True)
+class ExportsFailure:
+    """Applying the drive's exports failed (remembered in memory until they are applied)."""
+
+    error: str
+    failing: tuple[str, ...]     # the exports of the kinds that failed, by name
+    attempts: int                # failed attempts in a row
+    retry_at: float              # when the next attempt is due: epoch seconds (shown) …
+    retry_after: float           # … and monotonic (compared)
 
 
 class DriveReconciler:
@@ -63,6 +79,8 @@ class DriveReconciler:
         #: (until when, monotonic; why, in words). In memory only: a restarted bsud tries again at once.
         self._removal_failures: dict[str, int] = {}
         self._removal_held: dict[str, tuple[float, str]] = {}
+        #: Applying the exports failed: why, and when it is tried again. In memory only (a restart tries at once).
+        self.exports_failure: ExportsFailure | None = None
         self.update_spec(spec)
 
     def update_spec(self, spec: DriveConfig, settings: DaemonSettings | None = None,
@@ -74,6 +92,10 @@ class DriveReconciler:
         if settings is not None:
             self.settings = settings
             self.clock.default_seconds = settings.grow_seconds or DEFAULT_GROW_SECONDS[self.provider]
+        old: DriveConfig | None = getattr(self, "spec", None)
+        if self.exports_failure is not None and old is not None and old.exports != spec.exports:
+            # Other exports now: tried at once (the failure is still shown until they are applied).
+            self.exports_failure = replace(self.exports_failure, attempts=0, retry_at=time.time(), retry_after=0.0)
         self.spec = spec
         self.layout: StorageLayout = make_layout(spec.layout, spec.name, self.runner)
         self.exporters = make_exporters(self.runner, self.nfs)
@@ -126,6 +148,41 @@ class DriveReconciler:
         log.error("removal failed repeatedly: the volume stays in the drive for now", drive=self.spec.name,
                   volume=volume, failures=failures, hold_seconds=REMOVAL_HOLD_SECONDS, error=str(error))
 
+    def _remembered_exports(self, obs: DriveObs) -> DriveObs:
+        """The observation with what the engine remembers of a failure to apply the exports (the planner then says
+        so and waits for the attempt to be due); forgotten once they are applied, said then as an event."""
+        failure = self.exports_failure
+        if obs.exports.in_sync or self.spec.target != Target.ONLINE:
+            self.exports_failure = None
+            if obs.exports.in_sync:
+                self.emit(self.events.exports_applied(obs))
+            return obs
+        if failure is None:
+            return obs
+        return replace(obs, exports=replace(obs.exports, error=failure.error, failing=failure.failing,
+                                            attempts=failure.attempts, retry_at=failure.retry_at,
+                                            held=time.monotonic() < failure.retry_after))
+
+    def _exports_failed(self, error: Exception, obs: DriveObs) -> None:
+        """Applying the exports failed: remember why, space the next attempt out (the failed step's delay, which the
+        worker waits), say it once as an event, and show the drive as what it is: online, one export failing."""
+        previous = self.exports_failure
+        attempts = (previous.attempts if previous else 0) + 1
+        wait = min(self.settings.retry_seconds * 2 ** (attempts - 1), EXPORTS_RETRY_MAX_SECONDS)
+        kinds = getattr(error, "kinds", None)  # the kinds that failed (the executor's); None: all of them
+        failing = tuple(export_name(e) for e in self.spec.exports if kinds is None or e.exporter in kinds)
+        failing += tuple(k for k in kinds or () if not self.spec.exports_by(k))  # withdrawing a kind no longer used
+        self.exports_failure = ExportsFailure(str(error), failing, attempts, time.time() + wait,
+                                              time.monotonic() + wait)
+        if isinstance(error, BsudError) and error.delay is None:
+            error.delay = wait
+        log.info("exports: next attempt", drive=self.spec.name, exports=list(failing), attempts=attempts,
+                 retry_seconds=wait)
+        self.emit(self.events.exports_failed(obs, str(error), failing))
+        shown = self._remembered_exports(obs)
+        self.status.record(shown, plan(self.spec, shown, self.max_volume_gib))
+        self.last_obs = shown
+
     def plan_now(self, max_age: float | None = None) -> tuple[DriveObs, Plan]:
         obs, _ = self.observe(max_age)
         return obs, plan(self.spec, obs, self.max_volume_gib)
@@ -158,6 +215,7 @@ class DriveReconciler:
         if max_age is None and self.last_obs is not None and self.last_obs.missing:
             max_age = MISSING_LISTING_SECONDS
         obs, devices = self.observe(max_age)
+        obs = self.last_obs = self._remembered_exports(obs)
         current = plan(self.spec, obs, self.max_volume_gib)
         self.status.record(obs, current)
         self.last_plan = current
@@ -168,7 +226,8 @@ class DriveReconciler:
             self._repeats, self._unchanged, self._previous = 0, 0, None
         if isinstance(action, Idle | Wait):
             log.debug("drive", drive=self.spec.name, phase=current.phase, action=action.kind, reason=action.reason)
-            self.status.last_error = None  # observed and planned: whatever failed before works again
+            # Observed and planned: whatever failed before works again — but exports still failing (tried later).
+            self.status.last_error = obs.exports.error or None
             return current
         if isinstance(action, Blocked):
             log.warning("drive blocked", drive=self.spec.name, reason=action.reason)
@@ -196,12 +255,17 @@ class DriveReconciler:
         except Exception as exc:
             if isinstance(action, RemoveFromDrive):
                 self._removal_failed(action.volume_id, exc)
+            if isinstance(action, ApplyExports):
+                self._exports_failed(exc, obs)
             raise
         finally:
             if action.changes_cloud:
                 self.snapshot.invalidate()
         if isinstance(action, RemoveFromDrive):
             self._removal_failures.pop(action.volume_id, None)
+        if isinstance(action, ApplyExports):
+            self.exports_failure = None
+            self.emit(self.events.exports_applied(obs))
         self.status.outcome = outcome.value
         self.emit(self.events.executed(current, obs, time.monotonic(), self.executor.created))
         # Only a completed execution counts as a repeat: a failure is retried with backoff, not counted.

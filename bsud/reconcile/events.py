@@ -1,4 +1,5 @@
-"""What happened to a drive that an operator wants to hear of: scale-ups, scale-downs, blocks and recoveries.
+"""What happened to a drive that an operator wants to hear of: scale-ups, scale-downs, blocks and recoveries, and
+exports that cannot be applied (and then are).
 
 The engine feeds an :class:`EventTracker` with its steps (the plan it acts on, what the action did, a failure, a
 grow timed to the capacity being usable); the tracker turns them into :class:`Event` values. The engine logs each
@@ -15,8 +16,11 @@ from typing import Any
 
 from bsud.reconcile.model import Blocked, CreateVolume, DriveObs, MarkVolume, Plan, RetireVolume
 
-SCALE_UP, SCALE_DOWN, BLOCKED, RECOVERED = "scale-up", "scale-down", "blocked", "recovered"
+SCALE_UP, SCALE_DOWN, BLOCKED, RECOVERED, EXPORT = "scale-up", "scale-down", "blocked", "recovered", "export"
 STARTED, DONE, FAILED, ABANDONED = "started", "done", "failed", "abandoned"
+#: An export event's results: applying the drive's exports failed (the drive serves on, it is tried again), and
+#: they are applied again after that.
+EXPORT_FAILED, EXPORT_RECOVERED = FAILED, "recovered"
 DIRECTIONS = {SCALE_UP: "up", SCALE_DOWN: "down"}
 #: The phases a scale event's steps run in (a scale-up creates, attaches, joins and grows).
 SCALING_PHASES = frozenset({"scaling-up", "scaling-down", "creating", "attaching", "growing"})
@@ -24,10 +28,11 @@ SCALING_PHASES = frozenset({"scaling-up", "scaling-down", "creating", "attaching
 
 @dataclass(frozen=True)
 class Event:
-    kind: str                        # scale-up, scale-down, blocked, recovered
+    kind: str                        # scale-up, scale-down, blocked, recovered, export
     drive: str
-    result: str = ""                 # scale events: started, done, failed, abandoned
+    result: str = ""                 # scale events: started, done, failed, abandoned; export: failed, recovered
     action: str = ""                 # the action that made the event
+    export: str = ""                 # export events: the exports concerned, by name ("nvmeof:<nqn>", ", "-joined)
     volume: str = ""                 # the volume added or removed (an id; never a metric label)
     volume_gib: int | None = None    # its size
     drive_gib: int | None = None     # the drive's volumes together when the event happened
@@ -46,7 +51,7 @@ class Event:
         """The event as ``BSUD_*`` environment variables, for the on-event command."""
         values = {
             "BSUD_EVENT": self.kind, "BSUD_DRIVE": self.drive, "BSUD_RESULT": self.result,
-            "BSUD_ACTION": self.action, "BSUD_VOLUME": self.volume,
+            "BSUD_ACTION": self.action, "BSUD_EXPORT": self.export, "BSUD_VOLUME": self.volume,
             "BSUD_VOLUME_GIB": "" if self.volume_gib is None else str(self.volume_gib),
             "BSUD_DRIVE_GIB": "" if self.drive_gib is None else str(self.drive_gib),
             "BSUD_DURATION_SECONDS": "" if self.duration is None else f"{self.duration:.1f}",
@@ -65,12 +70,15 @@ class _Episode:
 
 
 class EventTracker:
-    """One drive's episodes (a scale event runs over several steps; a block holds until a plan is not blocked)."""
+    """One drive's episodes (a scale event runs over several steps; a block holds until a plan is not blocked; a
+    failing export until the exports are applied)."""
 
     def __init__(self, drive: str) -> None:
         self.drive = drive
         self.scaling: _Episode | None = None
         self.blocked = False
+        #: The exports that failed to apply (by name) while they still do; None while nothing fails.
+        self.exports_failing: tuple[str, ...] | None = None
 
     def _event(self, kind: str, obs: DriveObs | None, **facts: Any) -> Event:
         return Event(kind, self.drive, drive_gib=obs.size_gib if obs is not None else None, **facts)
@@ -139,3 +147,19 @@ class EventTracker:
         return [self._event(episode.kind, obs, result=FAILED, action=plan.action.kind, volume=episode.volume,
                             volume_gib=episode.volume_gib, duration=round(now - episode.started, 2),
                             reason=error)]
+
+    def exports_failed(self, obs: DriveObs | None, error: str, exports: tuple[str, ...]) -> list[Event]:
+        """Applying the drive's exports failed (retried later): said once until they are applied, like a block."""
+        if self.exports_failing is not None:
+            return []
+        self.exports_failing = exports
+        return [self._event(EXPORT, obs, result=EXPORT_FAILED, action="ApplyExports", export=", ".join(exports),
+                            reason=error)]
+
+    def exports_applied(self, obs: DriveObs | None) -> list[Event]:
+        """The drive's exports are applied as configured: the end of a failure, if one was said."""
+        if self.exports_failing is None:
+            return []
+        exports, self.exports_failing = self.exports_failing, None
+        return [self._event(EXPORT, obs, result=EXPORT_RECOVERED, action="ApplyExports", export=", ".join(exports),
+                            reason="the exports are applied as configured")]

@@ -151,14 +151,16 @@ class Executor:
         """``change`` each export kind; one kind failing does not keep the others from being done, and every
         failure is reported (the action is retried)."""
         changed = False
-        failures: list[str] = []
+        failures: dict[str, str] = {}
         for kind, exporter in self.exporters.items():
             try:
                 changed |= change(kind, exporter)
             except BsudError as exc:
-                failures.append(str(exc))
+                failures[kind] = str(exc)
         if failures:
-            raise ActionError("; ".join(failures), temporary=True)
+            error = ActionError("; ".join(failures.values()), temporary=True)
+            error.kinds = tuple(failures)  # which kinds failed: the engine names their exports in the status
+            raise error
         return changed
 
     # -- cloud -------------------------------------------------------------------------------------

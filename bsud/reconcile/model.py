@@ -84,6 +84,14 @@ class ExportsObs:
     stats: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()
     #: Per client address, the I/O counters of the servers of the drive's exports (over all their exports).
     clients: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()
+    # Set by the engine (from its memory, not the system) once applying the exports failed, while they are still
+    # not in sync: the last failure, the exports of the kinds that failed (by name), the failed attempts in a row,
+    # when the next attempt is due (epoch seconds), and whether that is still to come (the planner waits).
+    error: str = ""
+    failing: tuple[str, ...] = ()
+    attempts: int = 0
+    retry_at: float | None = None
+    held: bool = False
 
 
 @dataclass(frozen=True)

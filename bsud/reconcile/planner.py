@@ -20,6 +20,8 @@ Scaling follows the original bsud, with its defects corrected:
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from bsud.config import DriveConfig, Target
 from bsud.naming import AVAILABLE, CREATING, DEFAULT_MAX_VOLUME_GIB, DELETED, DELETING, ERROR
 from bsud.reconcile.assembly import ASSEMBLY
@@ -198,11 +200,28 @@ def _plan_online(spec: DriveConfig, obs: DriveObs, max_volume_gib: int) -> Plan:
 
 def _settled(obs: DriveObs, notes: list[str]) -> Plan:
     """Nothing to build or scale: the exports, then idle. (Exports come after scaling: an export that keeps failing
-    must never hold back the space the drive needs.)"""
-    if not obs.exports.in_sync:
-        return Plan(ApplyExports(reason=obs.exports.detail or "the exports differ from the config"), "exporting",
-                    tuple(notes))
-    return Plan(Idle(reason="online"), "online", tuple(notes))
+    must never hold back the space the drive needs.)
+
+    The phase is ``exporting`` while the exports are applied and no attempt failed yet (after the mount, a change,
+    drift). Once one failed the drive is ``online``: mounted, serving everything else; a note says which export,
+    why, and when it is tried again — the engine spaces the attempts out (10 s, 20 s, … up to 5 minutes) and the
+    planner plans nothing for the exports meanwhile."""
+    e = obs.exports
+    if e.in_sync:
+        return Plan(Idle(reason="online"), "online", tuple(notes))
+    if not e.error:
+        return Plan(ApplyExports(reason=e.detail or "the exports differ from the config"), "exporting", tuple(notes))
+    which = ", ".join(e.failing) or "of the drive"
+    when = datetime.fromtimestamp(e.retry_at, timezone.utc).strftime("%H:%M:%S UTC") if e.retry_at is not None \
+        else "now"
+    tries = f" ({e.attempts} failed attempt{'s' if e.attempts != 1 else ''})" if e.attempts else ""
+    if e.held:
+        note = f"export {which} not applied{tries}: {e.error}; tried again at {when}"
+        return Plan(Idle(reason=f"online; export {which} not applied, tried again at {when}"), "online",
+                    (*notes, note))
+    note = f"export {which} not applied{tries}: {e.error}; trying again now"
+    return Plan(ApplyExports(reason=f"trying again: {e.detail or 'the exports differ from the config'}"), "online",
+                (*notes, note))
 
 
 def _plan_offline(obs: DriveObs) -> Plan | None:

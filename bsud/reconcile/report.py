@@ -41,7 +41,9 @@ class DriveStatus:
     outcome: str | None = None               # what the last action executed did (changed / unchanged)
     errors: int = 0                          # steps that failed since bsud started (each retried)
     last_scale_event: dict[str, Any] | None = None  # the last scale-up/scale-down event (started, done, …)
-    exports: dict[str, Any] = field(default_factory=dict)  # wanted, in_sync, servers, detail
+    #: wanted, names, in_sync, servers, detail; once applying them failed: error, failing (export names), attempts,
+    #: retry_at (epoch seconds of the next attempt)
+    exports: dict[str, Any] = field(default_factory=dict)
     mounted: bool = False                    # on its mount path, as the last observation saw it
     updated: float = 0.0                     # when a step last observed the drive without error (record);
                                              # 0 until one did (metric bsud_drive_last_observed_timestamp_seconds)
@@ -73,7 +75,9 @@ class DriveStatus:
                         "detail": e.detail, **({"stats": {name: dict(counters) for name, counters in e.stats}}
                                                if e.stats else {}),
                         **({"clients": {address: dict(counters) for address, counters in e.clients}}
-                           if e.clients else {})} if e.wanted or e.present else {}
+                           if e.clients else {}),
+                        **({"error": e.error, "failing": list(e.failing), "attempts": e.attempts,
+                            "retry_at": e.retry_at} if e.error else {})} if e.wanted or e.present else {}
         self.record_usage(obs.usage, obs.pace)
         self.volumes = [{"id": v.id, "size_gib": v.size_gib, "state": v.state, "device": v.device,
                          "member": v.member, **({"bookkeeping": v.bookkeeping} if v.bookkeeping else {})}

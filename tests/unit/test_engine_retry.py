@@ -8,15 +8,19 @@ from dataclasses import replace as replace_
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 
 from bsud.cloud.local import LocalCloud
 from bsud.config import CloudSettings, DriveConfig, Layout, Provider, Target
 from bsud.errors import BsudError
+from bsud.metrics import Metrics
 from bsud.reconcile import engine
 from bsud.reconcile.engine import REMOVAL_FAILURE_LIMIT, REPEAT_LIMIT, UNCHANGED_LIMIT, DriveReconciler
-from bsud.reconcile.model import (REMOVING, DriveObs, Grow, Idle, MarkVolume, Outcome, RemoveFromDrive, Unmount,
-                                  UsageObs, VolumeObs)
+from bsud.reconcile.execute import ActionError
+from bsud.reconcile.model import (REMOVING, ApplyExports, DriveObs, ExportsObs, Grow, Idle, MarkVolume, Outcome,
+                                  RemoveFromDrive, Unmount, UsageObs, VolumeObs)
 from bsud.reconcile.observe import CloudSnapshot
+from bsud.sinks import DaemonReport
 
 
 class FakeExecutor:
@@ -191,3 +195,126 @@ def test_the_last_observation_is_kept_while_steps_fail_to_observe_and_across_a_r
     assert rec.status.updated == seen and rec.status.errors == 3
     rec.update_spec(rec.spec)
     assert rec.status.updated == seen and rec.status.errors == 3
+
+
+# -- an export that keeps failing: the drive stays online, the attempts are spaced out, said once as an event -----
+
+NQN = "nqn.2026-11.test.bsud:d"
+BUSY = (f"NVMe-oF export of drive 'd': {NQN}: port 127.0.0.1:4421 is in use by another program (listening on "
+        "127.0.0.1:4421); free it or choose another address or port")
+EXPORTS_OUT = ExportsObs(wanted=2, in_sync=False, present=True, detail=f"{NQN}: missing")
+
+
+@pytest.fixture
+def exporting(tmp_path: Path, monkeypatch):
+    """A drive with an NFS and an NVMe/TCP export whose NVMe one cannot be applied; a fake clock; its events."""
+    cloud = LocalCloud(CloudSettings(provider="local", state_dir=str(tmp_path), instance_id="i-x"))
+    spec = DriveConfig.model_validate({
+        "name": "d", "target": "online", "mount-path": "/mnt/d", "layout": "btrfs",
+        "exports": [{"kind": "nfs", "clients": ["10.0.0.0/24"]},
+                    {"kind": "nvmeof", "nqn": NQN, "size-gib": 2, "hosts": ["nqn.2026-11.test.bsud:h"],
+                     "address": "127.0.0.1", "port": 4421}]})
+    rec = ScriptedDrive(spec, cloud, CloudSnapshot(cloud), Provider.LOCAL)
+    rec.next_obs = replace_(SETTLED, usage=UsageObs(used=5 << 30, free=5 << 30, size=10 << 30), exports=EXPORTS_OUT)
+    clock = [1000.0]
+    monkeypatch.setattr(engine.time, "monotonic", lambda: clock[0])
+    events: list = []
+    rec.listeners = [events.append]
+    fake = FakeExecutor()
+    rec.executor = fake  # type: ignore[assignment]
+
+    def run(action, devices=None):
+        fake.done.append(action.kind)
+        if isinstance(action, ApplyExports) and fake.failing:
+            error = ActionError(BUSY, temporary=True)
+            error.kinds = ("nvmeof",)
+            raise error
+        return Outcome.CHANGED
+    fake.run = run  # type: ignore[method-assign]
+    fake.failing = True
+    return rec, fake, clock, events
+
+
+def test_a_failing_export_leaves_the_drive_online_and_is_tried_again_with_backoff(exporting):
+    rec, fake, clock, events = exporting
+    with pytest.raises(BsudError, match="is in use by another program") as info:
+        rec.step()  # the first attempt: exporting
+    assert rec.last_plan.phase == "exporting" and fake.done == ["ApplyExports"]
+    assert info.value.delay == 10.0  # retry-seconds: the worker waits that long
+    st = rec.status
+    assert st.phase == "online" and st.exports["in_sync"] is False  # bsud_drive_exports_applied stays 0
+    assert st.exports["error"] == BUSY and st.exports["failing"] == [f"nvmeof:{NQN}"] and st.exports["attempts"] == 1
+    assert any(note.startswith(f"export nvmeof:{NQN} not applied (1 failed attempt): {BUSY}; tried again at ")
+               for note in st.notes)
+    assert [(e.kind, e.result, e.export, e.reason) for e in events] == [("export", "failed", f"nvmeof:{NQN}", BUSY)]
+    metrics = Metrics()  # what the metrics say of it (their listener gets the event too, and ignores it)
+    metrics.event(events[0])
+    metrics.publish(DaemonReport(version="t", pid=1, config="c", started=0, updated=0, drives={"d": st}, unmanaged={}))
+    text = generate_latest(metrics.registry).decode()
+    assert 'bsud_drive_exports_applied{drive="d"} 0.0' in text
+    assert 'bsud_drive_phase{drive="d",phase="online"} 1.0' in text
+
+    # Woken before the attempt is due (the sampler, a reload): online and idle; nothing planned for the exports.
+    assert rec.step().action == Idle() and rec.status.phase == "online" and fake.done == ["ApplyExports"]
+    assert rec.status.last_error == BUSY
+
+    delays = []
+    for _ in range(6):
+        clock[0] += 1000
+        with pytest.raises(BsudError) as again:
+            rec.step()
+        assert rec.last_plan.phase == "online"  # tried again, never "exporting" for ever
+        delays.append(again.value.delay)
+    assert delays == [20.0, 40.0, 80.0, 160.0, 300.0, 300.0]  # doubling, at most 5 minutes apart
+    assert len(events) == 1 and rec.status.exports["attempts"] == 7  # the event is said once
+
+    # Scaling goes first whatever the exports do.
+    rec.next_obs = replace_(rec.next_obs, can_grow=True)
+    assert rec.step().action == Grow() and fake.done[-1] == "Grow"
+    rec.next_obs = replace_(rec.next_obs, can_grow=False)
+
+    # It works again: applied, said once, forgotten.
+    fake.failing = False
+    clock[0] += 1000
+    assert rec.step().action == ApplyExports() and rec.last_plan.phase == "online"
+    assert [(e.kind, e.result) for e in events[1:]] == [("export", "recovered")]
+    assert events[1].export == f"nvmeof:{NQN}" and events[1].environment()["BSUD_EXPORT"] == f"nvmeof:{NQN}"
+    rec.next_obs = replace_(rec.next_obs, exports=replace_(EXPORTS_OUT, in_sync=True, detail=""))
+    settled = rec.step()
+    assert settled.action == Idle() and settled.phase == "online" and settled.notes == ()
+    assert "error" not in rec.status.exports and rec.status.last_error is None and len(events) == 2
+    # A later failure is a new episode: exporting first, then a new event.
+    rec.next_obs = replace_(rec.next_obs, exports=EXPORTS_OUT)
+    fake.failing = True
+    with pytest.raises(BsudError):
+        rec.step()
+    assert rec.last_plan.phase == "exporting" and [(e.kind, e.result) for e in events[2:]] == [("export", "failed")]
+
+
+def test_changed_exports_are_tried_at_once_and_exports_fixed_by_hand_end_the_failure(exporting):
+    rec, fake, clock, events = exporting
+    with pytest.raises(BsudError):
+        rec.step()
+    assert rec.step().action == Idle()  # held for 10 s
+    rec.update_spec(rec.spec.model_copy(update={"exports": rec.spec.exports[:1]}))  # the NVMe export dropped
+    rec.executor = fake  # type: ignore[assignment]
+    with pytest.raises(BsudError):  # the new exports at once, not 10 s later (still online: a failure is shown)
+        rec.step()
+    assert fake.done == ["ApplyExports", "ApplyExports"]
+    assert (rec.last_plan.action, rec.last_plan.phase) == (ApplyExports(), "online")
+    assert rec.status.exports["failing"] == ["nvmeof"]  # withdrawing the kind failed: named by the kind
+    # The port freed by hand and bsud's view in sync without its doing: the failure ends all the same.
+    rec.next_obs = replace_(rec.next_obs, exports=replace_(EXPORTS_OUT, in_sync=True, detail=""))
+    assert rec.step().action == Idle() and rec.exports_failure is None
+    assert [(e.kind, e.result) for e in events] == [("export", "failed"), ("export", "recovered")]
+
+
+def test_a_failure_before_any_kind_ran_names_every_export(exporting):
+    rec, fake, clock, events = exporting
+
+    def unmounted(action, devices=None):
+        raise ActionError("not exporting: /mnt/d is not mounted", temporary=True)
+    fake.run = unmounted  # type: ignore[method-assign]
+    with pytest.raises(BsudError):
+        rec.step()
+    assert rec.status.exports["failing"] == ["nfs:/", f"nvmeof:{NQN}"]

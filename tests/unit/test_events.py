@@ -1,5 +1,6 @@
 """Events from a drive's steps (pure): a scale-up from decision to usable capacity, a scale-down to its volume
-retired, a failure inside a scale event, a block and its recovery — each reported once."""
+retired, a failure inside a scale event, a block and its recovery, an export failing and applied again — each
+reported once."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from bsud.reconcile.events import (
     ABANDONED,
     BLOCKED,
     DONE,
+    EXPORT,
     FAILED,
     RECOVERED,
     SCALE_DOWN,
@@ -103,3 +105,15 @@ def test_the_on_event_environment_names_every_fact():
         "BSUD_VOLUME_GIB": "12", "BSUD_DRIVE_GIB": "22", "BSUD_DURATION_SECONDS": "21.5",
         "BSUD_REASON": "the new capacity is usable", "BSUD_TIME": "1970-01-01T00:00:00+00:00",
     }
+
+
+def test_a_failing_export_is_said_once_and_its_end_once():
+    t = EventTracker("d")
+    assert t.exports_applied(OBS) == []  # nothing failed: nothing to say
+    failed = t.exports_failed(OBS, "port 127.0.0.1:4421 is in use by another program", ("nvmeof:nqn.x:y",))
+    assert kinds(failed) == [(EXPORT, FAILED)] and failed[0].reason.startswith("port 127.0.0.1:4421")
+    assert failed[0].environment()["BSUD_EXPORT"] == "nvmeof:nqn.x:y" and failed[0].direction is None
+    assert t.exports_failed(OBS, "again", ("nvmeof:nqn.x:y",)) == []
+    recovered = t.exports_applied(OBS)
+    assert kinds(recovered) == [(EXPORT, "recovered")] and recovered[0].export == "nvmeof:nqn.x:y"
+    assert t.exports_applied(OBS) == []

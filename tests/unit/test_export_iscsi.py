@@ -1,5 +1,5 @@
 """The block export kinds' pure parts (iSCSI, NVMe-oF): names of what bsud owns in LIO and nvmet, the backing file
-(sparse, never shrunk), the CHAP password kept out of reprs, a listening port read from /proc/net/tcp."""
+(sparse, never shrunk), the CHAP password kept out of reprs. (Ports: test_export_ports.py.)"""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bsud.config.exports import IscsiExport
-from bsud.host.exports.files import ExportError, backing_file, port_listening
+from bsud.host.exports.files import ExportError, backing_file
 from bsud.host.exports.iscsi import GIB, Lio, Wanted, backstore_name, lun_file
 from bsud.host.exports.nvmeof import NvmetTcp, model
 
@@ -49,20 +49,6 @@ def test_the_backing_file_is_sparse_grows_and_is_never_shrunk(tmp_path: Path):
     with pytest.raises(ExportError, match="a LUN is never shrunk"):
         backing_file(str(path), 2 * GIB, what=IQN, kind="LUN")
     assert path.stat().st_size == 3 * GIB
-
-
-def test_a_listening_port_from_proc_net(tmp_path: Path):
-    header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
-    (tmp_path / "tcp").write_text(header + "   0: 00000000:0CBC 00000000:0000 0A 00000000:00000000 00:00000000 "
-                                  "00000000     0        0 0 1\n"
-                                  "   1: 0100007F:1F90 0100007F:0CBD 01 00000000:00000000 00:00000000 "
-                                  "00000000     0        0 0 1\n")
-    assert port_listening(3260, tmp_path)
-    assert not port_listening(8080, tmp_path)  # 1F90 is an established connection, not a listener
-    (tmp_path / "tcp").write_text(header)
-    (tmp_path / "tcp6").write_text(header + "   0: 00000000000000000000000000000000:0CBC "
-                                   "00000000000000000000000000000000:0000 0A 0 0 0 0 0 0 0 0\n")
-    assert port_listening(3260, tmp_path)
 
 
 def test_a_drive_without_block_exports_reads_nothing(tmp_path: Path):

@@ -384,6 +384,12 @@ def test_a_deleted_member_is_explained_with_what_to_do():
 
 OUT_OF_SYNC = ExportsObs(wanted=1, in_sync=False, present=False, detail="/etc/exports.d/bsud-d.exports is missing")
 APPLIED = ExportsObs(wanted=1, in_sync=True, present=True)
+# An attempt to apply them failed (the engine remembers it): the next one is still to come, or due now.
+FAILING = ExportsObs(wanted=2, in_sync=False, present=True, detail="nqn.2026-11.test:d: missing",
+                     error="NVMe-oF export of drive 'd': nqn.2026-11.test:d: port 127.0.0.1:4421 is in use by another "
+                           "program (listening on 127.0.0.1:4421); free it or choose another address or port",
+                     failing=("nvmeof:nqn.2026-11.test:d",), attempts=3, retry_at=1_800_000_040.0, held=True)
+RETRY_DUE = ExportsObs(**{**FAILING.__dict__, "held": False})
 
 EXPORTS_TABLE = [
     ("settled-drive-applies-its-exports", spec(), online(vol("v1"), used=5, exports=OUT_OF_SYNC),
@@ -402,6 +408,22 @@ EXPORTS_TABLE = [
      ("WithdrawExports", {}), "going-offline"),
     ("offline-unmounts-once-withdrawn", spec(target=Target.OFFLINE),
      online(vol("v1"), used=5, exports=ExportsObs()), ("Unmount", {}), "going-offline"),
+    # One export failing: the drive is mounted and serves the rest — online, never held in exporting.
+    ("a-failed-export-leaves-the-drive-online-until-its-retry-is-due", spec(),
+     online(vol("v1"), used=5, exports=FAILING), ("Idle", {}), "online"),
+    ("a-failed-export-is-tried-again-when-due-still-online", spec(), online(vol("v1"), used=5, exports=RETRY_DUE),
+     ("ApplyExports", {}), "online"),
+    ("scaling-up-comes-before-a-failing-export-due-again", spec(), online(vol("v1"), used=9.5, exports=RETRY_DUE),
+     ("CreateVolume", {"size_gib": 12}), "scaling-up"),
+    ("growing-comes-before-a-failing-export-due-again", spec(),
+     online(vol("v1"), used=5, can_grow=True, exports=RETRY_DUE), ("Grow", {}), "growing"),
+    ("scaling-down-comes-before-a-failing-export-held", spec(), online(vol("v1"), vol("v2", 30), used=2,
+                                                                       exports=FAILING),
+     ("MarkVolume", {"volume_id": "v2", "value": REMOVING}), "scaling-down"),
+    ("an-unmounted-drive-withdraws-even-a-failing-exports-rest", spec(),
+     online(vol("v1"), used=5, mounted=False, exports=FAILING), ("WithdrawExports", {}), "recovering"),
+    ("offline-ignores-a-failed-attempt", spec(target=Target.OFFLINE), online(vol("v1"), used=5, exports=FAILING),
+     ("WithdrawExports", {}), "going-offline"),
 ]
 
 
@@ -410,3 +432,17 @@ EXPORTS_TABLE = [
 def test_exports(s, o, expected, phase):
     assert step(s, o) == expected
     assert plan(s, o).phase == phase
+
+
+def test_a_failing_export_is_named_with_why_and_when_it_is_tried_again():
+    held = plan(spec(), online(vol("v1"), used=5, exports=FAILING))
+    (note,) = held.notes
+    assert note == ("export nvmeof:nqn.2026-11.test:d not applied (3 failed attempts): NVMe-oF export of drive 'd': "
+                    "nqn.2026-11.test:d: port 127.0.0.1:4421 is in use by another program (listening on "
+                    "127.0.0.1:4421); free it or choose another address or port; tried again at 08:00:40 UTC")
+    assert "tried again at 08:00:40 UTC" in held.action.reason
+    due = plan(spec(), online(vol("v1"), used=5, exports=RETRY_DUE))
+    assert due.notes[0].endswith("; trying again now") and "is in use by another program" in due.notes[0]
+    assert due.action.reason.startswith("trying again: nqn.2026-11.test:d: missing")
+    # Applied again: the engine forgets the failure; nothing of it is said any more.
+    assert plan(spec(), online(vol("v1"), used=5, exports=APPLIED)).notes == ()

@@ -283,6 +283,12 @@ def test_a_drive_shared_over_nfs_smb_iscsi_and_nvme(nfs_server, smb_server, iscs
     exports_file = Path("/etc/exports.d") / f"bsud-{h.drive}.exports"
     shares_file = Path("/etc/samba/bsud.d") / f"{h.drive}.conf"
     in_sync = lambda s: (s.get("exports") or {}).get("in_sync") is True  # noqa: E731
+    # Another program on the NVMe/TCP port at another address, all along: neither "in use" for 127.0.0.1:4420 nor
+    # taken for nvmet's own listener (the drift below, nvmet's listener gone, must be seen and repaired).
+    neighbour = socket.socket()
+    neighbour.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    neighbour.bind(("127.0.0.2", NVME["port"]))
+    neighbour.listen()
     try:
         planned = sh(sys.executable, "-m", "bsud", "-c", str(h.config_path), "plan").stdout
         assert f"{h.drive}: exports to change once the drive is online and mounted: {exports_file} is missing" \
@@ -391,7 +397,8 @@ def test_a_drive_shared_over_nfs_smb_iscsi_and_nvme(nfs_server, smb_server, iscs
 
         # Changes the servers cannot take — an NFS client the server cannot resolve, an SMB share name the admin
         # already uses in smb.conf, a LUN made smaller than the data it holds, an NVMe/TCP port another program
-        # holds — rolled back or refused, each reported; the old exports serve on.
+        # holds, a new NVMe/TCP export whose port a wildcard listener holds — rolled back or refused, each reported,
+        # nothing made for the new export; the old exports serve on, and the drive is online, not "exporting".
         good_nfs, good_smb = exports_file.read_text(), shares_file.read_text()
         conf = Path("/etc/samba/smb.conf")
         conf.write_text(conf.read_text() + "\n[adminshare]\n   path = /var/tmp\n")
@@ -399,18 +406,29 @@ def test_a_drive_shared_over_nfs_smb_iscsi_and_nvme(nfs_server, smb_server, iscs
         squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         squatter.bind(("127.0.0.1", 4421))
         squatter.listen()
+        wildcard = socket.socket()
+        wildcard.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        wildcard.bind(("0.0.0.0", 4422))
+        wildcard.listen()
+        second = {**NVME, "nqn": "nqn.2026-11.test.bsud:second", "port": 4422}
         h.write_config(exports=[{**NFS, "clients": ["127.0.0.1", "nosuchhost.invalid"]},
                                 {**SMB, "share": "AdminShare"}, {**ISCSI, "lun-size-gib": 1},
-                                {**NVME, "port": 4421}])
+                                {**NVME, "port": 4421}, second])
         h.signal(signal.SIGHUP)
         st = h.wait_for("rolled back", lambda s: "the previous file is back" in (s.get("last_error") or "")
                         and "already defined" in (s.get("last_error") or ""), timeout=120)
         assert "nosuchhost.invalid" in st["last_error"] and "[AdminShare] is already defined" in st["last_error"]
         assert "a LUN is never shrunk" in st["last_error"]
         assert "port 127.0.0.1:4421 is in use by another program" in st["last_error"]
+        assert "port 127.0.0.1:4422 is in use by another program (listening on 0.0.0.0:4422)" in st["last_error"]
+        assert not (h.mount / "ns" / f"nvmeof-{second['nqn']}.img").exists(), "a file was made for a refused export"
         ports = [p for p in Path("/sys/kernel/config/nvmet/ports").glob("*")
-                 if (p / "addr_trsvcid").read_text().strip() == "4421"]
+                 if (p / "addr_trsvcid").read_text().strip() in ("4421", "4422")]
         assert ports == [], "a port that cannot listen was made"
+        assert st["phase"] == "online", st  # mounted and serving: not held in "exporting"
+        assert "is in use by another program" in st["exports"]["error"] and not st["exports"]["in_sync"]
+        assert f"nvmeof:{second['nqn']}" in st["exports"]["failing"], st["exports"]
+        assert any("not applied" in n and "tried again at" in n for n in st["notes"]), st["notes"]
         assert ISCSI["chap"]["password"] not in json.dumps(st) + h.log_path.read_text()
         assert exports_file.read_text() == good_nfs and shares_file.read_text() == good_smb
         assert backing.stat().st_size == 2 << 30
@@ -421,6 +439,11 @@ def test_a_drive_shared_over_nfs_smb_iscsi_and_nvme(nfs_server, smb_server, iscs
         h.signal(signal.SIGHUP)
         h.wait_for("in sync again", lambda s: in_sync(s) and not s.get("last_error"), timeout=120)
         squatter.close()  # only now: free while 4421 is still configured, bsud would rightly move the subsystem there
+        wildcard.close()
+        events = [e for line in h.log_path.read_text().splitlines() if '"event_kind": "export"' in line
+                  and (e := json.loads(line)).get("event") == "event"]
+        assert [e["result"] for e in events][-2:] == ["failed", "recovered"], events  # said once each way
+        assert "is in use by another program" in events[-2]["reason"]
 
         # Offline: the exports go first, then the unmount succeeds although the NFS client still has it mounted.
         # The NVMe host disconnects first: it is this VM's own kernel, and a namespace whose target went away holds
@@ -448,6 +471,7 @@ def test_a_drive_shared_over_nfs_smb_iscsi_and_nvme(nfs_server, smb_server, iscs
                   flush=True)
         raise
     finally:
+        neighbour.close()
         sh("iscsiadm", "-m", "node", "-T", ISCSI["iqn"], "-p", PORTAL, "--logout", check=False)
         sh("nvme", "disconnect", "-n", NVME["nqn"], check=False)
         sh("umount", "-f", "-l", str(client), check=False)
@@ -498,8 +522,8 @@ def test_a_change_failing_half_way_puts_the_previous_iscsi_and_nvme_exports_back
                 raise RTSLibError("injected: the new target could not be made")
 
     class FailingNvmet(NvmetTcp):
-        def _create(self, drive, want, size):
-            super()._create(drive, want, size)
+        def _create(self, drive, want):
+            super()._create(drive, want)
             if want.nqn == new_nvme[1].nqn:
                 raise OSError(errno.EIO, "injected: the new subsystem could not be made")
 
@@ -521,7 +545,7 @@ def test_a_change_failing_half_way_puts_the_previous_iscsi_and_nvme_exports_back
         assert nvmet_state(nvmet, drive) == nvmet_before
         assert not Path("/sys/kernel/config/target/iscsi", new_iscsi[1].iqn).exists()
         assert not Path("/sys/kernel/config/nvmet/hosts/nqn.2026-11.test.bsud:other").exists()
-        assert port_listening(3260) and port_listening(NVME["port"])
+        assert port_listening("0.0.0.0", 3260) and port_listening(NVME["address"], NVME["port"])
         assert lio.observe(drive, str(mount), [old_iscsi]).applied
         assert nvmet.observe(drive, str(mount), [old_nvme]).applied
 

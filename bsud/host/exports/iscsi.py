@@ -1,7 +1,8 @@
 """iSCSI through LIO, the kernel target, driven with rtslib-fb (the library targetcli is built on; it reads and
 writes configfs, which is LIO's whole interface, so bsud need not write that tree by hand).
 
-Each export is a sparse file in the drive (``<path>/iscsi-<iqn>.img``, never deleted by bsud and never shrunk) as
+Each export is a sparse file in the drive (``<path>/iscsi-<iqn>.img``, never shrunk, never deleted once a target used
+it: only a file a failed attempt itself made, never written, is taken away) as
 a write-through fileio backstore named ``bsud_<drive>_<n>``; a target with the IQN, TPG 1 on ``0.0.0.0:3260``,
 LUN 0, one ACL per initiator mapping LUN 0, and CHAP on the TPG's ACLs when configured. Backstores named after the
 drive are how bsud recognises what is its own: it withdraws only those and the targets serving them.
@@ -24,7 +25,8 @@ from pathlib import Path
 from bsud.config.exports import IscsiExport
 from bsud.host.devices import GIB
 from bsud.host.exports.base import ExportKind, ExportState, directory_of
-from bsud.host.exports.files import ExportError, backing_file, port_listening
+from bsud.host.exports.files import (PROC_NET, ExportError, MadeFiles, backing_file, check_backing_file, plain_address,
+                                     port_busy, port_listening)
 from bsud.logs import get_logger
 from bsud.runner import Runner
 
@@ -33,7 +35,8 @@ log = get_logger("bsud.host.exports")
 CONFIGFS = Path("/sys/kernel/config")
 #: Where LIO keeps what it persists itself (reservations, ALUA state); rtslib points the kernel there.
 DBROOT = Path("/etc/target")
-PORT = 3260
+#: Where each target's TPG listens: every address, port 3260.
+ADDRESS, PORT = "0.0.0.0", 3260
 
 
 def backstore_name(drive: str, iqn: str) -> str:
@@ -85,15 +88,45 @@ class Lio(ExportKind):
     kind = "iscsi"
     tools = ("modprobe",)
 
-    def __init__(self, runner: Runner, configfs: Path = CONFIGFS) -> None:
+    def __init__(self, runner: Runner, configfs: Path = CONFIGFS, proc_net: Path = PROC_NET) -> None:
         super().__init__(runner)
         self.configfs = configfs
+        self.proc_net = proc_net
 
     # -- reading -------------------------------------------------------------------------------
 
     def _loaded(self) -> bool:
         """LIO's iSCSI fabric is in configfs (reading it then changes nothing: rtslib loads nothing)."""
         return (self.configfs / "target" / "iscsi").is_dir()
+
+    def _portals(self) -> set[tuple[object, int]]:
+        """Every network portal LIO has, any target's (``<tpg>/np/<address>:<port>`` in configfs): LIO listens
+        there itself, and a portal on the same address and port is shared, not a conflict."""
+        found: set[tuple[object, int]] = set()
+        for np in (self.configfs / "target" / "iscsi").glob("*/tpgt_*/np/*"):
+            address, _, port = np.name.rpartition(":")
+            try:
+                found.add((plain_address(address.strip("[]")), int(port)))
+            except ValueError:
+                continue
+        return found
+
+    def _listening(self) -> bool:
+        """LIO listens on 0.0.0.0:3260: it has that portal and it is up (not a listener of another program)."""
+        return (plain_address(ADDRESS), PORT) in self._portals() and port_listening(ADDRESS, PORT, self.proc_net)
+
+    def _busy(self) -> str | None:
+        """Why LIO cannot listen on 0.0.0.0:3260, or None (free, or LIO's own portal there already)."""
+        portals = self._portals()
+        if (plain_address(ADDRESS), PORT) in portals:
+            return None
+        blockers = port_busy(ADDRESS, PORT, self.proc_net)
+        if not blockers:
+            return None
+        mine = (blockers[0].address, blockers[0].port) in portals
+        who = "a portal of another LIO target" if mine else "another program (another iSCSI target server?)"
+        return (f"port {ADDRESS}:{PORT} is in use by {who}, listening on {blockers[0]}; free it (bsud's targets listen "
+                "on every address)")
 
     def _ours(self, drive: str) -> dict:
         """{backstore name: (storage object, [targets whose LUNs use it])} for the drive's backstores."""
@@ -155,7 +188,7 @@ class Lio(ExportKind):
         extra = sorted(set(ours) - {w.backstore for w in wanted})
         if extra:
             problems.append(f"backstores no longer in the config: {', '.join(extra)}")
-        listening = port_listening(PORT)
+        listening = self._listening()
         if wanted and not problems and not listening:
             problems.append(f"nothing listens on port {PORT}")
         server = f"LIO: {'listening on' if listening else 'not listening on'} {PORT}"
@@ -181,7 +214,7 @@ class Lio(ExportKind):
         so = FileIOStorageObject(want.backstore, dev=want.file, size=want.size, write_back=False, wwn=serial)
         target = Target(FabricModule("iscsi"), want.iqn)
         tpg = TPG(target, 1)
-        NetworkPortal(tpg, "0.0.0.0", PORT)
+        NetworkPortal(tpg, ADDRESS, PORT)
         lun = LUN(tpg, 0, so)
         tpg.set_attribute("generate_node_acls", "0")
         tpg.set_attribute("authentication", "1" if want.chap_user else "0")
@@ -202,27 +235,43 @@ class Lio(ExportKind):
 
     @lio_errors
     def apply(self, drive: str, mount_path: str, exports: list[IscsiExport]) -> bool:
+        """Every precondition first (the mount, IQNs not taken, the port free, no file to shrink), then the files,
+        then LIO: an export that cannot come up leaves nothing made for it."""
         if not os.path.ismount(mount_path):
             raise ExportError(f"drive {drive!r} is not mounted on {mount_path}; not exporting it")
         self._load()
-        from rtslib_fb import RTSLibError
+        from rtslib_fb import RTSLibError, RTSRoot
 
         wanted = [Wanted.of(drive, mount_path, e) for e in exports]
         for want in wanted:
-            backing_file(want.file, want.size, what=want.iqn, kind="LUN")
+            check_backing_file(want.file, want.size, what=want.iqn, kind="LUN")
         ours = self._ours(drive)
         stale = [name for name in ours if name not in {w.backstore for w in wanted}]
         redo = [w for w in wanted if self._differs(w, ours)]
-        if not stale and not redo and port_listening(PORT):
+        if not stale and not redo and self._listening():
+            for want in wanted:  # a size given more: the file grows (never made here)
+                if os.path.exists(want.file):
+                    backing_file(want.file, want.size, what=want.iqn, kind="LUN")
             return False
         # Another target (not bsud's) already using a wanted IQN is not taken over.
-        from rtslib_fb import RTSRoot
-
         mine = {t.wwn for _, targets in ours.values() for t in targets}
         taken = [w.iqn for w in redo for t in RTSRoot().targets if t.wwn == w.iqn and t.wwn not in mine]
         if taken:
-            raise ExportError(f"target {', '.join(taken)} exists and is not bsud's (its LUN is not a backstore of "
-                              f"drive {drive!r}); remove it or choose another IQN")
+            raise ExportError(f"iSCSI: target {', '.join(taken)} exists and does not belong to drive {drive!r} (its "
+                              "LUN is not a backstore of the drive); remove it or choose another IQN")
+        busy = self._busy() if wanted else None
+        if busy:  # checked before anything is made or taken down: a retry must not cut the clients each time
+            which = f"export {', '.join(w.iqn for w in redo)}" if redo else "exports"
+            raise ExportError(f"iSCSI {which} of drive {drive!r}: {busy}")
+        made = MadeFiles()
+        redone = {w.iqn for w in redo}
+        try:
+            for want in wanted:  # made for the targets being made; grown for the others
+                if want.iqn in redone or os.path.exists(want.file):
+                    made.make(want.file, want.size, what=want.iqn, kind="LUN")
+        except (OSError, ExportError) as exc:
+            made.undo()
+            raise ExportError(f"iSCSI export of drive {drive!r}: cannot make its LUN's file: {exc}") from None
         backup = {name: (so.dump(), [t.dump() for t in targets]) for name, (so, targets) in ours.items()
                   if name in stale or name in {w.backstore for w in redo}}
         try:
@@ -232,12 +281,13 @@ class Lio(ExportKind):
                 self._create(want)
             now = self._ours(drive)
             problems = [p for w in wanted if (p := self._differs(w, now))]
-            if not problems and wanted and not port_listening(PORT):
-                problems.append(f"nothing listens on port {PORT}")
+            if not problems and wanted and not self._listening():
+                problems.append(f"nothing listens on {ADDRESS}:{PORT}")
             if problems:
                 raise ExportError("; ".join(problems))
         except (RTSLibError, OSError, ExportError) as exc:
             self._restore(drive, backup)
+            made.undo()
             raise ExportError(f"iSCSI: applying failed, the previous targets are back: {exc}") from None
         log.info("iSCSI targets applied", drive=drive, targets=[w.iqn for w in redo], removed=stale)
         return True

@@ -2,9 +2,10 @@
 its whole interface; the Python tools around it, nvmetcli, are not packaged as a library).
 
 Each export is a subsystem with the NQN whose model string names the drive (``bsud-<drive>``: how bsud recognises
-its own), namespace 1 on a sparse file in the drive (``<path>/nvmeof-<nqn>.img``, never deleted by bsud and never
-shrunk), the allowed hosts only, and a TCP port of its own on the configured address. Like LIO's, nvmet's
-configuration lives in the kernel only; bsud applies it again after each mount.
+its own), namespace 1 on a sparse file in the drive (``<path>/nvmeof-<nqn>.img``, never shrunk, never deleted by
+bsud once an export used it: only a file the failed attempt itself made, never written, is taken away), the
+allowed hosts only, and a TCP port of its own on the configured address, checked free before anything is made.
+Like LIO's, nvmet's configuration lives in the kernel only; bsud applies it again after each mount.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from pathlib import Path
 from bsud.config.exports import NvmeofExport
 from bsud.host.devices import GIB
 from bsud.host.exports.base import ExportKind, ExportState, directory_of
-from bsud.host.exports.files import ExportError, backing_file, port_listening
+from bsud.host.exports.files import (PROC_NET, ExportError, MadeFiles, backing_file, check_backing_file, endpoint,
+                                     plain_address, port_busy, port_listening)
 from bsud.logs import get_logger
 from bsud.runner import Runner
 
@@ -81,9 +83,10 @@ class NvmetTcp(ExportKind):
     kind = "nvmeof"
     tools = ("modprobe",)
 
-    def __init__(self, runner: Runner, configfs: Path = CONFIGFS) -> None:
+    def __init__(self, runner: Runner, configfs: Path = CONFIGFS, proc_net: Path = PROC_NET) -> None:
         super().__init__(runner)
         self.root = configfs / "nvmet"
+        self.proc_net = proc_net
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -114,6 +117,29 @@ class NvmetTcp(ExportKind):
         ports = self.root / "ports"
         return sorted(ports.iterdir(), key=lambda p: int(p.name)) if ports.is_dir() else []
 
+    def _listening(self, want: Subsystem) -> bool:
+        """nvmet listens for this export: on its address and port exactly (not a listener elsewhere)."""
+        return port_listening(want.address, want.port, self.proc_net)
+
+    def _busy(self, want: Subsystem) -> str | None:
+        """Why the export's address and port cannot be listened on by nvmet, or None. nvmet's own port on that
+        address and port is no obstacle (the subsystem joins it)."""
+        mine: dict[tuple[object, int], str] = {}
+        for p in self._ports():
+            try:
+                mine[(plain_address(_read(p / "addr_traddr")), int(_read(p / "addr_trsvcid")))] = p.name
+            except ValueError:
+                continue
+        if (plain_address(want.address), want.port) in mine:
+            return None
+        blockers = port_busy(want.address, want.port, self.proc_net)
+        if not blockers:
+            return None
+        owner = mine.get((blockers[0].address, blockers[0].port))
+        who = f"nvmet's port {owner} (another subsystem's)" if owner else "another program"
+        return (f"port {endpoint(want.address, want.port)} is in use by {who} (listening on {blockers[0]}); free it "
+                "or choose another address or port")
+
     def observe(self, drive: str, mount_path: str, exports: list[NvmeofExport]) -> ExportState:
         if not self.root.is_dir():
             if not exports:
@@ -128,7 +154,7 @@ class NvmetTcp(ExportKind):
         extra = sorted(set(ours) - set(wanted))
         if extra:
             problems.append(f"subsystems no longer in the config: {', '.join(extra)}")
-        deaf = [f"{w.address}:{w.port}" for w in wanted.values() if not port_listening(w.port)]
+        deaf = [endpoint(w.address, w.port) for w in wanted.values() if not self._listening(w)]
         if not problems and deaf:
             problems.append(f"nothing listens on {', '.join(deaf)}")
         server = "nvmet: " + (f"not listening on {', '.join(deaf)}" if deaf else "listening")
@@ -147,9 +173,8 @@ class NvmetTcp(ExportKind):
         if not self.root.is_dir():
             raise ExportError(f"{self.root} is not there after loading nvmet")
 
-    def _create(self, drive: str, want: Subsystem, size: int | None) -> None:
-        if size is not None:
-            backing_file(want.file, size, what=want.nqn, kind="namespace")
+    def _create(self, drive: str, want: Subsystem) -> None:
+        """The subsystem, its namespace on its file (made before: see :meth:`apply`), its hosts and port."""
         sub = self.root / "subsystems" / want.nqn
         sub.mkdir()
         serial, ns_uuid = identity(drive, want.nqn)
@@ -214,43 +239,56 @@ class NvmetTcp(ExportKind):
                 pass
 
     def apply(self, drive: str, mount_path: str, exports: list[NvmeofExport]) -> bool:
+        """Every precondition first (the mount, NQNs not taken, ports free, no file to shrink), then the files,
+        then nvmet: an export that cannot come up leaves nothing made for it."""
         if not os.path.ismount(mount_path):
             raise ExportError(f"drive {drive!r} is not mounted on {mount_path}; not exporting it")
         self._load()
         wanted = {e.nqn: (Subsystem.of(mount_path, e), e.size_gib * GIB) for e in exports}
-        for want, size in wanted.values():
-            backing_file(want.file, size, what=want.nqn, kind="namespace")
         ours = self.ours(drive)
         stale = [nqn for nqn in ours if nqn not in wanted]
         # A subsystem as configured whose port does not listen (nvmet lost its listener) is made again too:
         # linking it to a port is what makes nvmet listen.
-        redo = [(w, s) for nqn, (w, s) in wanted.items() if ours.get(nqn) != w or not port_listening(w.port)]
+        redo = [(w, s) for nqn, (w, s) in wanted.items() if ours.get(nqn) != w or not self._listening(w)]
+        for want, size in wanted.values():
+            check_backing_file(want.file, size, what=want.nqn, kind="namespace")
         if not stale and not redo:
+            for want, size in wanted.values():  # a size given more: the file grows (never made here)
+                if os.path.exists(want.file):
+                    backing_file(want.file, size, what=want.nqn, kind="namespace")
             return False
         taken = [w.nqn for w, _ in redo if w.nqn not in ours and (self.root / "subsystems" / w.nqn).exists()]
         if taken:
-            raise ExportError(f"subsystem {', '.join(taken)} exists and is not bsud's (its model is not "
-                              f"{model(drive)!r}); remove it or choose another NQN")
-        ports = {(_read(p / "addr_traddr"), _read(p / "addr_trsvcid")) for p in self._ports()}
-        busy = [f"{w.address}:{w.port}" for w, _ in redo if (w.address, str(w.port)) not in ports
-                and port_listening(w.port)]
-        if busy:  # checked before anything is taken down: a retry must not cut the clients each time
-            raise ExportError(f"port {', '.join(busy)} is in use by another program; free it or choose another "
-                              "port")
+            raise ExportError(f"NVMe-oF: subsystem {', '.join(taken)} exists and does not belong to drive {drive!r} "
+                              f"(its model is not {model(drive)!r}); remove it or choose another NQN")
+        # Checked before anything is made or taken down: a retry must not cut the clients, nor leave files, each time.
+        busy = [f"{w.nqn}: {why}" for w, _ in redo if (why := self._busy(w))]
+        if busy:
+            raise ExportError(f"NVMe-oF export of drive {drive!r}: {'; '.join(busy)}")
+        made = MadeFiles()
+        redone = {w.nqn for w, _ in redo}
+        try:
+            for want, size in wanted.values():  # made for the exports being made; grown for the others
+                if want.nqn in redone or os.path.exists(want.file):
+                    made.make(want.file, size, what=want.nqn, kind="namespace")
+        except (OSError, ExportError) as exc:
+            made.undo()
+            raise ExportError(f"NVMe-oF export of drive {drive!r}: cannot make its namespace's file: {exc}") from None
         backup = [ours[nqn] for nqn in stale + [w.nqn for w, _ in redo] if nqn in ours]
         try:
             for old in backup:
                 self._delete(old.nqn)
-            for want, size in redo:
-                self._create(drive, want, size)
+            for want, _ in redo:
+                self._create(drive, want)
             now = self.ours(drive)
             problems = [f"{w.nqn} is not as configured" for w, _ in wanted.values() if now.get(w.nqn) != w]
-            problems += [f"nothing listens on {w.address}:{w.port}" for w, _ in wanted.values()
-                         if not port_listening(w.port)]
+            problems += [f"nothing listens on {endpoint(w.address, w.port)}" for w, _ in wanted.values()
+                         if not self._listening(w)]
             if problems:
                 raise ExportError("; ".join(problems))
         except (OSError, ExportError) as exc:
             self._restore(drive, backup, [w for w, _ in redo])
+            made.undo()
             raise ExportError(f"NVMe-oF: applying failed, the previous subsystems are back: {exc}") from None
         log.info("NVMe-oF subsystems applied", drive=drive, subsystems=[w.nqn for w, _ in redo], removed=stale)
         return True
@@ -263,7 +301,7 @@ class NvmetTcp(ExportKind):
                     self._delete(want.nqn)
             for old in backup:
                 if old.file:  # a subsystem whose namespace was not enabled is not put back half-made
-                    self._create(drive, old, None)
+                    self._create(drive, old)
         except OSError as exc:
             log.error("restoring the previous NVMe-oF subsystems failed", drive=drive, error=str(exc))
 
