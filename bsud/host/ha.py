@@ -33,6 +33,7 @@ from bsud.host.exports.files import ExportError, replace_file
 from bsud.host.exports.iscsi import lun_file
 from bsud.host.exports.nfs import fsid
 from bsud.host.exports.nvmeof import identity, namespace_file
+from bsud.host.kernel import systemd_running
 from bsud.logs import get_logger
 from bsud.runner import Runner
 
@@ -275,10 +276,6 @@ NFSDCLD_DROPIN = Path("/etc/systemd/system/nfsdcld.service.d/bsud-ha.conf")
 NFSDCLD_DROPIN_TEXT = ("# Written by bsud for its highly available NFS gateways (docs/ha.md): nfsdcld stops with\n"
                        "# nfs-server, so that the nfsserver agent's stop can unmount /var/lib/nfs.\n"
                        "[Unit]\nPartOf=nfs-server.service\n")
-
-
-def systemd_running() -> bool:
-    return shutil.which("systemctl") is not None and Path("/run/systemd/system").is_dir()
 
 
 def needs_nfsdcld_dropin(agents: list[Agent], unit_dirs: tuple[Path, ...] = UNIT_DIRS) -> bool:

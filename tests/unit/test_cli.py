@@ -101,7 +101,10 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly(tmp_path):
     """`bsud check-config | head -1`: the pipe closes under bsud; no BrokenPipeError traceback, SIGPIPE's status."""
     import os
 
-    config = local_config(tmp_path)
+    config = tmp_path / "big.json"  # more than a pipe holds (64 KiB), so that bsud is still writing when it closes
+    config.write_text(json.dumps({"cloud": {"provider": "local", "state-dir": str(tmp_path / "state")},
+                                  "drives": [{"name": f"d{n}", "target": "offline", "mount-path": f"/mnt/d{n}"}
+                                             for n in range(200)]}))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OSC_", "BSUD_"))}
     proc = subprocess.Popen([sys.executable, "-m", "bsud", "check-config", "-c", str(config)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)

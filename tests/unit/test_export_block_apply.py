@@ -45,6 +45,9 @@ def host(tmp_path: Path, monkeypatch) -> Path:
     (tmp_path / "mnt").mkdir()
     monkeypatch.setattr("bsud.host.exports.nvmeof.os.path.ismount", lambda p: True)
     monkeypatch.setattr(iscsi_module, "DBROOT", tmp_path / "etc-target")
+    for module in ("configfs", "target_core_mod", "target_core_file", "iscsi_target_mod", "nvmet", "nvmet_tcp"):
+        (tmp_path / "sys-module" / module).mkdir(parents=True)  # loaded already
+    monkeypatch.setattr("bsud.host.kernel.SYS_MODULE", tmp_path / "sys-module")
     return tmp_path
 
 

@@ -27,6 +27,7 @@ from bsud.host.devices import GIB
 from bsud.host.exports.base import ExportKind, ExportState, directory_of
 from bsud.host.exports.files import (PROC_NET, ExportError, MadeFiles, backing_file, check_backing_file, plain_address,
                                      port_busy, port_listening)
+from bsud.host.kernel import load_modules
 from bsud.logs import get_logger
 from bsud.runner import Runner
 
@@ -199,8 +200,7 @@ class Lio(ExportKind):
 
     def _load(self) -> None:
         """Load LIO's modules and mount configfs with bsud's runner (rtslib would do it through a shell)."""
-        for module in ("configfs", "target_core_mod", "target_core_file", "iscsi_target_mod"):
-            self.runner.run(["modprobe", module], timeout=60)
+        load_modules(self.runner, ("configfs", "target_core_mod", "target_core_file", "iscsi_target_mod"))
         if not os.path.ismount(self.configfs):
             self.runner.run(["mount", "-t", "configfs", "configfs", str(self.configfs)], timeout=60)
         DBROOT.mkdir(mode=0o755, exist_ok=True)  # as the targetcli package makes it; rtslib insists on it

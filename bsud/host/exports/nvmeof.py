@@ -22,6 +22,7 @@ from bsud.host.devices import GIB
 from bsud.host.exports.base import ExportKind, ExportState, directory_of
 from bsud.host.exports.files import (PROC_NET, ExportError, MadeFiles, backing_file, check_backing_file, endpoint,
                                      plain_address, port_busy, port_listening)
+from bsud.host.kernel import load_modules
 from bsud.logs import get_logger
 from bsud.runner import Runner
 
@@ -164,8 +165,7 @@ class NvmetTcp(ExportKind):
     # -- changing ------------------------------------------------------------------------------
 
     def _load(self) -> None:
-        for module in ("nvmet", "nvmet-tcp"):
-            self.runner.run(["modprobe", module], timeout=60)
+        load_modules(self.runner, ("nvmet", "nvmet-tcp"))
         if not self.root.is_dir():
             configfs = self.root.parent
             if not os.path.ismount(configfs):
