@@ -154,9 +154,10 @@ class Daemon:
     def publish(self) -> None:
         """Every drive's report to every sink."""
         with self.publish_lock:
+            listing = self.snapshot.cached()  # never the cloud itself: this runs on the main loop
             try:
-                unmanaged = unmanaged_drives(self.snapshot.by_drive(), set(self.workers),
-                                             self.cloud.identity().instance_id)
+                unmanaged = {} if listing is None else unmanaged_drives(listing, set(self.workers),
+                                                                        self.cloud.identity().instance_id)
             except BsudError:
                 unmanaged = {}
             report = DaemonReport(version=__version__, pid=os.getpid(), config=self.config.path,

@@ -30,31 +30,46 @@ log = get_logger("bsud.reconcile.observe")
 
 
 class CloudSnapshot:
-    """The tagged volumes of every drive, read in one call and shared; refreshed when stale or dirty."""
+    """The tagged volumes of every drive, read in one call and shared; refreshed when stale or dirty.
+
+    One listing at a time (a drive asking while another reads waits for that answer). What was last read is
+    available without waiting (:meth:`cached`): the daemon's main loop, which reports status and pings systemd's
+    watchdog, must never wait on a cloud that does not answer.
+    """
 
     def __init__(self, cloud: CloudProvider, max_age: float = 60.0) -> None:
         self.cloud = cloud
         self.max_age = max_age
-        self._lock = threading.Lock()
+        self._fetch = threading.Lock()
         self._volumes: list[Volume] | None = None
         self._stamp = 0.0
+        self._generation = 0
         self.calls = 0
 
     def invalidate(self) -> None:
-        with self._lock:
-            self._volumes = None
+        """Something changed: the next reader lists again (never waits, even while a listing is under way)."""
+        self._generation += 1
+        self._volumes = None
 
     def volumes(self, max_age: float | None = None) -> list[Volume]:
         age = self.max_age if max_age is None else max_age
-        with self._lock:
-            if self._volumes is None or time.monotonic() - self._stamp > age:
-                self._volumes = self.cloud.list_volumes()
-                self._stamp = time.monotonic()
+        with self._fetch:
+            volumes = self._volumes
+            if volumes is None or time.monotonic() - self._stamp > age:
+                generation = self._generation
+                volumes = self.cloud.list_volumes()
                 self.calls += 1
-            return list(self._volumes)
+                if generation == self._generation:  # else invalidated meanwhile: it may predate the change
+                    self._volumes, self._stamp = volumes, time.monotonic()
+            return list(volumes)
 
     def by_drive(self, max_age: float | None = None) -> dict[str, list[Volume]]:
         return volumes_by_drive(self.volumes(max_age))
+
+    def cached(self) -> dict[str, list[Volume]] | None:
+        """The last listing by drive, without calling the cloud (None when there is none)."""
+        volumes = self._volumes
+        return None if volumes is None else volumes_by_drive(list(volumes))
 
 
 def usage_obs(space: Space) -> UsageObs:

@@ -74,6 +74,36 @@ def test_one_listing_serves_every_drive_until_stale_or_invalidated():
     assert cloud.lists == 3
 
 
+def test_what_was_listed_is_there_without_waiting_for_a_cloud_that_does_not_answer():
+    """The daemon's main loop (status, watchdog, signals) reads the last listing while a drive's listing hangs."""
+    import threading
+
+    cloud = CountingCloud([vol("v1", "a", True)])
+    snapshot = CloudSnapshot(cloud, max_age=60)
+    assert snapshot.cached() is None
+    snapshot.by_drive()
+    answer = threading.Event()
+    hanging = CountingCloud.list_volumes
+
+    def slow(self):
+        answer.wait(10)
+        return hanging(self)
+
+    cloud.list_volumes = slow.__get__(cloud)  # type: ignore[method-assign]
+    reader = threading.Thread(target=snapshot.by_drive, kwargs={"max_age": 0})
+    reader.start()
+    try:
+        assert sorted(snapshot.cached() or {}) == ["a"]  # while the listing hangs
+        cloud.volumes.append(vol("v2", "b", True))
+        snapshot.invalidate()  # a change made meanwhile: never waits either
+        assert snapshot.cached() is None
+    finally:
+        answer.set()
+        reader.join(10)
+    # The answer that started before the change is not kept as fresh: the next reader lists again.
+    assert sorted(snapshot.by_drive()) == ["a", "b"] and cloud.lists == 3
+
+
 def test_unmanaged_drives_are_the_attached_ones_not_configured():
     grouped = CloudSnapshot(CountingCloud([vol("v1", "a", True), vol("v2", "b", True), vol("v3", "c", False)])).by_drive()
     assert unmanaged_drives(grouped, {"a"}, "i-me") == {"b": ["v2"]}
