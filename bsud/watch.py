@@ -20,7 +20,7 @@ from contextlib import contextmanager
 #: a step that shows no progress for this long, outside any operation, is stuck.
 STEP_SLACK_SECONDS = 900.0
 #: What a command may take beyond its own timeout: killing it and collecting its exit.
-GRACE_SECONDS = 30.0
+GRACE_SECONDS = 10.0
 
 _local = threading.local()
 

@@ -17,6 +17,8 @@ log = get_logger("bsud.host.btrfs")
 
 #: Shrinking relocates data: allow it hours on big volumes.
 RELOCATION_TIMEOUT = 24 * 3600.0
+#: Growing into a device's new space (``resize max``): instant unless the filesystem cannot commit.
+GROW_TIMEOUT = 60.0
 #: The smallest device btrfs accepts (and the least a shrunk filesystem is given).
 MIN_DEVICE_BYTES = 256 * 1024**2
 
@@ -186,7 +188,9 @@ class Btrfs:
                          mount_point], timeout=RELOCATION_TIMEOUT)
 
     def resize(self, mount_point: str, devid: int, size: int | str) -> None:
-        """``size`` is ``"max"`` or bytes; shrinking relocates data and may fail with ENOSPC."""
+        """``size`` is ``"max"`` or bytes; shrinking relocates data and may fail with ENOSPC. Growing is one
+        transaction: it gets a minute, not the day a relocation may take (a grow that hangs — a frozen or failing
+        device — is then seen as stuck within a minute: see bsud.watch)."""
         amount = size if isinstance(size, str) else str(int(size))
         self.runner.run(["btrfs", "filesystem", "resize", f"{devid}:{amount}", mount_point],
-                        timeout=RELOCATION_TIMEOUT)
+                        timeout=GROW_TIMEOUT if amount == "max" else RELOCATION_TIMEOUT)
