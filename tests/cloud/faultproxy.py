@@ -1,6 +1,8 @@
 """An HTTP proxy in front of moto's server that plays cloud faults for a daemon running as a process.
 
 Modes (``proxy.mode``): ``pass`` forwards; ``down`` answers nothing (the connection is closed: an outage);
+``hang`` holds each request unanswered until the mode changes (an endpoint that accepts but does not answer: a
+cloud API down or unreachable behind a load balancer), then carries on as the new mode says;
 ``throttle`` answers HTTP 503 ``RequestLimitExceeded`` as a throttled EC2 endpoint does; ``attaching`` forwards
 but shows every attachment as ``attaching`` (a volume stuck attaching). Loopback only.
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -31,6 +34,8 @@ class FaultProxy:
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 proxy.requests[proxy.mode] = proxy.requests.get(proxy.mode, 0) + 1
+                while proxy.mode == "hang":
+                    time.sleep(0.2)
                 if proxy.mode == "down":
                     self.close_connection = True
                     self.connection.close()

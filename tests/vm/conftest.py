@@ -82,3 +82,11 @@ def ec2_harness(vm: VmCloud, workdir: Path, drive: str, **drive_settings: object
         cloud={"provider": "ec2", "endpoint": vm.bridge.endpoint, "region": REGION, "instance-id": vm.instance_id,
                "availability-zone": ZONE, "api-calls-per-second": 50},
         extra={"authentication": {"access-key": "testing", "secret-key": "testing"}}, **drive_settings)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Each phase's report on the test item (``item.rep_call``…), for fixtures that say more when a test failed."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
