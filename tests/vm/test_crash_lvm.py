@@ -82,14 +82,17 @@ def converge(h: DaemonHarness, vm, chain_name: str, volumes: int, sums: dict[str
 
 def test_kill_at_every_lvm_step_boundary(vm, tmp_path: Path, capsys):
     vm.bridge.flavour = "virtio"
-    h = ec2_harness(vm, tmp_path, "crashlvm", **{"max-bsu-count": 4})
+    # Thresholds of 50/20 %: the scale-up needs 560 MiB of data rather than 880, and the scale-down's pvmove moves
+    # that much (less to write and to move under emulation); every kill point is the same.
+    h = ec2_harness(vm, tmp_path, "crashlvm", **{"max-bsu-count": 4, "max-used-space-perc": 50,
+                                                  "min-used-space-perc": 20})
     try:
         # First assembly: create, attach, PV, VG, LV, mkfs — killed after each of the four host steps.
         run_chain(h, "assembly", ASSEMBLY)
         converge(h, vm, "assembly", 1, {})
 
-        # Scale-up, data written while bsud is stopped (88 % of a 1 GiB drive).
-        h.fill("a.bin", 800)
+        # Scale-up, data written while bsud is stopped (55 % of a 1 GiB drive, past max-used-space-perc).
+        h.fill("a.bin", 560)
         sums = checksums(h.mount)
         run_chain(h, "scale-up", SCALE_UP)
         converge(h, vm, "scale-up", 2, sums)
