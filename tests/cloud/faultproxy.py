@@ -25,8 +25,10 @@ class FaultProxy:
         self.upstream = urlsplit(upstream)
         self.mode = "pass"
         self.requests: dict[str, int] = {}
-        #: Requests by API action (DryRun ones apart, as ``<Action>:DryRun``), whatever the mode.
+        #: Requests by API action (DryRun ones apart, as ``<Action>:DryRun``), whatever the mode…
         self.actions: dict[str, int] = {}
+        #: …and the same per access key (the credential of the request's signature).
+        self.by_key: dict[str, dict[str, int]] = {}
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -39,6 +41,9 @@ class FaultProxy:
                 form = parse_qs(body.decode(errors="replace"))
                 action = form.get("Action", ["?"])[0] + (":DryRun" if form.get("DryRun") == ["true"] else "")
                 proxy.actions[action] = proxy.actions.get(action, 0) + 1
+                key = self.headers.get("Authorization", "").partition("Credential=")[2].split("/", 1)[0]
+                mine = proxy.by_key.setdefault(key, {})
+                mine[action] = mine.get(action, 0) + 1
                 while proxy.mode == "hang":
                     time.sleep(0.2)
                 if proxy.mode == "down":
