@@ -213,7 +213,7 @@ class Drive:
 
     def destroy(self) -> None:
         self.stop()
-        subprocess.run([sys.executable, "-m", "bsud.cleanup", "-c", str(self.config), "--all"], cwd=ROOT,
+        subprocess.run([sys.executable, "-m", "bsud", "delete-drive", "--yes", "-c", str(self.config), "--all"], cwd=ROOT,
                        capture_output=True, timeout=600)
         subprocess.run(["rm", "-rf", str(self.dir)], check=False)
 
