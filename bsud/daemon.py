@@ -3,8 +3,9 @@ its reports and events go to (status file, sd_notify, metrics, the on-event comm
 
 Steady state: each drive's sampler reads its live space from sysfs and wakes it when it needs space; the drive
 runs a full observe/plan every ``full-check-seconds``. The cloud is read once for all drives, and only
-when the snapshot is older than ``cloud-refresh-seconds`` or a drive changed something: one
-DescribeVolumes per minute by default when nothing happens.
+when the snapshot is older than ``cloud-refresh-seconds`` (± 20 %), a drive changed something, or the host's block
+device events concern a drive (:mod:`bsud.host.hotplug`): one DescribeVolumes per 20 minutes by default when nothing
+happens.
 
 SIGTERM/SIGINT: drives finish their current step, then the daemon exits 0 (a long pvmove or
 btrfs relocation is abandoned safely: both resume on the next start). SIGHUP: reload the
