@@ -3,8 +3,9 @@ its reports and events go to (status file, sd_notify, metrics, the on-event comm
 
 Steady state: each drive's sampler reads its live space from sysfs and wakes it when it needs space; the drive
 runs a full observe/plan every ``full-check-seconds``. The cloud is read once for all drives, and only
-when the snapshot is older than ``cloud-refresh-seconds`` or a drive changed something: one
-DescribeVolumes per minute by default when nothing happens.
+when the snapshot is older than ``cloud-refresh-seconds`` (± 20 %), a drive changed something, or the host's block
+device events concern a drive (:mod:`bsud.host.hotplug`): one DescribeVolumes per 20 minutes by default when nothing
+happens.
 
 SIGTERM/SIGINT: drives finish their current step, then the daemon exits 0 (a long pvmove or
 btrfs relocation is abandoned safely: both resume on the next start). SIGHUP: reload the
@@ -14,7 +15,9 @@ config; an invalid one is refused and the old one kept.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
+import random
 import signal
 import threading
 import time
@@ -27,6 +30,7 @@ from bsud.cloud import CloudProvider, make_provider
 from bsud.config import Config, DriveConfig, InvalidConfig, Provider, Target, load_config
 from bsud.errors import BsudError, ConfigError
 from bsud.host.exports import KINDS as EXPORT_KINDS
+from bsud.host.hotplug import BlockEvents
 from bsud.host.exports import ganesha
 from bsud.host.layouts import LAYOUTS, StorageLayout
 from bsud.logs import get_logger, register_secrets
@@ -40,6 +44,10 @@ from bsud.worker import DriveWorker
 
 log = get_logger("bsud.daemon")
 
+#: The cloud's permission check (DryRun of each call) runs once per boot, within this many seconds of the start.
+PERMISSIONS_DELAY_SECONDS = 300.0
+#: The cloud listing's lifetime varies by ± this fraction each time, so that a fleet's VMs do not list in step.
+REFRESH_JITTER = 0.2
 #: How often the status file is rewritten between steps (live used %, write rate, seconds to full).
 STATUS_SECONDS = 5.0
 #: Daemon settings read at start only (a reload that changes them says so and keeps the running ones).
@@ -118,7 +126,7 @@ class Daemon:
     def __init__(self, config: Config, cloud: CloudProvider | None = None) -> None:
         self.config = config
         self.cloud = cloud or make_provider(config)
-        self.snapshot = CloudSnapshot(self.cloud, config.daemon.cloud_refresh_seconds)
+        self.snapshot = CloudSnapshot(self.cloud, config.daemon.cloud_refresh_seconds, jitter=REFRESH_JITTER)
         self.workers: dict[str, DriveWorker] = {}
         self.stop_event = threading.Event()
         self.reload_event = threading.Event()
@@ -267,6 +275,26 @@ class Daemon:
         if manages_ganesha(self.config) and ganesha.managed() is None:
             ganesha.start_managed(self.config.nfs.ganesha, on_up=self._ganesha_up)
 
+    def _block_event(self, action: str, device: str) -> None:
+        """A block device came, went or changed (udev): the drive it belongs to — or, for one that came, a drive
+        missing a member — looks again at once, on a fresh cloud listing. This is how a volume taken away behind
+        bsud's back is noticed within seconds without listing the cloud every minute."""
+        woken = []
+        for name, worker in self.workers.items():
+            obs = worker.reconciler.last_obs
+            if obs is None:
+                continue
+            ours = any(v.device == device for v in obs.volumes)
+            lacking = bool(obs.missing) or any(v.attached_here and v.device is None for v in obs.volumes)
+            if ours or (action == "add" and lacking):
+                woken.append(name)
+        if not woken:
+            return
+        log.info("block device event: looking again", action=action, device=device, drives=woken)
+        self.snapshot.invalidate()
+        for name in woken:
+            self.workers[name].poke()
+
     def _ganesha_up(self) -> None:
         """A new ganesha serves nothing yet: the drives with exports it serves add them now."""
         for worker in self.workers.values():
@@ -274,17 +302,38 @@ class Daemon:
                 worker.wake.set()
 
     def _check_permissions(self) -> None:
-        """DryRun each call bsud makes. A call refused is an error in the journal and the status, and bsud runs on:
-        what the credentials allow (growing, say) still protects the drives."""
+        """DryRun each call bsud makes, once per boot, at a random moment of the first minutes (a fleet booting
+        together does not DryRun in step; restarts of bsud do not repeat it). A call refused is an error in the
+        journal and the status, and bsud runs on: what the credentials allow (growing, say) still protects the
+        drives."""
+        marker = Path(self.config.daemon.status_file).with_name("permissions-checked")
+        key = hashlib.sha256(repr((self.config.cloud.provider.value, self.config.cloud.endpoint,
+                                   self.config.cloud.region, self.config.access_key)).encode()).hexdigest()
         try:
-            for note in self.cloud.check_permissions():
-                log.warning("cloud permissions", note=note)
+            if marker.read_text() == key:
+                log.debug("cloud permissions already checked since boot", marker=str(marker))
+                return
+        except OSError:
+            pass
+        if self.stop_event.wait(random.uniform(0, PERMISSIONS_DELAY_SECONDS)):
+            return
+        try:
+            notes = self.cloud.check_permissions()
         except BsudError as exc:
             log.error("cloud permissions", problem=str(exc))
             self.problems.append(str(exc))
             self.publish()
+            return
         except Exception as exc:  # noqa: BLE001 - a check that could not run is a note, not a stop
             log.warning("cloud permissions could not be checked", error=str(exc))
+            return
+        for note in notes:
+            log.warning("cloud permissions", note=note)
+        if not notes:
+            try:
+                marker.write_text(key)
+            except OSError as exc:
+                log.debug("cannot remember the permission check", error=str(exc))
 
     def _start_outputs(self) -> None:
         """The on-event program must be there, and the metrics port free: refused at start, one line each."""
@@ -318,6 +367,8 @@ class Daemon:
         signal.signal(signal.SIGHUP, lambda *_: self.reload_event.set())
         self._start_workers()
         self._manage_ganesha()
+        events = BlockEvents(self._block_event)
+        events.start()
         ready_by = time.monotonic() + self.config.daemon.ready_timeout_seconds
         self.publish()
         watchdog = watchdog_interval()
@@ -337,6 +388,7 @@ class Daemon:
                 next_ping = time.monotonic() + (watchdog or 5.0)
             self.stop_event.wait(min(1.0, watchdog or 1.0))
         notify("STOPPING=1")
+        events.stop()
         log.info("stopping: letting drives finish their current step")
         self.cloud.stop_event.set()
         for worker in self.workers.values():

@@ -45,6 +45,8 @@ class DriveWorker(threading.Thread):
         self.wake = threading.Event()
         #: Set by the sampler: the drive needs space now; run a full step without waiting.
         self.urgent = threading.Event()
+        #: Set when the host says something changed (a member device went or came): a full step without waiting.
+        self.poked = threading.Event()
         self.quiet_until = 0.0
         self.pending_spec: DriveConfig | None = None
         self.lock = threading.Lock()
@@ -62,6 +64,11 @@ class DriveWorker(threading.Thread):
     def update(self, spec: DriveConfig) -> None:
         with self.lock:
             self.pending_spec = spec
+        self.wake.set()
+
+    def poke(self) -> None:
+        """Look again at once (a block device event concerning the drive)."""
+        self.poked.set()
         self.wake.set()
 
     def stop(self) -> None:
@@ -142,11 +149,12 @@ class DriveWorker(threading.Thread):
             current = self.reconciler.last_plan
             settled = current is not None and isinstance(current.action, Idle | Blocked)
             remaining = settings.full_check_seconds - (time.monotonic() - last_full)
-            if settled and remaining > 0 and not self.urgent.is_set():
+            if settled and remaining > 0 and not self.urgent.is_set() and not self.poked.is_set():
                 self._sleep(remaining)
                 continue
             urgent = self.urgent.is_set()
             self.urgent.clear()
+            self.poked.clear()
             self.watch.begin()
             try:
                 result, failure = self.reconciler.step(), None

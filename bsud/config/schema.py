@@ -51,7 +51,9 @@ class DaemonSettings(_Section):
     status_file: str = "/run/bsud/status.json"
     #: How often a mounted drive's live space is sampled (sysfs file reads: no process, no API call).
     usage_interval_seconds: float = Field(default=0.25, gt=0, le=60)
-    cloud_refresh_seconds: float = Field(default=60.0, gt=0)
+    #: The shared cloud listing is kept this long (± 20 %) when nothing happens: the host tells what changes under a
+    #: drive (block device events), bsud's own changes are read back at once.
+    cloud_refresh_seconds: float = Field(default=1200.0, gt=0)
     full_check_seconds: float = Field(default=60.0, gt=0)
     retry_seconds: float = Field(default=10.0, gt=0)
     #: Scale up when the drive would be full, at its present write rate, sooner than this many grow times.

@@ -76,33 +76,66 @@ class Space:
 
 
 def _read_int(path: Path) -> int:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # plain syscalls: this runs ~100 times a second per drive
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         return int(os.read(fd, 64).strip() or b"0")
     finally:
         os.close(fd)
 
 
-def read_pool(directory: Path) -> Pool:
+class CounterFiles:
+    """The sysfs counters of one filesystem, kept open and read again with ``pread`` at offset 0 (sysfs makes the
+    value anew at each read from the start): one system call per counter instead of three, several times a second
+    per drive. A counter that went away (the filesystem unmounted) is opened again once, else reported missing."""
+
+    def __init__(self) -> None:
+        self._fds: dict[Path, int] = {}
+
+    def read(self, path: Path) -> int:
+        fd = self._fds.get(path)
+        if fd is not None:
+            try:
+                return int(os.pread(fd, 64, 0).strip() or b"0")
+            except OSError:
+                self._fds.pop(path, None)
+                os.close(fd)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            value = int(os.pread(fd, 64, 0).strip() or b"0")
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fds[path] = fd
+        return value
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds = {}
+
+
+def read_pool(directory: Path, files: CounterFiles | None = None) -> Pool:
     """One space info directory (``allocation/data`` …); :class:`SysfsIncomplete` when a field is missing."""
+    read = files.read if files is not None else _read_int
     try:
-        used = sum(_read_int(directory / name) for name in REQUIRED_COUNTERS)
-        allocated = _read_int(directory / "total_bytes")
-        raw = _read_int(directory / "disk_total")
+        used = sum(read(directory / name) for name in REQUIRED_COUNTERS)
+        allocated = read(directory / "total_bytes")
+        raw = read(directory / "disk_total")
     except FileNotFoundError as exc:
         raise SysfsIncomplete(f"{exc.filename} is missing") from None
     except ValueError as exc:
         raise SysfsIncomplete(f"{directory}: unreadable counter ({exc})") from None
     for name in OPTIONAL_COUNTERS:
         try:
-            used += _read_int(directory / name)
+            used += read(directory / name)
         except (FileNotFoundError, ValueError):
             pass
     return Pool(allocated=allocated, raw_allocated=raw, used=used)
 
 
-def device_bytes(fs_dir: Path) -> int:
+def device_bytes(fs_dir: Path, files: CounterFiles | None = None) -> int:
     """Sum of the block devices' sizes under ``<fsid>/devices/`` (the kernel's, in 512-byte sectors)."""
+    read = files.read if files is not None else _read_int
     total = 0
     try:
         names = os.listdir(fs_dir / "devices")
@@ -110,13 +143,13 @@ def device_bytes(fs_dir: Path) -> int:
         raise SysfsIncomplete(f"{fs_dir}/devices is missing") from None
     for name in names:
         try:
-            total += _read_int(fs_dir / "devices" / name / "size") * 512
+            total += read(fs_dir / "devices" / name / "size") * 512
         except (FileNotFoundError, ValueError):
             raise SysfsIncomplete(f"{fs_dir}/devices/{name}/size is unreadable") from None
     return total
 
 
-def read_space(fs_dir: Path, size_hint: int | None = None) -> Space:
+def read_space(fs_dir: Path, size_hint: int | None = None, files: CounterFiles | None = None) -> Space:
     """The live space of the filesystem whose sysfs directory is ``fs_dir``.
 
     ``size_hint`` is the filesystem's size as btrfs last reported it (``btrfs filesystem show``):
@@ -124,8 +157,8 @@ def read_space(fs_dir: Path, size_hint: int | None = None) -> Space:
     ``resize max``), so the smaller of the two is used — never more capacity than is usable.
     """
     allocation = fs_dir / "allocation"
-    pools = [read_pool(allocation / name) for name in POOLS]
-    size = device_bytes(fs_dir)
+    pools = [read_pool(allocation / name, files) for name in POOLS]
+    size = device_bytes(fs_dir, files)
     if size_hint is not None:
         size = min(size, size_hint)
     return Space(size=size, data=pools[0], metadata=pools[1], system=pools[2])
@@ -165,6 +198,7 @@ class SpaceReader:
         self.btrfs = btrfs
         self.root = root
         self._dirs: dict[tuple[str, int | None], Path] = {}
+        self._files = CounterFiles()
         self._fallback_said = False
         self.fallback = False
 
@@ -172,7 +206,7 @@ class SpaceReader:
         fs_dir = self._fs_dir(mount_point)
         if fs_dir is None:
             raise SysfsIncomplete(f"no directory under {self.root} for the btrfs mounted on {mount_point}")
-        space = read_space(fs_dir, size_hint)
+        space = read_space(fs_dir, size_hint, self._files)
         self.fallback = False
         return space
 
@@ -191,6 +225,7 @@ class SpaceReader:
             raise BsudError(f"{mount_point} is not a mounted btrfs", temporary=True)
         found = find_fs_dir(entry, self.root)
         self._dirs = {(mount_point, dev): found} if found is not None else {}
+        self._files.close()  # another filesystem (or none) here now: its counters are other files
         return found
 
     def read(self, mount_point: str, size_hint: int | None = None) -> Space:
@@ -198,6 +233,7 @@ class SpaceReader:
             return self._read_sysfs(mount_point, size_hint)
         except SysfsIncomplete:
             self._dirs = {}  # the filesystem found last time may be gone: look it up again, once
+            self._files.close()
         try:
             return self._read_sysfs(mount_point, size_hint)
         except SysfsIncomplete as exc:

@@ -8,6 +8,7 @@ changes something in the cloud.
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
 from collections.abc import Mapping
@@ -37,9 +38,13 @@ class CloudSnapshot:
     watchdog, must never wait on a cloud that does not answer.
     """
 
-    def __init__(self, cloud: CloudProvider, max_age: float = 60.0) -> None:
+    def __init__(self, cloud: CloudProvider, max_age: float = 60.0, jitter: float = 0.0) -> None:
         self.cloud = cloud
         self.max_age = max_age
+        #: Each listing is kept for ``max_age`` × a random factor in 1 ± ``jitter``: VMs of a fleet started together
+        #: do not list the cloud in step.
+        self.jitter = jitter
+        self._keep = max_age
         self._fetch = threading.Lock()
         self._volumes: list[Volume] | None = None
         self._stamp = 0.0
@@ -52,7 +57,7 @@ class CloudSnapshot:
         self._volumes = None
 
     def volumes(self, max_age: float | None = None) -> list[Volume]:
-        age = self.max_age if max_age is None else max_age
+        age = self._keep if max_age is None else max_age
         with self._fetch:
             volumes = self._volumes
             if volumes is None or time.monotonic() - self._stamp > age:
@@ -61,6 +66,7 @@ class CloudSnapshot:
                 self.calls += 1
                 if generation == self._generation:  # else invalidated meanwhile: it may predate the change
                     self._volumes, self._stamp = volumes, time.monotonic()
+                    self._keep = self.max_age * random.uniform(1 - self.jitter, 1 + self.jitter)
             return list(volumes)
 
     def by_drive(self, max_age: float | None = None) -> dict[str, list[Volume]]:

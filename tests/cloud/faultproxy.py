@@ -13,7 +13,7 @@ import http.client
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 THROTTLED = (b'<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error><Code>RequestLimitExceeded</Code>'
              b'<Message>Request limit exceeded.</Message></Error></Errors><RequestID>fault-proxy</RequestID>'
@@ -25,6 +25,10 @@ class FaultProxy:
         self.upstream = urlsplit(upstream)
         self.mode = "pass"
         self.requests: dict[str, int] = {}
+        #: Requests by API action (DryRun ones apart, as ``<Action>:DryRun``), whatever the mode…
+        self.actions: dict[str, int] = {}
+        #: …and the same per access key (the credential of the request's signature).
+        self.by_key: dict[str, dict[str, int]] = {}
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -34,6 +38,12 @@ class FaultProxy:
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 proxy.requests[proxy.mode] = proxy.requests.get(proxy.mode, 0) + 1
+                form = parse_qs(body.decode(errors="replace"))
+                action = form.get("Action", ["?"])[0] + (":DryRun" if form.get("DryRun") == ["true"] else "")
+                proxy.actions[action] = proxy.actions.get(action, 0) + 1
+                key = self.headers.get("Authorization", "").partition("Credential=")[2].split("/", 1)[0]
+                mine = proxy.by_key.setdefault(key, {})
+                mine[action] = mine.get(action, 0) + 1
                 while proxy.mode == "hang":
                     time.sleep(0.2)
                 if proxy.mode == "down":

@@ -103,3 +103,32 @@ def test_volume_stuck_attaching(tmp_path: Path, proxy: FaultProxy, ec2):
         assert h.stop() == 0
     finally:
         h.close()
+
+
+def test_an_idle_daemon_lists_the_cloud_at_most_six_times_an_hour(tmp_path: Path, proxy: FaultProxy, ec2, capsys):
+    """The API budget of a fleet (issue 21): one DescribeVolumes per cloud-refresh-seconds (1200 ± 20 %) when nothing
+    happens, whatever the full checks do. Periods scaled down 100 times: 36 s stand for an hour."""
+    h = DaemonHarness(tmp_path, drive="idle", daemon={"cloud-refresh-seconds": 12, "full-check-seconds": 0.6,
+                                                     "usage-interval-seconds": 0.25}, cloud={
+        "provider": "ec2", "endpoint": proxy.endpoint, "region": REGION, "instance-id": run_instance(ec2),
+        "availability-zone": ZONE}, extra={"authentication": {"access-key": "testing", "secret-key": "testing"}},
+        target="offline")
+    try:
+        started = dict(proxy.actions)
+        h.start()
+        h.wait_for("offline", lambda s: s.get("phase") == "offline", timeout=60)
+        time.sleep(5)
+        at_start = {k: v - started.get(k, 0) for k, v in proxy.actions.items() if v != started.get(k, 0)}
+        before = proxy.actions.get("DescribeVolumes", 0)
+        time.sleep(36)
+        in_an_hour = proxy.actions.get("DescribeVolumes", 0) - before
+        with capsys.disabled():
+            print(f"\nidle daemon, periods ÷100: {at_start} at start, {in_an_hour} DescribeVolumes in an "
+                  "hour's worth", flush=True)
+        assert 1 <= in_an_hour <= 6, proxy.actions
+        assert at_start.get("DescribeVolumes", 0) <= 2 and set(at_start) <= {"DescribeVolumes"} | {
+            f"{a}:DryRun" for a in ("DescribeVolumes", "DescribeInstances", "AttachVolume", "DetachVolume",
+                                    "DeleteVolume", "CreateTags", "CreateVolume")}, at_start
+        assert h.stop() == 0
+    finally:
+        h.close()

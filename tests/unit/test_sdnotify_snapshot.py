@@ -107,3 +107,28 @@ def test_what_was_listed_is_there_without_waiting_for_a_cloud_that_does_not_answ
 def test_unmanaged_drives_are_the_attached_ones_not_configured():
     grouped = CloudSnapshot(CountingCloud([vol("v1", "a", True), vol("v2", "b", True), vol("v3", "c", False)])).by_drive()
     assert unmanaged_drives(grouped, {"a"}, "i-me") == {"b": ["v2"]}
+
+
+def test_a_listing_is_kept_for_its_age_with_a_jitter_so_a_fleet_does_not_list_in_step(monkeypatch):
+    import bsud.reconcile.observe as observe
+
+    cloud = CountingCloud([vol("v1", "a", True)])
+    now = [1000.0]
+    monkeypatch.setattr(observe.time, "monotonic", lambda: now[0])
+    factors = iter([1.2, 0.8, 1.0, 1.1])
+    monkeypatch.setattr(observe.random, "uniform", lambda low, high: (low, high) == (0.8, 1.2) and next(factors))
+    snapshot = CloudSnapshot(cloud, max_age=1200, jitter=0.2)
+    snapshot.by_drive()  # listed; kept 1440 s
+    now[0] += 1439
+    snapshot.by_drive()
+    assert cloud.lists == 1
+    now[0] += 2
+    snapshot.by_drive()  # listed again; kept 960 s
+    now[0] += 961
+    snapshot.by_drive()
+    assert cloud.lists == 3
+    snapshot.by_drive(max_age=5)  # a drive missing a member asks for a recent one: plain age, no jitter
+    assert cloud.lists == 3
+    now[0] += 6
+    snapshot.by_drive(max_age=5)
+    assert cloud.lists == 4
