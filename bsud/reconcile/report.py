@@ -80,7 +80,8 @@ class DriveStatus:
                             "retry_at": e.retry_at} if e.error else {})} if e.wanted or e.present else {}
         self.record_usage(obs.usage, obs.pace)
         self.volumes = [{"id": v.id, "size_gib": v.size_gib, "state": v.state, "device": v.device,
-                         "member": v.member, **({"bookkeeping": v.bookkeeping} if v.bookkeeping else {})}
+                         "member": v.member, **({"bookkeeping": v.bookkeeping} if v.bookkeeping else {}),
+                         **({"live_bytes": v.live_bytes} if v.live_bytes is not None else {})}
                         for v in obs.volumes]
         self.updated = time.time()
 
