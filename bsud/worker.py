@@ -18,7 +18,8 @@ from bsud.logs import get_logger
 from bsud.reconcile.engine import DriveReconciler
 from bsud.reconcile.model import Blocked, Idle, Wait
 from bsud.reconcile.observe import usage_obs
-from bsud.reconcile.pace import RateMeter
+from bsud.host.writeback import bytes_written, dirty_room
+from bsud.reconcile.pace import RateMeter, WritebackMeter
 from bsud.reconcile.scaling import scale_up_reason
 from bsud.watch import StepWatch
 
@@ -40,6 +41,7 @@ class DriveWorker(threading.Thread):
         self.reconciler = DriveReconciler(spec, daemon.cloud, daemon.snapshot, daemon.config.cloud.provider,
                                           settings=daemon.config.daemon, nfs=daemon.config.nfs)
         self.reconciler.meter = RateMeter()
+        self.reconciler.writeback = WritebackMeter()
         self.reconciler.listeners = daemon.listeners
         self.stop_event = threading.Event()
         self.wake = threading.Event()
@@ -88,6 +90,9 @@ class DriveWorker(threading.Thread):
         now = time.monotonic()
         assert rec.meter is not None
         rec.meter.add(now, usage.used)
+        if rec.writeback is not None:
+            rec.writeback.add(now, bytes_written(v.device for v in obs.volumes if v.member and v.device))
+            rec.dirty_room = dirty_room()
         pace = rec.pace()
         rec.status.record_usage(usage, pace)
         reason = scale_up_reason(spec, usage, pace)

@@ -72,6 +72,33 @@ class RateMeter:
         return max((r for _, r in self.rates), default=0.0)
 
 
+class WritebackMeter:
+    """What the drive's devices write, from their cumulative byte counters: the present rate and the highest seen.
+
+    Fed with ``{device: bytes written}`` (a device joining or leaving is no jump: only each device's own growth
+    counts). The highest rate this daemon has seen is kept — devices do not get slower because nothing is written —
+    so a burst that starts in the page cache (writeback not started yet) is sized on what the devices did before.
+    """
+
+    def __init__(self) -> None:
+        self.meter = RateMeter()
+        self.last: dict[str, int] = {}
+        self.total = 0
+        self.highest = 0.0
+
+    def add(self, when: float, counters: dict[str, int]) -> None:
+        for device, value in counters.items():
+            before = self.last.get(device)
+            if before is not None and value >= before:
+                self.total += value - before
+        self.last = dict(counters)
+        self.meter.add(when, self.total)
+        self.highest = max(self.highest, self.meter.rate())
+
+    def rate(self) -> float:
+        return self.highest
+
+
 class GrowClock:
     """Times this drive's grows: from the decision to add a volume to the capacity being usable."""
 
@@ -105,6 +132,9 @@ class GrowClock:
         return took
 
 
-def make_pace(meter: RateMeter | None, clock: GrowClock, safety_factor: float) -> Pace:
+def make_pace(meter: RateMeter | None, clock: GrowClock, safety_factor: float,
+              writeback: WritebackMeter | None = None, dirty_room: int | None = None) -> Pace:
     return Pace(write_rate=meter.rate() if meter else 0.0, recent_peak=meter.peak() if meter else 0.0,
-                grow_seconds=clock.seconds, safety_factor=safety_factor)
+                grow_seconds=clock.seconds, safety_factor=safety_factor,
+                writeback_rate=writeback.rate() if writeback else 0.0,
+                dirty_room=dirty_room if writeback is not None else None)
