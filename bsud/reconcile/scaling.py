@@ -63,13 +63,47 @@ def rate_text(rate: float) -> str:
     return f"{rate / 1e6:.1f} MB/s"
 
 
+def intake(pace: Pace, seconds: float) -> float:
+    """The most the writer can add to the drive in ``seconds``: its present rate, but never more than the page
+    cache's dirty room plus what the devices write back meanwhile (past the dirty limit the kernel holds writers to
+    the devices' pace). The present rate alone while the kernel's figures are not known."""
+    plain = pace.write_rate * seconds
+    if pace.dirty_room is None:
+        return plain
+    return min(plain, pace.dirty_room + pace.writeback_rate * seconds)
+
+
+def time_to_full(usage: UsageObs, pace: Pace) -> float:
+    """Seconds until writes fail, by :func:`intake`: a burst at memory speed fills the page cache's room, then goes
+    on at the devices' writeback rate. While the devices have never been seen writing (a fresh daemon, writeback not
+    started yet), the present rate: the time is never lengthened on a device rate not measured."""
+    rate = pace.write_rate
+    if rate <= 0:
+        return math.inf
+    room = max(0, usage.free - full_margin(usage))
+    cached = room / rate
+    if pace.dirty_room is None or pace.writeback_rate <= 0 or room <= pace.dirty_room:
+        return cached
+    return max(cached, (room - pace.dirty_room) / pace.writeback_rate)
+
+
+def _full_text(usage: UsageObs, pace: Pace, left: float) -> str:
+    room = max(0, usage.free - full_margin(usage))
+    if pace.write_rate > 0 and left > room / pace.write_rate * 1.001:
+        return (f"full in {left:.1f} s ({rate_text(pace.write_rate)} now; at most {(pace.dirty_room or 0) / GIB:.1f} "
+                f"GiB more in the page cache, then {rate_text(pace.writeback_rate)} written back)")
+    return f"full in {left:.1f} s at {rate_text(pace.write_rate)}"
+
+
 def scale_up_reason(spec: DriveConfig, usage: UsageObs, pace: Pace) -> str | None:
     """Why the drive needs more space now, or None. Pure; the daemon's sampler asks it several times a second.
 
     - used % at or over ``max-used-space-perc`` (the classic rule);
     - metadata at or over it: btrfs returns ENOSPC when metadata runs out, whatever data space is free;
     - the drive would be full, at the present write rate, sooner than ``safety_factor`` grow times — even
-      far below the threshold: a grow has to finish before the writer reaches the end.
+      far below the threshold: a grow has to finish before the writer reaches the end. A rate the page cache
+      takes at memory speed counts only up to the cache's room, then the devices' writeback rate
+      (:func:`time_to_full`).
     """
     pct = usage.used_percent
     if pct >= spec.max_used_space_perc:
@@ -77,10 +111,10 @@ def scale_up_reason(spec: DriveConfig, usage: UsageObs, pace: Pace) -> str | Non
     meta = usage.metadata_percent
     if meta >= spec.max_used_space_perc:
         return f"metadata used {meta:.1f}% >= {spec.max_used_space_perc}% (btrfs refuses writes when it runs out)"
-    left = seconds_to_full(usage, pace.write_rate)
+    left = time_to_full(usage, pace)
     horizon = pace.safety_factor * pace.grow_seconds
     if left < horizon:
-        return (f"full in {left:.1f} s at {rate_text(pace.write_rate)} (used {pct:.1f}%), sooner than "
+        return (f"{_full_text(usage, pace, left)} (used {pct:.1f}%), sooner than "
                 f"{pace.safety_factor:g} grow times (a grow takes ~{pace.grow_seconds:.1f} s)")
     return None
 
@@ -119,7 +153,7 @@ def rate_sized(pace: Pace, usage: UsageObs | None = None) -> RateSize:
     grows = f"{2 * pace.safety_factor:g} grows of ~{grow:.1f} s"
     if pace.dirty_room is None:
         return RateSize(int(plain), f"at {rate_text(rate)} it must hold {grows}")
-    takes = pace.dirty_room + pace.writeback_rate * horizon
+    takes = intake(pace, horizon)
     if plain <= takes:
         return RateSize(int(plain), f"at {rate_text(rate)} it must hold {grows}")
     free = max(0, usage.free - full_margin(usage)) if usage is not None else 0
@@ -362,7 +396,7 @@ def grown_gib(size_gib: int, factor_perc: int) -> int:
 
 
 def _left_text(usage: UsageObs, pace: Pace) -> str:
-    left = seconds_to_full(usage, pace.write_rate)
+    left = time_to_full(usage, pace)
     return "" if math.isinf(left) else f"; full in {left:.0f} s at {rate_text(pace.write_rate)}"
 
 

@@ -83,3 +83,22 @@ def test_the_page_caches_room_from_vmstat():
     assert dirty_room_of({"nr_dirty": 1}, 4096) is None
     # over the limit (writers held): no room, never negative
     assert dirty_room_of({"nr_dirty_threshold": 10, "nr_dirty": 9, "nr_writeback": 5}, 4096) == 0
+
+
+def test_the_trigger_counts_a_memory_speed_rate_only_up_to_the_page_caches_room():
+    s = spec(initial_size_gib=1)
+    u = usage(1.0, 13)   # 1 + 12 GiB, the 12 just added for a burst at 1278 MB/s
+    # the present rate alone: full in ~9.5 s < 3 × 5 s — the next grow at once, and the next…
+    from bsud.reconcile.scaling import scale_up_reason, time_to_full
+    assert scale_up_reason(s, u, pace(1278 * MB)) is not None
+    # 3.4 GiB more in the page cache, then 300 MB/s: ~28 s
+    p = pace(1278 * MB, writeback=300 * MB, room=3.4)
+    assert time_to_full(u, p) == pytest.approx((u.free - full_margin(u) - 3.4 * GIB) / (300 * MB))
+    assert scale_up_reason(s, u, p) is None
+    # the devices never seen writing: the present rate (a time is never lengthened on a rate not measured)
+    assert scale_up_reason(s, u, pace(1278 * MB, writeback=0.0, room=3.4)) is not None
+    # a drive with less free space than the cache's room fills at the present rate
+    small = usage(0.5, 1)
+    assert time_to_full(small, p) == pytest.approx((small.free - full_margin(small)) / (1278 * MB))
+    reason = scale_up_reason(s, usage(7.0, 13), p)
+    assert reason is not None and "1278.0 MB/s now; at most 3.4 GiB more in the page cache, then 300.0 MB/s" in reason
