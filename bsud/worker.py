@@ -40,7 +40,7 @@ class DriveWorker(threading.Thread):
         self.owner = daemon
         self.reconciler = DriveReconciler(spec, daemon.cloud, daemon.snapshot, daemon.config.cloud.provider,
                                           settings=daemon.config.daemon, nfs=daemon.config.nfs)
-        self.reconciler.meter = RateMeter()
+        self.reconciler.meter = RateMeter(daemon.config.daemon.rate_peak_seconds)
         self.reconciler.writeback = WritebackMeter()
         self.reconciler.listeners = daemon.listeners
         self.stop_event = threading.Event()

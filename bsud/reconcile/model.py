@@ -197,6 +197,7 @@ class MakeFilesystem(VolumeAction):
 @dataclass(frozen=True)
 class RemoveFromDrive(VolumeAction):
     keep_bytes: int | None = None
+    live_bytes: int | None = None    # the drive's data on it when the step was planned (logged: what has to move)
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,9 @@ MIN_GROW_SECONDS = 2.0
 class RateMeter:
     """Write rate from ``(time, used bytes)`` samples: bytes per second over a trailing window."""
 
-    def __init__(self, horizon: float = PEAK_WINDOW + STEADY_WINDOW) -> None:
-        self.horizon = horizon
+    def __init__(self, peak_window: float = PEAK_WINDOW) -> None:
+        self.peak_window = peak_window
+        self.horizon = max(peak_window, STEADY_WINDOW) + STEADY_WINDOW
         self.samples: deque[tuple[float, int]] = deque()
         self.rates: deque[tuple[float, float]] = deque()   # (time, rate now) for the recent peak
 
@@ -43,7 +44,7 @@ class RateMeter:
         while self.samples and self.samples[0][0] < when - self.horizon:
             self.samples.popleft()
         self.rates.append((when, self.rate()))
-        while self.rates and self.rates[0][0] < when - PEAK_WINDOW:
+        while self.rates and self.rates[0][0] < when - self.peak_window:
             self.rates.popleft()
 
     def clear(self) -> None:

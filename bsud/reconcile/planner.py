@@ -175,8 +175,9 @@ def _plan_online(spec: DriveConfig, obs: DriveObs, max_volume_gib: int) -> Plan:
         if v.member or v.own:
             # own but not a member: an orphan PV left by a stop between vgreduce and pvremove.
             keep = ideal_bytes(spec, obs.usage) if obs.usage else None
-            return Plan(RemoveFromDrive(volume_id=v.id, keep_bytes=keep,
-                                        reason=f"moving data off {v.id} before it leaves the drive"),
+            data = f" ({v.live_bytes / 1024**2:.0f} MiB of the drive's data on it)" if v.live_bytes is not None else ""
+            return Plan(RemoveFromDrive(volume_id=v.id, keep_bytes=keep, live_bytes=v.live_bytes,
+                                        reason=f"moving data off {v.id} before it leaves the drive{data}"),
                         "scaling-down", tuple(notes))
     if obs.can_grow or obs.move_in_progress:
         return Plan(Grow(reason="the filesystem can use more space"), "growing", tuple(notes))

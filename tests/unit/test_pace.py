@@ -118,3 +118,14 @@ def test_pace_carries_the_writeback_figures_only_when_sampled():
     assert make_pace(RateMeter(), clock, 3.0).dirty_room is None
     p = make_pace(RateMeter(), clock, 3.0, WritebackMeter(), dirty_room=3 * 1024**3)
     assert p.dirty_room == 3 * 1024**3 and p.writeback_rate == 0.0
+
+
+def test_the_peak_window_is_the_daemons_rate_peak_seconds():
+    meter = RateMeter(peak_window=10.0)
+    used = feed(meter, 0, 3, 500 * MB)
+    feed(meter, 3, 12, 0, used)
+    assert meter.peak() == 0.0  # a burst 12 s ago no longer holds a scale-down back
+    meter = RateMeter()
+    used = feed(meter, 0, 3, 500 * MB)
+    feed(meter, 3, 12, 0, used)
+    assert meter.peak() > 100 * MB  # the default minute
