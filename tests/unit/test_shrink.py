@@ -294,3 +294,27 @@ def test_a_grid_of_drives_all_converge():
                     ideal = ideal_gib(s, drive.used)
                     assert drive.capacity_gib <= max(ideal + 1, first), (first, burst, share, data, drive.steps)
                     assert sum(drive.moved) <= int(2 * data * GIB) + 1, (first, burst, share, data, drive.steps)
+
+
+# -- the observation carries it ---------------------------------------------------------------------------------
+
+def test_the_live_data_is_read_only_when_the_planner_may_remove_a_volume():
+    from bsud.reconcile.observe import with_live_data
+
+    class Layout:
+        calls = 0
+
+        def live_bytes(self, mount_point, devices):
+            Layout.calls += 1
+            return {"/dev/a": 600 * MIB, "/dev/b": 100 * MIB}
+
+    s = spec()
+    vols = [VolumeObs(id=v, size_gib=g, state="in-use", device=f"/dev/{v}", member=True) for v, g in
+            (("a", 1), ("b", 8))]
+    under = usage_of(vols, used=700 * MIB)
+    got = with_live_data(s, Layout(), vols, under)
+    assert [v.live_bytes for v in got] == [600 * MIB, 100 * MIB]
+    over = usage_of(vols, used=5 * GIB)
+    assert with_live_data(s, Layout(), vols, over) == vols          # over min: not read
+    assert with_live_data(s, Layout(), vols[:1], under) == vols[:1]  # one volume: not read
+    assert Layout.calls == 1
