@@ -18,7 +18,7 @@ from bsud.logs import get_logger
 from bsud.reconcile.engine import DriveReconciler
 from bsud.reconcile.model import Blocked, Idle, Wait
 from bsud.reconcile.observe import usage_obs
-from bsud.host.writeback import bytes_written, dirty_room
+from bsud.host.writeback import bytes_written, page_cache
 from bsud.reconcile.pace import RateMeter, WritebackMeter
 from bsud.reconcile.scaling import scale_up_reason
 from bsud.watch import StepWatch
@@ -91,8 +91,8 @@ class DriveWorker(threading.Thread):
         assert rec.meter is not None
         rec.meter.add(now, usage.used)
         if rec.writeback is not None:
-            rec.writeback.add(now, bytes_written(v.device for v in obs.volumes if v.member and v.device))
-            rec.dirty_room = dirty_room()
+            rec.dirty_room, saturated = page_cache()
+            rec.writeback.add(now, bytes_written(v.device for v in obs.volumes if v.member and v.device), saturated)
         pace = rec.pace()
         rec.status.record_usage(usage, pace)
         reason = scale_up_reason(spec, usage, pace)

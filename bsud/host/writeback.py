@@ -37,14 +37,24 @@ def dirty_room_of(vmstat: dict[str, int], page_size: int) -> int | None:
     return max(0, threshold - dirty - writeback) * page_size
 
 
-def dirty_room(path: str = VMSTAT) -> int | None:
-    """The page cache's dirty room now (None when this kernel does not say)."""
+def saturated_of(vmstat: dict[str, int]) -> bool:
+    """Whether the page cache is over its background threshold: the flusher then writes back as fast as the devices
+    take it, so what they write is what they can."""
+    try:
+        return vmstat["nr_dirty"] + vmstat["nr_writeback"] >= vmstat["nr_dirty_background_threshold"] > 0
+    except KeyError:
+        return False
+
+
+def page_cache(path: str = VMSTAT) -> tuple[int | None, bool]:
+    """The page cache's dirty room now (None when this kernel does not say), and whether writeback is saturated."""
     try:
         with open(path) as fh:
             text = fh.read()
     except OSError:
-        return None
-    return dirty_room_of(parse_vmstat(text), os.sysconf("SC_PAGE_SIZE"))
+        return None, False
+    vmstat = parse_vmstat(text)
+    return dirty_room_of(vmstat, os.sysconf("SC_PAGE_SIZE")), saturated_of(vmstat)
 
 
 def bytes_written(devices: Iterable[str], root: str = SYS_BLOCK) -> dict[str, int]:

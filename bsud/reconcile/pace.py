@@ -74,11 +74,13 @@ class RateMeter:
 
 
 class WritebackMeter:
-    """What the drive's devices write, from their cumulative byte counters: the present rate and the highest seen.
+    """What the drive's devices can write: their rate measured while writeback was saturated, the highest seen.
 
     Fed with ``{device: bytes written}`` (a device joining or leaving is no jump: only each device's own growth
-    counts). The highest rate this daemon has seen is kept — devices do not get slower because nothing is written —
-    so a burst that starts in the page cache (writeback not started yet) is sized on what the devices did before.
+    counts) and whether the page cache is over its background threshold (the kernel's flusher then writes back
+    flat out, so what the devices write is what they can). Only a rate over a window saturated from end to end
+    counts: a trickle while the cache is calm says nothing of the devices. The highest seen is kept for the
+    daemon's life — devices do not get slower because nothing is written. 0 until measured.
     """
 
     def __init__(self) -> None:
@@ -86,15 +88,22 @@ class WritebackMeter:
         self.last: dict[str, int] = {}
         self.total = 0
         self.highest = 0.0
+        self.saturated_since: float | None = None
 
-    def add(self, when: float, counters: dict[str, int]) -> None:
+    def add(self, when: float, counters: dict[str, int], saturated: bool = True) -> None:
         for device, value in counters.items():
             before = self.last.get(device)
             if before is not None and value >= before:
                 self.total += value - before
         self.last = dict(counters)
         self.meter.add(when, self.total)
-        self.highest = max(self.highest, self.meter.rate())
+        if not saturated:
+            self.saturated_since = None
+            return
+        if self.saturated_since is None:
+            self.saturated_since = when
+        if when - self.saturated_since >= FAST_WINDOW:
+            self.highest = max(self.highest, self.meter.rate_over(FAST_WINDOW))
 
     def rate(self) -> float:
         return self.highest

@@ -63,6 +63,17 @@ def rate_text(rate: float) -> str:
     return f"{rate / 1e6:.1f} MB/s"
 
 
+def writeback_assumed(pace: Pace) -> float:
+    """The devices' writeback rate the intake counts on: measured (while writeback was saturated, so it is what they
+    can do), else a ``safety_factor``-th of the present rate. That guess keeps the trigger safe whatever the devices
+    do: it fires once the cache's room plus one grow time at the present rate is all that is left, so the writer —
+    held to the devices' pace past the cache, or at its own when they are faster — needs at least one grow time
+    (plus the cache's room at its rate) to fill the drive."""
+    if pace.writeback_rate > 0:
+        return pace.writeback_rate
+    return pace.write_rate / max(pace.safety_factor, 1.0)
+
+
 def intake(pace: Pace, seconds: float) -> float:
     """The most the writer can add to the drive in ``seconds``: its present rate, but never more than the page
     cache's dirty room plus what the devices write back meanwhile (past the dirty limit the kernel holds writers to
@@ -70,28 +81,34 @@ def intake(pace: Pace, seconds: float) -> float:
     plain = pace.write_rate * seconds
     if pace.dirty_room is None:
         return plain
-    return min(plain, pace.dirty_room + pace.writeback_rate * seconds)
+    return min(plain, pace.dirty_room + writeback_assumed(pace) * seconds)
 
 
 def time_to_full(usage: UsageObs, pace: Pace) -> float:
     """Seconds until writes fail, by :func:`intake`: a burst at memory speed fills the page cache's room, then goes
-    on at the devices' writeback rate. While the devices have never been seen writing (a fresh daemon, writeback not
-    started yet), the present rate: the time is never lengthened on a device rate not measured."""
+    on at the devices' writeback rate (see :func:`writeback_assumed`)."""
     rate = pace.write_rate
     if rate <= 0:
         return math.inf
     room = max(0, usage.free - full_margin(usage))
     cached = room / rate
-    if pace.dirty_room is None or pace.writeback_rate <= 0 or room <= pace.dirty_room:
+    if pace.dirty_room is None or room <= pace.dirty_room:
         return cached
-    return max(cached, (room - pace.dirty_room) / pace.writeback_rate)
+    return max(cached, (room - pace.dirty_room) / writeback_assumed(pace))
+
+
+def _writeback_text(pace: Pace) -> str:
+    if pace.writeback_rate > 0:
+        return f"{rate_text(pace.writeback_rate)} written back"
+    return (f"{rate_text(writeback_assumed(pace))} written back (1/{pace.safety_factor:g} of the present rate: the "
+            "devices have not been seen saturated yet)")
 
 
 def _full_text(usage: UsageObs, pace: Pace, left: float) -> str:
     room = max(0, usage.free - full_margin(usage))
     if pace.write_rate > 0 and left > room / pace.write_rate * 1.001:
         return (f"full in {left:.1f} s ({rate_text(pace.write_rate)} now; at most {(pace.dirty_room or 0) / GIB:.1f} "
-                f"GiB more in the page cache, then {rate_text(pace.writeback_rate)} written back)")
+                f"GiB more in the page cache, then {_writeback_text(pace)})")
     return f"full in {left:.1f} s at {rate_text(pace.write_rate)}"
 
 
@@ -160,7 +177,7 @@ def rate_sized(pace: Pace, usage: UsageObs | None = None) -> RateSize:
     floor = 2 * grow * rate - free
     how = (f"{grows} at {rate_text(rate)} would be {plain / GIB:.1f} GiB, but the drive takes at most "
            f"{takes / GIB:.1f} GiB in that time ({pace.dirty_room / GIB:.1f} GiB more in the page cache, then "
-           f"{rate_text(pace.writeback_rate)} written back to its devices)")
+           f"{_writeback_text(pace)} to its devices)")
     if floor > takes:
         return RateSize(int(floor), f"{how}; at least 2 grows at {rate_text(rate)} less the "
                                     f"{free / GIB:.1f} GiB free, in case the devices are faster than seen yet")

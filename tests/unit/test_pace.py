@@ -112,6 +112,28 @@ def test_writeback_meter_counts_each_devices_own_growth():
     assert wb.meter.rate() == 0.0 and wb.rate() == pytest.approx(200 * MB, rel=0.05)
 
 
+def test_the_devices_rate_counts_only_once_writeback_was_saturated_for_a_whole_window():
+    from bsud.reconcile.pace import WritebackMeter
+    wb = WritebackMeter()
+    t, written = 0.0, 0
+    while t <= 10:   # a trickle while the page cache is calm: says nothing of what the devices can do
+        wb.add(t, {"loop0": written}, saturated=False)
+        written += int(0.25 * 5 * MB)
+        t += 0.25
+    assert wb.rate() == 0.0
+    start = t
+    while t <= start + 1.5:   # saturated, but not for a whole window yet
+        wb.add(t, {"loop0": written}, saturated=True)
+        written += int(0.25 * 300 * MB)
+        t += 0.25
+    assert wb.rate() == 0.0
+    while t <= start + 4:
+        wb.add(t, {"loop0": written}, saturated=True)
+        written += int(0.25 * 300 * MB)
+        t += 0.25
+    assert wb.rate() == pytest.approx(300 * MB, rel=0.05)
+
+
 def test_pace_carries_the_writeback_figures_only_when_sampled():
     from bsud.reconcile.pace import WritebackMeter
     clock = GrowClock(5.0)

@@ -32,8 +32,10 @@ RATE_TABLE = [
     # issue 21's burst: 1278 MB/s for a second into the page cache (3.4 GiB of room), devices seen at 300 MB/s:
     # the cache's room plus 30 s of writeback, not 30 s at memory speed
     ("memory-speed-burst", pace(1278 * MB, writeback=300 * MB, room=3.4), usage(0.1, 1), 12),
-    # the devices not seen writing yet: the floor (two grows at the present rate, less what is free)
-    ("devices-not-seen-yet-floor", pace(1278 * MB, writeback=0.0, room=3.4), usage(0.1, 1), 12),
+    # the devices not seen saturated yet: a third of the present rate assumed (3.4 GiB + 426 MB/s × 30 s)
+    ("devices-not-seen-yet", pace(1278 * MB, writeback=0.0, room=3.4), usage(0.1, 1), 16),
+    # devices seen slower than the floor: two grows at the present rate, less what is free
+    ("slow-devices-floor", pace(1278 * MB, writeback=50 * MB, room=3.4), usage(0.1, 1), 12),
     # a grow timed at 2 s: everything scales with it
     ("fast-grows", pace(1278 * MB, grow=2.0, writeback=300 * MB, room=3.4), usage(0.1, 1), 7),
     ("fast-grows-big-free-space", pace(1278 * MB, grow=2.0, writeback=300 * MB, room=3.4), usage(1, 8), 7),
@@ -54,6 +56,30 @@ def test_the_reason_says_what_the_drive_can_take():
     assert action is not None and action.size_gib == 12
     assert "but the drive takes at most 11.8 GiB in that time (3.4 GiB more in the page cache, then 300.0 MB/s " \
         "written back to its devices)" in action.reason
+
+
+def test_the_trigger_leaves_a_grow_time_whatever_the_devices_do():
+    """With the devices' rate not measured (a third of the present rate assumed), the trigger still fires while the
+    writer needs at least one grow time to fill the drive: held to the devices' pace past the cache when they are
+    slower, at its own rate when they are faster."""
+    from bsud.reconcile.scaling import scale_up_reason
+    s = spec(initial_size_gib=1)
+    for rate in (100 * MB, 400 * MB, 1300 * MB):
+        for room in (0.3, 3.4):
+            for grow in (2.0, 5.0, 30.0):
+                p = pace(rate, grow, 0.0, room)
+                for free_gib in [x / 4 for x in range(1, 400)]:
+                    u = usage(1.0, 1.0 + free_gib)
+                    if scale_up_reason(s, u, p) is not None:
+                        continue
+                    left = u.free - full_margin(u)
+                    for devices in (50 * MB, rate / 2, rate, 4 * rate):
+                        # the fastest a writer of this rate fills it: its rate until the cache is full, then the
+                        # devices' (or its own, if they are faster)
+                        held = min(rate, devices)
+                        cache = room * GIB
+                        true = left / rate if left <= cache else cache / rate + (left - cache) / held
+                        assert true >= grow, (rate, room, grow, free_gib, devices)
 
 
 def test_never_smaller_than_what_keeps_the_next_grow_safe():
@@ -95,8 +121,9 @@ def test_the_trigger_counts_a_memory_speed_rate_only_up_to_the_page_caches_room(
     p = pace(1278 * MB, writeback=300 * MB, room=3.4)
     assert time_to_full(u, p) == pytest.approx((u.free - full_margin(u) - 3.4 * GIB) / (300 * MB))
     assert scale_up_reason(s, u, p) is None
-    # the devices never seen writing: the present rate (a time is never lengthened on a rate not measured)
-    assert scale_up_reason(s, u, pace(1278 * MB, writeback=0.0, room=3.4)) is not None
+    # the devices never seen saturated: a third of the present rate assumed after the cache's room
+    unseen = pace(1278 * MB, writeback=0.0, room=3.4)
+    assert time_to_full(u, unseen) == pytest.approx((u.free - full_margin(u) - 3.4 * GIB) / (426 * MB))
     # a drive with less free space than the cache's room fills at the present rate
     small = usage(0.5, 1)
     assert time_to_full(small, p) == pytest.approx((small.free - full_margin(small)) / (1278 * MB))
