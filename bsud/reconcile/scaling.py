@@ -184,10 +184,6 @@ def rate_sized(pace: Pace, usage: UsageObs | None = None) -> RateSize:
     return RateSize(int(takes), how)
 
 
-def rate_sized_gib(pace: Pace, usage: UsageObs | None = None) -> int:
-    return rate_sized(pace, usage).gib
-
-
 def burst_blocks_removal(spec: DriveConfig, usage: UsageObs, pace: Pace, removed_bytes: int) -> str | None:
     """Why no volume may leave the drive now because of writes, or None.
 
@@ -321,7 +317,7 @@ def shrink_options(spec: DriveConfig, members: list[VolumeObs], usage: UsageObs,
     to do after it. What has to move is the live data of the volumes that leave (``VolumeObs.live_bytes``); when
     it is not known for every volume, every way counts as moving nothing and the smallest drive wins, as before.
     """
-    if usage.used <= 0 and not members:
+    if not members:
         return []
     total = sum(v.size_gib for v in members)
     known = all(v.live_bytes is not None for v in members)
@@ -330,7 +326,6 @@ def shrink_options(spec: DriveConfig, members: list[VolumeObs], usage: UsageObs,
     data_capacity = usage.used + usage.free
     middle = middle_percent(spec)
     ideal_gib = math.ceil(ideal_bytes(spec, usage) / GIB)
-    sizes = {v.id: v.size_gib for v in members}
 
     def used_at(capacity_gib: int) -> float:
         left = data_capacity - (total - capacity_gib) * GIB
