@@ -10,8 +10,8 @@ min 30 %, max 75 %, factor 100): a burst of ``--burst-gib`` written as fast as t
 ``--file-mib``), deletes down to ``--keep-gib`` (every other file kept, so the data left is spread over the
 volumes), a quiet of ``--quiet-seconds``, a second burst of ``--burst2-gib``, its files deleted, a last quiet. The
 quiet is compressed: the daemon runs with ``rate-peak-seconds`` 5 (a burst holds a scale-down back 5 s instead of
-a minute), ``full-check-seconds`` 2 and ``grow-seconds`` 2 (the local provider's grows take ~0.2 s; the default
-first estimate is 5 s).
+a minute) and ``full-check-seconds`` 2 (a removal is planned within 2 s instead of a minute); everything else is the
+default (the local provider's first grow estimate: 5 s).
 
 Printed: the drive's size after each phase, GiB at the end and GiB·hours over the run, beside
 
@@ -161,7 +161,7 @@ class Day:
         self.config.write_text(json.dumps({
             "cloud": {"provider": "local", "state-dir": str(self.state), "instance-id": "i-cost"},
             "daemon": {"status-file": str(self.status), "rate-peak-seconds": 5, "full-check-seconds": 2,
-                       "grow-seconds": 2, "retry-seconds": 1},
+                       "retry-seconds": 1},
             "drives": [{"name": DRIVE, "target": "online", "mount-path": str(self.mount), "layout": "btrfs",
                         "initial-size-gib": FIRST_GIB, "max-bsu-count": 8, "max-total-size-gib": 64,
                         "max-used-space-perc": MAX_PERC, "min-used-space-perc": MIN_PERC,
@@ -341,7 +341,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--burst-gib", type=float, default=3.0)
     parser.add_argument("--keep-gib", type=float, default=0.7)
-    parser.add_argument("--burst2-gib", type=float, default=1.5)
+    parser.add_argument("--burst2-gib", type=float, default=2.0)
     parser.add_argument("--file-mib", type=int, default=100)
     parser.add_argument("--quiet-seconds", type=float, default=60.0)
     parser.add_argument("--no-original", action="store_true", help="skip the run of the bsud before issue 21")
