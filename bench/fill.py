@@ -213,8 +213,9 @@ class Drive:
 
     def destroy(self) -> None:
         self.stop()
-        subprocess.run([sys.executable, "-m", "bsud.cleanup", "-c", str(self.config), "--all"], cwd=ROOT,
-                       capture_output=True, timeout=600)
+        # bsud's own teardown (bsud.cleanup has no entry point: the cleanup is ``bsud delete-drive``)
+        subprocess.run([sys.executable, "-m", "bsud", "delete-drive", "--yes", "-c", str(self.config), "--all"],
+                       cwd=ROOT, capture_output=True, timeout=600)
         subprocess.run(["rm", "-rf", str(self.dir)], check=False)
 
 
