@@ -18,7 +18,8 @@ from bsud.logs import get_logger
 from bsud.reconcile.engine import DriveReconciler
 from bsud.reconcile.model import Blocked, Idle, Wait
 from bsud.reconcile.observe import usage_obs
-from bsud.reconcile.pace import RateMeter
+from bsud.host.writeback import bytes_written, page_cache
+from bsud.reconcile.pace import RateMeter, WritebackMeter
 from bsud.reconcile.scaling import scale_up_reason
 from bsud.watch import StepWatch
 
@@ -39,7 +40,8 @@ class DriveWorker(threading.Thread):
         self.owner = daemon
         self.reconciler = DriveReconciler(spec, daemon.cloud, daemon.snapshot, daemon.config.cloud.provider,
                                           settings=daemon.config.daemon, nfs=daemon.config.nfs)
-        self.reconciler.meter = RateMeter()
+        self.reconciler.meter = RateMeter(daemon.config.daemon.rate_peak_seconds)
+        self.reconciler.writeback = WritebackMeter()
         self.reconciler.listeners = daemon.listeners
         self.stop_event = threading.Event()
         self.wake = threading.Event()
@@ -95,6 +97,9 @@ class DriveWorker(threading.Thread):
         now = time.monotonic()
         assert rec.meter is not None
         rec.meter.add(now, usage.used)
+        if rec.writeback is not None:
+            rec.dirty_room, saturated = page_cache()
+            rec.writeback.add(now, bytes_written(v.device for v in obs.volumes if v.member and v.device), saturated)
         pace = rec.pace()
         rec.status.record_usage(usage, pace)
         reason = scale_up_reason(spec, usage, pace)

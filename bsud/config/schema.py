@@ -58,6 +58,9 @@ class DaemonSettings(_Section):
     retry_seconds: float = Field(default=10.0, gt=0)
     #: Scale up when the drive would be full, at its present write rate, sooner than this many grow times.
     grow_safety_factor: float = Field(default=3.0, ge=1, le=100)
+    #: The highest write rate over this long holds a scale-down back (no volume leaves a drive that would be full
+    #: within the hour at that rate): how long after a burst a drive may shrink.
+    rate_peak_seconds: float = Field(default=60.0, gt=0, le=3600)
     #: What a grow takes until this drive has grown once (then learned); default: the provider's.
     grow_seconds: float | None = Field(default=None, gt=0, le=3600)
     #: How long a volume may take to be created, attached, detached or deleted before the step fails (retried).

@@ -173,6 +173,10 @@ class Btrfs:
         out = self.runner.run(["btrfs", "filesystem", "usage", "-b", mount_point], timeout=120, quiet=True)
         return parse_usage(out.stdout)
 
+    def device_usage(self, mount_point: str) -> str:
+        """``btrfs device usage -b``: what is allocated on each device (the fallback for the live data per device)."""
+        return self.runner.run(["btrfs", "device", "usage", "-b", mount_point], timeout=120, quiet=True).stdout
+
     def device_add(self, device: str, mount_point: str) -> None:
         """Add a (gate-checked, blank) device; never ``-f``."""
         self.runner.run(["btrfs", "device", "add", "-K", device, mount_point], timeout=600)

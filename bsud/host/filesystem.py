@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 
-from bsud.errors import CommandError
+from bsud.errors import BsudError, CommandError
 from bsud.host import mounts
 from bsud.host.btrfs import Btrfs, Filesystem, FsDevice
+from bsud.host.chunks import Chunk, live_by_devid, parse_device_usage, read_chunks
 from bsud.host.safety import Probe
 from bsud.host.space import Space, SpaceReader
 from bsud.logs import get_logger
@@ -32,6 +33,7 @@ class DriveFilesystem:
         self.space = SpaceReader(self.btrfs)
         self.label = label_for(drive)
         self._size_hint: int | None = None
+        self._chunks_said = False
 
     # -- recognising it ---------------------------------------------------------------------------
 
@@ -125,6 +127,32 @@ class DriveFilesystem:
         return size
 
     # -- its space --------------------------------------------------------------------------------
+
+    def chunks(self, mount_point: str) -> list[Chunk] | None:
+        """Its chunks with the bytes used in each (the kernel's trees, read with an ioctl); None when refused."""
+        try:
+            return read_chunks(mount_point)
+        except OSError as exc:
+            if not self._chunks_said:
+                log.warning("btrfs chunk map not readable (BTRFS_IOC_TREE_SEARCH); the data per device is taken "
+                            "from 'btrfs device usage' (allocated, not used)", mount=mount_point, error=str(exc))
+                self._chunks_said = True
+            return None
+
+    def live_by_device(self, mount_point: str) -> dict[str, int] | None:
+        """Live bytes on each of its devices (real paths): what removing each would move. None when unknown."""
+        fs = self.show(mount_point)
+        if fs is None:
+            return None
+        chunks = self.chunks(mount_point)
+        if chunks is not None:
+            by_id = live_by_devid(chunks)
+        else:
+            try:
+                by_id = parse_device_usage(self.btrfs.device_usage(mount_point))
+            except BsudError:
+                return None
+        return {os.path.realpath(d.path): by_id.get(d.devid, 0) for d in fs.devices}
 
     def usage(self, mount_point: str) -> Space:
         """Live space, the exact size read with ``btrfs filesystem show`` (a full observation)."""

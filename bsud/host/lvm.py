@@ -104,6 +104,26 @@ def parse_lvs(text: str) -> list[LogicalVolume]:
     return out
 
 
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of the LV: ``size`` bytes from ``lv_start`` in the LV, on ``device`` (a linear segment)."""
+
+    lv_start: int
+    size: int
+    device: str
+
+
+def parse_segments(text: str) -> list[Segment]:
+    """``lvs --segments -o seg_start,seg_size,devices`` → linear segments (a striped one is left out: bsud makes
+    none)."""
+    out = []
+    for r in parse_report(text, "seg"):
+        devices = [re.sub(r"\(\d+\)$", "", d) for d in r.get("devices", "").split(",") if d]
+        if len(devices) == 1:
+            out.append(Segment(_int(r.get("seg_start")), _int(r.get("seg_size")), devices[0]))
+    return out
+
+
 _PROGRESS_RE = re.compile(r"(\S+): Moved: ([\d.]+)%")
 #: A device-mapper name made by LVM: VG and LV with their dashes doubled, joined by one dash.
 _DM_NAME_RE = re.compile(r"^((?:[^-]|--)+)-((?:[^-]|--)+)$")
@@ -214,6 +234,13 @@ class Lvm:
             if lv.name == LV_NAME:
                 return lv
         return None
+
+    def segments(self, vg: str) -> list[Segment]:
+        """Where the drive's LV lies on its PVs, stretch by stretch."""
+        out = self.runner.run(["lvm", "lvs", "--segments", "--reportformat", "json", "--units", "b", "--nosuffix",
+                               "-o", "seg_start,seg_size,devices", f"{vg}/{LV_NAME}"], timeout=120, check=False,
+                              ok_codes=(0, 5), quiet=True)
+        return parse_segments(out.stdout) if out.returncode == 0 else []
 
     def moves_in_progress(self, vg: str) -> list[LogicalVolume]:
         return [lv for lv in self.lvs(vg) if lv.is_pvmove]

@@ -19,7 +19,7 @@ from bsud.reconcile.execute import Executor
 from bsud.reconcile.model import (ApplyExports, Blocked, CreateVolume, DriveObs, Idle, Outcome, Pace, Plan,
                                   RemoveFromDrive, Wait)
 from bsud.reconcile.observe import CloudSnapshot, observe_drive
-from bsud.reconcile.pace import DEFAULT_GROW_SECONDS, GrowClock, RateMeter, make_pace
+from bsud.reconcile.pace import DEFAULT_GROW_SECONDS, GrowClock, RateMeter, WritebackMeter, make_pace
 from bsud.reconcile.planner import plan
 from bsud.reconcile.report import DriveStatus
 from bsud.runner import Runner
@@ -71,6 +71,9 @@ class DriveReconciler:
         #: This drive's grows, timed; the write rate is fed by the daemon's sampler (None: not sampled).
         self.clock = GrowClock(self.settings.grow_seconds or DEFAULT_GROW_SECONDS[provider])
         self.meter: RateMeter | None = None
+        #: What the drive's devices write, and the page cache's dirty room (fed by the sampler; None: not sampled).
+        self.writeback: WritebackMeter | None = None
+        self.dirty_room: int | None = None
         self.last_obs: DriveObs | None = None
         self.events = EventTracker(spec.name)
         #: Called with each event (metrics, the on-event command); a listener's failure is logged, never raised.
@@ -115,7 +118,7 @@ class DriveReconciler:
         self._previous: object = None
 
     def pace(self) -> Pace:
-        return make_pace(self.meter, self.clock, self.settings.grow_safety_factor)
+        return make_pace(self.meter, self.clock, self.settings.grow_safety_factor, self.writeback, self.dirty_room)
 
     def observe(self, max_age: float | None = None) -> tuple[DriveObs, list[str]]:
         volumes = self.snapshot.by_drive(max_age).get(self.spec.name, [])

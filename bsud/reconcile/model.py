@@ -29,6 +29,9 @@ class VolumeObs:
     blank: bool = False                 # no signature at all (blkid and wipefs agree)
     own: bool = False                   # carries the drive's signature without being part of it (orphan PV)
     foreign: str | None = None          # what foreign data the gate found on it, if any
+    #: The drive's data on it: what taking it out of the drive has to move (btrfs: the used bytes of the chunks
+    #: with a stripe on it; lvm: the btrfs data its extents hold). None: not read (not needed, or unreadable).
+    live_bytes: int | None = None
 
     @property
     def size_bytes(self) -> int:
@@ -68,6 +71,11 @@ class Pace:
     recent_peak: float = 0.0     # the highest of those over the last minute
     grow_seconds: float = 60.0   # decision → new capacity usable: learned from this drive's grows
     safety_factor: float = 3.0   # scale up when full sooner than this many grow times
+    #: What the drive's devices have been written at (bytes/s: the highest seen by this daemon), 0: not seen yet.
+    writeback_rate: float = 0.0
+    #: Bytes the page cache can still take before the kernel holds writers to the devices' pace (the dirty
+    #: limit less what is dirty or under writeback now); None: not known (a volume is then sized for the rate).
+    dirty_room: int | None = None
 
 
 @dataclass(frozen=True)
@@ -189,6 +197,7 @@ class MakeFilesystem(VolumeAction):
 @dataclass(frozen=True)
 class RemoveFromDrive(VolumeAction):
     keep_bytes: int | None = None
+    live_bytes: int | None = None    # the drive's data on it when the step was planned (logged: what has to move)
 
 
 @dataclass(frozen=True)

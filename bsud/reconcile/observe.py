@@ -12,6 +12,7 @@ import random
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 
 from bsud.cloud.base import CloudProvider, Volume, volumes_by_drive
 from bsud.config import DriveConfig
@@ -191,6 +192,7 @@ def _observe_drive(spec: DriveConfig, volumes: list[Volume], cloud: CloudProvide
     if mounted:
         usage = usage_obs(layout.usage(spec.mount_path))
         can_grow = layout.can_grow(spec.mount_path)
+        obs_volumes = with_live_data(spec, layout, obs_volumes, usage)
     active = layout.drive_active(state, mounted)
     obs = DriveObs(
         name=spec.name, volumes=tuple(obs_volumes), has_filesystem=state.has_filesystem, mounted=mounted,
@@ -201,6 +203,24 @@ def _observe_drive(spec: DriveConfig, volumes: list[Volume], cloud: CloudProvide
         exports=observe_exports(spec, exporters) if exporters else ExportsObs(),
     )
     return obs, resolutions
+
+
+def with_live_data(spec: DriveConfig, layout: StorageLayout, volumes: list[VolumeObs],
+                   usage: UsageObs) -> list[VolumeObs]:
+    """The members with the drive's live data on each, read only when the planner may choose one to remove (two or
+    more members, used at or under ``min-used-space-perc``): the chunk map costs an ioctl per chunk."""
+    members = [v for v in volumes if v.member and v.device]
+    if len(members) < 2 or usage.used_percent > spec.min_used_space_perc:
+        return volumes
+    try:
+        live = layout.live_bytes(spec.mount_path, [v.device for v in members if v.device])
+    except BsudError as exc:
+        log.warning("cannot read the data per volume; choosing by size", drive=spec.name, error=str(exc))
+        return volumes
+    if live is None:
+        return volumes
+    return [replace(v, live_bytes=live.get(os.path.realpath(v.device))) if v.member and v.device else v
+            for v in volumes]
 
 
 def unmanaged_drives(by_drive: dict[str, list[Volume]], managed: set[str], instance_id: str) -> dict[str, list[str]]:

@@ -31,8 +31,9 @@ MIN_GROW_SECONDS = 2.0
 class RateMeter:
     """Write rate from ``(time, used bytes)`` samples: bytes per second over a trailing window."""
 
-    def __init__(self, horizon: float = PEAK_WINDOW + STEADY_WINDOW) -> None:
-        self.horizon = horizon
+    def __init__(self, peak_window: float = PEAK_WINDOW) -> None:
+        self.peak_window = peak_window
+        self.horizon = max(peak_window, STEADY_WINDOW) + STEADY_WINDOW
         self.samples: deque[tuple[float, int]] = deque()
         self.rates: deque[tuple[float, float]] = deque()   # (time, rate now) for the recent peak
 
@@ -43,7 +44,7 @@ class RateMeter:
         while self.samples and self.samples[0][0] < when - self.horizon:
             self.samples.popleft()
         self.rates.append((when, self.rate()))
-        while self.rates and self.rates[0][0] < when - PEAK_WINDOW:
+        while self.rates and self.rates[0][0] < when - self.peak_window:
             self.rates.popleft()
 
     def clear(self) -> None:
@@ -70,6 +71,42 @@ class RateMeter:
 
     def peak(self) -> float:
         return max((r for _, r in self.rates), default=0.0)
+
+
+class WritebackMeter:
+    """What the drive's devices can write: their rate measured while writeback was saturated, the highest seen.
+
+    Fed with ``{device: bytes written}`` (a device joining or leaving is no jump: only each device's own growth
+    counts) and whether the page cache is over its background threshold (the kernel's flusher then writes back
+    flat out, so what the devices write is what they can). Only a rate over a window saturated from end to end
+    counts: a trickle while the cache is calm says nothing of the devices. The highest seen is kept for the
+    daemon's life — devices do not get slower because nothing is written. 0 until measured.
+    """
+
+    def __init__(self) -> None:
+        self.meter = RateMeter()
+        self.last: dict[str, int] = {}
+        self.total = 0
+        self.highest = 0.0
+        self.saturated_since: float | None = None
+
+    def add(self, when: float, counters: dict[str, int], saturated: bool = True) -> None:
+        for device, value in counters.items():
+            before = self.last.get(device)
+            if before is not None and value >= before:
+                self.total += value - before
+        self.last = dict(counters)
+        self.meter.add(when, self.total)
+        if not saturated:
+            self.saturated_since = None
+            return
+        if self.saturated_since is None:
+            self.saturated_since = when
+        if when - self.saturated_since >= FAST_WINDOW:
+            self.highest = max(self.highest, self.meter.rate_over(FAST_WINDOW))
+
+    def rate(self) -> float:
+        return self.highest
 
 
 class GrowClock:
@@ -105,6 +142,9 @@ class GrowClock:
         return took
 
 
-def make_pace(meter: RateMeter | None, clock: GrowClock, safety_factor: float) -> Pace:
+def make_pace(meter: RateMeter | None, clock: GrowClock, safety_factor: float,
+              writeback: WritebackMeter | None = None, dirty_room: int | None = None) -> Pace:
     return Pace(write_rate=meter.rate() if meter else 0.0, recent_peak=meter.peak() if meter else 0.0,
-                grow_seconds=clock.seconds, safety_factor=safety_factor)
+                grow_seconds=clock.seconds, safety_factor=safety_factor,
+                writeback_rate=writeback.rate() if writeback else 0.0,
+                dirty_room=dirty_room if writeback is not None else None)

@@ -11,8 +11,10 @@ Scaling follows the original bsud, with its defects corrected:
   and at what ``max-total-size-gib`` leaves (the original could overshoot it).
 - a volume count at ``max-bsu-count`` replaces its smallest volume to keep a slot free for
   growth (never with a single volume: the original underflowed ``max-bsu-count - 1``).
-- at or below ``min-used-space-perc``: remove the largest volume, or with a single volume,
-  add an "ideal" one (used / (middle − margin)) to migrate onto.
+- at or below ``min-used-space-perc``: go to the size that puts used near the middle by the way that
+  moves the fewest bytes — volumes chosen by the live data on them, at most one new "ideal" volume
+  (used / (middle − margin)) to move data onto (``shrink_options``); the original only ever
+  considered the largest volume, and stayed oversized when the data did not fit without it.
 - hysteresis: a volume is removed only when the drive's used % after removal stays at or
   under the middle of min and max, so a removal can never trigger a scale-up, and a
   scale-up can never be undone by the next scale-down.
@@ -175,8 +177,9 @@ def _plan_online(spec: DriveConfig, obs: DriveObs, max_volume_gib: int) -> Plan:
         if v.member or v.own:
             # own but not a member: an orphan PV left by a stop between vgreduce and pvremove.
             keep = ideal_bytes(spec, obs.usage) if obs.usage else None
-            return Plan(RemoveFromDrive(volume_id=v.id, keep_bytes=keep,
-                                        reason=f"moving data off {v.id} before it leaves the drive"),
+            data = f" ({v.live_bytes / 1024**2:.0f} MiB of the drive's data on it)" if v.live_bytes is not None else ""
+            return Plan(RemoveFromDrive(volume_id=v.id, keep_bytes=keep, live_bytes=v.live_bytes,
+                                        reason=f"moving data off {v.id} before it leaves the drive{data}"),
                         "scaling-down", tuple(notes))
     if obs.can_grow or obs.move_in_progress:
         return Plan(Grow(reason="the filesystem can use more space"), "growing", tuple(notes))

@@ -13,7 +13,7 @@ from typing import Any
 
 from bsud.logs import get_logger
 from bsud.reconcile.model import DriveObs, Pace, Plan, UsageObs
-from bsud.reconcile.scaling import seconds_to_full
+from bsud.reconcile.scaling import time_to_full
 
 log = get_logger("bsud.reconcile")
 
@@ -80,7 +80,8 @@ class DriveStatus:
                             "retry_at": e.retry_at} if e.error else {})} if e.wanted or e.present else {}
         self.record_usage(obs.usage, obs.pace)
         self.volumes = [{"id": v.id, "size_gib": v.size_gib, "state": v.state, "device": v.device,
-                         "member": v.member, **({"bookkeeping": v.bookkeeping} if v.bookkeeping else {})}
+                         "member": v.member, **({"bookkeeping": v.bookkeeping} if v.bookkeeping else {}),
+                         **({"live_bytes": v.live_bytes} if v.live_bytes is not None else {})}
                         for v in obs.volumes]
         self.updated = time.time()
 
@@ -89,6 +90,6 @@ class DriveStatus:
         self.size_bytes, self.used_bytes = (usage.size, usage.used) if usage else (None, None)
         self.metadata_used_percent = round(usage.metadata_percent, 2) if usage else None
         self.write_rate = round(pace.write_rate)
-        left = seconds_to_full(usage, pace.write_rate) if usage else math.inf
+        left = time_to_full(usage, pace) if usage else math.inf
         self.seconds_to_full = None if math.isinf(left) else round(left, 1)
         self.grow_seconds = round(pace.grow_seconds, 2)

@@ -7,10 +7,13 @@ asks :func:`scale_up_reason` several times a second, the planner the rest after 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from bsud.config import DriveConfig
 from bsud.naming import GIB, REMOVING
 from bsud.reconcile.model import Action, CreateVolume, MarkVolume, Pace, UsageObs, VolumeObs
+
+MIB = 1024**2
 
 #: Percentage points kept between an "ideal" volume's expected fill and the middle threshold.
 IDEAL_MARGIN = 5.0
@@ -20,6 +23,10 @@ FULL_MARGIN_BYTES = 64 * 1024**2
 QUIET_SECONDS = 3600.0
 #: …nor when the drive after the removal would pass max-used-space-perc within this many grow times.
 QUIET_GROW_TIMES = 10
+#: A volume is added to move data onto (a replacement) only when the drive ends up at most this fraction of its
+#: size: moving a volume's data is worth halving the drive, not shaving a few GiB off it (a classic scale-up that
+#: lands just under min-used-space-perc is left alone, as the original's hysteresis did).
+REPLACE_AT_MOST = 0.5
 
 
 def middle_percent(spec: DriveConfig) -> float:
@@ -56,13 +63,64 @@ def rate_text(rate: float) -> str:
     return f"{rate / 1e6:.1f} MB/s"
 
 
+def writeback_assumed(pace: Pace) -> float:
+    """The devices' writeback rate the intake counts on: measured (while writeback was saturated, so it is what they
+    can do), else a ``safety_factor``-th of the present rate. That guess keeps the trigger safe whatever the devices
+    do: it fires once the cache's room plus one grow time at the present rate is all that is left, so the writer —
+    held to the devices' pace past the cache, or at its own when they are faster — needs at least one grow time
+    (plus the cache's room at its rate) to fill the drive."""
+    if pace.writeback_rate > 0:
+        return pace.writeback_rate
+    return pace.write_rate / max(pace.safety_factor, 1.0)
+
+
+def intake(pace: Pace, seconds: float) -> float:
+    """The most the writer can add to the drive in ``seconds``: its present rate, but never more than the page
+    cache's dirty room plus what the devices write back meanwhile (past the dirty limit the kernel holds writers to
+    the devices' pace). The present rate alone while the kernel's figures are not known."""
+    plain = pace.write_rate * seconds
+    if pace.dirty_room is None:
+        return plain
+    return min(plain, pace.dirty_room + writeback_assumed(pace) * seconds)
+
+
+def time_to_full(usage: UsageObs, pace: Pace) -> float:
+    """Seconds until writes fail, by :func:`intake`: a burst at memory speed fills the page cache's room, then goes
+    on at the devices' writeback rate (see :func:`writeback_assumed`)."""
+    rate = pace.write_rate
+    if rate <= 0:
+        return math.inf
+    room = max(0, usage.free - full_margin(usage))
+    cached = room / rate
+    if pace.dirty_room is None or room <= pace.dirty_room:
+        return cached
+    return max(cached, (room - pace.dirty_room) / writeback_assumed(pace))
+
+
+def _writeback_text(pace: Pace) -> str:
+    if pace.writeback_rate > 0:
+        return f"{rate_text(pace.writeback_rate)} written back"
+    return (f"{rate_text(writeback_assumed(pace))} written back (1/{pace.safety_factor:g} of the present rate: the "
+            "devices have not been seen saturated yet)")
+
+
+def _full_text(usage: UsageObs, pace: Pace, left: float) -> str:
+    room = max(0, usage.free - full_margin(usage))
+    if pace.write_rate > 0 and left > room / pace.write_rate * 1.001:
+        return (f"full in {left:.1f} s ({rate_text(pace.write_rate)} now; at most {(pace.dirty_room or 0) / GIB:.1f} "
+                f"GiB more in the page cache, then {_writeback_text(pace)})")
+    return f"full in {left:.1f} s at {rate_text(pace.write_rate)}"
+
+
 def scale_up_reason(spec: DriveConfig, usage: UsageObs, pace: Pace) -> str | None:
     """Why the drive needs more space now, or None. Pure; the daemon's sampler asks it several times a second.
 
     - used % at or over ``max-used-space-perc`` (the classic rule);
     - metadata at or over it: btrfs returns ENOSPC when metadata runs out, whatever data space is free;
     - the drive would be full, at the present write rate, sooner than ``safety_factor`` grow times — even
-      far below the threshold: a grow has to finish before the writer reaches the end.
+      far below the threshold: a grow has to finish before the writer reaches the end. A rate the page cache
+      takes at memory speed counts only up to the cache's room, then the devices' writeback rate
+      (:func:`time_to_full`).
     """
     pct = usage.used_percent
     if pct >= spec.max_used_space_perc:
@@ -70,19 +128,60 @@ def scale_up_reason(spec: DriveConfig, usage: UsageObs, pace: Pace) -> str | Non
     meta = usage.metadata_percent
     if meta >= spec.max_used_space_perc:
         return f"metadata used {meta:.1f}% >= {spec.max_used_space_perc}% (btrfs refuses writes when it runs out)"
-    left = seconds_to_full(usage, pace.write_rate)
+    left = time_to_full(usage, pace)
     horizon = pace.safety_factor * pace.grow_seconds
     if left < horizon:
-        return (f"full in {left:.1f} s at {rate_text(pace.write_rate)} (used {pct:.1f}%), sooner than "
+        return (f"{_full_text(usage, pace, left)} (used {pct:.1f}%), sooner than "
                 f"{pace.safety_factor:g} grow times (a grow takes ~{pace.grow_seconds:.1f} s)")
     return None
 
 
-def rate_sized_gib(pace: Pace) -> int:
-    """A volume that holds 2 × safety_factor grow times of writing at the present rate: the next grow is
-    then due no sooner than safety_factor grow times after this one is usable."""
-    need = pace.write_rate * pace.grow_seconds * 2 * pace.safety_factor
-    return math.ceil(need / GIB) if need > 0 else 0
+@dataclass(frozen=True)
+class RateSize:
+    """What a volume sized for the writer must hold, and why (in words, for the step's log line)."""
+
+    bytes: int
+    why: str
+
+    @property
+    def gib(self) -> int:
+        return math.ceil(self.bytes / GIB) if self.bytes > 0 else 0
+
+
+def rate_sized(pace: Pace, usage: UsageObs | None = None) -> RateSize:
+    """A volume that holds 2 × safety_factor grow times of what the writer can write: the next grow is then due no
+    sooner than safety_factor grow times after this one is usable.
+
+    What the writer can write in ``T`` seconds is bounded twice: by its present rate (``rate × T``) and by what the
+    drive can take — the page cache absorbs writes at memory speed only up to the kernel's dirty limit, after which
+    the writer is held to the pace the devices write back at (``dirty room + writeback rate × T``). A first second at
+    memory speed is not a rate anyone keeps up. When the kernel's figures are not known, the present rate alone.
+
+    Never less than what makes the *next* grow safe if it has to start as soon as this one is done: two grow
+    times at the present rate, less the free space there is. That floor holds whatever the devices can do (their
+    rate may not have been seen yet: writeback starts only once the cache holds enough), so an underestimated
+    writeback rate costs a sooner grow, never a full drive.
+    """
+    rate, grow = pace.write_rate, pace.grow_seconds
+    if rate <= 0:
+        return RateSize(0, "")
+    horizon = 2 * pace.safety_factor * grow
+    plain = rate * horizon
+    grows = f"{2 * pace.safety_factor:g} grows of ~{grow:.1f} s"
+    if pace.dirty_room is None:
+        return RateSize(int(plain), f"at {rate_text(rate)} it must hold {grows}")
+    takes = intake(pace, horizon)
+    if plain <= takes:
+        return RateSize(int(plain), f"at {rate_text(rate)} it must hold {grows}")
+    free = max(0, usage.free - full_margin(usage)) if usage is not None else 0
+    floor = 2 * grow * rate - free
+    how = (f"{grows} at {rate_text(rate)} would be {plain / GIB:.1f} GiB, but the drive takes at most "
+           f"{takes / GIB:.1f} GiB in that time ({pace.dirty_room / GIB:.1f} GiB more in the page cache, then "
+           f"{_writeback_text(pace)} to its devices)")
+    if floor > takes:
+        return RateSize(int(floor), f"{how}; at least 2 grows at {rate_text(rate)} less the "
+                                    f"{free / GIB:.1f} GiB free, in case the devices are faster than seen yet")
+    return RateSize(int(takes), how)
 
 
 def burst_blocks_removal(spec: DriveConfig, usage: UsageObs, pace: Pace, removed_bytes: int) -> str | None:
@@ -117,10 +216,13 @@ def scale_decision(spec: DriveConfig, members: list[VolumeObs], usage: UsageObs,
     sizes = [v.size_gib for v in members]
     total = sum(sizes)
     pct = usage.used_percent
-    middle = middle_percent(spec)
     smallest = min(members, key=lambda v: (v.size_gib, v.id))
-    largest = max(members, key=lambda v: (v.size_gib, v.id))
     up = scale_up_reason(spec, usage, pace)
+
+    if up is None and pct <= spec.min_used_space_perc:
+        action, note = shrink_decision(spec, members, usage, max_volume_gib, pace)
+        if action is not None or count < spec.max_bsu_count:
+            return action, note
 
     if count > 1 and count >= spec.max_bsu_count:
         after = used_percent_without(usage, smallest.size_bytes)
@@ -149,37 +251,155 @@ def scale_decision(spec: DriveConfig, members: list[VolumeObs], usage: UsageObs,
             size = min(max_volume_gib, grown_gib(max(sizes), spec.disk_scale_factor_perc))
             kind = "larger"
         why = f"{up}: adding a {kind} volume of {{size}} GiB"
-        burst = rate_sized_gib(pace)
-        if burst > size:
-            why = (f"{up}: adding a volume of {{size}} GiB rather than the {kind} {size} GiB: at "
-                   f"{rate_text(pace.write_rate)} it must hold {2 * pace.safety_factor:g} grows of "
-                   f"~{pace.grow_seconds:.1f} s")
-            size = min(max_volume_gib, burst)
+        burst = rate_sized(pace, usage)
+        if burst.gib > size:
+            why = f"{up}: adding a volume of {{size}} GiB rather than the {kind} {size} GiB: {burst.why}"
+            size = min(max_volume_gib, burst.gib)
         size = int(min(size, room))
         return CreateVolume(size_gib=size, reason=why.format(size=size)), None
-
-    if pct <= spec.min_used_space_perc:
-        if count > 1:
-            after = used_percent_without(usage, largest.size_bytes)
-            if after <= middle:
-                burst = burst_blocks_removal(spec, usage, pace, largest.size_bytes)
-                if burst:
-                    return None, burst
-                return MarkVolume(volume_id=largest.id, value=REMOVING,
-                                  reason=f"used {pct:.1f}% <= {spec.min_used_space_perc}%: removing the largest "
-                                         f"volume ({largest.size_gib} GiB), used will be {after:.1f}%"), None
-            return None, None
-        if total <= spec.initial_size_gib:
-            return None, None
-        ideal_gib = math.ceil(ideal_bytes(spec, usage) / GIB)
-        if ideal_gib < total and count < spec.max_bsu_count:
-            burst = burst_blocks_removal(spec, usage, pace, largest.size_bytes - ideal_gib * GIB)
-            if burst:
-                return None, burst
-            return CreateVolume(size_gib=ideal_gib,
-                                reason=f"used {pct:.1f}% <= {spec.min_used_space_perc}% on one volume: adding an "
-                                       f"ideal {ideal_gib} GiB volume to move the data onto"), None
     return None, None
+
+
+# -- the right size after a burst -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shrink:
+    """Where a drive under min-used-space-perc goes, and how: the volumes that stay, those that leave (in the order
+    they leave), the one volume added to move data onto (0: none) and whether it comes before the removals, the
+    bytes that have to move, and the drive's size and used % at the end."""
+
+    keep: tuple[str, ...]
+    remove: tuple[str, ...]
+    add_gib: int
+    add_first: bool
+    moved: int
+    capacity_gib: int
+    used_after: float
+    converged: bool
+
+    def key(self) -> tuple[bool, int, bool, int, int]:
+        """Best first: reaches the band, moves the fewest bytes, needs no new volume, smallest, fewest steps."""
+        return (not self.converged, self.moved, self.add_gib > 0, self.capacity_gib, len(self.remove))
+
+    def describe(self, sizes: dict[str, int]) -> str:
+        gone = " + ".join(f"{v} ({sizes[v]} GiB)" for v in self.remove) or "nothing"
+        added = f"adding a {self.add_gib} GiB volume, " if self.add_gib else ""
+        return (f"{added}removing {gone}: {self.capacity_gib} GiB at the end (used {self.used_after:.1f}%), "
+                f"moving {self.moved / MIB:.0f} MiB")
+
+
+def _kept_sets(members: list[VolumeObs], live: dict[str, int]) -> dict[int, tuple[int, int, int]]:
+    """For each capacity (GiB) a subset of ``members`` adds up to: the subset keeping the most live data (then the
+    most volumes), as (live kept, volumes kept, bit mask of the members kept). Exact (a knapsack over capacities)."""
+    best: dict[int, tuple[int, int, int]] = {0: (0, 0, 0)}
+    for i, v in enumerate(members):
+        for cap, (kept, n, mask) in list(best.items()):
+            candidate = (kept + live[v.id], n + 1, mask | (1 << i))
+            current = best.get(cap + v.size_gib)
+            if current is None or candidate[:2] > current[:2]:
+                best[cap + v.size_gib] = candidate
+    return best
+
+
+def shrink_options(spec: DriveConfig, members: list[VolumeObs], usage: UsageObs,
+                   max_volume_gib: int) -> list[Shrink]:
+    """Every drive a drive under ``min-used-space-perc`` may shrink to, best first (see :meth:`Shrink.key`). Pure.
+
+    - Removals alone: any set of volumes to keep whose capacity keeps used at or under the middle of min and max
+      (each removal on the way then does too: removals only shrink the drive), never under ``initial-size-gib``.
+    - At most one replacement: the volumes kept plus one new volume that brings the drive to the ideal size
+      (used / (middle − 5 %), at least ``initial-size-gib``) — only where that halves the drive (see
+      ``REPLACE_AT_MOST``). It is added first when a slot and ``max-total-size-gib`` allow, else after the
+      removals when those keep used under the middle.
+
+    A way "converges" when used ends over ``min-used-space-perc`` (or the drive is at its ideal size): nothing more
+    to do after it. What has to move is the live data of the volumes that leave (``VolumeObs.live_bytes``); when
+    it is not known for every volume, every way counts as moving nothing and the smallest drive wins, as before.
+    """
+    if not members:
+        return []
+    total = sum(v.size_gib for v in members)
+    known = all(v.live_bytes is not None for v in members)
+    live = {v.id: (v.live_bytes or 0) if known else 0 for v in members}
+    all_live = sum(live.values())
+    data_capacity = usage.used + usage.free
+    middle = middle_percent(spec)
+    ideal_gib = math.ceil(ideal_bytes(spec, usage) / GIB)
+
+    def used_at(capacity_gib: int) -> float:
+        left = data_capacity - (total - capacity_gib) * GIB
+        return math.inf if left <= usage.used else 100.0 * usage.used / left
+
+    def order(removed: list[VolumeObs]) -> tuple[str, ...]:
+        # The one holding least first: btrfs moves a removed device's chunks onto the others with the most room,
+        # which may be one leaving later — better the little data than the much.
+        return tuple(v.id for v in sorted(removed, key=lambda v: (live[v.id], -v.size_gib, v.id)))
+
+    options: list[Shrink] = []
+    for cap, (kept, _, mask) in _kept_sets(members, live).items():
+        keep = [v for i, v in enumerate(members) if mask >> i & 1]
+        removed = [v for i, v in enumerate(members) if not mask >> i & 1]
+        if not removed:
+            continue
+        after = used_at(cap)
+        if cap >= spec.initial_size_gib and after <= middle:
+            options.append(Shrink(
+                keep=tuple(v.id for v in keep), remove=order(removed), add_gib=0, add_first=False,
+                moved=all_live - kept, capacity_gib=cap, used_after=after,
+                converged=after > spec.min_used_space_perc or cap <= ideal_gib))
+        add = ideal_gib - cap
+        if add < 1 or add > max_volume_gib or ideal_gib > total * REPLACE_AT_MOST:
+            continue
+        slot = len(members) + 1 <= spec.max_bsu_count
+        room = spec.max_total_size_gib is None or total + add <= spec.max_total_size_gib
+        first = slot and room
+        if not first and not (keep and after <= middle):
+            continue  # no room to add it first, and the data does not fit on what stays until it comes
+        options.append(Shrink(
+            keep=tuple(v.id for v in keep), remove=order(removed), add_gib=add, add_first=first,
+            moved=all_live - kept, capacity_gib=ideal_gib, used_after=used_at(ideal_gib), converged=True))
+    return sorted(options, key=Shrink.key)
+
+
+def shrink_decision(spec: DriveConfig, members: list[VolumeObs], usage: UsageObs, max_volume_gib: int,
+                    pace: Pace = Pace()) -> tuple[Action | None, str | None]:
+    """The next step of the best way down for a drive under ``min-used-space-perc`` (see :func:`shrink_options`),
+    or None with a note saying why it stays as it is. Pure.
+
+    The plan is made again after every step, on what the drive holds then; a step is never taken into a burst
+    (:func:`burst_blocks_removal`, for the capacity the drive ends up with).
+    """
+    pct = usage.used_percent
+    total = sum(v.size_gib for v in members)
+    sizes = {v.id: v.size_gib for v in members}
+    lows = f"used {pct:.1f}% <= {spec.min_used_space_perc}%"
+    options = shrink_options(spec, members, usage, max_volume_gib)
+    if not options:
+        if total <= spec.initial_size_gib or len(members) == 1 and \
+                math.ceil(ideal_bytes(spec, usage) / GIB) >= total:
+            return None, None
+        return None, (f"{lows}, but no smaller drive keeps used under {middle_percent(spec):g}% and at least "
+                      f"initial-size-gib ({spec.initial_size_gib}), and a new volume to move the data onto "
+                      f"would not halve the drive or has no room (max-bsu-count, max-total-size-gib)")
+    blocked = None
+    if options[0].converged:  # a way that does not get there is no fallback for one a burst holds back
+        options = [o for o in options if o.converged]
+    for best in options:
+        burst = burst_blocks_removal(spec, usage, pace, (total - best.capacity_gib) * GIB)
+        if burst is None:
+            break
+        blocked = blocked or burst
+    else:
+        return None, blocked
+    known = "" if all(v.live_bytes is not None for v in members) else " (data per volume not known: by size)"
+    plan = f"{best.describe(sizes)}{known}"
+    if best.add_gib and best.add_first:
+        return CreateVolume(size_gib=best.add_gib,
+                            reason=f"{lows}: {plan}; first the new volume to move the data onto"), None
+    victim = best.remove[0]
+    return MarkVolume(volume_id=victim, value=REMOVING,
+                      reason=f"{lows}: {plan}; now {victim}"), None
 
 
 def grown_gib(size_gib: int, factor_perc: int) -> int:
@@ -188,7 +408,7 @@ def grown_gib(size_gib: int, factor_perc: int) -> int:
 
 
 def _left_text(usage: UsageObs, pace: Pace) -> str:
-    left = seconds_to_full(usage, pace.write_rate)
+    left = time_to_full(usage, pace)
     return "" if math.isinf(left) else f"; full in {left:.0f} s at {rate_text(pace.write_rate)}"
 
 

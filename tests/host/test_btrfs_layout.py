@@ -230,3 +230,41 @@ def test_a_directory_that_is_not_a_mounted_btrfs_is_not_looked_for_on_every_devi
     assert fs.show(str(workdir / "empty")) is None
     assert fs.growable(str(workdir / "empty")) == []
     assert runner.started == []
+
+
+def test_the_live_data_on_each_device_is_what_its_chunks_hold(local, runner, workdir: Path):
+    """The chunk map read by ioctl (BTRFS_IOC_TREE_SEARCH): per device, the used bytes of its chunks — no more than
+    what ``btrfs device usage`` says is allocated there, together what the filesystem holds; files deleted leave."""
+    from bsud.host.chunks import parse_device_usage, read_chunks
+
+    layout = BtrfsLayout(DRIVE, runner)
+    mnt = workdir / "mnt"
+    v1 = local.create_volume(DRIVE, 1, "gp2")
+    r1 = attach(local, v1.id)
+    layout.ensure_filesystem(r1, TAGS)
+    layout.mount([r1.device], str(mnt))
+    write_files(mnt, 3, 100, "a")                       # ~300 MiB on the first device
+    v2 = local.create_volume(DRIVE, 4, "gp2")
+    r2 = attach(local, v2.id)
+    layout.join(r2, TAGS, str(mnt))
+    write_files(mnt, 5, 100, "b")                       # new chunks go to the device with the most room
+    subprocess.run(["btrfs", "filesystem", "sync", str(mnt)], check=True)
+
+    live = layout.live_bytes(str(mnt), [r1.device, r2.device])
+    assert live is not None and set(live) == {os.path.realpath(r1.device), os.path.realpath(r2.device)}
+    fs = layout.fs.show(str(mnt))
+    allocated = parse_device_usage(runner.run(["btrfs", "device", "usage", "-b", str(mnt)]).stdout)
+    by_path = {os.path.realpath(d.path): d.devid for d in fs.devices}
+    for path, value in live.items():
+        assert 0 < value <= allocated[by_path[path]], (path, value, allocated)
+    usage = usage_obs(layout.usage(str(mnt)))
+    data = sum(c.stripe_bytes() for c in read_chunks(str(mnt)) if c.flags & 1)  # data chunks, single: one stripe
+    assert abs(data - usage.used) < 16 * 1024**2, (data, usage.used)
+    assert live[os.path.realpath(r2.device)] >= 400 * 1024**2
+
+    for name in ("b0.bin", "b1.bin", "b2.bin", "b3.bin", "b4.bin"):
+        (mnt / name).unlink()
+    subprocess.run(["btrfs", "filesystem", "sync", str(mnt)], check=True)
+    after = layout.live_bytes(str(mnt), [r1.device, r2.device])
+    assert after[os.path.realpath(r2.device)] < 64 * 1024**2, after
+    layout.unmount(str(mnt))

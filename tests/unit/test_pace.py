@@ -89,3 +89,66 @@ def test_grow_clock_keeps_the_first_start_of_a_grow():
 def test_pace_without_a_meter():
     pace = make_pace(None, GrowClock(30.0), 3.0)
     assert pace.write_rate == 0.0 and pace.grow_seconds == 30.0 and pace.safety_factor == 3.0
+
+
+# -- what the drive's devices write --------------------------------------------------------------------------------
+
+def test_writeback_meter_counts_each_devices_own_growth():
+    from bsud.reconcile.pace import WritebackMeter
+    wb = WritebackMeter()
+    t, written = 0.0, 0
+    while t <= 10:
+        wb.add(t, {"loop0": written})
+        written += int(0.25 * 200 * MB)
+        t += 0.25
+    assert wb.rate() == pytest.approx(200 * MB, rel=0.02)
+    # a device joins with its own history, another leaves: no jump either way
+    wb.add(10.25, {"loop0": written, "loop1": 10**12})
+    wb.add(10.5, {"loop1": 10**12})
+    assert wb.rate() == pytest.approx(200 * MB, rel=0.05)
+    # nothing written for a minute: the devices did not get slower, the highest rate seen is kept
+    for i in range(240):
+        wb.add(10.75 + i * 0.25, {"loop1": 10**12})
+    assert wb.meter.rate() == 0.0 and wb.rate() == pytest.approx(200 * MB, rel=0.05)
+
+
+def test_the_devices_rate_counts_only_once_writeback_was_saturated_for_a_whole_window():
+    from bsud.reconcile.pace import WritebackMeter
+    wb = WritebackMeter()
+    t, written = 0.0, 0
+    while t <= 10:   # a trickle while the page cache is calm: says nothing of what the devices can do
+        wb.add(t, {"loop0": written}, saturated=False)
+        written += int(0.25 * 5 * MB)
+        t += 0.25
+    assert wb.rate() == 0.0
+    start = t
+    while t <= start + 1.5:   # saturated, but not for a whole window yet
+        wb.add(t, {"loop0": written}, saturated=True)
+        written += int(0.25 * 300 * MB)
+        t += 0.25
+    assert wb.rate() == 0.0
+    while t <= start + 4:
+        wb.add(t, {"loop0": written}, saturated=True)
+        written += int(0.25 * 300 * MB)
+        t += 0.25
+    assert wb.rate() == pytest.approx(300 * MB, rel=0.05)
+
+
+def test_pace_carries_the_writeback_figures_only_when_sampled():
+    from bsud.reconcile.pace import WritebackMeter
+    clock = GrowClock(5.0)
+    assert make_pace(RateMeter(), clock, 3.0).dirty_room is None
+    p = make_pace(RateMeter(), clock, 3.0, WritebackMeter(), dirty_room=3 * 1024**3)
+    assert p.dirty_room == 3 * 1024**3 and p.writeback_rate == 0.0
+
+
+def test_the_peak_window_is_the_daemons_rate_peak_seconds():
+    # a rate is measured over up to 10 s, and the peak kept for the window: a burst ends counting after both
+    meter = RateMeter(peak_window=10.0)
+    used = feed(meter, 0, 3, 500 * MB)
+    feed(meter, 3, 21, 0, used)
+    assert meter.peak() == 0.0
+    meter = RateMeter()
+    used = feed(meter, 0, 3, 500 * MB)
+    feed(meter, 3, 21, 0, used)
+    assert meter.peak() > 100 * MB  # the default minute

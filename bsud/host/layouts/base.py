@@ -63,6 +63,11 @@ class StorageLayout(ABC):
         """Live space, the filesystem's exact size read with ``btrfs filesystem show`` (a full observation)."""
         return self.fs.usage(mount_point)
 
+    def live_bytes(self, mount_point: str, devices: list[str]) -> dict[str, int] | None:
+        """The drive's live data on each of ``devices`` (by real path): what taking it out would have to move.
+        None when it cannot be told (the planner then chooses by size)."""
+        return None
+
     def live_usage(self, mount_point: str) -> Space:
         """Live space from sysfs file reads alone, for sampling between full observations."""
         return self.fs.live_usage(mount_point)

@@ -66,6 +66,10 @@ class BtrfsLayout(StorageLayout):
     def deactivate(self, devices: list[str]) -> None:
         self.fs.forget(devices)
 
+    def live_bytes(self, mount_point: str, devices: list[str]) -> dict[str, int] | None:
+        """The used bytes of the chunks on each device: exactly what ``btrfs device remove`` relocates."""
+        return self.fs.live_by_device(mount_point)
+
     def can_grow(self, mount_point: str) -> bool:
         return bool(self.fs.growable(mount_point))
 

@@ -9,6 +9,7 @@ from bsud.config.catalogue import Layout
 from bsud.host import mounts
 from bsud.host.devices import Resolution
 from bsud.host.btrfs import MIN_DEVICE_BYTES
+from bsud.host.chunks import live_in_ranges
 from bsud.host.layouts.base import LayoutError, LayoutState, StorageLayout
 from bsud.host.lvm import Lvm
 from bsud.host.safety import BLANK, ForeignDevice, Probe, probe
@@ -162,6 +163,24 @@ class LvmLayout(StorageLayout):
     def deactivate(self, devices: list[str]) -> None:
         if self.lvm.vg(self.vg) is not None:
             self.lvm.vgchange(self.vg, False)
+
+    def live_bytes(self, mount_point: str, devices: list[str]) -> dict[str, int] | None:
+        """The btrfs data in each PV's stretches of the LV: the chunks btrfs uses, laid over the LV's segments.
+
+        (A removal shrinks btrfs to about the data, then pvmove copies the PV's extents that remain in the LV: a PV
+        at the LV's end costs about its data, one at its start its extents below the new size.)"""
+        fs = self.fs.show(mount_point)
+        segments = self.lvm.segments(self.vg)
+        if fs is None or len(fs.devices) != 1 or not segments:
+            return None
+        chunks = self.fs.chunks(mount_point)
+        if chunks is None:
+            return None
+        ranges: dict[str, list[tuple[int, int]]] = {}
+        for seg in segments:
+            ranges.setdefault(os.path.realpath(seg.device), []).append((seg.lv_start, seg.lv_start + seg.size))
+        live = live_in_ranges(chunks, fs.devices[0].devid, ranges)
+        return {os.path.realpath(dev): live.get(os.path.realpath(dev), 0) for dev in devices}
 
     def can_grow(self, mount_point: str) -> bool:
         group = self.lvm.vg(self.vg)
