@@ -97,10 +97,9 @@ class DriveWorker(threading.Thread):
                      write_rate=round(pace.write_rate))
             self.urgent.set()
             self.wake.set()
-        if reason is not None:
-            # A removal under way (its move holds the step thread for hours on a big volume) gives way at once:
-            # its move is stopped, the step ends and the drive grows. Once per removal; a no-op otherwise.
-            rec.layout.preemption.request(reason)
+        # A removal under way (its move holds the step thread for hours on a big volume) gives way at once: its move
+        # is stopped, the step ends and the drive grows. Once per removal; a no-op when none runs.
+        rec.layout.preemption.sampled(usage.used, reason)
         return space.source == "sysfs"
 
     def _sample_loop(self) -> None:

@@ -87,7 +87,8 @@ class DriveFilesystem:
         """Move the data off ``device`` and take it out (btrfs wipes its superblock when done). A burst stops it
         (:class:`~bsud.host.preempt.Preempted`): the device stays, with its full ``size`` usable again at once."""
         with self.preemption.move(f"btrfs device remove {device}",
-                                  lambda: self.btrfs.device_remove_cancel(mount_point), leaving=size):
+                                  lambda: self.btrfs.device_remove_cancel(mount_point), leaving=size,
+                                  allowance=self.space.chunk_size(mount_point)):
             self.btrfs.device_remove(device, mount_point)
 
     def grow(self, mount_point: str, devid: int = 1) -> None:
@@ -126,7 +127,8 @@ class DriveFilesystem:
                 log.warning("btrfs found no room below the new size for the chunks it has to move; packing the "
                             "chunks at most half used, then shrinking again", mount=mount_point, target=target)
                 with self.preemption.move("btrfs balance (packing chunks)",
-                                          lambda: self.btrfs.balance_cancel(mount_point)):
+                                          lambda: self.btrfs.balance_cancel(mount_point),
+                                          allowance=self.space.chunk_size(mount_point)):
                     self.btrfs.compact(mount_point)
                 self._shrink(mount_point, size, target)
             size = self.single_device_size(mount_point)
@@ -136,7 +138,7 @@ class DriveFilesystem:
         """The shrinking resize, stoppable by a burst (the size goes back to ``size``); the capacity beyond
         ``target`` is out of the writers' reach from its first second."""
         with self.preemption.move("btrfs shrink", lambda: self.btrfs.resize_cancel(mount_point),
-                                  leaving=size - target):
+                                  leaving=size - target, allowance=self.space.chunk_size(mount_point)):
             self.btrfs.resize(mount_point, 1, target)
 
     # -- its space --------------------------------------------------------------------------------

@@ -20,6 +20,12 @@ the next move from starting.
 While a move runs, :attr:`Preemption.leaving` is the capacity it is taking away (a device being removed is out of
 btrfs's allocation from the first second; a shrink lowers the size at once): the sampler counts the drive's space
 without it, so the trigger sees what a writer sees.
+
+A btrfs relocation shows in the space the sampler reads as if it were a writer: the chunk being relocated is made
+read-only (its free part counted as taken) and its extents are counted twice, old and new, until the chunk is gone —
+up to one chunk's length, appearing at the relocation's speed and vanishing when the chunk is done. So a btrfs move
+carries an ``allowance`` (its data chunk size): :meth:`Preemption.sampled` stops it only once the drive's used bytes
+rose more than that above the lowest seen since the move started — growth the relocation cannot explain: a writer.
 """
 
 from __future__ import annotations
@@ -61,6 +67,8 @@ class _Move:
     leaving: int
     started: float
     ended: threading.Event
+    allowance: int = 0          # used bytes the move itself may add (a btrfs relocation's chunk in flight)
+    low: int | None = None      # the lowest used bytes sampled while it runs
 
 
 class Preemption:
@@ -102,6 +110,18 @@ class Preemption:
                 self._depth -= 1
                 if self._depth == 0:
                     self._requested = None
+
+    def sampled(self, used: int, why: str | None) -> bool:
+        """The sampler's view: ``used`` bytes now, and why the drive needs space (None: it does not). Stops the
+        removal under way when the drive needs space — for a btrfs relocation, once the used bytes rose beyond what
+        the relocation itself can add (see the module's docstring). True when this call asked for the stop."""
+        with self._lock:
+            move = self._move
+            if move is not None:
+                move.low = used if move.low is None else min(move.low, used)
+                if why is not None and used - move.low <= move.allowance:
+                    return False  # the relocation in flight may be all of it
+        return why is not None and self.request(why)
 
     def request(self, why: str) -> bool:
         """The drive needs space (``why``): stop the removal under way, if any. True when this call asked for the
@@ -150,13 +170,14 @@ class Preemption:
         return Preempted(f"{what} not started: the drive needs space ({why})", waited)
 
     @contextmanager
-    def move(self, what: str, stop: Callable[[], None], leaving: int = 0) -> Iterator[None]:
-        """Run a long move of a removal (the body runs its command) that :meth:`request` may stop with ``stop``.
+    def move(self, what: str, stop: Callable[[], None], leaving: int = 0, allowance: int = 0) -> Iterator[None]:
+        """Run a long move of a removal (the body runs its command) that :meth:`request` may stop with ``stop``;
+        ``leaving``: the capacity it takes away while it runs; ``allowance``: the used bytes it may add itself.
 
         Raises :class:`Preempted` — before starting when the removal is already pre-empted, and after the body when
         it was pre-empted meanwhile (whether the command then failed or ended well: a move that completed just as
         it was stopped is observed as such at the next step)."""
-        current = _Move(what, stop, max(0, int(leaving)), time.monotonic(), threading.Event())
+        current = _Move(what, stop, max(0, int(leaving)), time.monotonic(), threading.Event(), max(0, allowance))
         with self.span():
             with self._lock:
                 pre_empted = self._requested is not None

@@ -254,3 +254,36 @@ def test_executor_reports_a_preemption_as_its_outcome_not_a_failure():
     spec = DriveConfig(name="d", target=Target.ONLINE, mount_path=MNT, layout=Layout.LVM)
     executor = Executor(spec, cloud=None, layout=_StoppedLayout(), provider=Provider.LOCAL)  # type: ignore[arg-type]
     assert executor.run(Grow(reason="the filesystem can use more space")) is Outcome.PREEMPTED
+
+
+def test_a_relocation_in_flight_is_not_taken_for_a_writer():
+    """btrfs counts the chunk being relocated twice (and its free part read-only) until it is done: up to a chunk
+    above the data, rising at the relocation's speed — which scale_up_reason reads as a fast writer. Within that
+    allowance, above the lowest used seen during the move, the move goes on; beyond it, a writer: stopped."""
+    p = Preemption("d")
+    stops: list[str] = []
+    cancelled = threading.Event()
+    chunk = GIB
+    base = 3 * GIB // 2
+    with pytest.raises(Preempted):
+        with p.move("btrfs device remove /dev/vdc", lambda: (stops.append("cancel"), cancelled.set()),
+                    leaving=10 * GIB, allowance=chunk):
+            # chunk after chunk: read-only (+ its free part), copied (+ its data), gone (back to the data)
+            for used in (base, base + 700 * MIB, base + chunk, base, base + 900 * MIB, base + 200 * MIB):
+                assert p.sampled(used, "full in 8.0 s at 500.0 MB/s") is False
+            assert p.sampled(base + 200 * MIB, None) is False
+            # a writer: 1.2 GiB more than the lowest seen, more than a chunk in flight can explain
+            assert p.sampled(base + chunk + 200 * MIB, "full in 3.0 s at 800.0 MB/s") is True
+            assert cancelled.wait(5)  # the device remove ends once cancelled
+    assert stops == ["cancel"]
+
+
+def test_a_pvmove_is_stopped_at_the_first_sample_that_needs_space():
+    """pvmove moves extents under btrfs: nothing of it shows in btrfs's space — no allowance."""
+    p = Preemption("d")
+    stopped = threading.Event()
+    with pytest.raises(Preempted):
+        with p.move("pvmove /dev/vdc", stopped.set):
+            assert p.sampled(GIB, None) is False
+            assert p.sampled(GIB + MIB, "full in 20.0 s at 30.0 MB/s") is True
+            assert stopped.wait(5)
