@@ -287,3 +287,41 @@ def test_a_pvmove_is_stopped_at_the_first_sample_that_needs_space():
             assert p.sampled(GIB, None) is False
             assert p.sampled(GIB + MIB, "full in 20.0 s at 30.0 MB/s") is True
             assert stopped.wait(5)
+
+
+def test_the_sampler_stops_the_move_when_the_drive_needs_space(tmp_path):
+    """The seam between the drive's threads: the sampler (DriveWorker.sample) reads the live space, finds the drive
+    filling fast, and stops the removal's move the step thread is in."""
+    from types import SimpleNamespace
+
+    from bsud.cloud.local import LocalCloud
+    from bsud.config import CloudSettings, DaemonSettings, NfsSettings
+    from bsud.host.space import Pool, Space
+    from bsud.reconcile.model import DriveObs
+    from bsud.reconcile.observe import CloudSnapshot
+    from bsud.worker import DriveWorker
+
+    cloud = LocalCloud(CloudSettings(provider="local", state_dir=str(tmp_path), instance_id="i-x"))
+    config = SimpleNamespace(cloud=SimpleNamespace(provider=Provider.LOCAL), daemon=DaemonSettings(),
+                             nfs=NfsSettings())
+    owner = SimpleNamespace(cloud=cloud, snapshot=CloudSnapshot(cloud), config=config, listeners=[])
+    spec = DriveConfig(name="d", target=Target.ONLINE, mount_path=MNT, layout=Layout.LVM)
+    worker = DriveWorker(owner, spec)  # type: ignore[arg-type]
+    rec = worker.reconciler
+    rec.last_obs = DriveObs(name="d", mounted=True)
+    used = [2 * GIB]
+
+    def live_usage(mount_point: str) -> Space:  # a 4 GiB drive (the LV shrunk for the move) being written
+        return Space(size=4 * GIB, data=Pool(allocated=4 * GIB, raw_allocated=4 * GIB, used=used[0]),
+                     metadata=Pool(0, 0, 0), system=Pool(0, 0, 0))
+    rec.layout.live_usage = live_usage  # type: ignore[method-assign]
+    stopped = threading.Event()
+    with pytest.raises(Preempted):
+        with rec.layout.preemption.move("pvmove /dev/vdc", stopped.set):
+            worker.sample()
+            assert not stopped.is_set()  # nothing written yet: the move goes on
+            time.sleep(0.2)
+            used[0] += 200 * MIB     # 1 GB/s: full in 2 s, sooner than 3 grow times
+            worker.sample()
+            assert stopped.wait(5)
+    assert worker.urgent.is_set()     # and the drive's step comes at once
