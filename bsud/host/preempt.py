@@ -24,8 +24,10 @@ without it, so the trigger sees what a writer sees.
 A btrfs relocation shows in the space the sampler reads as if it were a writer: the chunk being relocated is made
 read-only (its free part counted as taken) and its extents are counted twice, old and new, until the chunk is gone —
 up to one chunk's length, appearing at the relocation's speed and vanishing when the chunk is done. So a btrfs move
-carries an ``allowance`` (its data chunk size): :meth:`Preemption.sampled` stops it only once the drive's used bytes
-rose more than that above the lowest seen since the move started — growth the relocation cannot explain: a writer.
+carries an ``allowance`` (its data chunk size): :meth:`Preemption.sampled` stops the removal only once the drive's
+used bytes rose more than that above the lowest seen since the removal started — growth the relocation cannot
+explain: a writer (the allowance holds while the relocation runs and for the rate's window after: the pvmove that
+follows a shrink is not stopped for the shrink's echo). A pvmove, invisible to btrfs's accounting, has none.
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ log = get_logger("bsud.host.preempt")
 STOP_RETRY_SECONDS = 2.0
 #: …this many times at most (a kernel that cannot cancel a relocation is not asked every 2 s for hours).
 STOP_TRIES = 10
+#: How long after a btrfs relocation its allowance still holds: the write rate is measured over the last 10 s
+#: (bsud.reconcile.pace's steady window), which may still span it.
+RELOCATION_ECHO_SECONDS = 10.0
 
 
 class Preempted(BsudError):
@@ -68,7 +73,6 @@ class _Move:
     started: float
     ended: threading.Event
     allowance: int = 0          # used bytes the move itself may add (a btrfs relocation's chunk in flight)
-    low: int | None = None      # the lowest used bytes sampled while it runs
 
 
 class Preemption:
@@ -82,6 +86,11 @@ class Preemption:
         self._requested: tuple[float, str] | None = None  # when (monotonic) and why, within the current span
         self._move: _Move | None = None
         self._stopper: threading.Thread | None = None
+        # Within the current span: the lowest used bytes sampled, and the relocation allowance in force (a btrfs
+        # move's, while it runs and for RELOCATION_ECHO_SECONDS after: the write rate looks that far back).
+        self._low: int | None = None
+        self._allowance = 0
+        self._allowance_until = 0.0
 
     @property
     def leaving(self) -> int:
@@ -101,7 +110,7 @@ class Preemption:
         one from starting."""
         with self._lock:
             if self._depth == 0:
-                self._requested = None
+                self._requested, self._low, self._allowance, self._allowance_until = None, None, 0, 0.0
             self._depth += 1
         try:
             yield
@@ -116,12 +125,15 @@ class Preemption:
         removal under way when the drive needs space — for a btrfs relocation, once the used bytes rose beyond what
         the relocation itself can add (see the module's docstring). True when this call asked for the stop."""
         with self._lock:
+            if self._depth == 0:
+                return False
+            self._low = used if self._low is None else min(self._low, used)
             move = self._move
-            if move is not None:
-                move.low = used if move.low is None else min(move.low, used)
-                if why is not None and used - move.low <= move.allowance:
-                    return False  # the relocation in flight may be all of it
-        return why is not None and self.request(why)
+            allowance = move.allowance if move is not None and move.allowance else \
+                (self._allowance if time.monotonic() < self._allowance_until else 0)
+            if why is None or used - self._low <= allowance:
+                return False  # nothing needed, or the relocation in flight may be all of it
+        return self.request(why)
 
     def request(self, why: str) -> bool:
         """The drive needs space (``why``): stop the removal under way, if any. True when this call asked for the
@@ -183,6 +195,8 @@ class Preemption:
                 pre_empted = self._requested is not None
                 if not pre_empted:
                     self._move = current
+                    if current.allowance:
+                        self._allowance = max(self._allowance, current.allowance)
             if pre_empted:
                 raise self._preempted(what, started=False)
             try:
@@ -194,6 +208,8 @@ class Preemption:
             finally:
                 with self._lock:
                     self._move = None
+                    if current.allowance:
+                        self._allowance_until = time.monotonic() + RELOCATION_ECHO_SECONDS
                 current.ended.set()
             if self.requested is not None:
                 raise self._preempted(what, started=True)

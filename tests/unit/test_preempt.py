@@ -325,3 +325,21 @@ def test_the_sampler_stops_the_move_when_the_drive_needs_space(tmp_path):
             worker.sample()
             assert stopped.wait(5)
     assert worker.urgent.is_set()     # and the drive's step comes at once
+
+
+def test_the_pvmove_after_a_shrink_is_not_stopped_for_the_shrink_s_echo(monkeypatch):
+    """lvm: the btrfs shrink relocates (its artifacts in the rate for the meter's window), then pvmove runs: within
+    that window the shrink's allowance still holds; after it, the first sample that needs space stops the pvmove."""
+    monkeypatch.setattr(preempt, "RELOCATION_ECHO_SECONDS", 0.3)
+    p = Preemption("d")
+    stopped = threading.Event()
+    with pytest.raises(Preempted):
+        with p.span():
+            with p.move("btrfs shrink", lambda: None, leaving=GIB, allowance=GIB):
+                assert p.sampled(GIB, None) is False
+                assert p.sampled(GIB + 800 * MIB, "full in 5.0 s at 400.0 MB/s") is False
+            with p.move("pvmove /dev/vdc", stopped.set):
+                assert p.sampled(GIB + 100 * MIB, "full in 9.0 s at 400.0 MB/s") is False  # the echo
+                time.sleep(0.35)
+                assert p.sampled(GIB + 100 * MIB, "full in 20.0 s at 30.0 MB/s") is True
+                assert stopped.wait(5)
