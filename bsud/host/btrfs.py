@@ -22,6 +22,9 @@ RELOCATION_TIMEOUT = 24 * 3600.0
 RELOCATION_CANCEL_TIMEOUT = 600.0
 #: Growing into a device's new space (``resize max``): instant unless the filesystem cannot commit.
 GROW_TIMEOUT = 60.0
+#: The largest data chunk btrfs allocates on a device (its stripe; smaller on a filesystem under 10 GiB). Not sysfs's
+#: ``allocation/data/chunk_size``, which says 10 GiB: the most a chunk may span over several devices.
+DATA_CHUNK_BYTES = 1024**3
 #: The smallest device btrfs accepts (and the least a shrunk filesystem is given).
 MIN_DEVICE_BYTES = 256 * 1024**2
 

@@ -12,7 +12,7 @@ import os
 
 from bsud.errors import CommandError
 from bsud.host import mounts
-from bsud.host.btrfs import Btrfs, Filesystem, FsDevice
+from bsud.host.btrfs import DATA_CHUNK_BYTES, Btrfs, Filesystem, FsDevice
 from bsud.host.preempt import Preemption
 from bsud.host.safety import Probe
 from bsud.host.space import Space, SpaceReader
@@ -21,6 +21,10 @@ from bsud.naming import label_for
 from bsud.runner import Runner
 
 log = get_logger("bsud.host.filesystem")
+
+#: What a relocation adds to the used bytes while it runs (bsud.host.preempt): the chunk in flight — measured on loop
+#: devices, 1 GiB and 1 MiB at the most — and an eighth.
+RELOCATION_ALLOWANCE = DATA_CHUNK_BYTES + DATA_CHUNK_BYTES // 8
 
 
 class DriveFilesystem:
@@ -88,7 +92,7 @@ class DriveFilesystem:
         (:class:`~bsud.host.preempt.Preempted`): the device stays, with its full ``size`` usable again at once."""
         with self.preemption.move(f"btrfs device remove {device}",
                                   lambda: self.btrfs.device_remove_cancel(mount_point), leaving=size,
-                                  allowance=self.space.chunk_size(mount_point)):
+                                  allowance=RELOCATION_ALLOWANCE):
             self.btrfs.device_remove(device, mount_point)
 
     def grow(self, mount_point: str, devid: int = 1) -> None:
@@ -128,7 +132,7 @@ class DriveFilesystem:
                             "chunks at most half used, then shrinking again", mount=mount_point, target=target)
                 with self.preemption.move("btrfs balance (packing chunks)",
                                           lambda: self.btrfs.balance_cancel(mount_point),
-                                          allowance=self.space.chunk_size(mount_point)):
+                                          allowance=RELOCATION_ALLOWANCE):
                     self.btrfs.compact(mount_point)
                 self._shrink(mount_point, size, target)
             size = self.single_device_size(mount_point)
@@ -138,7 +142,7 @@ class DriveFilesystem:
         """The shrinking resize, stoppable by a burst (the size goes back to ``size``); the capacity beyond
         ``target`` is out of the writers' reach from its first second."""
         with self.preemption.move("btrfs shrink", lambda: self.btrfs.resize_cancel(mount_point),
-                                  leaving=size - target, allowance=self.space.chunk_size(mount_point)):
+                                  leaving=size - target, allowance=RELOCATION_ALLOWANCE):
             self.btrfs.resize(mount_point, 1, target)
 
     # -- its space --------------------------------------------------------------------------------

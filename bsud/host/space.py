@@ -31,8 +31,6 @@ SYSFS_BTRFS = Path("/sys/fs/btrfs")
 REQUIRED_COUNTERS = ("bytes_used", "bytes_reserved", "bytes_may_use", "bytes_pinned")
 OPTIONAL_COUNTERS = ("bytes_readonly", "bytes_zone_unusable")
 POOLS = ("data", "metadata", "system")
-#: The largest data chunk btrfs allocates on one device (single profile).
-DATA_CHUNK_BYTES = 1024**3
 
 
 class SysfsIncomplete(BsudError):
@@ -197,17 +195,6 @@ class SpaceReader:
         found = find_fs_dir(entry, self.root)
         self._dirs = {(mount_point, dev): found} if found is not None else {}
         return found
-
-    def chunk_size(self, mount_point: str) -> int:
-        """The size of the data chunks btrfs allocates now (``allocation/data/chunk_size``, Linux 6.0+; else the
-        largest btrfs makes for data on a single device, 1 GiB)."""
-        try:
-            fs_dir = self._fs_dir(mount_point)
-            if fs_dir is not None:
-                return _read_int(fs_dir / "allocation" / "data" / "chunk_size") or DATA_CHUNK_BYTES
-        except (BsudError, OSError, ValueError):
-            pass
-        return DATA_CHUNK_BYTES
 
     def read(self, mount_point: str, size_hint: int | None = None, leaving: int = 0) -> Space:
         try:
