@@ -201,7 +201,11 @@ def removal_no_longer_fits(spec: DriveConfig, usage: UsageObs, pace: Pace, membe
     (a burst pre-empts a removal), not on the capacity a cancelled move just gave back: else the removal would be
     started again into the same burst, and stopped again, and the drive would never grow."""
     capacity_after = sum(v.size_bytes for v in members) - volume.size_bytes
-    gone = max(0, usage.used + usage.free - max(capacity_after, 0))
+    # What of the filesystem goes with the volume: all of it on btrfs's own device; on lvm, none once the LV was
+    # reduced to the other volumes before the pvmove, the part beyond them before. As the sampler counts it (size less
+    # what is leaving), so that both see the same space.
+    size = usage.size or usage.used + usage.free
+    gone = min(volume.size_bytes, max(0, size - max(capacity_after, 0)))
     up = scale_up_reason(spec, replace(usage, free=max(0, usage.free - gone)), pace)
     if up:
         return f"the drive needs space ({up})"

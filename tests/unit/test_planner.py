@@ -142,6 +142,12 @@ ONLINE_TABLE = [
     ("preempted-btrfs-removal-is-abandoned-though-its-capacity-is-back", spec(initial_size_gib=4),
      online(vol("v1", 4), vol("v2", 10, bookkeeping=REMOVING), used=3,
             pace=Pace(write_rate=250e6, grow_seconds=5)), ("MarkVolume", {"volume_id": "v2"})),
+    # …judged on the space as the sampler counted it while the device was leaving: its whole size gone, not only
+    # what the other volumes' raw size leaves of the data's room (metadata takes some of that)
+    ("preempted-btrfs-removal-judged-as-the-sampler-saw-it", spec(initial_size_gib=4),
+     online(vol("v1", 4), vol("v2", 10, bookkeeping=REMOVING),
+            usage=UsageObs(used=int(2.4 * GIB), free=int(11.1 * GIB), size=14 * GIB),
+            pace=Pace(write_rate=100e6, grow_seconds=5)), ("MarkVolume", {"volume_id": "v2"})),
     # …and resumed when no burst comes (what was relocated stays relocated)
     ("removal-goes-on-without-a-burst", spec(initial_size_gib=4),
      online(vol("v1", 4), vol("v2", 10, bookkeeping=REMOVING), used=3, pace=Pace(write_rate=1e6, grow_seconds=5)),
