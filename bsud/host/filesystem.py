@@ -23,7 +23,7 @@ from bsud.runner import Runner
 log = get_logger("bsud.host.filesystem")
 
 #: What a relocation adds to the used bytes while it runs (bsud.host.preempt): the chunk in flight — measured on loop
-#: devices, 1 GiB and 1 MiB at the most — and an eighth.
+#: devices, 1 GiB and 64 KiB — and an eighth.
 RELOCATION_ALLOWANCE = DATA_CHUNK_BYTES + DATA_CHUNK_BYTES // 8
 
 
