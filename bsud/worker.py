@@ -99,7 +99,7 @@ class DriveWorker(threading.Thread):
             self.wake.set()
         # A removal under way (its move holds the step thread for hours on a big volume) gives way at once: its move
         # is stopped, the step ends and the drive grows. Once per removal; a no-op when none runs.
-        rec.layout.preemption.sampled(usage.used, reason)
+        rec.layout.preemption.sampled(usage.used, usage.free, reason)
         return space.source == "sysfs"
 
     def _sample_loop(self) -> None:

@@ -27,7 +27,9 @@ up to one chunk's length, appearing at the relocation's speed and vanishing when
 carries an ``allowance`` (its data chunk size and a margin): :meth:`Preemption.sampled` stops the removal only once
 the drive's used bytes rose more than that above where they were when the removal started (measured: a full 1 GiB
 chunk relocated on loop devices showed as 1 GiB + 64 KiB more, at "1388 MB/s", within 0.75 s) — growth the
-relocation cannot explain: a writer (the allowance holds while the relocation runs and for the rate's window after: the pvmove that
+relocation cannot explain: a writer; or once the free bytes fell under a floor: a writer that btrfs already makes
+wait for space, which the used bytes cannot show (measured: with 2.1 GB of room left on the other volume, a chunk in
+flight and a waiting writer kept the used bytes under the allowance while the free ones fell to 64 MiB) (the allowance holds while the relocation runs and for the rate's window after: the pvmove that
 follows a shrink is not stopped for the shrink's echo). A pvmove, invisible to btrfs's accounting, has none.
 """
 
@@ -49,6 +51,10 @@ log = get_logger("bsud.host.preempt")
 STOP_RETRY_SECONDS = 2.0
 #: …this many times at most (a kernel that cannot cancel a relocation is not asked every 2 s for hours).
 STOP_TRIES = 10
+#: Free bytes under which a removal is stopped whatever explains the used ones: btrfs makes writers wait for space
+#: there (they stall for the rest of the removal, no ENOSPC), and no removal the planner starts comes that low by itself
+#: (after it the drive is at most half-way between min- and max-used-space-perc full, a chunk in flight included).
+RELOCATION_FLOOR = 256 * 1024**2
 #: How long after a btrfs relocation its allowance still holds: the write rate is measured over the last 10 s
 #: (bsud.reconcile.pace's steady window), which may still span it.
 RELOCATION_ECHO_SECONDS = 10.0
@@ -124,10 +130,11 @@ class Preemption:
                 if self._depth == 0:
                     self._requested = None
 
-    def sampled(self, used: int, why: str | None) -> bool:
-        """The sampler's view: ``used`` bytes now, and why the drive needs space (None: it does not). Stops the
-        removal under way when the drive needs space — for a btrfs relocation, once the used bytes rose beyond what
-        the relocation itself can add (see the module's docstring). True when this call asked for the stop."""
+    def sampled(self, used: int, free: int, why: str | None) -> bool:
+        """The sampler's view: ``used`` and ``free`` bytes now (free without what the move takes away), and why the
+        drive needs space (None: it does not). Stops the removal under way when the drive needs space — for a btrfs
+        relocation, once the used bytes rose beyond what the relocation itself can add, or the free bytes fell under
+        :data:`RELOCATION_FLOOR` (see the module's docstring). True when this call asked for the stop."""
         with self._lock:
             self._last_used = used
             if self._depth == 0:
@@ -136,7 +143,7 @@ class Preemption:
             move = self._move
             allowance = move.allowance if move is not None and move.allowance else \
                 (self._allowance if time.monotonic() < self._allowance_until else 0)
-            if why is None or used - self._base <= allowance:
+            if why is None or (used - self._base <= allowance and free >= RELOCATION_FLOOR):
                 return False  # nothing needed, or the relocation in flight may be all of it
         return self.request(why)
 

@@ -265,21 +265,36 @@ def test_a_relocation_in_flight_is_not_taken_for_a_writer():
     cancelled = threading.Event()
     chunk = GIB
     base = 3 * GIB // 2
-    assert p.sampled(base, None) is False  # before the removal: its baseline
+    assert p.sampled(base, 2 * GIB, None) is False  # before the removal: its baseline
     with pytest.raises(Preempted):
         with p.move("btrfs device remove /dev/vdc", lambda: (stops.append("cancel"), cancelled.set()),
                     leaving=10 * GIB, allowance=chunk):
             # chunk after chunk: read-only (+ its free part), copied (+ its data), gone (back to the data) — the
             # first sample already a chunk up (measured: 1 GiB + 64 KiB within 0.75 s, read as 1388 MB/s)
             for used in (base + chunk, base + 700 * MIB, base, base + 900 * MIB, base + 200 * MIB):
-                assert p.sampled(used, "full in 0.7 s at 1388.5 MB/s") is False
+                assert p.sampled(used, 2 * GIB, "full in 0.7 s at 1388.5 MB/s") is False
             # a writer fills in as the chunk in flight goes: the used bytes never come back down to the baseline,
             # and rise beyond what a chunk in flight can explain
             for used in (base + 600 * MIB, base + 900 * MIB):
-                assert p.sampled(used, "full in 12.8 s at 67.2 MB/s") is False
-            assert p.sampled(base + chunk + 200 * MIB, "full in 3.0 s at 800.0 MB/s") is True
+                assert p.sampled(used, GIB, "full in 12.8 s at 67.2 MB/s") is False
+            assert p.sampled(base + chunk + 200 * MIB, 900 * MIB, "full in 3.0 s at 800.0 MB/s") is True
             assert cancelled.wait(5)  # the device remove ends once cancelled
     assert stops == ["cancel"]
+
+
+def test_a_writer_btrfs_makes_wait_is_seen_by_the_free_bytes():
+    """Little room on the other volume: a chunk in flight and a writer btrfs makes wait for space keep the used bytes
+    under the allowance (measured: 2.1 GB of room, the free bytes down to 64 MiB). Under the floor: stopped."""
+    p = Preemption("d")
+    cancelled = threading.Event()
+    base = 3 * GIB // 2
+    assert p.sampled(base, 2 * GIB, None) is False
+    with pytest.raises(Preempted):
+        with p.move("btrfs device remove /dev/vdc", cancelled.set, leaving=10 * GIB, allowance=GIB + GIB // 8):
+            assert p.sampled(base + GIB, GIB, "full in 0.7 s at 1388.5 MB/s") is False
+            assert p.sampled(base + GIB, 300 * MIB, "used 91.0% >= 85%") is False
+            assert p.sampled(base + GIB + 30 * MIB, 64 * MIB, "used 98.3% >= 85%") is True
+            assert cancelled.wait(5)
 
 
 def test_a_pvmove_is_stopped_at_the_first_sample_that_needs_space():
@@ -288,8 +303,8 @@ def test_a_pvmove_is_stopped_at_the_first_sample_that_needs_space():
     stopped = threading.Event()
     with pytest.raises(Preempted):
         with p.move("pvmove /dev/vdc", stopped.set):
-            assert p.sampled(GIB, None) is False
-            assert p.sampled(GIB + MIB, "full in 20.0 s at 30.0 MB/s") is True
+            assert p.sampled(GIB, 2 * GIB, None) is False
+            assert p.sampled(GIB + MIB, 2 * GIB, "full in 20.0 s at 30.0 MB/s") is True
             assert stopped.wait(5)
 
 
@@ -340,10 +355,10 @@ def test_the_pvmove_after_a_shrink_is_not_stopped_for_the_shrink_s_echo(monkeypa
     with pytest.raises(Preempted):
         with p.span():
             with p.move("btrfs shrink", lambda: None, leaving=GIB, allowance=GIB):
-                assert p.sampled(GIB, None) is False
-                assert p.sampled(GIB + 800 * MIB, "full in 5.0 s at 400.0 MB/s") is False
+                assert p.sampled(GIB, 2 * GIB, None) is False
+                assert p.sampled(GIB + 800 * MIB, 2 * GIB, "full in 5.0 s at 400.0 MB/s") is False
             with p.move("pvmove /dev/vdc", stopped.set):
-                assert p.sampled(GIB + 100 * MIB, "full in 9.0 s at 400.0 MB/s") is False  # the echo
+                assert p.sampled(GIB + 100 * MIB, 2 * GIB, "full in 9.0 s at 400.0 MB/s") is False  # the echo
                 time.sleep(0.35)
-                assert p.sampled(GIB + 100 * MIB, "full in 20.0 s at 30.0 MB/s") is True
+                assert p.sampled(GIB + 100 * MIB, 2 * GIB, "full in 20.0 s at 30.0 MB/s") is True
                 assert stopped.wait(5)
