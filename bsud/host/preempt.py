@@ -51,10 +51,12 @@ log = get_logger("bsud.host.preempt")
 STOP_RETRY_SECONDS = 2.0
 #: …this many times at most (a kernel that cannot cancel a relocation is not asked every 2 s for hours).
 STOP_TRIES = 10
-#: Free bytes under which a removal is stopped whatever explains the used ones: btrfs makes writers wait for space
-#: there (they stall for the rest of the removal, no ENOSPC), and no removal the planner starts comes that low by itself
-#: (after it the drive is at most half-way between min- and max-used-space-perc full, a chunk in flight included).
-RELOCATION_FLOOR = 256 * 1024**2
+#: Free bytes under which a removal is stopped whatever explains the used ones: near there btrfs makes writers wait
+#: for space (they stall for the rest of the removal, no ENOSPC). A removal comes that low by itself only when the
+#: chunk in flight takes nearly all the room the volume leaves (the planner's hysteresis leaves the drive at most
+#: half-way between min- and max-used-space-perc full); it is then stopped too, and goes on at its next attempts —
+#: what was relocated stays relocated.
+RELOCATION_FLOOR = 512 * 1024**2
 #: How long after a btrfs relocation its allowance still holds: the write rate is measured over the last 10 s
 #: (bsud.reconcile.pace's steady window), which may still span it.
 RELOCATION_ECHO_SECONDS = 10.0

@@ -284,7 +284,7 @@ def test_a_relocation_in_flight_is_not_taken_for_a_writer():
 
 def test_a_writer_btrfs_makes_wait_is_seen_by_the_free_bytes():
     """Little room on the other volume: a chunk in flight and a writer btrfs makes wait for space keep the used bytes
-    under the allowance (measured: 2.1 GB of room, the free bytes down to 64 MiB). Under the floor: stopped."""
+    under the allowance (measured: 2.1 GB of room, the free bytes down to 64 MiB). Under 512 MiB: stopped."""
     p = Preemption("d")
     cancelled = threading.Event()
     base = 3 * GIB // 2
@@ -292,7 +292,7 @@ def test_a_writer_btrfs_makes_wait_is_seen_by_the_free_bytes():
     with pytest.raises(Preempted):
         with p.move("btrfs device remove /dev/vdc", cancelled.set, leaving=10 * GIB, allowance=GIB + GIB // 8):
             assert p.sampled(base + GIB, GIB, "full in 0.7 s at 1388.5 MB/s") is False
-            assert p.sampled(base + GIB, 300 * MIB, "used 91.0% >= 85%") is False
+            assert p.sampled(base + GIB, 600 * MIB, "used 86.0% >= 85%") is False
             assert p.sampled(base + GIB + 30 * MIB, 64 * MIB, "used 98.3% >= 85%") is True
             assert cancelled.wait(5)
 
