@@ -2,7 +2,8 @@
 
 The sampler reads the mounted drive's space from sysfs every ``usage-interval-seconds`` (file reads: no process,
 no API call), feeds the write rate, and wakes the drive at once when the planner's own
-:func:`scale_up_reason` says it needs space. The drive's thread runs a full observe/plan/act step every
+:func:`scale_up_reason` says it needs space — stopping first the move of a removal that the step thread may be in
+(a burst pre-empts a removal: see bsud.host.preempt). The drive's thread runs a full observe/plan/act step every
 ``full-check-seconds``, at once when woken, and retries a failed step with a doubling delay (up to 5 minutes).
 """
 
@@ -108,6 +109,9 @@ class DriveWorker(threading.Thread):
                      write_rate=round(pace.write_rate))
             self.urgent.set()
             self.wake.set()
+        # A removal under way (its move holds the step thread for hours on a big volume) gives way at once: its move
+        # is stopped, the step ends and the drive grows. Once per removal; a no-op when none runs.
+        rec.layout.preemption.sampled(usage.used, usage.free, reason)
         return space.source == "sysfs"
 
     def _sample_loop(self) -> None:

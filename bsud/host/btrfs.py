@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from bsud.errors import CommandError
 from bsud.logs import get_logger
 from bsud.runner import Runner
 
@@ -17,8 +18,13 @@ log = get_logger("bsud.host.btrfs")
 
 #: Shrinking relocates data: allow it hours on big volumes.
 RELOCATION_TIMEOUT = 24 * 3600.0
+#: Cancelling a relocation waits for the kernel to stop it (at its next check: within the extent being moved).
+RELOCATION_CANCEL_TIMEOUT = 600.0
 #: Growing into a device's new space (``resize max``): instant unless the filesystem cannot commit.
 GROW_TIMEOUT = 60.0
+#: The largest data chunk btrfs allocates on a device (its stripe; smaller on a filesystem under 10 GiB). Not sysfs's
+#: ``allocation/data/chunk_size``, which says 10 GiB: the most a chunk may span over several devices.
+DATA_CHUNK_BYTES = 1024**3
 #: The smallest device btrfs accepts (and the least a shrunk filesystem is given).
 MIN_DEVICE_BYTES = 256 * 1024**2
 
@@ -184,6 +190,27 @@ class Btrfs:
     def device_remove(self, device: str, mount_point: str) -> None:
         """Remove a device, relocating its data onto the others (long: hours on big volumes)."""
         self.runner.run(["btrfs", "device", "remove", device, mount_point], timeout=RELOCATION_TIMEOUT)
+
+    def device_remove_cancel(self, mount_point: str) -> None:
+        """Stop a ``device remove`` under way (kernel 5.14+; run from another thread): the kernel stops relocating
+        at its next check and this returns once it did — with an error, "Operation canceled", which is the answer
+        (anything else is raised). The chunks already relocated stay where they went; the device keeps its place,
+        gets its size back and takes new chunks again. Fails while no removal runs."""
+        self._cancel(["btrfs", "device", "remove", "cancel", mount_point])
+
+    def resize_cancel(self, mount_point: str) -> None:
+        """Stop a shrinking resize under way (kernel 5.14+), as :meth:`device_remove_cancel`: the size goes back."""
+        self._cancel(["btrfs", "filesystem", "resize", "cancel", mount_point])
+
+    def balance_cancel(self, mount_point: str) -> None:
+        """Stop a balance under way (it ends after the chunk it is relocating)."""
+        self.runner.run(["btrfs", "balance", "cancel", mount_point], timeout=RELOCATION_CANCEL_TIMEOUT)
+
+    def _cancel(self, argv: list[str]) -> None:
+        # btrfs-progs exits 1 for any error: "Operation canceled" is told apart by its text.
+        out = self.runner.run(argv, timeout=RELOCATION_CANCEL_TIMEOUT, ok_codes=(0, 1))
+        if out.returncode != 0 and "canceled" not in (out.stderr + out.stdout).lower():
+            raise CommandError(argv, out.returncode, out.stdout, out.stderr)
 
     def compact(self, mount_point: str, usage_percent: int = 50) -> None:
         """Rewrite the data and metadata chunks at most ``usage_percent`` used into fewer, full ones (a balance

@@ -12,8 +12,9 @@ import os
 
 from bsud.errors import BsudError, CommandError
 from bsud.host import mounts
-from bsud.host.btrfs import Btrfs, Filesystem, FsDevice
+from bsud.host.btrfs import DATA_CHUNK_BYTES, Btrfs, Filesystem, FsDevice
 from bsud.host.chunks import Chunk, live_by_devid, parse_device_usage, read_chunks
+from bsud.host.preempt import Preemption
 from bsud.host.safety import Probe
 from bsud.host.space import Space, SpaceReader
 from bsud.logs import get_logger
@@ -22,14 +23,20 @@ from bsud.runner import Runner
 
 log = get_logger("bsud.host.filesystem")
 
+#: What a relocation adds to the used bytes while it runs (bsud.host.preempt): the chunk in flight — measured on loop
+#: devices, 1 GiB and 64 KiB — and an eighth.
+RELOCATION_ALLOWANCE = DATA_CHUNK_BYTES + DATA_CHUNK_BYTES // 8
+
 
 class DriveFilesystem:
     fstype = "btrfs"
     #: The commands it runs (beside the layout's own).
     tools: tuple[str, ...] = ("btrfs", "mkfs.btrfs")
 
-    def __init__(self, drive: str, runner: Runner) -> None:
+    def __init__(self, drive: str, runner: Runner, preemption: Preemption | None = None) -> None:
         self.btrfs = Btrfs(runner)
+        #: The drive's removal as the sampler can stop it (a relocation here is one of its moves).
+        self.preemption = preemption or Preemption(drive)
         self.space = SpaceReader(self.btrfs)
         self.label = label_for(drive)
         self._size_hint: int | None = None
@@ -82,9 +89,13 @@ class DriveFilesystem:
     def add_device(self, device: str, mount_point: str) -> None:
         self.btrfs.device_add(device, mount_point)
 
-    def remove_device(self, device: str, mount_point: str) -> None:
-        """Move the data off ``device`` and take it out (btrfs wipes its superblock when done)."""
-        self.btrfs.device_remove(device, mount_point)
+    def remove_device(self, device: str, mount_point: str, size: int = 0) -> None:
+        """Move the data off ``device`` and take it out (btrfs wipes its superblock when done). A burst stops it
+        (:class:`~bsud.host.preempt.Preempted`): the device stays, with its full ``size`` usable again at once."""
+        with self.preemption.move(f"btrfs device remove {device}",
+                                  lambda: self.btrfs.device_remove_cancel(mount_point), leaving=size,
+                                  allowance=RELOCATION_ALLOWANCE):
+            self.btrfs.device_remove(device, mount_point)
 
     def grow(self, mount_point: str, devid: int = 1) -> None:
         """Give one of its devices (the only one, on an LV) all its size."""
@@ -113,7 +124,7 @@ class DriveFilesystem:
         size = self.single_device_size(mount_point)
         if size is not None and size > target:
             try:
-                self.btrfs.resize(mount_point, 1, target)
+                self._shrink(mount_point, size, target)
             except CommandError as exc:
                 if "No space left" not in exc.stderr:
                     raise
@@ -121,10 +132,20 @@ class DriveFilesystem:
                 # drive emptied after it was filled): pack those, then try once more (a failure again is reported).
                 log.warning("btrfs found no room below the new size for the chunks it has to move; packing the "
                             "chunks at most half used, then shrinking again", mount=mount_point, target=target)
-                self.btrfs.compact(mount_point)
-                self.btrfs.resize(mount_point, 1, target)
+                with self.preemption.move("btrfs balance (packing chunks)",
+                                          lambda: self.btrfs.balance_cancel(mount_point),
+                                          allowance=RELOCATION_ALLOWANCE):
+                    self.btrfs.compact(mount_point)
+                self._shrink(mount_point, size, target)
             size = self.single_device_size(mount_point)
         return size
+
+    def _shrink(self, mount_point: str, size: int, target: int) -> None:
+        """The shrinking resize, stoppable by a burst (the size goes back to ``size``); the capacity beyond
+        ``target`` is out of the writers' reach from its first second."""
+        with self.preemption.move("btrfs shrink", lambda: self.btrfs.resize_cancel(mount_point),
+                                  leaving=size - target, allowance=RELOCATION_ALLOWANCE):
+            self.btrfs.resize(mount_point, 1, target)
 
     # -- its space --------------------------------------------------------------------------------
 
@@ -161,8 +182,9 @@ class DriveFilesystem:
         return self.space.read(mount_point, self._size_hint)
 
     def live_usage(self, mount_point: str) -> Space:
-        """Live space from sysfs file reads alone, for sampling between full observations."""
-        return self.space.read(mount_point, self._size_hint)
+        """Live space from sysfs file reads alone, for sampling between full observations; while a removal's move
+        runs, without the capacity it takes away (which writers can no longer use)."""
+        return self.space.read(mount_point, self._size_hint, leaving=self.preemption.leaving)
 
 
 def device_bytes(path: str) -> int | None:

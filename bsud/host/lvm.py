@@ -19,6 +19,8 @@ from bsud.runner import Runner
 log = get_logger("bsud.host.lvm")
 
 PVMOVE_TIMEOUT = 48 * 3600.0
+#: Aborting a pvmove is a metadata change (and the LV's table reloaded): no copying.
+PVMOVE_ABORT_TIMEOUT = 300.0
 
 
 @dataclass(frozen=True)
@@ -291,6 +293,12 @@ class Lvm:
                 log.info("pvmove progress", device=m.group(1), percent=float(m.group(2)))
 
         self.runner.run(argv, timeout=PVMOVE_TIMEOUT, on_line=progress)
+
+    def pvmove_abort(self, device: str) -> None:
+        """Stop the move off ``device`` (run while ``pvmove`` runs, from another thread). Without ``--atomic``
+        (bsud never uses it), the segments already mirrored stay on their new PV and the one being copied stays on
+        ``device``; the pvmove LV goes away and the LV is whole. The moving ``pvmove`` command then ends."""
+        self.runner.run(["lvm", "pvmove", "--abort", device], timeout=PVMOVE_ABORT_TIMEOUT)
 
     def vgreduce(self, vg: str, device: str) -> None:
         self.runner.run(["lvm", "vgreduce", vg, device], timeout=120)

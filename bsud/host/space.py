@@ -149,19 +149,23 @@ def device_bytes(fs_dir: Path, files: CounterFiles | None = None) -> int:
     return total
 
 
-def read_space(fs_dir: Path, size_hint: int | None = None, files: CounterFiles | None = None) -> Space:
+def read_space(fs_dir: Path, size_hint: int | None = None, files: CounterFiles | None = None,
+               leaving: int = 0) -> Space:
     """The live space of the filesystem whose sysfs directory is ``fs_dir``.
 
     ``size_hint`` is the filesystem's size as btrfs last reported it (``btrfs filesystem show``):
     block devices can be larger than the filesystem on them until it is resized (LVM before
     ``resize max``), so the smaller of the two is used — never more capacity than is usable.
+    ``leaving`` is capacity a removal under way is taking away (a device being removed, the part
+    of a device beyond a shrink's target): neither sysfs nor the hint shows it yet, writers
+    already cannot use it.
     """
     allocation = fs_dir / "allocation"
     pools = [read_pool(allocation / name, files) for name in POOLS]
     size = device_bytes(fs_dir, files)
     if size_hint is not None:
         size = min(size, size_hint)
-    return Space(size=size, data=pools[0], metadata=pools[1], system=pools[2])
+    return Space(size=max(0, size - leaving), data=pools[0], metadata=pools[1], system=pools[2])
 
 
 def space_from_usage(usage: Usage) -> Space:
@@ -202,11 +206,11 @@ class SpaceReader:
         self._fallback_said = False
         self.fallback = False
 
-    def _read_sysfs(self, mount_point: str, size_hint: int | None) -> Space:
+    def _read_sysfs(self, mount_point: str, size_hint: int | None, leaving: int) -> Space:
         fs_dir = self._fs_dir(mount_point)
         if fs_dir is None:
             raise SysfsIncomplete(f"no directory under {self.root} for the btrfs mounted on {mount_point}")
-        space = read_space(fs_dir, size_hint, self._files)
+        space = read_space(fs_dir, size_hint, self._files, leaving)
         self.fallback = False
         return space
 
@@ -228,14 +232,14 @@ class SpaceReader:
         self._files.close()  # another filesystem (or none) here now: its counters are other files
         return found
 
-    def read(self, mount_point: str, size_hint: int | None = None) -> Space:
+    def read(self, mount_point: str, size_hint: int | None = None, leaving: int = 0) -> Space:
         try:
-            return self._read_sysfs(mount_point, size_hint)
+            return self._read_sysfs(mount_point, size_hint, leaving)
         except SysfsIncomplete:
             self._dirs = {}  # the filesystem found last time may be gone: look it up again, once
             self._files.close()
         try:
-            return self._read_sysfs(mount_point, size_hint)
+            return self._read_sysfs(mount_point, size_hint, leaving)
         except SysfsIncomplete as exc:
             if not self._fallback_said:
                 log.warning("btrfs live space accounting is not readable from sysfs; using 'btrfs filesystem "

@@ -271,6 +271,11 @@ class DriveReconciler:
             self.emit(self.events.exports_applied(obs))
         self.status.outcome = outcome.value
         self.emit(self.events.executed(current, obs, time.monotonic(), self.executor.created))
+        if outcome is Outcome.PREEMPTED:
+            # A burst stopped the removal's move: the drive is planned again at once (growth first). Not a repeat:
+            # bursts that come and go would otherwise make a removal look stuck.
+            self._repeats, self._unchanged, self._previous = 0, 0, None
+            return current
         # Only a completed execution counts as a repeat: a failure is retried with backoff, not counted.
         if self._previous != action:
             self._repeats, self._unchanged = 0, 0

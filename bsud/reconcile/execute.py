@@ -15,6 +15,7 @@ from bsud.host import mounts
 from bsud.host.exports import ExportKind
 from bsud.host.devices import DeviceWaiter, Resolution, VolumeRef, find_device
 from bsud.host.layouts import StorageLayout
+from bsud.host.preempt import Preempted
 from bsud.host.safety import probe
 from bsud.logs import get_logger
 from bsud.naming import DRIVE_TAG, STATE_TAG
@@ -88,7 +89,14 @@ class Executor:
 
     def run(self, action: Action, devices: list[str] | None = None) -> Outcome:
         """Carry out ``action``; ``devices`` are the drive's devices as the observation it was planned on
-        resolved them. Returns whether something changed; raises :class:`BsudError` when it failed."""
+        resolved them. Returns whether something changed (or whether a burst pre-empted the removal's move it ran:
+        not a failure, the drive is planned again at once); raises :class:`BsudError` when it failed."""
+        try:
+            return self._run(action, devices)
+        except Preempted:
+            return Outcome.PREEMPTED  # said in the log where the move was stopped
+
+    def _run(self, action: Action, devices: list[str] | None) -> Outcome:
         self.devices = devices or []
         self.created: str | None = None
         changed: bool | None

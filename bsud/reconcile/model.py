@@ -267,6 +267,7 @@ class Outcome(Enum):
 
     CHANGED = "changed"
     UNCHANGED = "unchanged"   # it was already so: planned again, the action has no effect
+    PREEMPTED = "preempted"   # a removal's move stopped because the drive needs space: planned again at once
 
 
 #: Every phase a drive can be in (its status; the ``phase`` label of the metric ``bsud_drive_phase``).

@@ -38,7 +38,7 @@ class DriveStatus:
     volumes: list[dict[str, object]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     last_error: str | None = None
-    outcome: str | None = None               # what the last action executed did (changed / unchanged)
+    outcome: str | None = None               # what the last action executed did (changed / unchanged / preempted)
     errors: int = 0                          # steps that failed since bsud started (each retried)
     last_scale_event: dict[str, Any] | None = None  # the last scale-up/scale-down event (started, done, …)
     #: wanted, names, in_sync, servers, detail; once applying them failed: error, failing (export names), attempts,

@@ -7,7 +7,7 @@ asks :func:`scale_up_reason` several times a second, the planner the rest after 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bsud.config import DriveConfig
 from bsud.naming import GIB, REMOVING
@@ -414,11 +414,20 @@ def _left_text(usage: UsageObs, pace: Pace) -> str:
 
 def removal_no_longer_fits(spec: DriveConfig, usage: UsageObs, pace: Pace, members: list[VolumeObs],
                            volume: VolumeObs) -> str | None:
-    """Why a removal in progress must be abandoned (the volume stays), or None. Growth comes first."""
-    up = scale_up_reason(spec, usage, pace)
+    """Why a removal in progress must be abandoned (the volume stays), or None. Growth comes first.
+
+    The drive is judged as it will be without the volume — as the sampler judged it while the removal's move ran
+    (a burst pre-empts a removal), not on the capacity a cancelled move just gave back: else the removal would be
+    started again into the same burst, and stopped again, and the drive would never grow."""
+    capacity_after = sum(v.size_bytes for v in members) - volume.size_bytes
+    # What of the filesystem goes with the volume: all of it on btrfs's own device; on lvm, none once the LV was
+    # reduced to the other volumes before the pvmove, the part beyond them before. As the sampler counts it (size less
+    # what is leaving), so that both see the same space.
+    size = usage.size or usage.used + usage.free
+    gone = min(volume.size_bytes, max(0, size - max(capacity_after, 0)))
+    up = scale_up_reason(spec, replace(usage, free=max(0, usage.free - gone)), pace)
     if up:
         return f"the drive needs space ({up})"
-    capacity_after = sum(v.size_bytes for v in members) - volume.size_bytes
     after = 100.0 * usage.used / capacity_after if capacity_after > 0 else math.inf
     if after >= spec.max_used_space_perc:
         return f"the data would fill {after:.1f}% of the drive without it"

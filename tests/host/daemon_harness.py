@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -161,3 +163,57 @@ def kernel_tail(lines: int = 25) -> str:
     """The kernel's last messages (btrfs and device-mapper say there why a resize or a move failed)."""
     out = subprocess.run(["dmesg"], capture_output=True, text=True)
     return "\n".join(out.stdout.splitlines()[-lines:]) if out.returncode == 0 else f"(dmesg: {out.stderr.strip()})"
+
+
+def log_events(log_path: Path) -> list[dict[str, Any]]:
+    """The daemon's JSON log lines (other lines left out)."""
+    out = []
+    for line in log_path.read_text().splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            out.append(event)
+    return out
+
+
+def _seconds(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+@dataclass(frozen=True)
+class Preemption:
+    """One pre-empted removal, from the log: seconds from the sampler asking for the stop (the sample that saw the
+    drive need space while the move ran) to the move's command ending, to the next step starting, and to the first
+    step that grows (Grow, CreateVolume; None when the cancelled move gave the capacity back itself)."""
+
+    stopped: float
+    next_step: float
+    next_action: str
+    grow: float | None
+
+    def describe(self) -> str:
+        grow = "" if self.grow is None else f", → Grow/CreateVolume starting {self.grow:.2f} s"
+        return (f"trigger → move stopped {self.stopped:.2f} s, → next step {self.next_step:.2f} s "
+                f"({self.next_action}){grow}")
+
+
+def preemption_waits(log_path: Path) -> list[Preemption]:
+    events = log_events(log_path)
+    found = []
+    for i, e in enumerate(events):
+        if e.get("event") != "removal pre-empted: the drive needs space; stopping the move":
+            continue
+        asked = _seconds(e["timestamp"])
+        later = events[i:]
+        stopped = next((x for x in later if x.get("event") == "removal pre-empted: move stopped"), None)
+        step = next((x for x in later if x.get("event") == "step"), None)
+        grow = next((x for x in later if x.get("event") == "step" and x.get("action") in ("Grow", "CreateVolume")),
+                    None)
+        if stopped is None or step is None:
+            continue
+        found.append(Preemption(round(_seconds(stopped["timestamp"]) - asked, 2),
+                                round(_seconds(step["timestamp"]) - asked, 2), f"{step['action']}: {step['reason']}",
+                                None if grow is None else round(_seconds(grow["timestamp"]) - asked, 2)))
+    return found

@@ -1,6 +1,7 @@
 """Never full: a steady writer that filled a 2 GiB drive before live usage (ENOSPC after 1827 MiB at 50 MB/s)
-writes 3 GiB with no error, and every byte reads back with its checksum. Local provider, btrfs layout, the
-daemon as a process with its default sampling."""
+writes 3 GiB with no error, and every byte reads back with its checksum; a burst that starts with a removal (which
+filled the drive after 2927 MiB in issue 21) pre-empts it. Local provider, btrfs layout, the daemon as a process
+with its default sampling."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ from pathlib import Path
 import pytest
 
 from bench.fill import Writer
+from bsud.cloud.local import LocalCloud
+from bsud.config import CloudSettings
 
-from .daemon_harness import DaemonHarness
+from .daemon_harness import DaemonHarness, preemption_waits
 
 pytestmark = pytest.mark.host
 
-GIB = 1024**3
+GIB, MIB = 1024**3, 1024**2
 
 
 @pytest.fixture
@@ -43,3 +46,79 @@ def test_steady_writer_never_fills_the_drive(harness: DaemonHarness):
     assert "scale-up trigger" in log and "grow done: capacity usable" in log
     assert writer.check() == []  # every byte back, in order
     assert h.stop() == 0
+
+
+def removal_of_a_volume_holding_data(workdir: Path, drive: str) -> tuple[DaemonHarness, list[Writer]]:
+    """issue 21's drive: 4 + 10 GiB, 1.5 GiB of data, nearly all of it on the 10 GiB volume; the daemon started with
+    the config that makes it remove that volume (1.5 of 14 GiB is under min-used-space-perc 40 %). Returns once the
+    removal step started, with the writers of the data (to read it back)."""
+    h = DaemonHarness(workdir, drive=drive, daemon={"usage-interval-seconds": None},
+                      **{"initial-size-gib": 4, "max-bsu-count": 4, "max-total-size-gib": 32,
+                         "min-used-space-perc": 1})
+    data = [Writer(h.mount / "a.bin", None, 256 * MIB, verify=True), Writer(h.mount / "b.bin", None, 1280 * MIB,
+                                                                           verify=True)]
+    try:
+        h.start()
+        h.wait_online(volumes=1)
+        assert h.stop() == 0
+        data[0].run()  # a drive of two volumes found empty loses one at once: not empty
+        cloud = LocalCloud(CloudSettings(provider="local", state_dir=str(h.state_dir), instance_id="i-lifecycle"))
+        cloud.create_volume(drive, 10, "gp2")
+        h.start()
+        h.wait_online(volumes=2)
+        assert h.stop() == 0
+        data[1].run()  # onto the 10 GiB volume: btrfs puts new chunks on the device with the most room
+        subprocess.run(["sync"], check=True)
+        h.write_config(**{"min-used-space-perc": 40})
+        h.start()  # a fresh write-rate meter: the writing above is no burst to it
+        h.wait_for("the removal started", lambda s: '"action": "RemoveFromDrive"' in h.tail(50), timeout=60)
+    except BaseException:
+        h.close()
+        raise
+    return h, data
+
+
+def test_a_removal_with_no_writer_is_not_preempted_by_its_own_relocation(workdir: Path):
+    """btrfs counts a chunk being relocated twice (and its free part as read-only) until it is done: the sampler
+    must not take that for a writer and stop the removal it is watching."""
+    h, data = removal_of_a_volume_holding_data(workdir, "quietrm")
+    try:
+        h.wait_for("the removal done", lambda s: '"argv": ["btrfs", "device", "remove"' in h.tail(50), timeout=180)
+        log = h.log_path.read_text()
+        # The relocation looked like a writer to the sampler (a chunk's worth in under a second)…
+        removal = log[log.index('"action": "RemoveFromDrive"'):log.index('"argv": ["btrfs", "device", "remove"')]
+        assert '"event": "scale-up trigger"' in removal
+        assert "removal pre-empted" not in log, h.tail(80)  # …and was not stopped for it
+        h.wait_for("the volume retired", lambda s: s.get("phase") == "online" and s.get("action") == "Idle"
+                   and len(s["volumes"]) == 1, timeout=120)
+        assert [w.check() for w in data] == [[], []]
+        assert h.stop() == 0
+    finally:
+        h.close()
+
+
+def test_burst_during_a_device_remove_preempts_it(workdir: Path, capsys):
+    """issue 21: drive 4 + 10 GiB, data down to 1.5 GiB (on the 10 GiB volume), bsud starts removing the 10 GiB
+    volume and a writer starts at that moment at full speed. It got ENOSPC after 2927 MiB (only the first volume was
+    left to write to, and no grow could start until the removal ended). Now the sampler sees the drive without the
+    leaving device, cancels the device remove (the device gets its size back), the removal is abandoned: the writer
+    writes 2.5 GiB (more than the first volume has room for) with no error and every byte reads back."""
+    h, data = removal_of_a_volume_holding_data(workdir, "preempt")
+    try:
+        writer = Writer(h.mount / "burst.bin", None, 5 * GIB // 2, verify=True)
+        writer.run()
+        assert not writer.enospc, f"ENOSPC after {writer.written >> 20} MiB; log tail:\n{h.tail(60)}"
+        subprocess.run(["sync"], check=True)
+        st = h.wait_online(timeout=120)
+        waits = preemption_waits(h.log_path)
+        assert waits, f"the removal was not pre-empted:\n{h.tail(60)}"
+        assert not any(v.get("bookkeeping") for v in st["volumes"]), st["volumes"]  # the removal was abandoned
+        assert sum(v["size_gib"] for v in st["volumes"]) >= 14  # the 10 GiB volume stayed
+        assert [w.check() for w in (*data, writer)] == [[], [], []]  # every byte back
+        assert h.stop() == 0
+        with capsys.disabled():
+            for w in waits:
+                print(f"\nbtrfs device remove pre-empted: {w.describe()}; writer {writer.written >> 20} MiB at "
+                      f"{writer.written / writer.seconds / 1e6:.0f} MB/s, no ENOSPC", flush=True)
+    finally:
+        h.close()

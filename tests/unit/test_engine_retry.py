@@ -18,7 +18,7 @@ from bsud.reconcile import engine
 from bsud.reconcile.engine import REMOVAL_FAILURE_LIMIT, REPEAT_LIMIT, UNCHANGED_LIMIT, DriveReconciler
 from bsud.reconcile.execute import ActionError
 from bsud.reconcile.model import (REMOVING, ApplyExports, DriveObs, ExportsObs, Grow, Idle, MarkVolume, Outcome,
-                                  RemoveFromDrive, Unmount, UsageObs, VolumeObs)
+                                  Pace, RemoveFromDrive, Unmount, UsageObs, VolumeObs)
 from bsud.reconcile.observe import CloudSnapshot
 from bsud.sinks import DaemonReport
 
@@ -172,6 +172,28 @@ def test_a_removal_failing_again_and_again_is_given_up_for_an_hour_then_tried_ag
     assert fake.done == ["RemoveFromDrive"] * REMOVAL_FAILURE_LIMIT + ["MarkVolume"]
     clock[0] += engine.REMOVAL_HOLD_SECONDS + 1
     assert rec.step().action == MarkVolume(volume_id="v1", value=REMOVING)  # an hour on: tried again
+
+
+def test_a_preempted_removal_is_no_failure_and_gives_way_to_growth(drive):
+    """issue 21: bursts pre-empting a removal again and again never hold it back as failing (no error, no failed
+    event); the step after a pre-emption, the burst still on, abandons it (the removal gives way to growth)."""
+    rec, fake = drive
+    small = VolumeObs(id="v1", size_gib=4, state="in-use", attached_here=True, device="/dev/x", member=True)
+    big = VolumeObs(id="v2", size_gib=10, state="in-use", attached_here=True, device="/dev/y", member=True,
+                    bookkeeping=REMOVING)
+    low = UsageObs(used=3 << 30, free=11 << 30, size=14 << 30)
+    quiet = DriveObs(name="d", volumes=(small, big), has_filesystem=True, mounted=True, active=True, usage=low)
+    fake.outcome = Outcome.PREEMPTED
+    rec.next_obs = quiet
+    for _ in range(max(REMOVAL_FAILURE_LIMIT, REPEAT_LIMIT) + 1):  # bursts come and go: the removal starts again
+        action = rec.step().action
+        assert isinstance(action, RemoveFromDrive) and action.volume_id == "v2"
+        assert rec.status.outcome == "preempted"
+    assert rec.status.errors == 0 and rec.status.last_error is None and rec._held_removals() == ()
+    fake.outcome = Outcome.CHANGED
+    rec.next_obs = replace_(quiet, pace=Pace(write_rate=250e6, grow_seconds=5))  # the burst's pace
+    abandon = rec.step().action
+    assert abandon == MarkVolume(volume_id="v2", value="") and "needs space" in abandon.reason
 
 
 def test_the_last_observation_is_kept_while_steps_fail_to_observe_and_across_a_reload(drive, monkeypatch):

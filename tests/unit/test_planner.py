@@ -136,6 +136,30 @@ ONLINE_TABLE = [
     ("removal-abandoned-when-filling-fast", spec(),
      online(vol("v1"), vol("v2", 12, bookkeeping=REMOVING), used=2,
             pace=Pace(write_rate=200e6, grow_seconds=60)), ("MarkVolume", {"volume_id": "v2"})),
+    # issue 21: a burst pre-empts a removal. Once btrfs's device remove is cancelled the drive has the volume's
+    # capacity back, but the removal is judged on the drive without it, as the sampler judged it: abandoned (else it
+    # would start again into the burst, be stopped again, and the drive never grow)…
+    ("preempted-btrfs-removal-is-abandoned-though-its-capacity-is-back", spec(initial_size_gib=4),
+     online(vol("v1", 4), vol("v2", 10, bookkeeping=REMOVING), used=3,
+            pace=Pace(write_rate=250e6, grow_seconds=5)), ("MarkVolume", {"volume_id": "v2"})),
+    # …judged on the space as the sampler counted it while the device was leaving: its whole size gone, not only
+    # what the other volumes' raw size leaves of the data's room (metadata takes some of that)
+    ("preempted-btrfs-removal-judged-as-the-sampler-saw-it", spec(initial_size_gib=4),
+     online(vol("v1", 4), vol("v2", 10, bookkeeping=REMOVING),
+            usage=UsageObs(used=int(2.4 * GIB), free=int(11.1 * GIB), size=14 * GIB),
+            pace=Pace(write_rate=100e6, grow_seconds=5)), ("MarkVolume", {"volume_id": "v2"})),
+    # …and resumed when no burst comes (what was relocated stays relocated)
+    ("removal-goes-on-without-a-burst", spec(initial_size_gib=4),
+     online(vol("v1", 4), vol("v2", 10, bookkeeping=REMOVING), used=3, pace=Pace(write_rate=1e6, grow_seconds=5)),
+     ("RemoveFromDrive", {"volume_id": "v2"})),
+    # lvm, pvmove aborted: the LV was shrunk to the other volumes before the move; the removal is abandoned, then the
+    # LV and btrfs grow back over the volume at once
+    ("preempted-lvm-removal-is-abandoned", spec(layout=Layout.LVM, initial_size_gib=4),
+     online(vol("v1", 4), vol("v2", 10, bookkeeping=REMOVING), usage=usage(3, 4), can_grow=True,
+            pace=Pace(write_rate=250e6, grow_seconds=5)), ("MarkVolume", {"volume_id": "v2"})),
+    ("abandoned-lvm-removal-grows-back-first", spec(layout=Layout.LVM, initial_size_gib=4),
+     online(vol("v1", 4), vol("v2", 10), usage=usage(3, 4), can_grow=True,
+            pace=Pace(write_rate=250e6, grow_seconds=5)), ("Grow", {})),
     # a removal that failed again and again is given up for a while (the engine holds it back), the orphan PV
     # of a removal is finished whatever happened
     ("removal-held-back-is-abandoned", spec(),

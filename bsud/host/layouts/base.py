@@ -11,6 +11,7 @@ from bsud.errors import BsudError
 from bsud.host import mounts
 from bsud.host.devices import Resolution
 from bsud.host.filesystem import DriveFilesystem
+from bsud.host.preempt import Preemption
 from bsud.host.safety import Probe, admit, probe
 from bsud.host.space import Space
 from bsud.runner import Runner
@@ -42,7 +43,9 @@ class StorageLayout(ABC):
     def __init__(self, drive: str, runner: Runner) -> None:
         self.drive = drive
         self.runner = runner
-        self.fs = DriveFilesystem(drive, runner)
+        #: The drive's removal as the sampler can stop it: a burst pre-empts a removal (see bsud.host.preempt).
+        self.preemption = Preemption(drive)
+        self.fs = DriveFilesystem(drive, runner, self.preemption)
 
     # -- observation ---------------------------------------------------------------------------
 
@@ -69,7 +72,8 @@ class StorageLayout(ABC):
         return None
 
     def live_usage(self, mount_point: str) -> Space:
-        """Live space from sysfs file reads alone, for sampling between full observations."""
+        """Live space from sysfs file reads alone, for sampling between full observations (while a removal's move
+        runs, without the capacity it takes away)."""
         return self.fs.live_usage(mount_point)
 
     # -- steps ----------------------------------------------------------------------------------
@@ -123,7 +127,8 @@ class StorageLayout(ABC):
 
     @abstractmethod
     def remove_device(self, device: str, mount_point: str, keep_bytes: int | None = None) -> None:
-        """Move data off ``device`` and take it out of the drive (resumable)."""
+        """Move data off ``device`` and take it out of the drive (resumable). A burst stops it:
+        :class:`~bsud.host.preempt.Preempted`, the drive consistent and its removal resumable."""
 
     @abstractmethod
     def activate(self, devices: list[str]) -> None: ...

@@ -82,4 +82,7 @@ class BtrfsLayout(StorageLayout):
             return  # already out (device remove wipes its superblock)
         if len(fs.devices) < 2:
             raise LayoutError(f"drive {self.drive!r}: {device} is its only device; cannot remove it")
-        self.fs.remove_device(device, mount_point)
+        # Cancelled by a burst (kernel 5.14+): the device stays whole, the chunks already moved stay moved, and the
+        # next removal relocates only what is left on it.
+        size = next(d.size for d in fs.devices if d.path == device)
+        self.fs.remove_device(device, mount_point, size)

@@ -188,10 +188,22 @@ class LvmLayout(StorageLayout):
             return True
         return bool(self.fs.growable(mount_point))
 
-    def grow(self, mount_point: str) -> bool:
-        if self.lvm.moves_in_progress(self.vg):
-            log.info("resuming an interrupted pvmove", drive=self.drive)
+    def _resume_moves(self) -> None:
+        """Finish a pvmove that was interrupted (bsud stopped mid-move): a burst aborts it like any other."""
+        moves = self.lvm.moves_in_progress(self.vg)
+        if not moves:
+            return
+        sources = sorted({lv.move_pv for lv in moves if lv.move_pv})
+        log.info("resuming an interrupted pvmove", drive=self.drive, devices=sources)
+
+        def abort() -> None:
+            for source in sources:
+                self.lvm.pvmove_abort(source)
+        with self.preemption.move(f"pvmove (resumed) {' '.join(sources)}", abort):
             self.lvm.pvmove()
+
+    def grow(self, mount_point: str) -> bool:
+        self._resume_moves()
         grew = self.lvm.lvextend_full(self.vg)
         if grew or self.fs.growable(mount_point):
             self.fs.grow(mount_point)
@@ -200,14 +212,20 @@ class LvmLayout(StorageLayout):
 
     def remove_device(self, device: str, mount_point: str, keep_bytes: int | None = None) -> None:
         """btrfs shrink → lvreduce → pvmove → vgreduce → pvremove → lvextend → btrfs grow, each step skipped
-        when already done, so a run interrupted anywhere is completed by running it again."""
+        when already done, so a run interrupted anywhere is completed by running it again.
+
+        A burst stops it (:class:`~bsud.host.preempt.Preempted`): the shrink is cancelled (the size goes back) or
+        the pvmove aborted (``pvmove --abort``: what was mirrored stays moved, no pvmove LV is left, the LV is
+        whole; shrunk, it grows back at the next Grow), or the next of them is not started."""
+        with self.preemption.span():
+            self._remove_device(device, mount_point, keep_bytes)
+
+    def _remove_device(self, device: str, mount_point: str, keep_bytes: int | None) -> None:
         group = self.lvm.vg(self.vg)
         pv = next((p for p in self.lvm.pvs([device]) if p.vg_name == self.vg), None)
         if group is None:
             raise LayoutError(f"drive {self.drive!r}: VG {self.vg} not found")
-        if self.lvm.moves_in_progress(self.vg):
-            log.info("resuming an interrupted pvmove", drive=self.drive)
-            self.lvm.pvmove()
+        self._resume_moves()
         if pv is not None:
             others = [p for p in self.lvm.pvs() if p.vg_name == self.vg and p.name != device]
             if not others:
@@ -230,7 +248,8 @@ class LvmLayout(StorageLayout):
                 self.lvm.lvreduce(self.vg, lv_target)
             pv = next((p for p in self.lvm.pvs([device]) if p.vg_name == self.vg), None)
             if pv is not None and pv.size - pv.free > 0:
-                self.lvm.pvmove(device)
+                with self.preemption.move(f"pvmove {device}", lambda: self.lvm.pvmove_abort(device)):
+                    self.lvm.pvmove(device)
             if pv is not None:
                 self.lvm.vgreduce(self.vg, device)
         if self.lvm.pvs([device]):
