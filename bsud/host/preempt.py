@@ -52,10 +52,12 @@ STOP_RETRY_SECONDS = 2.0
 #: …this many times at most (a kernel that cannot cancel a relocation is not asked every 2 s for hours).
 STOP_TRIES = 10
 #: Free bytes under which a removal is stopped whatever explains the used ones: near there btrfs makes writers wait
-#: for space (they stall for the rest of the removal, no ENOSPC). A removal comes that low by itself only when the
-#: chunk in flight takes nearly all the room the volume leaves (the planner's hysteresis leaves the drive at most
-#: half-way between min- and max-used-space-perc full); it is then stopped too, and goes on at its next attempts —
-#: what was relocated stays relocated.
+#: for space (they stall for the rest of the removal, no ENOSPC). Only where the chunk in flight cannot bring the
+#: free bytes that low by itself (the room the staying volumes had when the removal started, less the allowance,
+#: is at least the floor): a drive that keeps less room than that (a removal down to one small volume) saw its own
+#: relocation stopped at every attempt, for ever (the host lane's lifecycle: 100 MiB moving onto 1 GiB). There a
+#: writer is seen once the used bytes outgrow the allowance; the data such a removal moves is small (the planner
+#: keeps used at or under the middle of min and max: under 1.6 GiB of room, at most ~2.7 GiB with the defaults).
 RELOCATION_FLOOR = 512 * 1024**2
 #: How long after a btrfs relocation its allowance still holds: the write rate is measured over the last 10 s
 #: (bsud.reconcile.pace's steady window), which may still span it.
@@ -103,6 +105,9 @@ class Preemption:
         self._base: int | None = None
         self._allowance = 0
         self._allowance_until = 0.0
+        #: The most room the staying capacity had, seen while a move ran (free bytes plus the rise of the used ones):
+        #: what the chunk in flight and writers share.
+        self._room = 0
 
     @property
     def leaving(self) -> int:
@@ -123,6 +128,7 @@ class Preemption:
         with self._lock:
             if self._depth == 0:
                 self._requested, self._base, self._allowance, self._allowance_until = None, self._last_used, 0, 0.0
+                self._room = 0
             self._depth += 1
         try:
             yield
@@ -145,7 +151,13 @@ class Preemption:
             move = self._move
             allowance = move.allowance if move is not None and move.allowance else \
                 (self._allowance if time.monotonic() < self._allowance_until else 0)
-            if why is None or (used - self._base <= allowance and free >= RELOCATION_FLOOR):
+            rise = used - self._base
+            if move is not None:
+                self._room = max(self._room, free + rise)
+            # The floor tells a waiting writer only where the chunk in flight cannot take the free bytes that low
+            # by itself: on a drive left with less room than that, a relocation would stop itself for ever.
+            floor_tells = not allowance or self._room - allowance >= RELOCATION_FLOOR
+            if why is None or (rise <= allowance and (free >= RELOCATION_FLOOR or not floor_tells)):
                 return False  # nothing needed, or the relocation in flight may be all of it
         return self.request(why)
 

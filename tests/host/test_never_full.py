@@ -85,10 +85,11 @@ def test_a_removal_with_no_writer_is_not_preempted_by_its_own_relocation(workdir
     try:
         h.wait_for("the removal done", lambda s: '"argv": ["btrfs", "device", "remove"' in h.tail(50), timeout=180)
         log = h.log_path.read_text()
-        # The relocation looked like a writer to the sampler (a chunk's worth in under a second)…
+        # Whether or not the sampler took the relocation for a writer (a chunk's worth in under a second: it did
+        # before the trigger counted a memory-speed rate only up to the page cache's room), the removal goes on
         removal = log[log.index('"action": "RemoveFromDrive"'):log.index('"argv": ["btrfs", "device", "remove"')]
-        assert '"event": "scale-up trigger"' in removal
-        assert "removal pre-empted" not in log, h.tail(80)  # …and was not stopped for it
+        print(f"\nsampler during the relocation: {removal.count('scale-up trigger')} scale-up triggers", flush=True)
+        assert "removal pre-empted" not in log, h.tail(80)
         h.wait_for("the volume retired", lambda s: s.get("phase") == "online" and s.get("action") == "Idle"
                    and len(s["volumes"]) == 1, timeout=120)
         assert [w.check() for w in data] == [[], []]

@@ -27,13 +27,24 @@ MIB, GIB = 1024**2, 1024**3
 @pytest.fixture
 def harness(workdir: Path):
     # A first grow assumed to take 20 s: the writer's first volume is rate-sized (several GiB) — issue 21's 1 + 8 GiB
-    # shape — whatever this machine's disk does.
+    # shape — whatever this machine's disk does. max-total-size-gib leaves room for the replacement beside the
+    # burst's volume: loop devices write at memory speed, and a busy machine saw a 23 GiB one (24 was then a cap the
+    # 2 GiB replacement could not fit under — the drive rightly stayed at 23 GiB, with a note saying why).
     h = DaemonHarness(workdir, drive="rightsize", daemon={"rate-peak-seconds": 5, "full-check-seconds": 2,
                                                           "grow-seconds": 20},
-                      **{"initial-size-gib": 1, "max-bsu-count": 5, "max-total-size-gib": 24,
+                      **{"initial-size-gib": 1, "max-bsu-count": 5, "max-total-size-gib": 40,
                          "max-used-space-perc": 75, "min-used-space-perc": 30, "disk-scale-factor-perc": 100})
     yield h
     h.close()
+
+
+def original_rule_end(sizes: list[int], used: int, middle: float = (75 + 30) / 2) -> int:
+    """The drive's size (GiB) where the rule before issue 21 stops: the largest volume leaves while the data fits
+    under the middle without it."""
+    sizes = sorted(sizes)
+    while len(sizes) > 1 and used / ((sum(sizes) - sizes[-1]) * GIB) * 100 <= middle:
+        sizes.pop()
+    return sum(sizes)
 
 
 def test_a_drive_oversized_by_a_burst_comes_back_to_its_ideal_size(harness: DaemonHarness):
@@ -63,8 +74,9 @@ def test_a_drive_oversized_by_a_burst_comes_back_to_its_ideal_size(harness: Daem
 
     used = (keep1.written + keep2.written)
     ideal = math.ceil(used / ((75 + 30) / 2 - 5) * 100 / GIB)
-    # the original's rule only looked at the largest volume: without it the data would pass the middle — stuck
-    assert used / (sum(sizes_after_burst) - max(sizes_after_burst)) / GIB * 100 > (75 + 30) / 2
+    # the original's rule only looked at the largest volume, removed while the data fits under the middle without
+    # it: it stops oversized (1 + N GiB: at once; more volumes, as a loaded machine's burst may make: a little later)
+    assert original_rule_end(sizes_after_burst, used) > ideal, sizes_after_burst
 
     def settled(st: dict) -> bool:
         return st.get("action") == "Idle" and all(v.get("member") for v in st.get("volumes", [])) and \

@@ -362,3 +362,21 @@ def test_the_pvmove_after_a_shrink_is_not_stopped_for_the_shrink_s_echo(monkeypa
                 time.sleep(0.35)
                 assert p.sampled(GIB + 100 * MIB, 2 * GIB, "full in 20.0 s at 30.0 MB/s") is True
                 assert stopped.wait(5)
+
+
+def test_a_relocation_onto_less_room_than_its_chunk_is_not_stopped_by_the_floor():
+    """A removal down to a small volume (100 MiB moving onto 1 GiB: the host lane's lifecycle): the chunk in flight
+    alone takes the free bytes under the floor. Stopping it there stopped every attempt, for ever; a writer is seen
+    there once the used bytes outgrow what the chunk in flight explains."""
+    p = Preemption("d")
+    cancelled = threading.Event()
+    base = 100 * MIB
+    assert p.sampled(base, 5 * GIB, None) is False
+    with pytest.raises(Preempted):
+        with p.move("btrfs device remove /dev/vdc", cancelled.set, leaving=5 * GIB, allowance=GIB + GIB // 8):
+            assert p.sampled(base, GIB - base, None) is False
+            # measured: used 759 MB, free 190 MB within 0.3 s of the remove ("full in 0.3 s at 435.2 MB/s")
+            assert p.sampled(759_169_024, 190_447_616, "full in 0.3 s at 435.2 MB/s (used 79.9%)") is False
+            assert not cancelled.is_set()
+            assert p.sampled(base + GIB + GIB // 4, 32 * MIB, "used 98.0% >= 85%") is True
+            assert cancelled.wait(5)
