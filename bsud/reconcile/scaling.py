@@ -325,11 +325,16 @@ def shrink_options(spec: DriveConfig, members: list[VolumeObs], usage: UsageObs,
     all_live = sum(live.values())
     data_capacity = usage.used + usage.free
     middle = middle_percent(spec)
-    ideal_gib = math.ceil(ideal_bytes(spec, usage) / GIB)
 
     def used_at(capacity_gib: int) -> float:
         left = data_capacity - (total - capacity_gib) * GIB
         return math.inf if left <= usage.used else 100.0 * usage.used / left
+
+    # The ideal size counted as the drive will be (its metadata and system chunks take their share of any size):
+    # one counted on the data alone can end over the middle, where the next plan would take the new volume out again
+    ideal_gib = math.ceil(ideal_bytes(spec, usage) / GIB)
+    while ideal_gib < total and used_at(ideal_gib) > max(middle - IDEAL_MARGIN, 1.0):
+        ideal_gib += 1
 
     def order(removed: list[VolumeObs]) -> tuple[str, ...]:
         # The one holding least first: btrfs moves a removed device's chunks onto the others with the most room,
@@ -349,7 +354,7 @@ def shrink_options(spec: DriveConfig, members: list[VolumeObs], usage: UsageObs,
                 moved=all_live - kept, capacity_gib=cap, used_after=after,
                 converged=after > spec.min_used_space_perc or cap <= ideal_gib))
         add = ideal_gib - cap
-        if add < 1 or add > max_volume_gib or ideal_gib > total * REPLACE_AT_MOST:
+        if add < 1 or add > max_volume_gib or ideal_gib > total * REPLACE_AT_MOST or used_at(ideal_gib) > middle:
             continue
         slot = len(members) + 1 <= spec.max_bsu_count
         room = spec.max_total_size_gib is None or total + add <= spec.max_total_size_gib
