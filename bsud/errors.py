@@ -128,6 +128,34 @@ class CloudTimeout(CloudError):
         )
 
 
+class AttachmentLimitError(CloudError):
+    """The VM holds as many volumes as it can: the cloud refused an attach for its per-instance limit (AWS
+    ``AttachmentLimitExceeded``), or bsud knows the limit is reached (Outscale's 40, its own device names).
+
+    Waiting does not help, a person does: not temporary. Its line grows as it goes up: the executor adds the drive
+    and whether the new volume was deleted (``drive``, ``deleted``), the engine when it is tried again
+    (``retry_at``)."""
+
+    def __init__(self, volume_id: str | None, cause: str, *, code: str | None = None) -> None:
+        self.cause = cause
+        self.drive: str | None = None
+        self.deleted = False
+        self.retry_at: str | None = None
+        super().__init__("AttachVolume", cause, volume_id=volume_id, code=code)
+
+    def __str__(self) -> str:
+        volume = self.volume_id or "a volume"
+        text = f"drive {self.drive!r}: " if self.drive else ""
+        text += f"this VM takes no more volumes ({self.cause}): {volume} could not be attached"
+        if self.deleted:
+            text += "; the new volume was deleted (never attached, it held nothing)"
+        text += (". Lower max-bsu-count, detach volumes this VM does not need, or move it to an instance type that "
+                 "takes more volumes")
+        if self.retry_at:
+            text += f"; tried again at {self.retry_at}, or at once on reload"
+        return text
+
+
 class VolumeStateError(CloudError):
     """A volume reached a state it cannot leave by waiting (error, deleted, attached elsewhere)."""
 

@@ -15,6 +15,9 @@ DRIVE_TAG = "osc.bsud.drive-name"
 #: still be on it, "evacuated" once it is verifiably out (safe to detach and delete).
 STATE_TAG = "osc.bsud.state"
 REMOVING, EVACUATED = "removing", "evacuated"
+#: …and on a volume bsud has just created, until it is first attached: "new" says it was never attached, so holds
+#: nothing (it is deleted, unseen, when the VM can take no more volumes; the mark is dropped once attached).
+NEW = "new"
 #: The one LV of a drive's VG (the VG is named after the drive).
 LV_NAME = "bsud"
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from bsud.errors import CloudError, CloudTimeout, VolumeStateError
+from bsud.errors import AttachmentLimitError, CloudError, CloudTimeout, VolumeStateError
 from bsud.logs import get_logger
 from bsud.naming import AVAILABLE, DELETED, DRIVE_TAG, ERROR
 
@@ -119,7 +119,7 @@ def choose_device_name(taken: Iterable[str]) -> str:
     for name in candidate_device_names():
         if device_suffix(name) not in used:
             return name
-    raise CloudError("AttachVolume", "no free device name left on this VM")
+    raise AttachmentLimitError(None, "every device name bsud gives, /dev/xvdb to /dev/xvdzz, is taken")
 
 
 # --- the provider interface -------------------------------------------------------------------

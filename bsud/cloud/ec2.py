@@ -27,8 +27,8 @@ from bsud.cloud.base import (
 )
 from bsud.cloud.metadata import resolve_identity
 from bsud.cloud.preflight import REFUSED_PARAMETER_CODES, check_permissions, snake
-from bsud.config import CloudSettings, Config, Provider
-from bsud.errors import CloudError, VolumeStateError
+from bsud.config import MAX_VOLUMES_PER_VM, CloudSettings, Config, Provider
+from bsud.errors import AttachmentLimitError, CloudError, VolumeStateError
 from bsud.logs import get_logger
 from bsud.naming import AVAILABLE, CREATING, DRIVE_TAG
 from bsud.ratelimit import RateLimiter
@@ -40,6 +40,10 @@ _THROTTLED_CODES = frozenset(
     {"RequestLimitExceeded", "Throttling", "ThrottlingException", "TooManyRequestsException",
      "RequestThrottled", "SlowDown"}
 )
+#: AttachVolume refused because the instance holds as many volumes as its type takes (AWS API reference,
+#: AttachVolume: "the attachment request fails with the AttachmentLimitExceeded error"). Outscale's FCU, EC2-compatible,
+#: has a fixed limit that bsud counts itself before asking (see attach_volume).
+ATTACHMENT_LIMIT_CODES = frozenset({"AttachmentLimitExceeded"})
 #: Worth trying again: throttled, or the service briefly unable to answer.
 _THROTTLE_CODES = _THROTTLED_CODES | {"ServiceUnavailable", "InternalError", "Unavailable"}
 
@@ -250,9 +254,11 @@ class Ec2Cloud(CloudProvider):
     def set_tag(self, volume_id: str, key: str, value: str) -> None:
         self._call("CreateTags", volume_id=volume_id, Resources=[volume_id], Tags=[{"Key": key, "Value": value}])
 
-    def _taken_device_names(self) -> set[str]:
+    def _attachments_here(self) -> tuple[set[str], int]:
+        """The device names taken on this VM, and how many volumes it holds (its root included)."""
         me = self._identity.instance_id
         taken: set[str] = set()
+        held: set[str] = set()
         page = self._call("DescribeInstances", InstanceIds=[me])
         for reservation in page.get("Reservations", []):
             for inst in reservation.get("Instances", []):
@@ -260,12 +266,14 @@ class Ec2Cloud(CloudProvider):
                     taken.add(inst["RootDeviceName"])
                 for mapping in inst.get("BlockDeviceMappings", []) or []:
                     taken.add(mapping.get("DeviceName", ""))
+                    held.add((mapping.get("Ebs") or {}).get("VolumeId") or mapping.get("DeviceName", ""))
         for vol in self._describe(Filters=[{"Name": "attachment.instance-id", "Values": [me]}]):
             taken.update(a.device for a in vol.attachments if a.instance_id == me)
+            held.add(vol.id)
         # Names the kernel already shows (e.g. Outscale's /dev/xvdX udev links) are taken too.
         if os.path.isdir("/dev"):
             taken.update(f"/dev/{n}" for n in os.listdir("/dev") if n.startswith(("xvd", "sd")))
-        return taken
+        return taken, len(held - {""})
 
     def attach_volume(self, volume_id: str) -> str:
         me = self._identity.instance_id
@@ -287,8 +295,22 @@ class Ec2Cloud(CloudProvider):
         if vol.zone and vol.zone != self._identity.availability_zone:
             raise VolumeStateError(volume_id, vol.state, f" (in zone {vol.zone}, this VM is in "
                                    f"{self._identity.availability_zone})")
-        device = choose_device_name(self._taken_device_names())
-        self._call("AttachVolume", volume_id=volume_id, VolumeId=volume_id, InstanceId=me, Device=device)
+        taken, held = self._attachments_here()
+        if self.settings.provider == Provider.OUTSCALE and held >= MAX_VOLUMES_PER_VM:
+            # Outscale's limit is the same for every VM: said by bsud, whatever code the endpoint would answer.
+            raise AttachmentLimitError(volume_id, f"it holds {held} volumes, Outscale's limit is "
+                                                  f"{MAX_VOLUMES_PER_VM} with its root")
+        try:
+            device = choose_device_name(taken)
+            self._call("AttachVolume", volume_id=volume_id, VolumeId=volume_id, InstanceId=me, Device=device)
+        except AttachmentLimitError as exc:
+            exc.volume_id = volume_id
+            raise
+        except CloudError as exc:
+            if exc.code not in ATTACHMENT_LIMIT_CODES:
+                raise
+            raise AttachmentLimitError(volume_id, str(exc).removeprefix(f"AttachVolume on {volume_id}: "),
+                                       code=exc.code) from None
         log.info("volume attach requested", volume=volume_id, device=device)
         return device
 

@@ -33,7 +33,7 @@ from bsud.cloud.base import (
     choose_device_name,
 )
 from bsud.config import CloudSettings, Config
-from bsud.errors import CloudError, VolumeStateError
+from bsud.errors import AttachmentLimitError, CloudError, VolumeStateError
 from bsud.logs import get_logger
 from bsud.naming import AVAILABLE, DRIVE_TAG, GIB, IN_USE
 from bsud.runner import Runner
@@ -225,7 +225,11 @@ class LocalCloud(CloudProvider):
                 return entry.get("device") or ""
             taken = [e.get("device") or "" for v, e in meta["volumes"].items()
                      if v != volume_id and loops.get(str(self.image_path(v).resolve()))]
-            device = choose_device_name(taken)
+            try:
+                device = choose_device_name(taken)
+            except AttachmentLimitError as exc:
+                exc.volume_id = volume_id
+                raise
             entry["device"] = device
             self._ensure_image(volume_id, int(entry["size_gib"]))
             self.runner.run(["losetup", "--find", "--show", "--nooverlap", path], timeout=60)

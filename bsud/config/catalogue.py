@@ -8,8 +8,17 @@ from enum import StrEnum
 from bsud.naming import DEFAULT_MAX_VOLUME_GIB
 
 OUTSCALE_REGIONS = ("eu-west-2", "us-east-2", "us-west-1", "cloudgouv-eu-west-1", "ap-northeast-1")
-#: Volumes a VM can hold on Outscale, its root volume included.
+#: Volumes a VM can hold on Outscale, its root volume included (docs.outscale.com/en/userguide/About-Volumes.html:
+#: "You can attach up to 40 volumes (including the root device) to a same VM").
 MAX_VOLUMES_PER_VM = 40
+#: EBS volumes the largest AWS instance types take, the root volume included (AWS EC2 User Guide, "Amazon EBS volume
+#: limits for Amazon EC2 instances": the dedicated limit of the 48xlarge sizes). Most Nitro types take 28 attachments
+#: shared with network interfaces and NVMe instance store (so 27 volumes at best); Xen types, 40 on a best-effort
+#: basis. Beyond its type's own limit, AttachVolume fails with ``AttachmentLimitExceeded``.
+MAX_VOLUMES_PER_AWS_INSTANCE = 128
+#: The attach names bsud gives: /dev/xvdb … /dev/xvdz, then /dev/xvdba … /dev/xvdzz (``bsud.cloud.base``). The root
+#: volume (/dev/sda1, /dev/xvda) is not among them.
+DEVICE_NAMES = 25 + 25 * 26
 
 
 class Target(StrEnum):
@@ -91,6 +100,27 @@ RESERVED_TAG_PREFIXES = ("osc.bsud.", "aws:")
 MAX_TAGS, MAX_TAG_KEY, MAX_TAG_VALUE = 50, 127, 255
 #: Tags bsud sets itself (the drive's name, the bookkeeping of a removal).
 OWN_TAGS = 2
+
+
+@dataclass(frozen=True)
+class AttachLimit:
+    """The most volumes a drive can ever have on a provider's VM (``max-bsu-count``'s ceiling), and why."""
+
+    volumes: int
+    why: str
+
+
+#: Per provider, what no VM of that cloud can exceed: the cloud's documented maximum less the root volume, or, where
+#: the cloud documents none (a generic EC2-compatible endpoint, the local provider), the device names bsud can give.
+ATTACH_LIMITS = {
+    Provider.OUTSCALE: AttachLimit(MAX_VOLUMES_PER_VM - 1,
+                                   f"an Outscale VM holds {MAX_VOLUMES_PER_VM} volumes, its root included"),
+    Provider.AWS: AttachLimit(MAX_VOLUMES_PER_AWS_INSTANCE - 1,
+                              f"the largest AWS instance types take {MAX_VOLUMES_PER_AWS_INSTANCE} EBS volumes, the "
+                              "root included; most take 27 or fewer"),
+    Provider.EC2: AttachLimit(DEVICE_NAMES, f"bsud names at most {DEVICE_NAMES} devices, /dev/xvdb to /dev/xvdzz"),
+    Provider.LOCAL: AttachLimit(DEVICE_NAMES, f"bsud names at most {DEVICE_NAMES} devices, /dev/xvdb to /dev/xvdzz"),
+}
 
 
 def volume_limits(provider: Provider, disk_type: DiskType) -> VolumeLimits | None:

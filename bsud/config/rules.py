@@ -10,18 +10,19 @@ from collections.abc import Iterable
 from pathlib import PurePosixPath
 
 from bsud.config.catalogue import (
+    ATTACH_LIMITS,
     ENCRYPTION_PROVIDERS,
     IOPS_TYPES,
     LIMITS,
     MAX_TAG_KEY,
     MAX_TAG_VALUE,
     MAX_TAGS,
-    MAX_VOLUMES_PER_VM,
     OUTSCALE_REGIONS,
     OWN_TAGS,
     PROVISIONED_IOPS_TYPES,
     RESERVED_TAG_PREFIXES,
     Provider,
+    Target,
     VolumeLimits,
     volume_limits,
 )
@@ -177,9 +178,10 @@ def check_semantics(cfg: _ConfigFile, path: str) -> tuple[list[ConfigError], lis
                     f"max-used-space-perc ({d.max_used_space_perc}) <= 100")
         if not 1 <= d.disk_scale_factor_perc <= 100:
             problem(name, "disk-scale-factor-perc", f"must be between 1 and 100 (got {d.disk_scale_factor_perc})")
-        if not 1 <= d.max_bsu_count < MAX_VOLUMES_PER_VM:
-            problem(name, "max-bsu-count", f"must be between 1 and {MAX_VOLUMES_PER_VM - 1} "
-                    f"(a VM holds {MAX_VOLUMES_PER_VM} volumes, its root included; got {d.max_bsu_count})")
+        attach = ATTACH_LIMITS[cloud.provider]
+        if not 1 <= d.max_bsu_count <= attach.volumes:
+            problem(name, "max-bsu-count", f"must be between 1 and {attach.volumes} ({attach.why}; "
+                    f"got {d.max_bsu_count})")
 
         limits = volume_limits(cloud.provider, d.disk_type)
         if limits is None:
@@ -214,6 +216,7 @@ def check_semantics(cfg: _ConfigFile, path: str) -> tuple[list[ConfigError], lis
                             f"disk-type {d.disk_type.value}")
         for key, why in check_volume_options(d, cloud, limits):
             problem(name, key, why)
+    warnings += check_shared_slots(cfg.drives, cloud.provider, path)
     for key, why in check_all_exports(cfg.drives):
         problem(*key, why)
     for d in cfg.drives:
@@ -229,6 +232,22 @@ def check_semantics(cfg: _ConfigFile, path: str) -> tuple[list[ConfigError], lis
                 + (" (Outscale FCU has no such option)" if cloud.provider == Provider.OUTSCALE else "")
                 + "; remove it")
     return problems, warnings
+
+
+def check_shared_slots(drives: Iterable[DriveConfig], provider: Provider, path: str) -> list[str]:
+    """A warning when the online drives together may want more volumes than a VM takes: they share its slots.
+
+    Not refused: it takes every drive at its max-bsu-count at once, and four drives at the default 10 already pass
+    Outscale's 39. The drive that grows when the VM is full is blocked, and says so."""
+    online = [d for d in drives if d.target == Target.ONLINE]
+    wanted = sum(d.max_bsu_count for d in online)
+    attach = ATTACH_LIMITS[provider]
+    if len(online) < 2 or wanted <= attach.volumes:
+        return []
+    names = ", ".join(repr(d.name) for d in online)
+    return [f"{path}: drives {names} may hold up to {wanted} volumes together (their max-bsu-count), more than one VM "
+            f"takes ({attach.volumes}: {attach.why}); the drive that grows when the VM is full is blocked until "
+            "volumes are freed"]
 
 
 def check_all_exports(drives: Iterable[DriveConfig]) -> list[tuple[tuple[str, str], str]]:

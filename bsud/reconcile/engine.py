@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from bsud.cloud.base import CloudProvider
 from bsud.config import DaemonSettings, DriveConfig, NfsSettings, Provider, Target, volume_limits
 from bsud.config.exports import export_name
-from bsud.errors import BsudError
+from bsud.errors import AttachmentLimitError, BsudError
 from bsud.host.exports import make_exporters
 from bsud.host.layouts import StorageLayout, make_layout
 from bsud.logs import get_logger
@@ -41,6 +41,10 @@ UNCHANGED_LIMIT = 2
 #: drive is not made to repeat that heavy I/O every few minutes. Tried again after that (never parked for good).
 REMOVAL_FAILURE_LIMIT = 3
 REMOVAL_HOLD_SECONDS = 3600.0
+#: The VM refused to take one more volume (its limit of attached volumes): for this long nothing is created or attached
+#: for the drive (it is blocked, saying what to do), then it is tried again — once, at the price of one volume created
+#: and deleted if the VM is still full. A reload (after lowering max-bsu-count, say) tries again at once.
+ATTACH_LIMIT_HOLD_SECONDS = 1800.0
 #: Applying the exports that failed is tried again after ``retry-seconds``, then twice as long each time, at most
 #: this long apart (the worker's own backoff, which the failed step's delay sets). The drive is ``online``
 #: meanwhile: it is mounted and serves; scaling and everything else go on.
@@ -84,6 +88,8 @@ class DriveReconciler:
         self._removal_held: dict[str, tuple[float, str]] = {}
         #: Applying the exports failed: why, and when it is tried again. In memory only (a restart tries at once).
         self.exports_failure: ExportsFailure | None = None
+        #: The VM refused to take a volume: until when nothing is attached (monotonic), and the line saying so.
+        self._attach_limit: tuple[float, str] | None = None
         self.update_spec(spec)
 
     def update_spec(self, spec: DriveConfig, settings: DaemonSettings | None = None,
@@ -99,6 +105,9 @@ class DriveReconciler:
         if self.exports_failure is not None and old is not None and old.exports != spec.exports:
             # Other exports now: tried at once (the failure is still shown until they are applied).
             self.exports_failure = replace(self.exports_failure, attempts=0, retry_at=time.time(), retry_after=0.0)
+        if self._attach_limit is not None and old is not None:
+            log.info("reload: attaching volumes is tried again", drive=spec.name)
+            self._attach_limit = None
         self.spec = spec
         self.layout: StorageLayout = make_layout(spec.layout, spec.name, self.runner)
         self.exporters = make_exporters(self.runner, self.nfs)
@@ -123,7 +132,7 @@ class DriveReconciler:
     def observe(self, max_age: float | None = None) -> tuple[DriveObs, list[str]]:
         volumes = self.snapshot.by_drive(max_age).get(self.spec.name, [])
         obs, resolutions = observe_drive(self.spec, volumes, self.cloud, self.layout, self.exporters)
-        obs = replace(obs, pace=self.pace(), removal_held=self._held_removals())
+        obs = replace(obs, pace=self.pace(), removal_held=self._held_removals(), attach_refused=self._attach_held())
         took = self.clock.observe(time.monotonic(), obs.usage.size if obs.usage else None)
         if took is not None:
             log.info("grow done: capacity usable", drive=self.spec.name, seconds=round(took, 2),
@@ -138,6 +147,21 @@ class DriveReconciler:
             del self._removal_held[volume]
             log.info("removal no longer held back: it may be tried again", drive=self.spec.name, volume=volume)
         return tuple((volume, why) for volume, (_, why) in sorted(self._removal_held.items()))
+
+    def _attach_held(self) -> str | None:
+        if self._attach_limit is not None and self._attach_limit[0] <= time.monotonic():
+            self._attach_limit = None
+            log.info("attaching volumes is tried again", drive=self.spec.name)
+        return self._attach_limit[1] if self._attach_limit else None
+
+    def _attach_refused(self, error: AttachmentLimitError, obs: DriveObs) -> None:
+        """The VM takes no more volumes: hold attaching back, say when it is tried again, show the drive blocked."""
+        error.retry_at = time.strftime("%H:%M UTC", time.gmtime(time.time() + ATTACH_LIMIT_HOLD_SECONDS))
+        self._attach_limit = (time.monotonic() + ATTACH_LIMIT_HOLD_SECONDS, str(error))
+        log.info("attaching held back: the VM takes no more volumes", drive=self.spec.name, volume=error.volume_id,
+                 deleted=error.deleted, hold_seconds=ATTACH_LIMIT_HOLD_SECONDS)  # the line itself: "step failed"
+        shown = self.last_obs = replace(obs, attach_refused=str(error))
+        self.status.record(shown, plan(self.spec, shown, self.max_volume_gib))
 
     def _removal_failed(self, volume: str, error: Exception) -> None:
         failures = self._removal_failures.get(volume, 0) + 1
@@ -260,6 +284,8 @@ class DriveReconciler:
                 self._removal_failed(action.volume_id, exc)
             if isinstance(action, ApplyExports):
                 self._exports_failed(exc, obs)
+            if isinstance(exc, AttachmentLimitError):
+                self._attach_refused(exc, obs)
             raise
         finally:
             if action.changes_cloud:

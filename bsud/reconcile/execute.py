@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 
 from bsud.cloud.base import CloudProvider, VolumeOptions
 from bsud.config import DriveConfig, Provider, provisioned_iops, volume_limits
-from bsud.errors import BsudError
+from bsud.errors import AttachmentLimitError, BsudError
 from bsud.host import mounts
 from bsud.host.exports import ExportKind
 from bsud.host.devices import DeviceWaiter, Resolution, VolumeRef, find_device
@@ -18,7 +18,7 @@ from bsud.host.layouts import StorageLayout
 from bsud.host.preempt import Preempted
 from bsud.host.safety import probe
 from bsud.logs import get_logger
-from bsud.naming import DRIVE_TAG, STATE_TAG
+from bsud.naming import AVAILABLE, DRIVE_TAG, NEW, STATE_TAG
 from bsud.reconcile.model import (
     EVACUATED,
     Action,
@@ -179,20 +179,47 @@ class Executor:
         iops = spec.disk_iops
         if spec.disk_iops_per_gib is not None and limits is not None and limits.max_iops_per_gib:
             iops = provisioned_iops(action.size_gib, spec.disk_iops_per_gib, limits)
+        # Marked new from its first moment: a volume never attached holds nothing, and can be deleted unseen if the
+        # VM takes no more volumes (the mark is dropped as soon as it is attached).
         options = VolumeOptions(iops=iops, throughput=spec.disk_throughput, encrypted=bool(spec.encrypted),
-                                kms_key_id=spec.kms_key_id, tags=dict(spec.tags or {}))
+                                kms_key_id=spec.kms_key_id, tags={**(spec.tags or {}), STATE_TAG: NEW})
         vol = self.cloud.create_volume(spec.name, action.size_gib, spec.disk_type.value, options)
         self.created = vol.id
         self.cloud.wait_available(vol.id, timeout=self.attach_timeout)
         return True
 
     def _attach(self, action: AttachVolume) -> bool:
-        self._volume(action.volume_id)
+        vol = self._volume(action.volume_id)
         with DeviceWaiter() as waiter:
-            self.cloud.attach_volume(action.volume_id)
+            try:
+                self.cloud.attach_volume(action.volume_id)
+            except AttachmentLimitError as exc:
+                exc.drive = self.spec.name
+                exc.deleted = self._delete_never_attached(action.volume_id)
+                raise
+            if vol.tags.get(STATE_TAG) == NEW:
+                self.cloud.set_tag(vol.id, STATE_TAG, "")  # attached from now on: it may come to hold data
             vol = self.cloud.wait_attached(action.volume_id, timeout=self.attach_timeout)
             waiter.wait(VolumeRef.from_volume(vol, self.cloud.identity().instance_id), self.cloud.device_rules,
                         timeout=self.device_timeout)
+        return True
+
+    def _delete_never_attached(self, volume_id: str) -> bool:
+        """Delete a volume the VM could not take, when it is verifiably empty: bsud's own for this drive, marked new
+        (never attached since it was created) and attached nowhere. Anything else is left as it is. Whether deleted;
+        a failure to delete is logged (tried again with the next attach)."""
+        try:
+            vol = self._volume(volume_id)
+            if vol.tags.get(STATE_TAG) != NEW or vol.state != AVAILABLE or any(
+                    a.state != "detached" for a in vol.attachments):
+                return False
+            self.cloud.delete_volume(vol.id)
+            self.cloud.wait_deleted(vol.id, timeout=self.attach_timeout)
+        except BsudError as exc:
+            log.error("the new volume the VM could not take was not deleted", drive=self.spec.name,
+                      volume=volume_id, error=str(exc))
+            return False
+        log.info("new volume deleted: the VM takes no more volumes", drive=self.spec.name, volume=volume_id)
         return True
 
     def _detach(self, action: DetachVolume) -> bool:

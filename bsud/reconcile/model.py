@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import ClassVar
 
-from bsud.naming import DELETED, DELETING, EVACUATED, GIB, REMOVING
+from bsud.naming import DELETED, DELETING, EVACUATED, GIB, NEW, REMOVING
 
-__all__ = ["EVACUATED", "GIB", "REMOVING"]  # re-exported for the planner's readers and tests
+__all__ = ["EVACUATED", "GIB", "NEW", "REMOVING"]  # re-exported for the planner's readers and tests
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class VolumeObs:
     id: str
     size_gib: int
     state: str                          # creating | available | in-use | deleting | deleted | error
-    bookkeeping: str | None = None      # osc.bsud.state tag: removing | evacuated | None
+    bookkeeping: str | None = None      # osc.bsud.state tag: removing | evacuated | new | None
     attached_here: bool = False
     attached_elsewhere: str | None = None  # instance id
     device: str | None = None           # resolved and verified block device
@@ -122,6 +122,9 @@ class DriveObs:
     #: Volumes whose removal failed several times in a row, with why: left in the drive for a while (the engine
     #: remembers it, in memory; a restart of bsud tries again at once).
     removal_held: tuple[tuple[str, str], ...] = ()
+    #: The VM refused to take one more volume (its limit): the line that says so and what to do. Nothing is created
+    #: or attached for the drive meanwhile (the engine remembers it, in memory, for a while; a reload forgets it).
+    attach_refused: str | None = None
 
     @property
     def size_gib(self) -> int:
@@ -177,7 +180,7 @@ class RetireVolume(VolumeAction):
 
 @dataclass(frozen=True)
 class MarkVolume(VolumeAction):
-    """Set the bookkeeping tag (removing / evacuated; empty: no mark)."""
+    """Set the bookkeeping tag (removing / evacuated / new; empty: no mark)."""
 
     value: str = ""
 

@@ -29,6 +29,7 @@ from bsud.naming import AVAILABLE, CREATING, DEFAULT_MAX_VOLUME_GIB, DELETED, DE
 from bsud.reconcile.assembly import ASSEMBLY
 from bsud.reconcile.model import (
     EVACUATED,
+    NEW,
     REMOVING,
     Action,
     ApplyExports,
@@ -105,6 +106,11 @@ def _plan_online(spec: DriveConfig, obs: DriveObs, max_volume_gib: int) -> Plan:
                 return Plan(retiring[0], retiring[1], tuple(notes))
     live = [v for v in vols if v.bookkeeping != EVACUATED]
     creating = [v for v in live if v.state == CREATING]
+    for v in live:
+        if v.bookkeeping == NEW and v.attached_here:
+            # Before anything is written on it: once attached, "never attached, holds nothing" no longer holds.
+            return Plan(MarkVolume(volume_id=v.id, value="", reason=f"{v.id} is attached: dropping its '{NEW}' mark"),
+                        "attaching", tuple(notes))
 
     if not live:
         return Plan(CreateVolume(size_gib=spec.initial_size_gib, reason="the drive has no volume yet"),
@@ -244,7 +250,12 @@ def _plan_offline(obs: DriveObs) -> Plan | None:
 def plan(spec: DriveConfig, obs: DriveObs, max_volume_gib: int = DEFAULT_MAX_VOLUME_GIB) -> Plan:
     """The next step for ``spec``'s drive given ``obs``. Pure: no I/O, no clock."""
     if spec.target == Target.ONLINE:
-        return _plan_online(spec, obs, max_volume_gib)
+        online = _plan_online(spec, obs, max_volume_gib)
+        if obs.attach_refused and isinstance(online.action, CreateVolume | AttachVolume):
+            # The VM takes no more volumes: nothing is created (it could not be attached) nor attached until a person
+            # acted or the engine tries again.
+            return Plan(Blocked(reason=obs.attach_refused), "blocked", online.notes)
+        return online
     offline = _plan_offline(obs)
     if offline is not None:
         return offline

@@ -61,8 +61,9 @@ def instance_id(ec2) -> str:
 @pytest.fixture
 def make_cloud(moto_endpoint: str, aws_env: None):
     def make(instance_id: str, **settings) -> Ec2Cloud:
-        cfg = CloudSettings(provider="ec2", endpoint=moto_endpoint, region=REGION, instance_id=instance_id,
-                            availability_zone=ZONE, **{"api_calls_per_second": 1000.0, **settings})
+        cfg = CloudSettings(**{"provider": "ec2", "endpoint": moto_endpoint, "region": REGION,
+                               "instance_id": instance_id, "availability_zone": ZONE, "api_calls_per_second": 1000.0,
+                               **settings})
         cloud = Ec2Cloud(cfg, "testing", "testing", identity=Identity(instance_id, ZONE, REGION))
         cloud.poll_interval = 0.01
         return cloud

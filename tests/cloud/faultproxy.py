@@ -5,6 +5,9 @@ Modes (``proxy.mode``): ``pass`` forwards; ``down`` answers nothing (the connect
 cloud API down or unreachable behind a load balancer), then carries on as the new mode says;
 ``throttle`` answers HTTP 503 ``RequestLimitExceeded`` as a throttled EC2 endpoint does; ``attaching`` forwards
 but shows every attachment as ``attaching`` (a volume stuck attaching). Loopback only.
+
+Beside the mode, ``proxy.refuse`` answers chosen actions with an EC2 error whatever the mode (``{"AttachVolume":
+(400, "AttachmentLimitExceeded", "…")}``: a VM that takes no more volumes); DryRun requests are left alone.
 """
 
 from __future__ import annotations
@@ -15,15 +18,19 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-THROTTLED = (b'<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error><Code>RequestLimitExceeded</Code>'
-             b'<Message>Request limit exceeded.</Message></Error></Errors><RequestID>fault-proxy</RequestID>'
-             b'</Response>')
+def ec2_error(code: str, message: str) -> bytes:
+    return (f'<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error><Code>{code}</Code>'
+            f'<Message>{message}</Message></Error></Errors><RequestID>fault-proxy</RequestID></Response>').encode()
+
+
+THROTTLED = ec2_error("RequestLimitExceeded", "Request limit exceeded.")
 
 
 class FaultProxy:
     def __init__(self, upstream: str) -> None:
         self.upstream = urlsplit(upstream)
         self.mode = "pass"
+        self.refuse: dict[str, tuple[int, str, str]] = {}
         self.requests: dict[str, int] = {}
         #: Requests by API action (DryRun ones apart, as ``<Action>:DryRun``), whatever the mode…
         self.actions: dict[str, int] = {}
@@ -44,6 +51,10 @@ class FaultProxy:
                 key = self.headers.get("Authorization", "").partition("Credential=")[2].split("/", 1)[0]
                 mine = proxy.by_key.setdefault(key, {})
                 mine[action] = mine.get(action, 0) + 1
+                if action in proxy.refuse:
+                    status, code, message = proxy.refuse[action]
+                    self._answer(status, ec2_error(code, message), "text/xml")
+                    return
                 while proxy.mode == "hang":
                     time.sleep(0.2)
                 if proxy.mode == "down":

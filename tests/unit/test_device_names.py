@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 
 from bsud.cloud.base import candidate_device_names, choose_device_name, device_suffix
+from bsud.config import Provider
+from bsud.config.catalogue import ATTACH_LIMITS, DEVICE_NAMES
+from bsud.errors import AttachmentLimitError
 
 
 @pytest.mark.parametrize(
@@ -28,6 +31,13 @@ def test_candidates_are_valid_names():
     assert names[0] == "/dev/xvdb" and "/dev/xvda" not in names
     assert all(device_suffix(n) and n[8] != "a" for n in names)
     assert len(names) == len(set(names))
+
+
+def test_every_name_taken_is_a_full_vm_and_the_catalogue_knows_how_many():
+    """What max-bsu-count may reach where the cloud documents no limit (ec2, local) is this range."""
+    assert len(candidate_device_names()) == DEVICE_NAMES == ATTACH_LIMITS[Provider.LOCAL].volumes
+    with pytest.raises(AttachmentLimitError, match="every device name bsud gives, /dev/xvdb to /dev/xvdzz, is taken"):
+        choose_device_name(candidate_device_names())
 
 
 @pytest.mark.parametrize(("name", "suffix"), [("/dev/xvdc", "c"), ("/dev/sda1", "a"), ("/dev/xvdba", "ba"),
