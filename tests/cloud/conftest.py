@@ -18,6 +18,8 @@ from bsud.cloud.base import Identity
 from bsud.cloud.ec2 import Ec2Cloud
 from bsud.config import CloudSettings
 
+from .faultproxy import FaultProxy
+
 REGION = "us-east-1"
 ZONE = "us-east-1a"
 
@@ -44,6 +46,15 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def ec2(moto_endpoint: str, aws_env: None):
     urllib.request.urlopen(urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST"), timeout=10)
     return boto3.client("ec2", region_name=REGION, endpoint_url=moto_endpoint)
+
+
+@pytest.fixture
+def proxy(moto_endpoint: str, aws_env: None) -> Iterator[FaultProxy]:
+    """moto's server, reset, behind a proxy that counts the calls and injects faults (tests/cloud/faultproxy.py)."""
+    urllib.request.urlopen(urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST"), timeout=10)
+    fault = FaultProxy(moto_endpoint)
+    yield fault
+    fault.close()
 
 
 def run_instance(ec2) -> str:

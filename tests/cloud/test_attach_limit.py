@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import signal
 import time
-import urllib.request
 from pathlib import Path
 
 import boto3
@@ -63,14 +62,6 @@ def test_an_outscale_vm_holding_40_volumes_is_full_before_asking(make_cloud, ec2
 
 
 # --- under a running daemon ------------------------------------------------------------------------------------------
-
-@pytest.fixture
-def proxy(moto_endpoint: str, aws_env):
-    urllib.request.urlopen(urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST"), timeout=10)
-    fault = FaultProxy(moto_endpoint)
-    yield fault
-    fault.close()
-
 
 @pytest.fixture
 def client(moto_endpoint: str, aws_env):

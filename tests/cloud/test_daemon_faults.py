@@ -9,7 +9,6 @@ On this machine an EC2 volume never shows up as a block device (that is the VM l
 from __future__ import annotations
 
 import time
-import urllib.request
 from pathlib import Path
 
 import boto3
@@ -22,14 +21,6 @@ from .faultproxy import FaultProxy
 pytestmark = pytest.mark.cloud
 
 WAITS = {"cloud-refresh-seconds": 1, "volume-wait-seconds": 3, "device-wait-seconds": 3}
-
-
-@pytest.fixture
-def proxy(moto_endpoint: str, aws_env):
-    urllib.request.urlopen(urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST"), timeout=10)
-    fault = FaultProxy(moto_endpoint)
-    yield fault
-    fault.close()
 
 
 @pytest.fixture
