@@ -16,8 +16,8 @@ the volumes at the end. The same writer runs against:
 - ``baseline``: what amazon-ebs-autoscale does — poll ``df`` every 2 s, add a volume (largest × 1.2, created,
   attached and ``btrfs device add``-ed the same way) once used ≥ 85 %.
 
-Then the daemon's idle cost: CPU % of one core, RSS and threads over ``--idle-seconds``, with one drive online,
-then with ten (one daemon, ten drives of 1 GiB; nothing writes to them).
+Then the daemon's idle cost (``bench/idle.py``): CPU % of one core, RSS and threads over ``--idle-seconds``, with
+one drive online, then with ten (one daemon, ten drives of 1 GiB; nothing writes to them).
 Nothing here is a pass/fail test; the figures go to docs/operations.md ("How fast bsud reacts").
 """
 
@@ -301,36 +301,6 @@ def run_ceiling(base: Path, gib: float) -> Result:
     return result
 
 
-def idle_cost(base: Path, seconds: float, drives: int = 1) -> str:
-    """CPU % of one core (user + system, from /proc/<pid>/stat over ``seconds``), RSS and threads of a daemon whose
-    ``drives`` drives are online and idle."""
-    drive = Drive(base, 1, drives)
-    try:
-        drive.start()
-        drive.wait_online()
-        time.sleep(3)
-        assert drive.proc is not None
-        stat = Path(f"/proc/{drive.proc.pid}/stat")
-        ticks = os.sysconf("SC_CLK_TCK")
-
-        def cpu() -> float:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / ticks
-
-        c0, t0 = cpu(), time.monotonic()
-        time.sleep(seconds)
-        c1, t1 = cpu(), time.monotonic()
-        status = Path(f"/proc/{drive.proc.pid}/status").read_text()
-        rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
-        threads = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("Threads:"))
-        what = "one drive" if drives == 1 else f"{drives} drives"
-        return (f"idle daemon, {what} online, {seconds:.0f} s: CPU {100 * (c1 - c0) / (t1 - t0):.2f} % of a "
-                f"core, RSS {rss / 1024:.1f} MiB, {threads} threads (targets: ten drives ≤ 1 % together, "
-                "≤ 60 MB)")
-    finally:
-        drive.destroy()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rates", default="25,50,100,200,400,max", help="MB/s list; 'max' = unthrottled")
@@ -347,6 +317,8 @@ def main() -> int:
     configure_logging("warning")
     base = Path(args.dir)
     base.mkdir(parents=True, exist_ok=True)
+    from bench.idle import idle_cost  # it builds on this module's Drive
+
     if args.idle_only:
         for drives in (1, 10):
             print(idle_cost(base, args.idle_seconds or 60.0, drives), flush=True)
