@@ -1,11 +1,12 @@
-"""One drive in the daemon: a thread running its steps, and a sampler thread reading its live space.
+"""One drive in the daemon: a thread running its steps, and the sample of its live space the daemon's sampler takes.
 
-The sampler reads the mounted drive's space from sysfs every ``usage-interval-seconds`` (file reads: no process,
-no API call), feeds the write rate, and wakes the drive at once when the planner's own
-:func:`scale_up_reason` says it needs space — stopping first the move of a removal that the step thread may be in
-(a burst pre-empts a removal: see bsud.host.preempt). When nothing was written, a sample costs a few ``pread`` and
-ends there. The drive's thread runs a full observe/plan/act step every ``full-check-seconds``, at once when woken,
-and retries a failed step with a doubling delay (up to 5 minutes).
+The daemon's one sampler thread (bsud.sampler) calls :meth:`DriveWorker.sample` for every drive every
+``usage-interval-seconds``: it reads the mounted drive's space from sysfs (file reads: no process, no API call),
+feeds the write rate, and wakes the drive at once when the planner's own :func:`scale_up_reason` says it needs
+space — stopping first the move of a removal that the step thread may be in (a burst pre-empts a removal: see
+bsud.host.preempt). When nothing the space is made of moved, a sample costs a few ``pread`` and ends there. The
+drive's thread runs a full observe/plan/act step every ``full-check-seconds``, at once when woken, and retries a
+failed step with a doubling delay (up to 5 minutes).
 """
 
 from __future__ import annotations
@@ -71,17 +72,17 @@ class DriveWorker(threading.Thread):
         self.quiet_until = 0.0
         self.pending_spec: DriveConfig | None = None
         self.lock = threading.Lock()
-        self.sampler = threading.Thread(target=self._sample_loop, name=f"sample-{spec.name}", daemon=True)
         #: The step thread's progress (the daemon stops pinging systemd's watchdog when it is overdue).
         self.watch = StepWatch(spec.name)
         #: When the sampler last finished a sample (monotonic): a sampler that stops sampling stops the drive's
         #: reaction to a writer, which is as bad as a stuck step.
         self.sampled = time.monotonic()
+        #: The sampler's schedule for this drive: when it is due, whether its last sample was cheap (sysfs; else it
+        #: ran a process, and the drive is sampled in a thread of its own, at most every 2 s), and that thread.
+        self.next_sample = 0.0
+        self.cheap = True
+        self.sampling_alone: threading.Thread | None = None
         self.last_full: FullSample | None = None
-
-    def start(self) -> None:
-        super().start()
-        self.sampler.start()
 
     def update(self, spec: DriveConfig) -> None:
         with self.lock:
@@ -152,23 +153,23 @@ class DriveWorker(threading.Thread):
             self.last_full = FullSample(fingerprint, spec, obs, usage.used, now, reason is not None)
         return space.source == "sysfs"
 
-    def _sample_loop(self) -> None:
-        interval = self.owner.config.daemon.usage_interval_seconds
-        while not self.stop_event.is_set():
-            try:
-                cheap = self.sample()
-            except Exception:  # noqa: BLE001 - sampling must never stop the drive's own thread
-                log.exception("sampling failed", drive=self.reconciler.spec.name)
-                cheap = False
-            self.sampled = time.monotonic()
-            # Without sysfs each sample is a process: sample no more than every 2 s then.
-            self.stop_event.wait(interval if cheap else max(interval, 2.0))
+    def sample_once(self, beat: float, interval: float) -> None:
+        """One sample as the sampler takes it on its beat at ``beat`` (monotonic): never raises, and sets when the
+        next one is due — the next beat, or at least 2 s after this one ends when it ran a process."""
+        try:
+            cheap = self.sample()
+        except Exception:  # noqa: BLE001 - sampling must never stop the sampler (nor the other drives')
+            log.exception("sampling failed", drive=self.reconciler.spec.name)
+            cheap = False
+        self.sampled = time.monotonic()
+        self.cheap = cheap
+        self.next_sample = beat + interval if cheap else self.sampled + max(interval, 2.0)
 
     def overdue(self, now: float) -> str | None:
         """Why this drive's threads look stuck (a step past its operation's bound, a sampler that stopped), or
         None."""
         stuck = self.watch.overdue(now)
-        if stuck is None and self.sampler.is_alive() and now - self.sampled > SAMPLER_STUCK_SECONDS:
+        if stuck is None and now - self.sampled > SAMPLER_STUCK_SECONDS:
             stuck = f"drive {self.reconciler.spec.name!r}: no usage sample for {now - self.sampled:.0f} s"
         return stuck
 

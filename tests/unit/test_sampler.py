@@ -1,4 +1,4 @@
-"""The sampler: a sample that ends after a few ``pread`` when nothing was written.
+"""The sampler: one thread for every drive, and a sample that ends after a few ``pread`` when nothing was written.
 
 A drive's sample (``DriveWorker.sample``) is fed a fake layout (its space and fingerprint set by the test) and a fake
 clock: an unchanged fingerprint skips the full read; a changed one — a writer's first write — goes through it all
@@ -7,6 +7,7 @@ at once, with the same rate and the same trigger as sampling in full every time;
 
 from __future__ import annotations
 
+import threading
 from types import SimpleNamespace
 
 import pytest
@@ -18,7 +19,8 @@ from bsud.host.space import Pool, Space
 from bsud.reconcile.model import DriveObs
 from bsud.reconcile.observe import CloudSnapshot
 from bsud.reconcile.pace import RateMeter
-from bsud.worker import FULL_SAMPLE_SECONDS, DriveWorker
+from bsud.sampler import Sampler
+from bsud.worker import FULL_SAMPLE_SECONDS, SAMPLER_STUCK_SECONDS, DriveWorker
 
 GIB, MIB = 1024**3, 1024**2
 INTERVAL = 0.25
@@ -182,3 +184,74 @@ def test_a_drive_not_mounted_is_not_read(drive_worker, clock):
     worker.reconciler.last_obs = DriveObs(name="d", mounted=False)
     tick(worker, clock, 3)
     assert drive.full_reads == 0
+
+
+def test_a_silent_sampler_is_a_stuck_drive(drive_worker, clock):
+    worker, _ = drive_worker
+    worker.sample_once(clock.now, INTERVAL)
+    assert worker.overdue(worker.sampled + 60) is None
+    assert "no usage sample" in (worker.overdue(worker.sampled + SAMPLER_STUCK_SECONDS + 1) or "")
+
+
+# -- one thread for every drive -----------------------------------------------------------------------------------
+
+
+def test_one_turn_samples_every_drive_due_and_each_is_due_on_the_next_beat(tmp_path, clock):
+    workers = [make_worker(tmp_path, f"d{i}") for i in range(10)]
+    counts = {w.reconciler.spec.name: 0 for w in workers}
+    for w in workers:
+        def sample(w: DriveWorker = w) -> bool:
+            counts[w.reconciler.spec.name] += 1
+            clock.now += 0.001                         # sampling takes time: the next beat is still on time
+            return True
+        w.sample = sample  # type: ignore[method-assign]
+    sampler = Sampler(lambda: workers, lambda: INTERVAL, threading.Event())
+    beat = clock.now
+    for _ in range(4):
+        sampler.turn(beat)
+        beat += INTERVAL
+        clock.now = beat
+    assert set(counts.values()) == {4}
+    assert {w.sampling_alone for w in workers} == {None}   # all in the sampler's own thread
+
+
+def test_a_drive_whose_sample_runs_a_process_is_sampled_in_a_thread_of_its_own(tmp_path, clock):
+    slow, fast = make_worker(tmp_path, "slow"), make_worker(tmp_path, "fast")
+    release = threading.Event()
+    threads: list[str] = []
+
+    def slow_sample() -> bool:
+        threads.append(threading.current_thread().name)
+        if len(threads) > 1:
+            release.wait(5)                           # `btrfs filesystem usage` hanging on a slow device
+        return False
+    slow.sample = slow_sample  # type: ignore[method-assign]
+    fast_samples = []
+    fast.sample = lambda: fast_samples.append(1) or True  # type: ignore[method-assign]
+    sampler = Sampler(lambda: [slow, fast], lambda: INTERVAL, threading.Event())
+    sampler.turn(clock.now)                           # the first fallback is found out inline
+    assert threads == [threading.current_thread().name] and not slow.cheap
+    assert slow.next_sample == pytest.approx(clock.now + 2.0)  # a process: at most every 2 s
+    clock.now += 2.0
+    sampler.turn(clock.now)                           # now alone: the sampler does not wait for it
+    alone = slow.sampling_alone
+    assert alone is not None and alone.is_alive() and threads[-1] == "sample-slow"
+    for _ in range(8):
+        clock.now += INTERVAL
+        sampler.turn(clock.now)                       # the other drive goes on; no second thread for the slow one
+    assert len(fast_samples) == 10 and slow.sampling_alone is alone and len(threads) == 2
+    release.set()
+    alone.join(5)
+
+
+def test_the_sampler_thread_stops_with_the_daemon(tmp_path):
+    worker = make_worker(tmp_path)
+    sampled = threading.Event()
+    worker.sample = lambda: sampled.set() or True  # type: ignore[method-assign]
+    stop = threading.Event()
+    sampler = Sampler(lambda: [worker], lambda: 0.01, stop)
+    sampler.start()
+    assert sampled.wait(5)
+    stop.set()
+    sampler.join(5)
+    assert not sampler.is_alive()
