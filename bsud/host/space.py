@@ -119,9 +119,9 @@ class CounterFiles:
 
 class Fingerprint:
     """The raw text of the counters the data and metadata pools' used bytes are made of (:data:`REQUIRED_COUNTERS`,
-    and :data:`OPTIONAL_COUNTERS` where the kernel has them), kept open and read in one go: ten ``pread`` or so,
-    ~15 µs — ~70 µs when the caches are cold, as they are four times a second — against ~500 µs for a full sample
-    (:func:`read_space`, the page cache, the meters, the status).
+    and :data:`OPTIONAL_COUNTERS` where the kernel has them), kept open and read in one go: a dozen ``pread``,
+    ~11 µs — a sample that ends there costs ~60 µs with the caches cold, as they are four times a second — against
+    ~350–500 µs for a full sample (:func:`read_space`, the page cache, the meters, the status).
 
     Equal to the last one, those used bytes are what they were, and nothing was written: a buffered write reserves
     its space as it returns — data ``bytes_may_use`` and metadata's reservation (measured on a loop-mounted btrfs,
