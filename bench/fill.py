@@ -4,6 +4,7 @@ Run as root from the checkout (after scripts/setup):
 
     .venv/bin/python bench/fill.py                      # the whole sweep (~25 min)
     .venv/bin/python bench/fill.py --rates 50,200,max --first 2 --idle-seconds 0   # a quick look
+    .venv/bin/python bench/fill.py --idle-only          # the idle cost alone: one drive, then ten (~3 min)
 
 Local provider (sparse files + loop devices), btrfs layout, a fresh drive per run. A writer appends 1 MiB
 blocks to one file without fsync at a steady rate until it has written the first volume's size plus
@@ -15,7 +16,8 @@ the volumes at the end. The same writer runs against:
 - ``baseline``: what amazon-ebs-autoscale does — poll ``df`` every 2 s, add a volume (largest × 1.2, created,
   attached and ``btrfs device add``-ed the same way) once used ≥ 85 %.
 
-Then the daemon's idle cost: CPU % of one core and RSS over ``--idle-seconds`` with one drive online.
+Then the daemon's idle cost (``bench/idle.py``): CPU % of one core, RSS and threads over ``--idle-seconds``, with
+one drive online, then with ten (one daemon, ten drives of 1 GiB; nothing writes to them).
 Nothing here is a pass/fail test; the figures go to docs/operations.md ("How fast bsud reacts").
 """
 
@@ -163,20 +165,23 @@ def log_times(log: Path) -> tuple[float | None, float | None]:
 
 
 class Drive:
-    """A bsud daemon on a fresh local-provider drive in its own directory."""
+    """A bsud daemon on a fresh local-provider drive in its own directory (``count`` > 1: that many drives, named
+    ``bench``, ``bench-2``…, in the one daemon)."""
 
-    def __init__(self, base: Path, first_gib: int) -> None:
+    def __init__(self, base: Path, first_gib: int, count: int = 1) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="run-", dir=base))
         self.mount = self.dir / "mnt"
         self.config = self.dir / "bsud.json"
         self.status = self.dir / "status.json"
         self.log = self.dir / "bsud.log"
         self.state = self.dir / "state"
+        self.names = [DRIVE] + [f"{DRIVE}-{i}" for i in range(2, count + 1)]
         self.config.write_text(json.dumps({
             "cloud": {"provider": "local", "state-dir": str(self.state), "instance-id": "i-bench"},
             "daemon": {"status-file": str(self.status)},
-            "drives": [{"name": DRIVE, "target": "online", "mount-path": str(self.mount), "layout": "btrfs",
-                        "initial-size-gib": first_gib, "max-bsu-count": 10, "max-total-size-gib": 64}],
+            "drives": [{"name": name, "target": "online", "layout": "btrfs", "initial-size-gib": first_gib,
+                        "mount-path": str(self.mount if name == DRIVE else self.dir / f"mnt-{name}"),
+                        "max-bsu-count": 10, "max-total-size-gib": 64} for name in self.names],
         }))
         self.proc: subprocess.Popen | None = None
 
@@ -185,21 +190,21 @@ class Drive:
         self.proc = subprocess.Popen([sys.executable, "-m", "bsud", "-c", str(self.config)], cwd=ROOT,
                                      stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "BSUD_LOG": "info"})
 
-    def drive_status(self) -> dict:
+    def drive_status(self, name: str = DRIVE) -> dict:
         try:
-            return json.loads(self.status.read_text())["drives"][DRIVE]
+            return json.loads(self.status.read_text())["drives"][name]
         except (OSError, ValueError, KeyError):
             return {}
 
     def wait_online(self, timeout: float = 120) -> dict:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout * len(self.names)
         while time.monotonic() < deadline:
-            st = self.drive_status()
-            if st.get("phase") == "online" and st.get("action") == "Idle" and \
-                    all(v.get("member") for v in st.get("volumes", [])):
-                return st
+            states = [self.drive_status(name) for name in self.names]
+            if all(st.get("phase") == "online" and st.get("action") == "Idle" and
+                   all(v.get("member") for v in st.get("volumes", [])) for st in states):
+                return states[0]
             time.sleep(0.2)
-        raise RuntimeError(f"drive not online after {timeout} s; see {self.log}")
+        raise RuntimeError(f"drives not online after {timeout * len(self.names)} s; see {self.log}")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -296,31 +301,6 @@ def run_ceiling(base: Path, gib: float) -> Result:
     return result
 
 
-def idle_cost(base: Path, seconds: float) -> str:
-    drive = Drive(base, 1)
-    try:
-        drive.start()
-        drive.wait_online()
-        time.sleep(3)
-        assert drive.proc is not None
-        stat = Path(f"/proc/{drive.proc.pid}/stat")
-        ticks = os.sysconf("SC_CLK_TCK")
-
-        def cpu() -> float:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / ticks
-
-        c0, t0 = cpu(), time.monotonic()
-        time.sleep(seconds)
-        c1, t1 = cpu(), time.monotonic()
-        status = Path(f"/proc/{drive.proc.pid}/status").read_text()
-        rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
-        return (f"idle daemon, one drive online, {seconds:.0f} s: CPU {100 * (c1 - c0) / (t1 - t0):.2f} % of a "
-                f"core, RSS {rss / 1024:.1f} MiB (targets: ≤ 1 %, ≤ 60 MB)")
-    finally:
-        drive.destroy()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rates", default="25,50,100,200,400,max", help="MB/s list; 'max' = unthrottled")
@@ -328,6 +308,7 @@ def main() -> int:
     parser.add_argument("--extra-gib", type=float, default=1.5, help="write the first volume's size plus this")
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--idle-seconds", type=float, default=60.0, help="0 to skip the idle measurement")
+    parser.add_argument("--idle-only", action="store_true", help="only the idle cost (one drive, then ten)")
     parser.add_argument("--dir", default="/var/tmp/bsud-bench", help="where volumes and the ceiling file go")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -336,6 +317,12 @@ def main() -> int:
     configure_logging("warning")
     base = Path(args.dir)
     base.mkdir(parents=True, exist_ok=True)
+    from bench.idle import idle_cost  # it builds on this module's Drive
+
+    if args.idle_only:
+        for drives in (1, 10):
+            print(idle_cost(base, args.idle_seconds or 60.0, drives), flush=True)
+        return 0
     rates = [None if r == "max" else float(r) * 1e6 for r in args.rates.split(",")]
     firsts = [int(x) for x in args.first.split(",")]
 
@@ -356,7 +343,8 @@ def main() -> int:
     for (label, first), rate in sorted(survived.items()):
         print(f"highest target rate survived: {label}, first volume {first} GiB: {rate}")
     if args.idle_seconds > 0:
-        print(idle_cost(base, args.idle_seconds))
+        for drives in (1, 10):
+            print(idle_cost(base, args.idle_seconds, drives), flush=True)
     return 0
 
 

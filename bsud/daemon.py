@@ -1,11 +1,11 @@
 """The daemon: one worker per drive (``bsud.worker``), a shared cloud snapshot, signals, systemd, and the sinks
 its reports and events go to (status file, sd_notify, metrics, the on-event command).
 
-Steady state: each drive's sampler reads its live space from sysfs and wakes it when it needs space; the drive
-runs a full observe/plan every ``full-check-seconds``. The cloud is read once for all drives, and only
-when the snapshot is older than ``cloud-refresh-seconds`` (± 20 %), a drive changed something, or the host's block
-device events concern a drive (:mod:`bsud.host.hotplug`): one DescribeVolumes per 20 minutes by default when nothing
-happens.
+Steady state: the sampler (one thread for all drives, :mod:`bsud.sampler`) reads each drive's live space from sysfs
+and wakes it when it needs space; the drive runs a full observe/plan every ``full-check-seconds``. The cloud is read
+once for all drives, and only when the snapshot is older than ``cloud-refresh-seconds`` (± 20 %), a drive changed
+something, or the host's block device events concern a drive (:mod:`bsud.host.hotplug`): one DescribeVolumes per
+20 minutes by default when nothing happens.
 
 SIGTERM/SIGINT: drives finish their current step, then the daemon exits 0 (a long pvmove or
 btrfs relocation is abandoned safely: both resume on the next start). SIGHUP: reload the
@@ -38,6 +38,7 @@ from bsud.metrics import Metrics
 from bsud.reconcile.events import Event
 from bsud.reconcile.observe import CloudSnapshot, unmanaged_drives
 from bsud.runner import preflight
+from bsud.sampler import Sampler
 from bsud.sdnotify import notify, watchdog_interval
 from bsud.sinks import DaemonReport, EventCommand, SdNotifyStatus, Sink, StatusFile
 from bsud.worker import DriveWorker
@@ -366,6 +367,8 @@ class Daemon:
         signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
         signal.signal(signal.SIGHUP, lambda *_: self.reload_event.set())
         self._start_workers()
+        Sampler(lambda: list(self.workers.values()), lambda: self.config.daemon.usage_interval_seconds,
+                self.stop_event).start()
         self._manage_ganesha()
         events = BlockEvents(self._block_event)
         events.start()
@@ -380,7 +383,7 @@ class Daemon:
                 self.reload_event.clear()
                 self.reload()
             if time.monotonic() >= next_publish:
-                self.publish()  # the live usage and write rate the samplers keep
+                self.publish()  # the live usage and write rate the sampler keeps
                 next_publish = time.monotonic() + STATUS_SECONDS
             if time.monotonic() >= next_ping:
                 if self._watchdog_ok() and watchdog:

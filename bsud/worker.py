@@ -1,23 +1,26 @@
-"""One drive in the daemon: a thread running its steps, and a sampler thread reading its live space.
+"""One drive in the daemon: a thread running its steps, and the sample of its live space the daemon's sampler takes.
 
-The sampler reads the mounted drive's space from sysfs every ``usage-interval-seconds`` (file reads: no process,
-no API call), feeds the write rate, and wakes the drive at once when the planner's own
-:func:`scale_up_reason` says it needs space — stopping first the move of a removal that the step thread may be in
-(a burst pre-empts a removal: see bsud.host.preempt). The drive's thread runs a full observe/plan/act step every
-``full-check-seconds``, at once when woken, and retries a failed step with a doubling delay (up to 5 minutes).
+The daemon's one sampler thread (bsud.sampler) calls :meth:`DriveWorker.sample` for every drive every
+``usage-interval-seconds``: it reads the mounted drive's space from sysfs (file reads: no process, no API call),
+feeds the write rate, and wakes the drive at once when the planner's own :func:`scale_up_reason` says it needs
+space — stopping first the move of a removal that the step thread may be in (a burst pre-empts a removal: see
+bsud.host.preempt). When nothing the space is made of moved, a sample costs a few ``pread`` and ends there. The
+drive's thread runs a full observe/plan/act step every ``full-check-seconds``, at once when woken, and retries a
+failed step with a doubling delay (up to 5 minutes).
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bsud.config import DriveConfig, Target
 from bsud.errors import BsudError
 from bsud.logs import get_logger
 from bsud.reconcile.engine import DriveReconciler
-from bsud.reconcile.model import Blocked, Idle, Wait
+from bsud.reconcile.model import Blocked, DriveObs, Idle, Wait
 from bsud.reconcile.observe import usage_obs
 from bsud.host.writeback import bytes_written, page_cache
 from bsud.reconcile.pace import RateMeter, WritebackMeter
@@ -33,6 +36,22 @@ log = get_logger("bsud.daemon")
 MAX_RETRY_SECONDS = 300.0
 #: A sampler that has not finished a sample for this long is stuck (it samples every 0.25 s, at worst every 2 s).
 SAMPLER_STUCK_SECONDS = 120.0
+#: A drive's space is read in full at least this often even when nothing was written: the status and metrics see the
+#: write rate fall, the page cache's room is read again, and so are the chunks allocated and the devices' sizes (not
+#: in the fingerprint: they move the free bytes only).
+FULL_SAMPLE_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class FullSample:
+    """What the last full sample of a drive saw: the next sample ends early when nothing of it changed."""
+
+    fingerprint: tuple[object, ...]   # the layout's live_fingerprint before the space was read
+    spec: DriveConfig                 # the config and the observation it was judged with (compared by identity)
+    obs: DriveObs
+    used: int
+    at: float                         # monotonic
+    needs_space: bool                 # scale_up_reason gave a reason: every sample asks again
 
 
 class DriveWorker(threading.Thread):
@@ -53,16 +72,17 @@ class DriveWorker(threading.Thread):
         self.quiet_until = 0.0
         self.pending_spec: DriveConfig | None = None
         self.lock = threading.Lock()
-        self.sampler = threading.Thread(target=self._sample_loop, name=f"sample-{spec.name}", daemon=True)
         #: The step thread's progress (the daemon stops pinging systemd's watchdog when it is overdue).
         self.watch = StepWatch(spec.name)
         #: When the sampler last finished a sample (monotonic): a sampler that stops sampling stops the drive's
         #: reaction to a writer, which is as bad as a stuck step.
         self.sampled = time.monotonic()
-
-    def start(self) -> None:
-        super().start()
-        self.sampler.start()
+        #: The sampler's schedule for this drive: when it is due, whether its last sample was cheap (sysfs; else it
+        #: ran a process, and the drive is sampled in a thread of its own, at most every 2 s), and that thread.
+        self.next_sample = 0.0
+        self.cheap = True
+        self.sampling_alone: threading.Thread | None = None
+        self.last_full: FullSample | None = None
 
     def update(self, spec: DriveConfig) -> None:
         with self.lock:
@@ -85,18 +105,35 @@ class DriveWorker(threading.Thread):
     # -- sampling --------------------------------------------------------------------------------
 
     def sample(self) -> bool:
-        """Read the drive's live space once, feed the write rate; True when sysfs answered (no process)."""
+        """Read the drive's live space once, feed the write rate; True when sysfs answered (no process).
+
+        The sample ends after a few ``pread`` when nothing changed since the last full one: the same fingerprint of
+        the space (the layout's ``live_fingerprint``: its allocation counters, which any write moves at once), the
+        same observation and config, no reason to grow found then, and that one less than
+        :data:`FULL_SAMPLE_SECONDS` old. The space is then what it was; the write rate is fed the same used bytes
+        (its windows see the time pass: the rate falls as before). Any other sample goes through it all at once:
+        a writer's first write is judged by the very sample that would have judged it before."""
         rec = self.reconciler
         spec, obs = rec.spec, rec.last_obs
+        assert rec.meter is not None
         if spec.target != Target.ONLINE or obs is None or not obs.mounted:
+            self.last_full = None
             return True
+        fingerprint = rec.layout.live_fingerprint(spec.mount_path)  # before the space: a write in between shows
+        last = self.last_full
+        if last is not None and fingerprint is not None and fingerprint == last.fingerprint and \
+                spec is last.spec and obs is last.obs and not last.needs_space:
+            now = time.monotonic()
+            if now - last.at < FULL_SAMPLE_SECONDS:
+                rec.meter.add(now, last.used)
+                return True
+        self.last_full = None
         try:
             space = rec.layout.live_usage(spec.mount_path)
         except BsudError:
             return True
         usage = usage_obs(space)
         now = time.monotonic()
-        assert rec.meter is not None
         rec.meter.add(now, usage.used)
         if rec.writeback is not None:
             rec.dirty_room, saturated = page_cache()
@@ -112,25 +149,27 @@ class DriveWorker(threading.Thread):
         # A removal under way (its move holds the step thread for hours on a big volume) gives way at once: its move
         # is stopped, the step ends and the drive grows. Once per removal; a no-op when none runs.
         rec.layout.preemption.sampled(usage.used, usage.free, reason)
+        if fingerprint is not None:
+            self.last_full = FullSample(fingerprint, spec, obs, usage.used, now, reason is not None)
         return space.source == "sysfs"
 
-    def _sample_loop(self) -> None:
-        interval = self.owner.config.daemon.usage_interval_seconds
-        while not self.stop_event.is_set():
-            try:
-                cheap = self.sample()
-            except Exception:  # noqa: BLE001 - sampling must never stop the drive's own thread
-                log.exception("sampling failed", drive=self.reconciler.spec.name)
-                cheap = False
-            self.sampled = time.monotonic()
-            # Without sysfs each sample is a process: sample no more than every 2 s then.
-            self.stop_event.wait(interval if cheap else max(interval, 2.0))
+    def sample_once(self, beat: float, interval: float) -> None:
+        """One sample as the sampler takes it on its beat at ``beat`` (monotonic): never raises, and sets when the
+        next one is due — the next beat, or at least 2 s after this one ends when it ran a process."""
+        try:
+            cheap = self.sample()
+        except Exception:  # noqa: BLE001 - sampling must never stop the sampler (nor the other drives')
+            log.exception("sampling failed", drive=self.reconciler.spec.name)
+            cheap = False
+        self.sampled = time.monotonic()
+        self.cheap = cheap
+        self.next_sample = beat + interval if cheap else self.sampled + max(interval, 2.0)
 
     def overdue(self, now: float) -> str | None:
         """Why this drive's threads look stuck (a step past its operation's bound, a sampler that stopped), or
         None."""
         stuck = self.watch.overdue(now)
-        if stuck is None and self.sampler.is_alive() and now - self.sampled > SAMPLER_STUCK_SECONDS:
+        if stuck is None and now - self.sampled > SAMPLER_STUCK_SECONDS:
             stuck = f"drive {self.reconciler.spec.name!r}: no usage sample for {now - self.sampled:.0f} s"
         return stuck
 

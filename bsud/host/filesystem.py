@@ -186,6 +186,15 @@ class DriveFilesystem:
         runs, without the capacity it takes away (which writers can no longer use)."""
         return self.space.read(mount_point, self._size_hint, leaving=self.preemption.leaving)
 
+    def live_fingerprint(self, mount_point: str) -> tuple[object, ...] | None:
+        """What moves when anything is written, in a few microseconds: the allocation counters' raw text
+        (:class:`~bsud.host.space.Fingerprint`), with the size the last full observation read (it caps the devices'
+        sizes) and the capacity a removal's move is taking away. Equal to an earlier one, nothing was written and
+        :meth:`live_usage` is what it was — but for the chunks allocated and the devices' own sizes (the free bytes
+        only), which the caller reads in full every few seconds. None when sysfs cannot say."""
+        counters = self.space.fingerprint(mount_point)
+        return None if counters is None else (counters, self._size_hint, self.preemption.leaving)
+
 
 def device_bytes(path: str) -> int | None:
     """A block device's size from sysfs, None when it is gone."""

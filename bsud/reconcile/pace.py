@@ -91,6 +91,10 @@ class WritebackMeter:
         self.saturated_since: float | None = None
 
     def add(self, when: float, counters: dict[str, int], saturated: bool = True) -> None:
+        if self.meter.samples and when - self.meter.samples[-1][0] > FAST_WINDOW:
+            # The sampler reads the devices only when the drive's space moved: after a gap, whether the cache stayed
+            # saturated in between is unknown, so the saturated window starts again.
+            self.saturated_since = None
         for device, value in counters.items():
             before = self.last.get(device)
             if before is not None and value >= before:

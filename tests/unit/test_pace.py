@@ -134,6 +134,26 @@ def test_the_devices_rate_counts_only_once_writeback_was_saturated_for_a_whole_w
     assert wb.rate() == pytest.approx(300 * MB, rel=0.05)
 
 
+def test_a_gap_in_the_devices_samples_starts_the_saturated_window_again():
+    """The sampler reads the devices only when the drive's space moved: across a gap, whether the cache stayed
+    saturated is unknown, so a window saturated from end to end starts after it."""
+    from bsud.reconcile.pace import WritebackMeter
+    wb = WritebackMeter()
+    wb.add(0.0, {"loop0": 0}, saturated=True)
+    wb.add(5.0, {"loop0": 0}, saturated=True)       # 5 s later (samples skipped): the window starts again here
+    t, written = 5.0, 0
+    while t <= 6.5:   # saturated since the gap, but not for a whole window yet
+        written += int(0.25 * 300 * MB)
+        t += 0.25
+        wb.add(t, {"loop0": written}, saturated=True)
+    assert wb.rate() == 0.0
+    while t <= 7.5:
+        written += int(0.25 * 300 * MB)
+        t += 0.25
+        wb.add(t, {"loop0": written}, saturated=True)
+    assert wb.rate() == pytest.approx(300 * MB, rel=0.05)
+
+
 def test_pace_carries_the_writeback_figures_only_when_sampled():
     from bsud.reconcile.pace import WritebackMeter
     clock = GrowClock(5.0)

@@ -14,7 +14,8 @@ import pytest
 
 from bsud.host import mounts
 from bsud.host.btrfs import parse_usage
-from bsud.host.space import Pool, Space, SysfsIncomplete, find_fs_dir, read_pool, read_space, space_from_usage
+from bsud.host.space import (Fingerprint, Pool, Space, SpaceReader, SysfsIncomplete, find_fs_dir, read_pool,
+                             read_space, space_from_usage)
 from bsud.reconcile.observe import usage_obs
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -111,3 +112,70 @@ def test_fs_dir_found_by_the_mounted_device(tmp_path: Path):
     assert find_fs_dir(entry, root) == root / "6bfc3207"
     gone = mounts.MountEntry(1, "0:1", "/", "/mnt/x", "rw", "btrfs", "/dev/loop9", "rw")
     assert find_fs_dir(gone, root) is None
+
+
+# -- the fingerprint: whether anything was written since --------------------------------------------------------
+
+
+@pytest.mark.parametrize(("counter", "moved"), [
+    ("data/bytes_may_use", True),        # a buffered write, the moment it returns
+    ("data/bytes_reserved", True),       # writeback under way
+    ("data/bytes_used", True),           # written back
+    ("data/bytes_pinned", True),         # a delete, at its commit
+    ("metadata/bytes_may_use", True),    # a file created, renamed, a small file inlined
+    ("metadata/bytes_used", True),
+    ("data/bytes_readonly", True),       # a chunk being relocated (its free part counts as taken), a scrub
+    ("metadata/bytes_zone_unusable", True),
+    ("data/total_bytes", False),         # moves the free bytes only: read in full every few seconds
+    ("metadata/disk_total", False),
+    ("system/bytes_used", False),
+], ids=lambda v: str(v))
+def test_the_fingerprint_moves_with_every_counter_a_write_moves(tmp_path: Path, counter: str, moved: bool):
+    tree = tmp_path / "fs"
+    shutil.copytree(TREES / "writing", tree)
+    fingerprint = Fingerprint(tree, "/mnt/x")
+    before = fingerprint.read()
+    assert fingerprint.read() == before and len(before) == 12
+    path = tree / "allocation" / counter
+    path.write_text(f"{int(path.read_text()) + 4096}\n")
+    assert (fingerprint.read() != before) is moved
+    fingerprint.close()
+
+
+def test_a_fingerprint_needs_every_counter_a_write_moves(tmp_path: Path):
+    tree = tmp_path / "fs"
+    shutil.copytree(TREES / "idle", tree)
+    (tree / "allocation/metadata/bytes_zone_unusable").unlink()   # optional: a kernel may lack it
+    fingerprint = Fingerprint(tree, "/mnt/x")
+    assert len(fingerprint.read()) == 11
+    fingerprint.close()
+    (tree / "allocation/metadata/bytes_pinned").unlink()
+    with pytest.raises(FileNotFoundError):
+        Fingerprint(tree, "/mnt/x")
+
+
+def test_the_reader_s_fingerprint_is_opened_where_the_filesystem_is_and_kept(tmp_path: Path, monkeypatch):
+    root = tmp_path / "sys"
+    shutil.copytree(TREES / "writing", root / "6bfc3207")
+    mount_point = tmp_path / "mnt"
+    mount_point.mkdir()
+    entry = mounts.MountEntry(1, "0:1", "/", str(mount_point), "rw", "btrfs", "/dev/loop0", "rw")
+    looked = []
+    monkeypatch.setattr(mounts, "mount_at", lambda path: looked.append(path) or entry)
+    reader = SpaceReader(btrfs=None, root=root)  # type: ignore[arg-type]
+    first = reader.fingerprint(str(mount_point))
+    assert first is not None and reader.fingerprint(str(mount_point)) == first
+    assert len(looked) == 1                     # found once; no stat nor lookup on the next ones
+    may_use = root / "6bfc3207/allocation/data/bytes_may_use"
+    may_use.write_text("1\n")
+    assert reader.fingerprint(str(mount_point)) != first
+    reader.fallback = True                      # `btrfs filesystem usage` in use: sysfs cannot say
+    assert reader.fingerprint(str(mount_point)) is None
+
+
+def test_no_fingerprint_where_sysfs_has_no_directory_for_the_filesystem(tmp_path: Path, monkeypatch):
+    entry = mounts.MountEntry(1, "0:1", "/", str(tmp_path), "rw", "btrfs", "/dev/loop9", "rw")
+    monkeypatch.setattr(mounts, "mount_at", lambda path: entry)
+    assert SpaceReader(btrfs=None, root=tmp_path / "sys").fingerprint(str(tmp_path)) is None  # type: ignore[arg-type]
+    monkeypatch.setattr(mounts, "mount_at", lambda path: None)   # not mounted
+    assert SpaceReader(btrfs=None, root=tmp_path / "sys").fingerprint(str(tmp_path)) is None  # type: ignore[arg-type]

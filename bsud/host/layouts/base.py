@@ -76,6 +76,11 @@ class StorageLayout(ABC):
         runs, without the capacity it takes away)."""
         return self.fs.live_usage(mount_point)
 
+    def live_fingerprint(self, mount_point: str) -> tuple[object, ...] | None:
+        """What :meth:`live_usage` is made of, read in a few microseconds (equal: the same space); None when
+        sysfs cannot say."""
+        return self.fs.live_fingerprint(mount_point)
+
     # -- steps ----------------------------------------------------------------------------------
 
     def gate(self, resolution: Resolution, volume_tags: dict[str, str]) -> str:
