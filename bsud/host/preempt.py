@@ -152,11 +152,14 @@ class Preemption:
             allowance = move.allowance if move is not None and move.allowance else \
                 (self._allowance if time.monotonic() < self._allowance_until else 0)
             rise = used - self._base
+            in_flight = move.allowance if move is not None else 0
             if move is not None:
                 self._room = max(self._room, free + rise)
-            # The floor tells a waiting writer only where the chunk in flight cannot take the free bytes that low
-            # by itself: on a drive left with less room than that, a relocation would stop itself for ever.
-            floor_tells = not allowance or self._room - allowance >= RELOCATION_FLOOR
+            # The floor tells a waiting writer except where a relocation runs now whose chunk in flight can take the
+            # free bytes that low by itself: on a drive left with less room than that, a relocation would stop itself
+            # for ever. A relocation's echo (the pvmove after a shrink) is no such case: its chunk is gone, and a
+            # shrunk drive has little room — the VM lane's writer met ENOSPC while the echo held the stop back.
+            floor_tells = not in_flight or self._room - in_flight >= RELOCATION_FLOOR
             if why is None or (rise <= allowance and (free >= RELOCATION_FLOOR or not floor_tells)):
                 return False  # nothing needed, or the relocation in flight may be all of it
         return self.request(why)

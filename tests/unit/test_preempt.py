@@ -380,3 +380,22 @@ def test_a_relocation_onto_less_room_than_its_chunk_is_not_stopped_by_the_floor(
             assert not cancelled.is_set()
             assert p.sampled(base + GIB + GIB // 4, 32 * MIB, "used 98.0% >= 85%") is True
             assert cancelled.wait(5)
+
+
+def test_the_pvmove_after_a_shrink_is_stopped_by_the_floor_during_the_shrinks_echo():
+    """lvm removal: btrfs shrink (a relocation, with its allowance), then pvmove in the same removal. The shrink's
+    allowance still holds for the rate's window after it (its echo), but its chunk is gone: free bytes under the
+    floor are a writer's, on a drive the shrink left small (the VM lane: 1.6 GB left, the stop held back 7 s by the
+    echo, ENOSPC before the LV grew back)."""
+    p = Preemption("d")
+    stopped = threading.Event()
+    base = 922 * MIB
+    assert p.sampled(base, 2 * GIB, None) is False
+    with pytest.raises(Preempted):
+        with p.span():
+            with p.move("btrfs shrink", lambda: None, leaving=1600 * MIB, allowance=GIB + GIB // 8):
+                assert p.sampled(base + 300 * MIB, 400 * MIB, "full in 0.7 s at 900.0 MB/s") is False
+            with p.move("pvmove /dev/vdb", stopped.set):
+                # measured: 966 MB used, 521 MB free, 27 MB/s: a writer in a drive shrunk to 1.6 GB
+                assert p.sampled(966_131_712, 520_749_056, "full in 16.5 s at 27.4 MB/s (used 65.0%)") is True
+                assert stopped.wait(5)
