@@ -149,10 +149,9 @@ class Preemption:
                 return False
             self._base = used if self._base is None else min(self._base, used)
             move = self._move
-            allowance = move.allowance if move is not None and move.allowance else \
-                (self._allowance if time.monotonic() < self._allowance_until else 0)
-            rise = used - self._base
             in_flight = move.allowance if move is not None else 0
+            allowance = in_flight or (self._allowance if time.monotonic() < self._allowance_until else 0)
+            rise = used - self._base
             if move is not None:
                 self._room = max(self._room, free + rise)
             # The floor tells a waiting writer except where a relocation runs now whose chunk in flight can take the

@@ -90,12 +90,16 @@ ABORT = ("lvm", "pvmove", "--abort", "/dev/vdc")
 
 
 def request_when_moving(preemption: Preemption, runner: TranscriptRunner, argv: tuple[str, ...],
-                        why: str = "full in 4.0 s at 250.0 MB/s") -> threading.Thread:
-    """The sampler: asks for the pre-emption once ``argv`` runs (from its own thread)."""
+                        why: str = "full in 4.0 s at 250.0 MB/s",
+                        leaving: list[int] | None = None) -> threading.Thread:
+    """The sampler: asks for the pre-emption once ``argv`` runs (from its own thread), noting in ``leaving`` the
+    capacity then counted out."""
     def sampler() -> None:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not runner.ran(*argv):
             time.sleep(0.01)
+        if leaving is not None:
+            leaving.append(preemption.leaving)
         preemption.request(why)
     thread = threading.Thread(target=sampler, name="sample-d")
     thread.start()
@@ -143,14 +147,7 @@ def test_lvm_shrink_is_cancelled_and_its_capacity_counted_out_meanwhile():
                                                                     "Operation canceled")])
     layout = LvmLayout("d", runner)
     seen: list[int] = []
-
-    def sampler() -> None:
-        while not runner.ran(*resize):
-            time.sleep(0.01)
-        seen.append(layout.preemption.leaving)
-        layout.preemption.request("full in 3.1 s at 300.0 MB/s")
-    thread = threading.Thread(target=sampler)
-    thread.start()
+    thread = request_when_moving(layout.preemption, runner, resize, "full in 3.1 s at 300.0 MB/s", seen)
     with pytest.raises(Preempted, match="btrfs shrink stopped"):
         layout.remove_device("/dev/vdc", MNT)
     thread.join()
@@ -173,14 +170,7 @@ def test_btrfs_device_remove_is_cancelled_and_counted_out_while_it_runs():
     ])
     layout = BtrfsLayout("d", runner)
     leaving: list[int] = []
-
-    def sampler() -> None:
-        while not runner.ran(*REMOVE):
-            time.sleep(0.01)
-        leaving.append(layout.preemption.leaving)
-        layout.preemption.request("full in 9.8 s at 250.0 MB/s")
-    thread = threading.Thread(target=sampler)
-    thread.start()
+    thread = request_when_moving(layout.preemption, runner, REMOVE, "full in 9.8 s at 250.0 MB/s", leaving)
     with pytest.raises(Preempted, match="btrfs device remove /dev/loop1 stopped"):
         layout.remove_device("/dev/loop1", MNT)
     thread.join()
