@@ -149,8 +149,12 @@ class RateSize:
 
 
 def rate_sized(pace: Pace, usage: UsageObs | None = None) -> RateSize:
-    """A volume that holds 2 × safety_factor grow times of what the writer can write: the next grow is then due no
-    sooner than safety_factor grow times after this one is usable.
+    """A volume that holds safety_factor + 1 grow times of what the writer can write: the next grow is then due no
+    sooner than safety_factor grow times after this one is usable. (The trigger fired with safety_factor grow times
+    of room left; one of them goes by while the volume comes; the volume brings safety_factor + 1 more: room for
+    2 × safety_factor − 1 grow times when it is usable, the next trigger safety_factor of them later.) Not more: a
+    burst stops without warning, and what a longer horizon buys is capacity the burst never used (issue 21: 6 grow
+    times made a 3 GiB burst add 8 GiB where 4 were needed).
 
     What the writer can write in ``T`` seconds is bounded twice: by its present rate (``rate × T``) and by what the
     drive can take — the page cache absorbs writes at memory speed only up to the kernel's dirty limit, after which
@@ -165,9 +169,9 @@ def rate_sized(pace: Pace, usage: UsageObs | None = None) -> RateSize:
     rate, grow = pace.write_rate, pace.grow_seconds
     if rate <= 0:
         return RateSize(0, "")
-    horizon = 2 * pace.safety_factor * grow
+    horizon = (pace.safety_factor + 1) * grow
     plain = rate * horizon
-    grows = f"{2 * pace.safety_factor:g} grows of ~{grow:.1f} s"
+    grows = f"{pace.safety_factor + 1:g} grows of ~{grow:.1f} s"
     if pace.dirty_room is None:
         return RateSize(int(plain), f"at {rate_text(rate)} it must hold {grows}")
     takes = intake(pace, horizon)

@@ -316,7 +316,7 @@ def pace(rate: float = 0.0, grow: float = 60.0, peak: float = 0.0, safety: float
 PACE_TABLE = [
     # id, spec overrides, volume sizes, used GiB, pace, max volume GiB, expected (kind, fields) or None, note part
     ("rate-trigger-far-below-threshold", {}, [10], 3.0, pace(100 * MB), 14901,
-     ("CreateVolume", {"size_gib": 34}), None),  # full in ~74 s < 3 × 60 s; 100 MB/s × 60 s × 6 = 34 GiB
+     ("CreateVolume", {"size_gib": 23}), None),  # full in ~74 s < 3 × 60 s; 100 MB/s × 60 s × 4 = 23 GiB
     ("slow-writer-no-trigger", {}, [10], 3.0, pace(1 * MB), 14901, None, None),
     ("fast-grow-no-trigger", {}, [10], 3.0, pace(100 * MB, grow=2.0), 14901, None, None),
     ("classic-size-when-rate-is-low", {}, [10], 9.0, pace(1 * MB), 14901, ("CreateVolume", {"size_gib": 12}), None),

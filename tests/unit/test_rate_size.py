@@ -25,22 +25,24 @@ def pace(rate: float, grow: float = 5.0, writeback: float = 0.0, room: float | N
 
 RATE_TABLE = [
     # id, pace, usage, expected GiB
-    # not sampled (no kernel figures): rate × grow time × 6, as before — issue 21's 36 GiB for 1278 MB/s
-    ("unknown-kernel-figures-as-before", pace(1278 * MB), usage(0.1, 1), 36),
+    # not sampled (no kernel figures): rate × grow time × (safety factor + 1) — issue 21's 36 GiB for 1278 MB/s
+    # was 6 grow times
+    ("unknown-kernel-figures", pace(1278 * MB), usage(0.1, 1), 24),
     # a writer slower than the devices: its own rate is the bound
-    ("slow-writer-its-rate", pace(50 * MB, writeback=200 * MB, room=3.4), usage(0.1, 1), 2),
+    ("slow-writer-its-rate", pace(50 * MB, writeback=200 * MB, room=3.4), usage(0.1, 1), 1),
     # issue 21's burst: 1278 MB/s for a second into the page cache (3.4 GiB of room), devices seen at 300 MB/s:
-    # the cache's room plus 30 s of writeback, not 30 s at memory speed
+    # the cache's room plus 20 s of writeback (9.0 GiB), not 20 s at memory speed — but at least two grows at
+    # the present rate less the free space (12 GiB), in case the devices are faster than seen
     ("memory-speed-burst", pace(1278 * MB, writeback=300 * MB, room=3.4), usage(0.1, 1), 12),
-    # the devices not seen saturated yet: a third of the present rate assumed (3.4 GiB + 426 MB/s × 30 s)
-    ("devices-not-seen-yet", pace(1278 * MB, writeback=0.0, room=3.4), usage(0.1, 1), 16),
+    # the devices not seen saturated yet: a third of the present rate assumed (3.4 GiB + 426 MB/s × 20 s)
+    ("devices-not-seen-yet", pace(1278 * MB, writeback=0.0, room=3.4), usage(0.1, 1), 12),
     # devices seen slower than the floor: two grows at the present rate, less what is free
     ("slow-devices-floor", pace(1278 * MB, writeback=50 * MB, room=3.4), usage(0.1, 1), 12),
     # a grow timed at 2 s: everything scales with it
-    ("fast-grows", pace(1278 * MB, grow=2.0, writeback=300 * MB, room=3.4), usage(0.1, 1), 7),
-    ("fast-grows-big-free-space", pace(1278 * MB, grow=2.0, writeback=300 * MB, room=3.4), usage(1, 8), 7),
+    ("fast-grows", pace(1278 * MB, grow=2.0, writeback=300 * MB, room=3.4), usage(0.1, 1), 6),
+    ("fast-grows-big-free-space", pace(1278 * MB, grow=2.0, writeback=300 * MB, room=3.4), usage(1, 8), 6),
     # devices faster than the writer: the writer's rate
-    ("fast-devices", pace(400 * MB, grow=2.0, writeback=2000 * MB, room=3.4), usage(0.1, 1), 5),
+    ("fast-devices", pace(400 * MB, grow=2.0, writeback=2000 * MB, room=3.4), usage(0.1, 1), 3),
 ]
 
 
@@ -54,8 +56,8 @@ def test_the_reason_says_what_the_drive_can_take():
     action, _ = scale_decision(s, [vol("a", 1, None)], usage(0.1, 1), 14901,
                                pace(1278 * MB, writeback=300 * MB, room=3.4))
     assert action is not None and action.size_gib == 12
-    assert "but the drive takes at most 11.8 GiB in that time (3.4 GiB more in the page cache, then 300.0 MB/s " \
-        "written back to its devices)" in action.reason
+    assert "but the drive takes at most 9.0 GiB in that time (3.4 GiB more in the page cache, then 300.0 MB/s " \
+        "written back to its devices); at least 2 grows at 1278.0 MB/s less the 0.8 GiB free" in action.reason
 
 
 def test_the_trigger_leaves_a_grow_time_whatever_the_devices_do():
