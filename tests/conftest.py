@@ -46,3 +46,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if "vm" in item.keywords and not in_vm:
             item.add_marker(pytest.mark.skip(
                 reason="vm lane: needs device-mapper, udevd and hot-plugged disks; runs inside scripts/vm-test"))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    from tests.host.daemon_harness import DaemonHarness
+    DaemonHarness.running.clear()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> object:
+    """A failed test's report ends with the last lines of each daemon log its harnesses wrote."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and report.when == "call":
+        from tests.host.daemon_harness import DaemonHarness
+        for n, harness in enumerate(DaemonHarness.running):
+            if harness.log_path.exists():
+                report.sections.append((f"bsud log {n} ({harness.log_path}, last 80 lines)", harness.tail(80)))

@@ -23,6 +23,10 @@ def checksums(directory: Path) -> dict[str, str]:
 
 
 class DaemonHarness:
+    #: The harnesses of the test running now: a failed test's report ends with their daemons' last log lines
+    #: (tests/conftest.py) — CI keeps no workdir, and the log is what tells a race from a bug.
+    running: list[DaemonHarness] = []
+
     def __init__(self, workdir: Path, drive: str = "lifecycle", cloud: dict[str, Any] | None = None,
                  extra: dict[str, Any] | None = None, daemon: dict[str, Any] | None = None,
                  **drive_settings: Any) -> None:
@@ -46,6 +50,7 @@ class DaemonHarness:
             **drive_settings,
         }
         self.write_config()
+        DaemonHarness.running.append(self)
 
     def write_config(self, **changes: Any) -> None:
         self.settings.update(changes)
