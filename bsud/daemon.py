@@ -29,9 +29,9 @@ from bsud import __version__
 from bsud.cloud import CloudProvider, make_provider
 from bsud.config import Config, DriveConfig, InvalidConfig, Provider, Target, load_config
 from bsud.errors import BsudError, ConfigError
-from bsud.host.exports import KINDS as EXPORT_KINDS
+from bsud.exports import KINDS as EXPORT_KINDS
 from bsud.host.hotplug import BlockEvents
-from bsud.host.exports import ganesha
+from bsud.exports import ganesha
 from bsud.host.layouts import LAYOUTS, StorageLayout
 from bsud.logs import get_logger, register_secrets
 from bsud.metrics import Metrics

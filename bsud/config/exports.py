@@ -1,7 +1,7 @@
 """A drive's ``exports``: how it is shared (NFS, SMB, iSCSI, NVMe-oF) — the schema of each kind and the rules
 the schema cannot say (names, IQN/NQN formats, client addresses, option words, ports), one line per problem.
 
-Pure: no I/O. The host side that applies them is ``bsud.host.exports``.
+Pure: no I/O. The host side that applies them is ``bsud.exports``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class _Export(_Settings):
 
     @property
     def exporter(self) -> str:
-        """The name of the export kind that applies it (``bsud.host.exports.KINDS``): its ``kind`` by default."""
+        """The name of the export kind that applies it (``bsud.exports.KINDS``): its ``kind`` by default."""
         return str(getattr(self, "kind"))
 
 
@@ -101,7 +101,7 @@ class NfsSettings(_Settings):
 
 
 Export = Annotated[NfsExport | SmbExport | IscsiExport | NvmeofExport, Field(discriminator="kind")]
-#: Every ``exporter`` an export may name (``bsud.host.exports.KINDS`` has one class for each).
+#: Every ``exporter`` an export may name (``bsud.exports.KINDS`` has one class for each).
 EXPORTERS = ("nfs", "nfs-ganesha", "smb", "iscsi", "nvmeof")
 #: The ``kind`` of an export → its model.
 EXPORT_KINDS: dict[str, type[_Export]] = {"nfs": NfsExport, "smb": SmbExport, "iscsi": IscsiExport,

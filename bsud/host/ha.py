@@ -28,11 +28,11 @@ from pathlib import Path
 
 from bsud.config.exports import IscsiExport, NfsExport, NvmeofExport
 from bsud.config.ha import HaConfig
-from bsud.host.exports.base import HEADER, directory_of
-from bsud.host.exports.files import ExportError, replace_file
-from bsud.host.exports.iscsi import lun_file
-from bsud.host.exports.nfs import fsid
-from bsud.host.exports.nvmeof import identity, namespace_file
+from bsud.exports.base import HEADER, directory_of
+from bsud.exports.files import ExportError, replace_file
+from bsud.exports.iscsi import lun_file
+from bsud.exports.nfs import fsid
+from bsud.exports.nvmeof import identity, namespace_file
 from bsud.host.kernel import systemd_running
 from bsud.logs import get_logger
 from bsud.runner import Runner

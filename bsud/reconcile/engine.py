@@ -10,7 +10,7 @@ from bsud.cloud.base import CloudProvider
 from bsud.config import DaemonSettings, DriveConfig, NfsSettings, Provider, Target, volume_limits
 from bsud.config.exports import export_name
 from bsud.errors import AttachmentLimitError, BsudError
-from bsud.host.exports import make_exporters
+from bsud.exports import make_exporters
 from bsud.host.layouts import StorageLayout, make_layout
 from bsud.logs import get_logger
 from bsud.naming import DEFAULT_MAX_VOLUME_GIB

@@ -19,7 +19,7 @@ from bsud.config import DriveConfig
 from bsud.config.exports import export_name
 from bsud.errors import BsudError
 from bsud.host import mounts
-from bsud.host.exports import ExportKind, ExportState
+from bsud.exports import ExportKind, ExportState
 from bsud.host.devices import DeviceMismatch, Resolution, VolumeRef, block_devices, resolve_device
 from bsud.host.layouts import StorageLayout
 from bsud.host.safety import probe

@@ -122,7 +122,7 @@ def test_every_config_value_has_its_plug_in():
     assert all(issubclass(cls, StorageLayout) and cls.kind == kind for kind, cls in LAYOUTS.items())
     assert set(PROVIDERS) == set(Provider)
     from bsud.config.exports import EXPORT_KINDS, EXPORTERS
-    from bsud.host.exports import KINDS
+    from bsud.exports import KINDS
 
     assert set(KINDS) == set(EXPORTERS) >= set(EXPORT_KINDS)
     assert all(cls.kind == kind for kind, cls in KINDS.items())

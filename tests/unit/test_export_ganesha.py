@@ -11,9 +11,9 @@ import pytest
 
 from bsud.config import InvalidConfig, parse_config
 from bsud.config.exports import GaneshaSettings, NfsExport
-from bsud.host.exports import make_exporters
-from bsud.host.exports.files import ExportError
-from bsud.host.exports.ganesha import (FIRST_ID, LAST_ID, Ganesha, IoStats, NotRunning, export_block, export_id,
+from bsud.exports import make_exporters
+from bsud.exports.files import ExportError
+from bsud.exports.ganesha import (FIRST_ID, LAST_ID, Ganesha, IoStats, NotRunning, export_block, export_id,
                                        ids_in, parse_io, parse_show_exports, render)
 from bsud.runner import Runner
 
@@ -110,8 +110,8 @@ def test_withdrawing_while_ganesha_is_not_running_removes_the_file_and_nothing_e
 
 
 def test_the_daemon_runs_one_managed_ganesha_and_its_state_is_in_the_readiness_line(monkeypatch, tmp_path: Path):
-    from bsud.host.exports.ganesha import managed, start_managed, stop_managed
-    from bsud.host.exports.ganesha_process import ManagedGanesha
+    from bsud.exports.ganesha import managed, start_managed, stop_managed
+    from bsud.exports.ganesha_process import ManagedGanesha
 
     missing = "rpcbind is not running (ganesha registers NFS and MOUNT there); start it (package rpcbind)"
     monkeypatch.setattr(ManagedGanesha, "_prerequisites", staticmethod(lambda: missing))

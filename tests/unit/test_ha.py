@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bsud.config import InvalidConfig, parse_config
-from bsud.host.exports.files import ExportError
+from bsud.exports.files import ExportError
 from bsud.host.ha import (NFSDCLD_DROPIN_TEXT, OCF_ROOT, Agent, Promoter, check_agents, needs_nfsdcld_dropin,
                           render, start_list)
 from bsud.runner import Runner

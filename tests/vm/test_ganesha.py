@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from bsud.config.exports import GaneshaSettings, NfsExport
-from bsud.host.exports.ganesha import Bus, Ganesha, export_id
-from bsud.host.exports.ganesha_process import alive
+from bsud.exports.ganesha import Bus, Ganesha, export_id
+from bsud.exports.ganesha_process import alive
 from bsud.runner import Runner
 
 from ..host.daemon_harness import DaemonHarness

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bsud.config import parse_config
-from bsud.host.exports.files import backing_file
+from bsud.exports.files import backing_file
 from bsud.host.ha import NFSDCLD_DROPIN, Agent, Promoter, portblock_problem, start_list_lines
 from bsud.host.layouts import LvmLayout
 from bsud.naming import DRIVE_TAG

@@ -10,8 +10,8 @@ import uuid
 from pathlib import Path
 
 from bsud.config.exports import NfsExport
-from bsud.host.exports.base import HEADER, ExportKind, ExportState, directory_of
-from bsud.host.exports.files import ExportError, replace_file
+from bsud.exports.base import HEADER, ExportKind, ExportState, directory_of
+from bsud.exports.files import ExportError, replace_file
 from bsud.runner import CommandError, Runner
 
 #: Namespace of the fsid UUIDs (fixed: changing it would change every export's file handles).

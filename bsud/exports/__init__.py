@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from bsud.config.exports import NfsSettings
-from bsud.host.exports.base import ExportKind, ExportState
-from bsud.host.exports.files import ExportError, replace_file
-from bsud.host.exports.ganesha import Ganesha
-from bsud.host.exports.iscsi import Lio
-from bsud.host.exports.nfs import NfsKernel
-from bsud.host.exports.nvmeof import NvmetTcp
-from bsud.host.exports.smb import Samba
+from bsud.exports.base import ExportKind, ExportState
+from bsud.exports.files import ExportError, replace_file
+from bsud.exports.ganesha import Ganesha
+from bsud.exports.iscsi import Lio
+from bsud.exports.nfs import NfsKernel
+from bsud.exports.nvmeof import NvmetTcp
+from bsud.exports.smb import Samba
 from bsud.runner import Runner
 
 #: An export's ``exporter`` (its ``kind``, or ``nfs-ganesha`` for an nfs export served by ganesha) → its class.

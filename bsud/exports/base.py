@@ -1,7 +1,7 @@
 """What every export kind offers (NFS, SMB, iSCSI, NVMe-oF): the tools it runs, the state it observes from the
 system (never remembered), and the transaction that applies or withdraws a drive's exports of that kind.
 
-A kind is one module here and one line in ``bsud.host.exports.KINDS``. Exports exist only while their drive is
+A kind is one module here and one line in ``bsud.exports.KINDS``. Exports exist only while their drive is
 online and mounted: the planner asks for them after the mount and withdraws them before any unmount.
 """
 

@@ -31,13 +31,13 @@ from jeepney.io.blocking import DBusConnection, Proxy, open_dbus_connection
 from jeepney.wrappers import DBusErrorResponse, unwrap_msg
 
 from bsud.config.exports import GaneshaSettings, NfsExport, export_name
-from bsud.host.exports.base import HEADER, ExportKind, ExportState, directory_of
-from bsud.host.exports.files import ExportError, replace_file
-from bsud.host.exports.ganesha_process import BUS_NAME, ManagedGanesha
+from bsud.exports.base import HEADER, ExportKind, ExportState, directory_of
+from bsud.exports.files import ExportError, replace_file
+from bsud.exports.ganesha_process import BUS_NAME, ManagedGanesha
 from bsud.logs import get_logger
 from bsud.runner import Runner
 
-log = get_logger("bsud.host.exports")
+log = get_logger("bsud.exports")
 
 EXPORT_MGR = DBusAddress("/org/ganesha/nfsd/ExportMgr", bus_name=BUS_NAME, interface="org.ganesha.nfsd.exportmgr")
 EXPORT_STATS = DBusAddress("/org/ganesha/nfsd/ExportMgr", bus_name=BUS_NAME,

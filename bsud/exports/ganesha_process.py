@@ -32,7 +32,7 @@ from jeepney.wrappers import DBusErrorResponse
 from bsud.config.exports import GaneshaSettings
 from bsud.logs import get_logger
 
-log = get_logger("bsud.host.exports")
+log = get_logger("bsud.exports")
 
 BUS_NAME = "org.ganesha.nfsd"
 #: A process that ran this long counts as healthy: the next failure waits 1 s again.

@@ -19,14 +19,14 @@ from pathlib import Path
 
 from bsud.config.exports import NvmeofExport
 from bsud.host.devices import GIB
-from bsud.host.exports.base import ExportKind, ExportState, directory_of
-from bsud.host.exports.files import (PROC_NET, ExportError, MadeFiles, backing_file, check_backing_file, endpoint,
+from bsud.exports.base import ExportKind, ExportState, directory_of
+from bsud.exports.files import (PROC_NET, ExportError, MadeFiles, backing_file, check_backing_file, endpoint,
                                      plain_address, port_busy, port_listening)
 from bsud.host.kernel import load_modules
 from bsud.logs import get_logger
 from bsud.runner import Runner
 
-log = get_logger("bsud.host.exports")
+log = get_logger("bsud.exports")
 
 CONFIGFS = Path("/sys/kernel/config")
 #: nvmet port ids bsud gives its ports (any free one from here).

@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 
 from bsud.config.exports import SmbExport
-from bsud.host.exports.base import HEADER, ExportKind, ExportState, directory_of
-from bsud.host.exports.files import ExportError, replace_file, write_atomically
+from bsud.exports.base import HEADER, ExportKind, ExportState, directory_of
+from bsud.exports.files import ExportError, replace_file, write_atomically
 from bsud.logs import get_logger
 from bsud.runner import Runner
 
-log = get_logger("bsud.host.exports")
+log = get_logger("bsud.exports")
 
 INDEX_HEADER = "# Written by bsud: one include per drive shared over SMB (/etc/samba/bsud.d). Do not edit.\n"
 SECTION_RE = re.compile(r"^\s*\[([^\]]+)\]\s*$")
