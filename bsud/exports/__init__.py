@@ -1,32 +1,97 @@
-"""Sharing a drive: each export kind is one module here and one line in :data:`KINDS`."""
+"""Sharing a drive: the export kinds, a plug-in family. Each kind is one module that declares itself once (an
+:class:`~bsud.exports.base.ExportPlugin`: config model, checks, identities, host exporter with its tools, HA
+agents) and one entry in :data:`KINDS`; everything else here is derived from that list — the config's union of
+export models, the kinds table, each export's checks and clashes, the tools a drive's exports need, the HA refusal.
+"""
 
 from __future__ import annotations
 
-from bsud.config.exports import NfsSettings
-from bsud.exports.base import ExportKind, ExportState
+from collections.abc import Iterable
+from typing import Annotated, Any, Union, get_args
+
+from pydantic import Field
+
+from bsud.exports import ganesha, iscsi, nfs, nvmeof, smb
+from bsud.exports.base import ExportKind, ExportPlugin, ExportState, HaAgents, Services
 from bsud.exports.files import ExportError, replace_file
-from bsud.exports.ganesha import Ganesha
-from bsud.exports.iscsi import Lio
-from bsud.exports.nfs import NfsKernel
-from bsud.exports.nvmeof import NvmetTcp
-from bsud.exports.smb import Samba
+from bsud.exports.ganesha import GaneshaSettings, NfsSettings
+from bsud.exports.model import ExportModel, check_path
 from bsud.runner import Runner
 
-#: An export's ``exporter`` (its ``kind``, or ``nfs-ganesha`` for an nfs export served by ganesha) → its class.
-KINDS: dict[str, type[ExportKind]] = {
-    "nfs": NfsKernel,
-    "nfs-ganesha": Ganesha,
-    "smb": Samba,
-    "iscsi": Lio,
-    "nvmeof": NvmetTcp,
-}
+#: Every export kind, by its exporter's name (an export's ``exporter``); a gateway starts their agents in this order.
+KINDS: dict[str, ExportPlugin] = {p.name: p for p in (nfs.PLUGIN, ganesha.PLUGIN, smb.PLUGIN, iscsi.PLUGIN,
+                                                        nvmeof.PLUGIN)}
+
+#: Every ``exporter`` an export may name.
+EXPORTERS = tuple(KINDS)
+#: The ``kind`` of an export (its config's discriminator) → its model.
+EXPORT_KINDS: dict[str, type[ExportModel]] = {
+    get_args(p.model.model_fields["kind"].annotation)[0]: p.model for p in KINDS.values() if p.model is not None}
+#: A drive's ``exports`` entry: one of the models, told apart by ``kind``.
+Export = Annotated[Union[tuple(EXPORT_KINDS.values())], Field(discriminator="kind")]  # type: ignore[misc]  # noqa: UP007
 
 
-def make_exporters(runner: Runner, nfs: NfsSettings | None = None) -> dict[str, ExportKind]:
-    """One of each kind for a drive (the ganesha one with the config's ``nfs.ganesha`` settings)."""
-    return {name: Ganesha(runner, (nfs or NfsSettings()).ganesha) if cls is Ganesha else cls(runner)
-            for name, cls in KINDS.items()}
+def _model_plugin(export: Any) -> ExportPlugin:
+    return next(p for p in KINDS.values() if p.model is type(export))
 
 
-__all__ = ["KINDS", "ExportError", "ExportKind", "ExportState", "Ganesha", "Lio", "NfsKernel", "NvmetTcp", "Samba",
-           "make_exporters", "replace_file"]
+def export_name(export: Any) -> str:
+    """What names an export in messages and the status: ``nfs:sub/dir``, ``smb:share``, ``iscsi:<iqn>``…"""
+    describe = _model_plugin(export).describe
+    return describe(export) if describe else str(export.kind)
+
+
+def check_export(export: Any) -> list[tuple[str, str]]:
+    """(key, why) for each problem of one export: its path, its model's rules, then its server's (nfs-ganesha)."""
+    why = check_path(export.path)
+    problems = [("path", why)] if why else []
+    model = _model_plugin(export)
+    problems += model.check(export)
+    server = KINDS[export.exporter]
+    if server is not model:
+        problems += server.check(export)
+    return problems
+
+
+def export_identities(drive: str, export: Any) -> list[tuple[str, str]]:
+    """What no two exports (of any drives) may share: an NFS path of a drive, an SMB share name, an IQN, an NQN,
+    an NVMe-oF address and port (each export owns its port: withdrawing it never cuts another)."""
+    return _model_plugin(export).identities(drive, export)
+
+
+def by_exporter(exports: Iterable[Any]) -> dict[str, list[Any]]:
+    """A drive's exports grouped by their exporter, in :data:`KINDS` order (only kinds that have some)."""
+    exports = list(exports)
+    return {name: found for name in KINDS if (found := [e for e in exports if e.exporter == name])}
+
+
+def ha_problems(ha: Any, exports: Iterable[Any]) -> list[tuple[str, str]]:
+    """(key under ``ha``, why) for a highly available drive's exports: a kind without HA agents is refused (its
+    name in the line), a kind with them says what it needs of the ``ha`` section."""
+    problems: list[tuple[str, str]] = []
+    for name in by_exporter(exports):
+        plugin = KINDS[name]
+        if plugin.ha is None:
+            problems.append(("", plugin.no_ha or f"{name} exports have no OCF agent in the gateway; remove them or "
+                                                 "the ha section"))
+    for name in by_exporter(exports):
+        agents = KINDS[name].ha
+        problems += agents.check(ha) if agents is not None else []
+    return problems
+
+
+def export_tools(exporters: Iterable[str]) -> dict[str, str]:
+    """The tools the given exporters run → their Debian packages."""
+    return {tool: package for name in exporters for tool, package in KINDS[name].exporter.tools.items()}
+
+
+def make_exporters(runner: Runner, nfs: NfsSettings | None = None, ganesha: Any = None) -> dict[str, ExportKind]:
+    """One of each kind for a drive (the ganesha one with the config's ``nfs.ganesha`` settings and the daemon's
+    nfs-ganesha, ``ganesha``; None: its own)."""
+    services = Services(nfs, ganesha)
+    return {name: plugin.exporter.make(runner, services) for name, plugin in KINDS.items()}
+
+
+__all__ = ["EXPORTERS", "EXPORT_KINDS", "KINDS", "Export", "ExportError", "ExportKind", "ExportModel", "ExportPlugin",
+           "ExportState", "GaneshaSettings", "HaAgents", "NfsSettings", "by_exporter", "check_export",
+           "export_identities", "export_name", "export_tools", "ha_problems", "make_exporters", "replace_file"]

@@ -1,19 +1,28 @@
-"""What every export kind offers (NFS, SMB, iSCSI, NVMe-oF): the tools it runs, the state it observes from the
-system (never remembered), and the transaction that applies or withdraws a drive's exports of that kind.
+"""What an export kind is made of. Its module declares it once, as an :class:`ExportPlugin`: its config model, its
+checks, its identities (what no two exports may share), its host side (an :class:`ExportKind`: the tools it runs
+with their packages, the state it observes from the system — never remembered — and the transaction that applies
+or withdraws a drive's exports of that kind) and, when a highly available gateway can serve it, its
+:class:`HaAgents`. The registry (``bsud.exports``) derives the config union and every table from those.
 
-A kind is one module here and one line in ``bsud.exports.KINDS``. Exports exist only while their drive is
-online and mounted: the planner asks for them after the mount and withdraws them before any unmount.
+Exports exist only while their drive is online and mounted: the planner asks for them after the mount and withdraws
+them before any unmount.
 """
 
 from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from bsud.exports.model import ExportModel
+from bsud.ha.agent import Agent, Gateway
 from bsud.runner import Runner
 
+if TYPE_CHECKING:
+    from bsud.exports.ganesha import NfsSettings
+    from bsud.exports.ganesha_server import GaneshaServer
 
 #: The first line of every file bsud writes for a drive's exports.
 HEADER = "# Written by bsud for drive {drive!r}; bsud rewrites it from its config (exports of the drive).\n"
@@ -37,13 +46,27 @@ class ExportState:
     detail: str = ""            # what differs, when not applied
 
 
+@dataclass(frozen=True)
+class Services:
+    """What the process gives every kind it makes: the config's ``nfs`` section, and the nfs-ganesha the daemon
+    owns (None: a kind that needs one makes its own, as a one-shot command does)."""
+
+    nfs: NfsSettings | None = None
+    ganesha: GaneshaServer | None = None
+
+
 class ExportKind(ABC):
     kind: ClassVar[str]
-    #: Commands it runs, checked only for drives that have an export of this kind.
-    tools: ClassVar[tuple[str, ...]] = ()
+    #: Commands it runs → their Debian packages; checked only for drives that have an export of this kind.
+    tools: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, runner: Runner) -> None:
         self.runner = runner
+
+    @classmethod
+    def make(cls, runner: Runner, services: Services) -> ExportKind:
+        """One for a drive (a kind that needs settings or a shared server takes them from ``services``)."""
+        return cls(runner)
 
     @abstractmethod
     def observe(self, drive: str, mount_path: str, exports: list[Any]) -> ExportState:
@@ -65,3 +88,43 @@ class ExportKind(ABC):
         """Per client address, the I/O counters its server keeps over all its exports (not only this drive's);
         {} for servers that keep none."""
         return {}
+
+
+def _none(*_: Any) -> list[Any]:
+    return []
+
+
+@dataclass(frozen=True)
+class HaAgents:
+    """A kind's part of a highly available gateway (``bsud.ha``): the OCF agents that serve its exports."""
+
+    #: The TCP port clients reach one export on (the portblock agent blocks it while the gateway starts).
+    port: Callable[[Any], int]
+    #: The agents serving the drive's exports of this kind, started once the service address is up.
+    serve: Callable[[Gateway, list[Any]], list[Agent]]
+    #: Agents started before the data filesystem (NFS: the filesystem of its server's state).
+    prepare: Callable[[Gateway, list[Any]], list[Agent]] = _none
+    #: What the drive's ``ha`` section must give for this kind: (key under ``ha``, why) per problem.
+    check: Callable[[Any], list[tuple[str, str]]] = _none
+
+
+@dataclass(frozen=True)
+class ExportPlugin:
+    """Everything about one export kind, declared once in its module and listed once in ``bsud.exports.KINDS``."""
+
+    #: The exporter's name: what an export's ``exporter`` says (its ``kind``, or ``nfs-ganesha``).
+    name: str
+    #: The host side.
+    exporter: type[ExportKind]
+    #: Its config model (with ``kind: Literal[...]``); None for a kind that serves another's (nfs-ganesha: nfs's).
+    model: type[ExportModel] | None = None
+    #: What names one export in messages and the status (``nfs:sub/dir``); with the model.
+    describe: Callable[[Any], str] | None = None
+    #: (key, why) per problem of one export, beyond its path (checked for every kind alike).
+    check: Callable[[Any], list[tuple[str, str]]] = _none
+    #: What no two exports (of any drives) may share: (what it is, value) of one export of ``drive``.
+    identities: Callable[[str, Any], list[tuple[str, str]]] = _none
+    #: How a highly available gateway serves it; None: an ``ha`` drive refuses it.
+    ha: HaAgents | None = None
+    #: Why an ``ha`` drive refuses it, when the registry's own sentence would not say what to do.
+    no_ha: str | None = None

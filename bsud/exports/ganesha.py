@@ -1,314 +1,84 @@
-"""NFS through nfs-ganesha, administered over the system D-Bus — never by restarting it.
+"""NFS through nfs-ganesha, administered over the system D-Bus — never by restarting it: the ``nfs-ganesha`` kind
+(an ``nfs`` export with ``"server": "ganesha"``) and the config's ``nfs.ganesha`` section.
 
-bsud writes each drive's EXPORT blocks to ``<exports-dir>/<drive>.conf`` (with the replace-file transaction) and
-hands them to the running server with ``org.ganesha.nfsd.exportmgr``: ``AddExport(file, "EXPORT(Export_Id=N)")``
+bsud writes each drive's EXPORT blocks to ``<exports-dir>/<drive>.conf`` (``ganesha_config``, with the replace-file
+transaction) and hands them to the running server (``ganesha_dbus``): ``AddExport(file, "EXPORT(Export_Id=N)")``
 for an export ganesha does not serve, ``UpdateExport`` for one it does, ``RemoveExport(N)`` for one that went.
 What ganesha serves is read back with ``ShowExports``, so a restarted server (which forgot the exports added
-over D-Bus) is drift, repaired like any other. Export ids are derived from the drive and the path: stable across
-restarts of bsud and of ganesha, the same on every host.
-
-Readiness is ganesha's own heartbeat: the ``heartbeat`` signal of ``org.ganesha.nfsd.admin`` it sends every
-second while healthy (``dbus_heartbeat.c``); none for ``heartbeat-timeout-seconds`` means not ready.
-
-The D-Bus library is jeepney: pure Python (no libdbus/GLib binding to build), a blocking API that fits bsud's
-worker threads, one connection per thread.
+over D-Bus) is drift, repaired like any other. Readiness is ganesha's heartbeat (``ganesha_server``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
-import threading
-import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
-from jeepney import DBusAddress, MatchRule, message_bus, new_method_call
-from jeepney.io.blocking import DBusConnection, Proxy, open_dbus_connection
-from jeepney.wrappers import DBusErrorResponse, unwrap_msg
+from pydantic import Field
 
-from bsud.config.exports import GaneshaSettings, NfsExport, export_name
-from bsud.exports.base import HEADER, ExportKind, ExportState, directory_of
+from bsud.exports.base import ExportKind, ExportPlugin, ExportState, Services, directory_of
 from bsud.exports.files import ExportError, replace_file
-from bsud.exports.ganesha_process import BUS_NAME, ManagedGanesha
+from bsud.exports.ganesha_config import export_id, ids_in, render
+from bsud.exports.ganesha_dbus import Bus, IoStats, NotRunning
+from bsud.exports.ganesha_server import GaneshaServer
+from bsud.exports.model import Settings
+from bsud.exports.nfs import NfsExport, check_nfs_option, describe
 from bsud.logs import get_logger
 from bsud.runner import Runner
 
 log = get_logger("bsud.exports")
 
-EXPORT_MGR = DBusAddress("/org/ganesha/nfsd/ExportMgr", bus_name=BUS_NAME, interface="org.ganesha.nfsd.exportmgr")
-EXPORT_STATS = DBusAddress("/org/ganesha/nfsd/ExportMgr", bus_name=BUS_NAME,
-                           interface="org.ganesha.nfsd.exportstats")
-CLIENT_MGR = DBusAddress("/org/ganesha/nfsd/ClientMgr", bus_name=BUS_NAME, interface="org.ganesha.nfsd.clientmgr")
-CLIENT_STATS = DBusAddress("/org/ganesha/nfsd/ClientMgr", bus_name=BUS_NAME,
-                           interface="org.ganesha.nfsd.clientstats")
-HEARTBEAT = MatchRule(type="signal", interface="org.ganesha.nfsd.admin", member="heartbeat")
-#: Export ids bsud gives (ganesha's are 16 bits; 0 is the pseudo root, low ones are usually hand-written).
-FIRST_ID, LAST_ID = 1000, 64999
-#: The NFS versions whose per-export I/O ganesha counts (``GetNFSv3IO``, …).
-IO_METHODS = ("GetNFSv3IO", "GetNFSv40IO", "GetNFSv41IO", "GetNFSv42IO")
-CALL_TIMEOUT = 15.0
+
+class GaneshaSettings(Settings):
+    """nfs-ganesha, the NFS server of the exports with ``"server": "ganesha"``: the system's service, or one process
+    bsud runs and keeps running itself (``managed``); administered over D-Bus either way."""
+
+    #: Where bsud writes each drive's EXPORT blocks (``<drive>.conf``), which it hands to ganesha over D-Bus.
+    exports_dir: str = "/etc/ganesha/bsud.d"
+    #: No heartbeat signal from ganesha for this long: not ready (said in the status); a managed one is restarted.
+    heartbeat_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
+    #: bsud runs ``ganesha.nfsd -F`` itself (once the system D-Bus and rpcbind run), restarts it with backoff when it
+    #: exits or stops sending heartbeats, and stops it when bsud stops. False: the system's nfs-ganesha service.
+    managed: bool = False
+    #: The managed process's main configuration (NFS_CORE_PARAM, NFSV4, LOG…: the operator's; exports come over D-Bus).
+    config_file: str = "/etc/ganesha/ganesha.conf"
+    #: The managed process's log (``-L``) and pid file (``-p``).
+    log_file: str = "/var/log/ganesha/ganesha.log"
+    pid_file: str = "/run/ganesha/ganesha.pid"
+    #: The longest wait between two restarts of a managed process that keeps failing (1, 2, 4… seconds up to this).
+    restart_backoff_max_seconds: float = Field(default=60.0, ge=1, le=3600)
 
 
-def export_id(drive: str, path: str) -> int:
-    digest = int(hashlib.sha256(f"{drive}/{path.strip('/')}".encode()).hexdigest(), 16)
-    return FIRST_ID + digest % (LAST_ID - FIRST_ID + 1)
+class NfsSettings(Settings):
+    ganesha: GaneshaSettings = GaneshaSettings()
 
 
-def pseudo_path(drive: str, export: NfsExport) -> str:
-    """Where NFSv4 clients find it: ``/bsud/<drive>[/<path>]``."""
-    sub = export.path.strip("/")
-    return f"/bsud/{drive}" + (f"/{sub}" if sub else "")
+#: The exports(5) words bsud translates into an nfs-ganesha EXPORT block (Access_Type, Squash, Anonymous_Uid/Gid,
+#: SecType, PrivilegedPort); ``sync`` and ``no_subtree_check`` are what ganesha does anyway.
+GANESHA_OPTIONS = frozenset({"rw", "ro", "sync", "no_subtree_check", "root_squash", "no_root_squash", "all_squash",
+                             "no_all_squash", "anonuid", "anongid", "sec", "secure", "insecure"})
 
 
-def _quote(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def export_block(drive: str, mount_path: str, export: NfsExport) -> str:
-    """One EXPORT block: the exports(5) words of the config translated (checked at load: GANESHA_OPTIONS)."""
-    words = {o.partition("=")[0]: o.partition("=")[2] for o in export.options}
-    squash = "all_squash" if "all_squash" in words else "no_root_squash" if "no_root_squash" in words \
-        else "root_squash"
-    lines = [f"EXPORT {{",
-             f"    Export_Id = {export_id(drive, export.path)};",
-             f"    Path = {_quote(directory_of(mount_path, export))};",
-             f"    Pseudo = {_quote(pseudo_path(drive, export))};",
-             "    Access_Type = None;",
-             f"    Squash = {squash};",
-             f"    SecType = {', '.join(words['sec'].split(':')) if words.get('sec') else 'sys'};"]
-    if "anonuid" in words:
-        lines.append(f"    Anonymous_Uid = {words['anonuid']};")
-    if "anongid" in words:
-        lines.append(f"    Anonymous_Gid = {words['anongid']};")
-    if "secure" in words or "insecure" in words:
-        lines.append(f"    PrivilegedPort = {'true' if 'secure' in words else 'false'};")
-    lines += ["    FSAL {", "        Name = VFS;", "    }",
-              "    CLIENT {",
-              f"        Clients = {', '.join(export.clients)};",  # ganesha takes them bare (checked at load)
-              f"        Access_Type = {'RO' if 'ro' in words else 'RW'};",
-              "    }",
-              "}"]
-    return "\n".join(lines) + "\n"
-
-
-def render(drive: str, mount_path: str, exports: list[NfsExport]) -> str | None:
-    """The drive's file of EXPORT blocks (None: no ganesha export)."""
-    if not exports:
-        return None
-    return HEADER.format(drive=drive) + "".join(export_block(drive, mount_path, e) for e in exports)
-
-
-ID_RE = re.compile(r"^\s*Export_Id\s*=\s*(\d+)\s*;", re.MULTILINE)
-PATH_RE = re.compile(r'^\s*Path\s*=\s*"((?:[^"\\]|\\.)*)"\s*;', re.MULTILINE)
-
-
-def ids_in(text: str | None) -> dict[int, str]:
-    """The export ids of a file bsud wrote → their paths."""
-    if not text:
-        return {}
-    ids = [int(m) for m in ID_RE.findall(text)]
-    paths = [p.replace('\\"', '"').replace("\\\\", "\\") for p in PATH_RE.findall(text)]
-    return dict(zip(ids, paths))
-
-
-def parse_show_exports(body: tuple[Any, ...]) -> dict[int, str]:
-    """``ShowExports`` → {export id: path}: its reply is (timestamp, [(id, path, …), …])."""
-    return {int(entry[0]): str(entry[1]) for entry in body[1]}
-
-
-@dataclass(frozen=True)
-class IoStats:
-    """One export's I/O as ganesha counts it, summed over the NFS versions."""
-
-    read_bytes: int = 0
-    write_bytes: int = 0
-    requests: int = 0
-    errors: int = 0
-    latency_ns: int = 0       # total time spent in the requests counted
-
-    def __add__(self, other: IoStats) -> IoStats:
-        return IoStats(self.read_bytes + other.read_bytes, self.write_bytes + other.write_bytes,
-                       self.requests + other.requests, self.errors + other.errors, self.latency_ns + other.latency_ns)
-
-
-def parse_io(body: tuple[Any, ...]) -> IoStats:
-    """``GetNFSv*IO`` → IoStats: (ok, error, timestamp, read, write), each (requested, transferred, ops, errors,
-    latency, 0); a version without activity answers ok=False."""
-    if not body or not body[0]:
-        return IoStats()
-    read, write = body[3], body[4]
-    return IoStats(read_bytes=int(read[1]), write_bytes=int(write[1]), requests=int(read[2]) + int(write[2]),
-                   errors=int(read[3]) + int(write[3]), latency_ns=int(read[4]) + int(write[4]))
-
-
-class NoAnswer(ExportError):
-    """ganesha (or the bus) did not answer in time: asking it more now would only wait as long again."""
-
-
-class NotRunning(ExportError):
-    """ganesha is not on the bus: it serves nothing."""
-
-
-class Bus:
-    """Calls to ganesha on the system D-Bus; one connection per thread (jeepney's blocking connections are not
-    shared), opened when first needed and again after a failure."""
-
-    def __init__(self, bus: str = "SYSTEM") -> None:
-        self.bus = bus
-        self._local = threading.local()
-
-    def _connection(self) -> DBusConnection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            try:
-                conn = open_dbus_connection(bus=self.bus)
-            except (OSError, KeyError, ValueError) as exc:
-                raise ExportError(f"the system D-Bus is not reachable ({exc}): start dbus (package dbus)") from None
-            self._local.conn = conn
-        return conn
-
-    def call(self, address: DBusAddress, method: str, signature: str | None = None, body: tuple[Any, ...] = ()
-             ) -> tuple[Any, ...]:
-        conn = self._connection()
-        try:
-            reply = conn.send_and_get_reply(new_method_call(address, method, signature, body), timeout=CALL_TIMEOUT)
-        except (OSError, TimeoutError, ConnectionError) as exc:
-            self._local.conn = None
-            conn.close()
-            raise NoAnswer(f"nfs-ganesha {method}: no answer on the system D-Bus within {CALL_TIMEOUT:g} s "
-                           f"({str(exc) or 'timed out'})") from None
-        try:
-            return tuple(unwrap_msg(reply))
-        except DBusErrorResponse as err:
-            detail = err.data[0] if err.data else ""
-            if err.name in ("org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NameHasNoOwner"):
-                raise NotRunning("nfs-ganesha is not on the system D-Bus (not running? start nfs-ganesha)") from None
-            raise ExportError(f"nfs-ganesha {method}: {detail or err.name}") from None
-
-    def show_exports(self) -> dict[int, str]:
-        return parse_show_exports(self.call(EXPORT_MGR, "ShowExports"))
-
-    def add_export(self, file: Path, ident: int) -> None:
-        self.call(EXPORT_MGR, "AddExport", "ss", (str(file), f"EXPORT(Export_Id={ident})"))
-
-    def update_export(self, file: Path, ident: int) -> None:
-        self.call(EXPORT_MGR, "UpdateExport", "ss", (str(file), f"EXPORT(Export_Id={ident})"))
-
-    def remove_export(self, ident: int) -> None:
-        self.call(EXPORT_MGR, "RemoveExport", "q", (ident,))
-
-    def io(self, ident: int) -> IoStats:
-        """One export's I/O (``org.ganesha.nfsd.exportstats``, by export id)."""
-        return self._io(EXPORT_STATS, "q", ident)
-
-    def show_clients(self) -> list[str]:
-        """The addresses of the clients ganesha knows (``ShowClients``: (timestamp, [(address, …), …]))."""
-        return [str(entry[0]) for entry in self.call(CLIENT_MGR, "ShowClients")[1]]
-
-    def client_io(self, address: str) -> IoStats:
-        """One client's I/O over all exports (``org.ganesha.nfsd.clientstats``, by address)."""
-        return self._io(CLIENT_STATS, "s", address)
-
-    def _io(self, address: DBusAddress, signature: str, key: int | str) -> IoStats:
-        total = IoStats()
-        for method in IO_METHODS:
-            try:
-                total = total + parse_io(self.call(address, method, signature, (key,)))
-            except NoAnswer:
-                raise
-            except ExportError:
-                continue  # a version ganesha does not serve answers with an error: nothing to count
-        return total
-
-
-class Heartbeat:
-    """Listens for ganesha's heartbeat signal in a thread of its own; remembers when the last one came."""
-
-    def __init__(self, bus: str = "SYSTEM") -> None:
-        self.bus = bus
-        self.last: float | None = None
-        #: Why the listener is not listening (the bus is unreachable…), None while it listens or starts.
-        self.error: str | None = None
-        self._started = False
-        self._lock = threading.Lock()
-
-    def start(self) -> None:
-        with self._lock:
-            if not self._started:
-                self._started = True
-                threading.Thread(target=self._run, name="ganesha-heartbeat", daemon=True).start()
-
-    def age(self) -> float | None:
-        """Seconds since the last heartbeat (None: none seen since bsud started)."""
-        self.start()
-        return None if self.last is None else time.monotonic() - self.last
-
-    def _run(self) -> None:
-        while True:
-            try:
-                with open_dbus_connection(bus=self.bus) as conn:
-                    Proxy(message_bus, conn).AddMatch(HEARTBEAT)
-                    with conn.filter(HEARTBEAT) as queue:
-                        self.error = None
-                        while True:
-                            signal = conn.recv_until_filtered(queue)
-                            if signal.body and signal.body[0]:
-                                self.last = time.monotonic()
-            except Exception as exc:  # noqa: BLE001 - the bus went away: listen again in a moment
-                self.error = str(exc) or type(exc).__name__
-                log.debug("listening for nfs-ganesha's heartbeat failed; again in 2 s", error=str(exc))
-                time.sleep(2)
-
-
-_HEARTBEATS: dict[str, Heartbeat] = {}
-_HEARTBEATS_LOCK = threading.Lock()
-
-
-def heartbeat(bus: str = "SYSTEM") -> Heartbeat:
-    """The process's one heartbeat listener on ``bus``."""
-    with _HEARTBEATS_LOCK:
-        return _HEARTBEATS.setdefault(bus, Heartbeat(bus))
-
-
-#: The ganesha bsud runs itself (``nfs.ganesha.managed``), while the daemon has one.
-_MANAGED: list[ManagedGanesha] = []
-_MANAGED_LOCK = threading.Lock()
-
-
-def start_managed(settings: GaneshaSettings, on_up: Callable[[], None] | None = None) -> ManagedGanesha:
-    """Run and supervise ganesha.nfsd (the daemon does, when a drive has ganesha exports and ``managed`` is set)."""
-    with _MANAGED_LOCK:
-        if not _MANAGED:
-            listener = heartbeat()
-            listener.start()
-            _MANAGED.append(ManagedGanesha(settings, lambda: listener.last, on_up=on_up))
-            _MANAGED[0].start()
-        return _MANAGED[0]
-
-
-def stop_managed() -> None:
-    with _MANAGED_LOCK:
-        managed = _MANAGED.pop() if _MANAGED else None
-    if managed is not None:
-        managed.stop()
-
-
-def managed() -> ManagedGanesha | None:
-    return _MANAGED[0] if _MANAGED else None
+def check(export: NfsExport) -> list[tuple[str, str]]:
+    """Beyond the nfs kind's rules: each option ganesha has a word for (the others were said by the nfs kind)."""
+    return [("options", f"{o!r} has no nfs-ganesha equivalent bsud knows; remove it (or use \"server\": \"kernel\")")
+            for o in export.options if o.partition("=")[0] not in GANESHA_OPTIONS and not check_nfs_option(o)]
 
 
 class Ganesha(ExportKind):
     kind = "nfs-ganesha"
 
-    def __init__(self, runner: Runner, settings: GaneshaSettings | None = None, bus: str = "SYSTEM") -> None:
+    def __init__(self, runner: Runner, settings: GaneshaSettings | None = None, bus: str = "SYSTEM",
+                 server: GaneshaServer | None = None) -> None:
         super().__init__(runner)
         self.settings = settings or GaneshaSettings()
-        self.bus = Bus(bus)
-        self.heartbeat = heartbeat(bus)
+        self.server = server or GaneshaServer(bus)
+        self.bus = Bus(self.server.bus)
+        self.heartbeat = self.server.heartbeat
+
+    @classmethod
+    def make(cls, runner: Runner, services: Services) -> Ganesha:
+        return cls(runner, (services.nfs or NfsSettings()).ganesha, server=services.ganesha)
 
     def file(self, drive: str) -> Path:
         return Path(self.settings.exports_dir) / f"{drive}.conf"
@@ -316,7 +86,7 @@ class Ganesha(ExportKind):
     def readiness(self) -> tuple[bool, str]:
         age = self.heartbeat.age()
         limit = self.settings.heartbeat_timeout_seconds
-        process = managed() if self.settings.managed else None
+        process = self.server.managed if self.settings.managed else None
         supervised = "" if process is None else f"; managed: {process.state}" + (
             f", {process.restarts} restart{'s' * (process.restarts != 1)}" if process.restarts else "")
         if age is not None and age <= limit:
@@ -426,7 +196,7 @@ class Ganesha(ExportKind):
         if not self.readiness()[0]:
             return {}  # a server without a heartbeat would make each of these calls wait for its timeout
         try:
-            return {export_name(e): asdict(self.bus.io(export_id(drive, e.path))) for e in exports}
+            return {describe(e): asdict(self.bus.io(export_id(drive, e.path))) for e in exports}
         except ExportError:
             return {}  # ganesha not answering: the observation says so already
 
@@ -441,3 +211,8 @@ class Ganesha(ExportKind):
     def io(self, drive: str, exports: list[NfsExport]) -> dict[str, IoStats]:
         """Each export's I/O counters (by its path in the config, ``/`` for the whole drive)."""
         return {export.path or "/": self.bus.io(export_id(drive, export.path)) for export in exports}
+
+
+PLUGIN = ExportPlugin(name="nfs-ganesha", exporter=Ganesha, check=check,
+                      no_ha="the gateway's NFS is the kernel server (nfsserver, exportfs agents); remove "
+                            "\"server\": \"ganesha\"")

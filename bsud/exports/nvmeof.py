@@ -1,315 +1,73 @@
-"""NVMe over Fabrics (TCP) through the kernel target, nvmet, configured in configfs (``/sys/kernel/config/nvmet``,
-its whole interface; the Python tools around it, nvmetcli, are not packaged as a library).
-
-Each export is a subsystem with the NQN whose model string names the drive (``bsud-<drive>``: how bsud recognises
-its own), namespace 1 on a sparse file in the drive (``<path>/nvmeof-<nqn>.img``, never shrunk, never deleted by
-bsud once an export used it: only a file the failed attempt itself made, never written, is taken away), the
-allowed hosts only, and a TCP port of its own on the configured address, checked free before anything is made.
-Like LIO's, nvmet's configuration lives in the kernel only; bsud applies it again after each mount.
+"""The ``nvmeof`` kind: its config (an NQN, a namespace's size, the hosts, the address and port), its rules, and the
+gateway's agents (nvmet-subsystem, a symlink per allowed host, nvmet-namespace, nvmet-port). Its host side is nvmet
+(``bsud.exports.nvmet``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
-import os
-import uuid
-from dataclasses import dataclass
-from pathlib import Path
+import re
+from typing import Literal
 
-from bsud.config.exports import NvmeofExport
-from bsud.host.devices import GIB
-from bsud.exports.base import ExportKind, ExportState, directory_of
-from bsud.exports.files import (PROC_NET, ExportError, MadeFiles, backing_file, check_backing_file, endpoint,
-                                     plain_address, port_busy, port_listening)
-from bsud.host.kernel import load_modules
-from bsud.logs import get_logger
-from bsud.runner import Runner
+from pydantic import Field
 
-log = get_logger("bsud.exports")
-
-CONFIGFS = Path("/sys/kernel/config")
-#: nvmet port ids bsud gives its ports (any free one from here).
-FIRST_PORT_ID = 6100
-#: Namespace of the namespaces' UUIDs (fixed: changing it would change every namespace's identity).
-UUID_NAMESPACE = uuid.UUID("0b5b8c6e-7f0e-4f3b-9c55-2a8f4e1d6b93")
+from bsud.exports.base import ExportPlugin, HaAgents
+from bsud.exports.model import ExportModel
+from bsud.exports.nvmet import NVMET, NvmetTcp, identity, namespace_file
+from bsud.ha.agent import Agent, Gateway, heartbeat
 
 
-def identity(drive: str, nqn: str) -> tuple[str, str]:
-    """The subsystem's serial and its namespace's UUID (also its NGUID): derived, so that a subsystem made again
-    (a change, drift, a reboot) is the same device to the hosts, which then reconnect to it as if nothing happened;
-    a random one would make them drop the old namespace and its pending I/O."""
-    return hashlib.sha256(nqn.encode()).hexdigest()[:20], str(uuid.uuid5(UUID_NAMESPACE, f"{drive}/{nqn}"))
-
-
-def model(drive: str) -> str:
-    """The subsystem's model string (at most 40 characters): ``bsud-<drive>``, or a digest-tailed prefix."""
-    name = f"bsud-{drive}"
-    return name if len(name) <= 40 else f"{name[:31]}-{hashlib.sha256(drive.encode()).hexdigest()[:8]}"
-
-
-def namespace_file(mount_path: str, export: NvmeofExport) -> str:
-    return os.path.join(directory_of(mount_path, export), f"nvmeof-{export.nqn}.img")
-
-
-@dataclass(frozen=True)
-class Subsystem:
-    """One export as nvmet has it or should have it."""
-
+class NvmeofExport(ExportModel):
+    kind: Literal["nvmeof"]
     nqn: str
-    file: str
-    hosts: frozenset[str]
+    size_gib: int = Field(ge=1)
+    hosts: tuple[str, ...] = Field(min_length=1)
+    transport: Literal["tcp"] = "tcp"
     address: str
-    port: int
-
-    @classmethod
-    def of(cls, mount_path: str, export: NvmeofExport) -> Subsystem:
-        return cls(export.nqn, namespace_file(mount_path, export), frozenset(export.hosts), export.address,
-                   export.port)
+    port: int = Field(default=4420, ge=1, le=65535)
 
 
-def _read(path: Path) -> str:
+#: nqn.YYYY-MM.reversed.domain:anything (NVMe base spec 4.5), at most 223 bytes.
+NQN_RE = re.compile(r"nqn\.\d{4}-(0[1-9]|1[0-2])\.[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*"
+                    r":[A-Za-z0-9.:_-]+")
+
+
+def check(export: NvmeofExport) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    if not NQN_RE.fullmatch(export.nqn) or len(export.nqn.encode()) > 223:
+        problems.append(("nqn", f"{export.nqn!r} is not an NQN (nqn.YYYY-MM.reversed.domain:name)"))
+    problems += [("hosts", f"{h!r} is not a host NQN") for h in export.hosts
+                 if not NQN_RE.fullmatch(h) and not h.startswith("nqn.2014-08.org.nvmexpress:uuid:")]
     try:
-        return path.read_text().strip()
-    except OSError:
-        return ""
+        ipaddress.ip_address(export.address)
+    except ValueError:
+        problems.append(("address", f"{export.address!r} is not an IP address to listen on"))
+    return problems
 
 
-def _write(path: Path, value: str) -> None:
-    with open(path, "w") as fh:
-        fh.write(value)
+def ha_serve(gw: Gateway, exports: list[NvmeofExport]) -> list[Agent]:
+    """Per export: its subsystem, a symlink per allowed host, its namespace, its port on the service address."""
+    agents = []
+    for i, export in enumerate(exports):
+        serial, uuid = identity(gw.drive, export.nqn)
+        agents.append(heartbeat("nvmet-subsystem", f"subsys{i}", ("nqn", export.nqn),
+                                ("allowed_initiators", " ".join(export.hosts)), ("serial", serial)))
+        # The nvmet-subsystem agent links each allowed host into the subsystem but its stop only rmdirs the
+        # subsystem, which configfs refuses while a link is in it (ENOTEMPTY, and the agent still says stopped): one
+        # symlink entry per host owns that link, so its stop (just before the subsystem's) removes it.
+        for j, host in enumerate(export.hosts):
+            agents.append(heartbeat("symlink", f"subsys{i}_host{j}",
+                                    ("link", f"{NVMET}/subsystems/{export.nqn}/allowed_hosts/{host}"),
+                                    ("target", f"{NVMET}/hosts/{host}")))
+        agents.append(heartbeat("nvmet-namespace", f"ns{i}", ("nqn", export.nqn), ("namespace_id", "1"),
+                                ("backing_path", namespace_file(gw.mount, export)), ("uuid", uuid), ("nguid", uuid)))
+        agents.append(heartbeat("nvmet-port", f"port{i}", ("nqns", export.nqn), ("addr", gw.ip),
+                                ("svcid", str(export.port)), ("type", "tcp"),
+                                ("addr_fam", "ipv6" if gw.version == 6 else "ipv4")))
+    return agents
 
 
-class NvmetTcp(ExportKind):
-    kind = "nvmeof"
-    tools = ("modprobe",)
-
-    def __init__(self, runner: Runner, configfs: Path = CONFIGFS, proc_net: Path = PROC_NET) -> None:
-        super().__init__(runner)
-        self.root = configfs / "nvmet"
-        self.proc_net = proc_net
-
-    # -- reading -------------------------------------------------------------------------------
-
-    def ours(self, drive: str) -> dict[str, Subsystem]:
-        """The drive's subsystems as nvmet has them (by their model string)."""
-        found: dict[str, Subsystem] = {}
-        subsystems = self.root / "subsystems"
-        if not subsystems.is_dir():
-            return found
-        for sub in sorted(subsystems.iterdir()):
-            if _read(sub / "attr_model") != model(drive):
-                continue
-            ns = sub / "namespaces" / "1"
-            file = _read(ns / "device_path") if _read(ns / "enable") == "1" else ""
-            hosts = frozenset(p.name for p in (sub / "allowed_hosts").iterdir()) \
-                if (sub / "allowed_hosts").is_dir() else frozenset()
-            if _read(sub / "attr_allow_any_host") == "1":
-                hosts = frozenset({"*"})
-            address, port = "", 0
-            for p in self._ports():
-                if (p / "subsystems" / sub.name).is_symlink():
-                    address, port = _read(p / "addr_traddr"), int(_read(p / "addr_trsvcid") or 0)
-                    break
-            found[sub.name] = Subsystem(sub.name, file, hosts, address, port)
-        return found
-
-    def _ports(self) -> list[Path]:
-        ports = self.root / "ports"
-        return sorted(ports.iterdir(), key=lambda p: int(p.name)) if ports.is_dir() else []
-
-    def _listening(self, want: Subsystem) -> bool:
-        """nvmet listens for this export: on its address and port exactly (not a listener elsewhere)."""
-        return port_listening(want.address, want.port, self.proc_net)
-
-    def _busy(self, want: Subsystem) -> str | None:
-        """Why the export's address and port cannot be listened on by nvmet, or None. nvmet's own port on that
-        address and port is no obstacle (the subsystem joins it)."""
-        mine: dict[tuple[object, int], str] = {}
-        for p in self._ports():
-            try:
-                mine[(plain_address(_read(p / "addr_traddr")), int(_read(p / "addr_trsvcid")))] = p.name
-            except ValueError:
-                continue
-        if (plain_address(want.address), want.port) in mine:
-            return None
-        blockers = port_busy(want.address, want.port, self.proc_net)
-        if not blockers:
-            return None
-        owner = mine.get((blockers[0].address, blockers[0].port))
-        who = f"nvmet's port {owner} (another subsystem's)" if owner else "another program"
-        return (f"port {endpoint(want.address, want.port)} is in use by {who} (listening on {blockers[0]}); free it "
-                "or choose another address or port")
-
-    def observe(self, drive: str, mount_path: str, exports: list[NvmeofExport]) -> ExportState:
-        if not self.root.is_dir():
-            if not exports:
-                return ExportState(self.kind, 0, applied=True, present=False, server="")
-            return ExportState(self.kind, len(exports), applied=False, present=False,
-                               server="not loaded (modules nvmet, nvmet-tcp)",
-                               detail="; ".join(f"{e.nqn}: no subsystem (nvmet is not loaded yet)" for e in exports))
-        ours = self.ours(drive)
-        wanted = {e.nqn: Subsystem.of(mount_path, e) for e in exports}
-        problems = [f"{nqn}: {'missing' if nqn not in ours else 'differs from the config'}"
-                    for nqn, want in wanted.items() if ours.get(nqn) != want]
-        extra = sorted(set(ours) - set(wanted))
-        if extra:
-            problems.append(f"subsystems no longer in the config: {', '.join(extra)}")
-        deaf = [endpoint(w.address, w.port) for w in wanted.values() if not self._listening(w)]
-        if not problems and deaf:
-            problems.append(f"nothing listens on {', '.join(deaf)}")
-        server = "nvmet: " + (f"not listening on {', '.join(deaf)}" if deaf else "listening")
-        return ExportState(self.kind, len(exports), applied=not problems, present=bool(ours),
-                           server=server if exports else "", detail="; ".join(problems))
-
-    # -- changing ------------------------------------------------------------------------------
-
-    def _load(self) -> None:
-        load_modules(self.runner, ("nvmet", "nvmet-tcp"))
-        if not self.root.is_dir():
-            configfs = self.root.parent
-            if not os.path.ismount(configfs):
-                self.runner.run(["mount", "-t", "configfs", "configfs", str(configfs)], timeout=60)
-        if not self.root.is_dir():
-            raise ExportError(f"{self.root} is not there after loading nvmet")
-
-    def _create(self, drive: str, want: Subsystem) -> None:
-        """The subsystem, its namespace on its file (made before: see :meth:`apply`), its hosts and port."""
-        sub = self.root / "subsystems" / want.nqn
-        sub.mkdir()
-        serial, ns_uuid = identity(drive, want.nqn)
-        _write(sub / "attr_model", model(drive))
-        _write(sub / "attr_serial", serial)
-        _write(sub / "attr_allow_any_host", "0")
-        for host in sorted(want.hosts):
-            host_dir = self.root / "hosts" / host
-            if not host_dir.is_dir():
-                host_dir.mkdir()
-            (sub / "allowed_hosts" / host).symlink_to(host_dir)
-        ns = sub / "namespaces" / "1"
-        ns.mkdir()
-        _write(ns / "device_path", want.file)
-        _write(ns / "device_uuid", ns_uuid)
-        _write(ns / "device_nguid", ns_uuid)
-        _write(ns / "enable", "1")
-        port, made = self._port_for(want.address, want.port)
-        try:
-            (port / "subsystems" / want.nqn).symlink_to(sub)  # enables the port: binds address and port
-        except OSError:
-            if made:
-                port.rmdir()
-            raise
-
-    def _port_for(self, address: str, number: int) -> tuple[Path, bool]:
-        """The nvmet port on ``address:number``, made with a free id from :data:`FIRST_PORT_ID` if none (True)."""
-        for p in self._ports():
-            if _read(p / "addr_traddr") == address and _read(p / "addr_trsvcid") == str(number) \
-                    and _read(p / "addr_trtype") == "tcp":
-                return p, False
-        used = {int(p.name) for p in self._ports()}
-        port = self.root / "ports" / str(next(i for i in range(FIRST_PORT_ID, 65535) if i not in used))
-        port.mkdir()
-        _write(port / "addr_trtype", "tcp")
-        _write(port / "addr_adrfam", "ipv6" if ipaddress.ip_address(address).version == 6 else "ipv4")
-        _write(port / "addr_traddr", address)
-        _write(port / "addr_trsvcid", str(number))
-        return port, True
-
-    def _delete(self, nqn: str) -> None:
-        """A subsystem of bsud's, its links, and a port it leaves without subsystems (the file stays)."""
-        sub = self.root / "subsystems" / nqn
-        for p in self._ports():
-            link = p / "subsystems" / nqn
-            if link.is_symlink():
-                link.unlink()
-                if not any((p / "subsystems").iterdir()):
-                    p.rmdir()
-        for ns in sorted((sub / "namespaces").iterdir()) if (sub / "namespaces").is_dir() else []:
-            _write(ns / "enable", "0")
-            ns.rmdir()
-        for host in list((sub / "allowed_hosts").iterdir()) if (sub / "allowed_hosts").is_dir() else []:
-            host.unlink()
-        if sub.is_dir():
-            sub.rmdir()
-        hosts = self.root / "hosts"
-        for host in list(hosts.iterdir()) if hosts.is_dir() else []:
-            try:
-                host.rmdir()  # a host no subsystem allows any more (busy: still in use, left)
-            except OSError:
-                pass
-
-    def apply(self, drive: str, mount_path: str, exports: list[NvmeofExport]) -> bool:
-        """Every precondition first (the mount, NQNs not taken, ports free, no file to shrink), then the files,
-        then nvmet: an export that cannot come up leaves nothing made for it."""
-        if not os.path.ismount(mount_path):
-            raise ExportError(f"drive {drive!r} is not mounted on {mount_path}; not exporting it")
-        self._load()
-        wanted = {e.nqn: (Subsystem.of(mount_path, e), e.size_gib * GIB) for e in exports}
-        ours = self.ours(drive)
-        stale = [nqn for nqn in ours if nqn not in wanted]
-        # A subsystem as configured whose port does not listen (nvmet lost its listener) is made again too:
-        # linking it to a port is what makes nvmet listen.
-        redo = [(w, s) for nqn, (w, s) in wanted.items() if ours.get(nqn) != w or not self._listening(w)]
-        for want, size in wanted.values():
-            check_backing_file(want.file, size, what=want.nqn, kind="namespace")
-        if not stale and not redo:
-            for want, size in wanted.values():  # a size given more: the file grows (never made here)
-                if os.path.exists(want.file):
-                    backing_file(want.file, size, what=want.nqn, kind="namespace")
-            return False
-        taken = [w.nqn for w, _ in redo if w.nqn not in ours and (self.root / "subsystems" / w.nqn).exists()]
-        if taken:
-            raise ExportError(f"NVMe-oF: subsystem {', '.join(taken)} exists and does not belong to drive {drive!r} "
-                              f"(its model is not {model(drive)!r}); remove it or choose another NQN")
-        # Checked before anything is made or taken down: a retry must not cut the clients, nor leave files, each time.
-        busy = [f"{w.nqn}: {why}" for w, _ in redo if (why := self._busy(w))]
-        if busy:
-            raise ExportError(f"NVMe-oF export of drive {drive!r}: {'; '.join(busy)}")
-        made = MadeFiles()
-        redone = {w.nqn for w, _ in redo}
-        try:
-            for want, size in wanted.values():  # made for the exports being made; grown for the others
-                if want.nqn in redone or os.path.exists(want.file):
-                    made.make(want.file, size, what=want.nqn, kind="namespace")
-        except (OSError, ExportError) as exc:
-            made.undo()
-            raise ExportError(f"NVMe-oF export of drive {drive!r}: cannot make its namespace's file: {exc}") from None
-        backup = [ours[nqn] for nqn in stale + [w.nqn for w, _ in redo] if nqn in ours]
-        try:
-            for old in backup:
-                self._delete(old.nqn)
-            for want, _ in redo:
-                self._create(drive, want)
-            now = self.ours(drive)
-            problems = [f"{w.nqn} is not as configured" for w, _ in wanted.values() if now.get(w.nqn) != w]
-            problems += [f"nothing listens on {endpoint(w.address, w.port)}" for w, _ in wanted.values()
-                         if not self._listening(w)]
-            if problems:
-                raise ExportError("; ".join(problems))
-        except (OSError, ExportError) as exc:
-            self._restore(drive, backup, [w for w, _ in redo])
-            made.undo()
-            raise ExportError(f"NVMe-oF: applying failed, the previous subsystems are back: {exc}") from None
-        log.info("NVMe-oF subsystems applied", drive=drive, subsystems=[w.nqn for w, _ in redo], removed=stale)
-        return True
-
-    def _restore(self, drive: str, backup: list[Subsystem], made: list[Subsystem]) -> None:
-        """Take away what a failed change made and put back what it removed."""
-        try:
-            for want in made:
-                if want.nqn in self.ours(drive):
-                    self._delete(want.nqn)
-            for old in backup:
-                if old.file:  # a subsystem whose namespace was not enabled is not put back half-made
-                    self._create(drive, old)
-        except OSError as exc:
-            log.error("restoring the previous NVMe-oF subsystems failed", drive=drive, error=str(exc))
-
-    def withdraw(self, drive: str) -> bool:
-        ours = self.ours(drive)
-        for nqn in ours:
-            self._delete(nqn)
-        left = self.ours(drive)
-        if left:
-            raise ExportError(f"NVMe-oF: still configured after withdrawing: {', '.join(sorted(left))}")
-        return bool(ours)
+PLUGIN = ExportPlugin(
+    name="nvmeof", exporter=NvmetTcp, model=NvmeofExport, describe=lambda e: f"nvmeof:{e.nqn}", check=check,
+    identities=lambda drive, e: [("nqn", e.nqn), ("address and port", f"{e.address}:{e.port}")],
+    ha=HaAgents(port=lambda e: e.port, serve=ha_serve))

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from bsud.config.exports import IscsiExport
+from bsud.exports.iscsi import IscsiExport
 from bsud.exports.files import ExportError, backing_file
-from bsud.exports.iscsi import GIB, Lio, Wanted, backstore_name, lun_file
-from bsud.exports.nvmeof import NvmetTcp, model
+from bsud.exports.lio import GIB, Lio, Wanted, backstore_name, lun_file
+from bsud.exports.nvmet import NvmetTcp, model
 
 IQN = "iqn.2026-11.com.example:data"
 
@@ -65,7 +65,7 @@ def test_the_nvme_model_string_names_the_drive_within_40_characters():
 
 
 def test_a_namespace_made_again_is_the_same_device_to_hosts():
-    from bsud.exports.nvmeof import identity
+    from bsud.exports.nvmet import identity
 
     serial, ns_uuid = identity("data", "nqn.2026-11.com.example:data")
     assert (serial, ns_uuid) == identity("data", "nqn.2026-11.com.example:data")

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bsud.config.exports import SmbExport
 from bsud.exports.files import ExportError
-from bsud.exports.smb import Samba, has_include, parse_share_list, render, sections
+from bsud.exports.smb import Samba, SmbExport, has_include, parse_share_list, render, sections
 from bsud.runner import Completed
 
 

@@ -22,11 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from bsud.config.exports import IscsiExport, NvmeofExport
 from bsud.exports.files import ExportError, port_listening
-from bsud.exports.iscsi import Lio, lun_file
+from bsud.exports.iscsi import IscsiExport
+from bsud.exports.lio import Lio, lun_file
 from bsud.exports.nfs import parse_exportfs
-from bsud.exports.nvmeof import NvmetTcp, namespace_file
+from bsud.exports.nvmeof import NvmeofExport
+from bsud.exports.nvmet import NvmetTcp, namespace_file
 from bsud.exports.smb import parse_share_list
 from bsud.runner import Runner
 
