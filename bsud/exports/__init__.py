@@ -1,26 +1,30 @@
 """Sharing a drive: the export kinds, a plug-in family. Each kind is one module that declares itself once (an
 :class:`~bsud.exports.base.ExportPlugin`: config model, checks, identities, host exporter with its tools, HA
-agents) and one entry in :data:`KINDS`; everything else here is derived from that list — the config's union of
-export models, the kinds table, each export's checks and clashes, the tools a drive's exports need, the HA refusal.
+agents) and one name in :data:`KIND_MODULES`; everything else here is derived from that list — the config's union
+of export models, the kinds table, each export's checks and clashes, the tools a drive's exports need, the HA
+refusal.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterable
 from typing import Annotated, Any, Union, get_args
 
 from pydantic import Field
 
-from bsud.exports import ganesha, iscsi, nfs, nvmeof, smb
 from bsud.exports.base import ExportKind, ExportPlugin, ExportState, HaAgents, Services
 from bsud.exports.files import ExportError, replace_file
 from bsud.exports.ganesha import GaneshaSettings, NfsSettings
 from bsud.exports.model import ExportModel, check_path
 from bsud.runner import Runner
 
-#: Every export kind, by its exporter's name (an export's ``exporter``); a gateway starts their agents in this order.
-KINDS: dict[str, ExportPlugin] = {p.name: p for p in (nfs.PLUGIN, ganesha.PLUGIN, smb.PLUGIN, iscsi.PLUGIN,
-                                                        nvmeof.PLUGIN)}
+#: The export kinds: ``bsud.exports.<name>`` each, which declares its ``PLUGIN``. A gateway starts their agents in
+#: this order. Adding a kind is its module and its name here.
+KIND_MODULES = ("nfs", "ganesha", "smb", "iscsi", "nvmeof")
+#: Every export kind, by its exporter's name (an export's ``exporter``), in :data:`KIND_MODULES` order.
+KINDS: dict[str, ExportPlugin] = {
+    plugin.name: plugin for plugin in (importlib.import_module(f"bsud.exports.{m}").PLUGIN for m in KIND_MODULES)}
 
 #: Every ``exporter`` an export may name.
 EXPORTERS = tuple(KINDS)
@@ -28,7 +32,7 @@ EXPORTERS = tuple(KINDS)
 EXPORT_KINDS: dict[str, type[ExportModel]] = {
     get_args(p.model.model_fields["kind"].annotation)[0]: p.model for p in KINDS.values() if p.model is not None}
 #: A drive's ``exports`` entry: one of the models, told apart by ``kind``.
-Export = Annotated[Union[tuple(EXPORT_KINDS.values())], Field(discriminator="kind")]  # type: ignore[misc]  # noqa: UP007
+Export = Annotated[Union[tuple(EXPORT_KINDS.values())], Field(discriminator="kind")]  # type: ignore  # noqa: UP007
 
 
 def _model_plugin(export: Any) -> ExportPlugin:
@@ -92,6 +96,6 @@ def make_exporters(runner: Runner, nfs: NfsSettings | None = None, ganesha: Any 
     return {name: plugin.exporter.make(runner, services) for name, plugin in KINDS.items()}
 
 
-__all__ = ["EXPORTERS", "EXPORT_KINDS", "KINDS", "Export", "ExportError", "ExportKind", "ExportModel", "ExportPlugin",
-           "ExportState", "GaneshaSettings", "HaAgents", "NfsSettings", "by_exporter", "check_export",
+__all__ = ["EXPORTERS", "EXPORT_KINDS", "KINDS", "KIND_MODULES", "Export", "ExportError", "ExportKind", "ExportModel",
+           "ExportPlugin", "ExportState", "GaneshaSettings", "HaAgents", "NfsSettings", "by_exporter", "check_export",
            "export_identities", "export_name", "export_tools", "ha_problems", "make_exporters", "replace_file"]
