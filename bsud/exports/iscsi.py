@@ -10,7 +10,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from bsud.exports.base import ExportPlugin, HaAgents
-from bsud.exports.lio import PORT, Lio, lun_file
+from bsud.exports.iscsi_target import PORT, lun_file
+from bsud.exports.lio import Lio
 from bsud.exports.model import ExportModel
 from bsud.ha.agent import Agent, Gateway, heartbeat
 

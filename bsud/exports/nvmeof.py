@@ -13,7 +13,8 @@ from pydantic import Field
 
 from bsud.exports.base import ExportPlugin, HaAgents
 from bsud.exports.model import ExportModel
-from bsud.exports.nvmet import NVMET, NvmetTcp, identity, namespace_file
+from bsud.exports.nvmeof_target import NVMET, identity, namespace_file
+from bsud.exports.nvmet import NvmetTcp
 from bsud.ha.agent import Agent, Gateway, heartbeat
 
 

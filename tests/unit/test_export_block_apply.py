@@ -14,9 +14,11 @@ import pytest
 from bsud.exports import lio as iscsi_module
 from bsud.exports.iscsi import IscsiExport
 from bsud.exports.files import ExportError
-from bsud.exports.lio import Lio, lun_file
+from bsud.exports.iscsi_target import lun_file
+from bsud.exports.lio import Lio
 from bsud.exports.nvmeof import NvmeofExport
-from bsud.exports.nvmet import NvmetTcp, namespace_file
+from bsud.exports.nvmeof_target import namespace_file
+from bsud.exports.nvmet import NvmetTcp
 
 RECORDED = Path(__file__).parent.parent / "data" / "proc_net"
 NQN = "nqn.2026-11.test.bsud:drive"

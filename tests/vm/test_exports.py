@@ -24,10 +24,12 @@ import pytest
 
 from bsud.exports.files import ExportError, port_listening
 from bsud.exports.iscsi import IscsiExport
-from bsud.exports.lio import Lio, lun_file
+from bsud.exports.iscsi_target import lun_file
+from bsud.exports.lio import Lio
 from bsud.exports.nfs import parse_exportfs
 from bsud.exports.nvmeof import NvmeofExport
-from bsud.exports.nvmet import NvmetTcp, namespace_file
+from bsud.exports.nvmeof_target import namespace_file
+from bsud.exports.nvmet import NvmetTcp
 from bsud.exports.smb import parse_share_list
 from bsud.runner import Runner
 
