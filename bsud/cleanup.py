@@ -16,7 +16,7 @@ from bsud.errors import BsudError
 from bsud.host import mounts
 from bsud.host.lvm import Lvm
 from bsud.host.safety import probe
-from bsud.naming import label_for
+from bsud.naming import label_for, lv_mapper_path
 from bsud.reconcile.engine import DriveReconciler
 from bsud.reconcile.observe import CloudSnapshot
 from bsud.runner import Runner
@@ -26,7 +26,7 @@ def _guess_spec(name: str, runner: Runner) -> DriveConfig:
     """A spec for a drive the config does not name: its layout and mount path read from the host."""
     layout = Layout.LVM if Lvm(runner).vg(name) is not None else Layout.BTRFS
     mount_path = f"/nonexistent/bsud-{name}"
-    lv_source = f"/dev/mapper/{name.replace('-', '--')}-bsud"
+    lv_source = lv_mapper_path(name)
     for entry in mounts.read_mounts():
         if entry.fstype != "btrfs":
             continue

@@ -203,7 +203,9 @@ def cmd_plan(config: Config) -> int:
 
 def cmd_ha_config(config: Config, write: bool) -> int:
     """Print (secrets masked) or write each ha drive's promoter file; one line per problem, exit 1 on any."""
-    from bsud.host.ha import Promoter, check_gateway, render, start_list, toml_string
+    from bsud.ha.gateway import render, start_list, toml_string
+    from bsud.ha.ocf import check_gateway
+    from bsud.ha.promoter import Promoter
     from bsud.runner import Runner
 
     drives = [d for d in config.drives if d.ha is not None]

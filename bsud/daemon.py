@@ -23,15 +23,14 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from bsud import __version__
 from bsud.cloud import CloudProvider, make_provider
 from bsud.config import Config, DriveConfig, InvalidConfig, Provider, Target, load_config
 from bsud.errors import BsudError, ConfigError
-from bsud.host.exports import KINDS as EXPORT_KINDS
+from bsud.exports import EXPORTERS, export_tools
+from bsud.exports.ganesha_server import GaneshaServer
 from bsud.host.hotplug import BlockEvents
-from bsud.host.exports import ganesha
 from bsud.host.layouts import LAYOUTS, StorageLayout
 from bsud.logs import get_logger, register_secrets
 from bsud.metrics import Metrics
@@ -62,7 +61,7 @@ def required_tools(config: Config, cloud: CloudProvider) -> dict[str, str]:
                            *cloud.tools], "")
     for drive in config.drives:
         for kind in dict.fromkeys(e.exporter for e in drive.exports):
-            for tool in EXPORT_KINDS[kind].tools:
+            for tool in export_tools([kind]):
                 users = tools.get(tool)
                 if users != "":
                     tools[tool] = f"{users}, " * bool(users) + f"the {kind} exports of drive {drive.name!r}"
@@ -73,12 +72,6 @@ def required_tools(config: Config, cloud: CloudProvider) -> dict[str, str]:
 
 def has_ganesha_exports(drive: DriveConfig) -> bool:
     return bool(drive.exports_by("nfs-ganesha"))
-
-
-def managed_ganesha_status() -> dict[str, Any] | None:
-    """The ganesha.nfsd bsud supervises, for the status file and the metrics (None when it runs none)."""
-    process = ganesha.managed()
-    return None if process is None else process.status()
 
 
 def manages_ganesha(config: Config) -> bool:
@@ -143,6 +136,8 @@ class Daemon:
         self.stuck: str | None = None
         #: What is wrong for every drive (cloud permissions refused), for the status and STATUS=.
         self.problems: list[str] = []
+        #: The nfs-ganesha bsud talks to (its heartbeat) and runs itself (``nfs.ganesha.managed``), for every drive.
+        self.ganesha = GaneshaServer()
         self.sinks: list[Sink] = [StatusFile(lambda: self.config.daemon.status_file), SdNotifyStatus()]
         #: Every drive's events go to these (shared with the workers' engines).
         self.listeners: list[Callable[[Event], None]] = []
@@ -173,7 +168,7 @@ class Daemon:
                                   started=self.started, updated=time.time(),
                                   drives={name: w.reconciler.status for name, w in self.workers.items()},
                                   unmanaged=unmanaged, not_mounted=tuple(self.not_mounted()),
-                                  ganesha=managed_ganesha_status(), reloads=self.reloads,
+                                  ganesha=self.ganesha.status(), reloads=self.reloads,
                                   reload_result=self.reload_result, stuck=self.stuck,
                                   problems=tuple(self.problems))
             for sink in self.sinks:
@@ -252,7 +247,7 @@ class Daemon:
             register_secrets(new.secrets())
             for warning in new.warnings:
                 log.warning(warning)
-            if new.nfs.ganesha != self.config.nfs.ganesha and ganesha.managed() is not None:
+            if new.nfs.ganesha != self.config.nfs.ganesha and self.ganesha.managed is not None:
                 log.warning("the managed nfs-ganesha's settings apply at the next restart of bsud")
             self.config = new
             self._start_workers()
@@ -273,8 +268,8 @@ class Daemon:
 
     def _manage_ganesha(self) -> None:
         """Run ganesha.nfsd when the config asks bsud to (started once; it runs until bsud stops)."""
-        if manages_ganesha(self.config) and ganesha.managed() is None:
-            ganesha.start_managed(self.config.nfs.ganesha, on_up=self._ganesha_up)
+        if manages_ganesha(self.config) and self.ganesha.managed is None:
+            self.ganesha.start_managed(self.config.nfs.ganesha, on_up=self._ganesha_up)
 
     def _block_event(self, action: str, device: str) -> None:
         """A block device came, went or changed (udev): the drive it belongs to — or, for one that came, a drive
@@ -354,7 +349,7 @@ class Daemon:
         if refused:
             raise InvalidConfig(refused)
         self._lock = take_lock(self.config.daemon.status_file)
-        preflight(required_tools(self.config, self.cloud))
+        preflight(required_tools(self.config, self.cloud), packages=export_tools(EXPORTERS))
         # The DryRun calls wait on the cloud: in the background, so that a cloud down at boot delays nothing.
         threading.Thread(target=self._check_permissions, name="permissions", daemon=True).start()
         self._start_outputs()
@@ -402,7 +397,7 @@ class Daemon:
         still = [w.reconciler.spec.name for w in self.workers.values() if w.is_alive()]
         if still:
             log.warning("abandoning long steps; they resume on the next start", drives=still)
-        ganesha.stop_managed()
+        self.ganesha.stop_managed()
         self.publish()
         if self.on_event is not None:
             self.on_event.close()

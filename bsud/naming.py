@@ -1,10 +1,13 @@
 """The contract with the cloud and the host that the original bsud defined, plus units and volume states.
 
 Tag keys, the LV name and the btrfs label are how a drive is found again (by this bsud after a restart, and in
-drives the original made), so they never change. Pure constants: every layer may import this module.
+drives the original made), so they never change. Pure constants and the names derived from them: every layer may
+import this module.
 """
 
 from __future__ import annotations
+
+import re
 
 GIB = 1024**3
 MIB = 1024**2
@@ -20,6 +23,9 @@ REMOVING, EVACUATED = "removing", "evacuated"
 NEW = "new"
 #: The one LV of a drive's VG (the VG is named after the drive).
 LV_NAME = "bsud"
+#: The names volumes are attached under: a prefix, one or two letters — what tells attachments apart (Outscale's
+#: SCSI serial of /dev/xvdc is sdc) — and a partition's digits when it is one.
+DEVICE_NAME_RE = re.compile(r"^/dev/(xvd|sd|vd|hd)([a-z]{1,2})(\d*)$")
 
 #: States a volume can be in (EC2 vocabulary).
 CREATING, AVAILABLE, IN_USE, DELETING, DELETED, ERROR = (
@@ -33,3 +39,23 @@ DEFAULT_MAX_VOLUME_GIB = 14901
 def label_for(drive: str) -> str:
     """The btrfs label of a drive's filesystem."""
     return f"bsud-{drive}"
+
+
+def lv_path(vg: str) -> str:
+    """A drive's LV as LVM links it: ``/dev/<vg>/bsud``."""
+    return f"/dev/{vg}/{LV_NAME}"
+
+
+def lv_mapper_path(vg: str) -> str:
+    """The same LV under its device-mapper name, as the mount table shows it: ``/dev/mapper/my--vg-bsud``."""
+    return f"/dev/mapper/{vg.replace('-', '--')}-{LV_NAME}"
+
+
+def device_suffix(name: str, prefixes: tuple[str, ...] = ("xvd", "sd", "vd", "hd"), partitions: bool = True
+                  ) -> str | None:
+    """``/dev/xvdc`` → ``c``, ``/dev/sda1`` → ``a`` (with ``partitions``); None for names that are not such disk
+    names, or whose prefix is not one of ``prefixes``."""
+    found = DEVICE_NAME_RE.match(name)
+    if found is None or found.group(1) not in prefixes or (found.group(3) and not partitions):
+        return None
+    return found.group(2)

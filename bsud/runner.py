@@ -25,7 +25,8 @@ log = get_logger("bsud.runner")
 #: Where system tools live even when PATH (e.g. under systemd or sudo) lacks them.
 _SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 
-#: Tool → Debian package, for the pre-flight report.
+#: Tool → Debian package, for the pre-flight report: the layouts' and providers' tools (the export kinds declare
+#: their own with their packages, ``ExportKind.tools``, given to :func:`preflight`).
 TOOL_PACKAGES: dict[str, str] = {
     "lvm": "lvm2",
     "pvs": "lvm2",
@@ -39,11 +40,6 @@ TOOL_PACKAGES: dict[str, str] = {
     "umount": "mount",
     "udevadm": "udev",
     "fuser": "psmisc",
-    "exportfs": "nfs-kernel-server",
-    "testparm": "samba-common-bin",
-    "smbcontrol": "samba-common-bin",
-    "smbclient": "smbclient",
-    "modprobe": "kmod",
 }
 
 
@@ -56,15 +52,17 @@ def find_tool(name: str) -> str | None:
     return shutil.which(name, path=search_path())
 
 
-def missing_tools(tools: Iterable[str]) -> list[tuple[str, str]]:
-    """Every tool in ``tools`` that is not installed, with its package."""
-    return [(t, TOOL_PACKAGES.get(t, t)) for t in tools if find_tool(t) is None]
+def missing_tools(tools: Iterable[str], packages: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """Every tool in ``tools`` that is not installed, with its package (``packages``', else :data:`TOOL_PACKAGES`')."""
+    known = {**TOOL_PACKAGES, **(packages or {})}
+    return [(t, known.get(t, t)) for t in tools if find_tool(t) is None]
 
 
-def preflight(tools: Iterable[str] | Mapping[str, str]) -> None:
+def preflight(tools: Iterable[str] | Mapping[str, str], packages: Mapping[str, str] | None = None) -> None:
     """Raise one :class:`MissingToolsError` naming all missing tools at once (and, given a mapping of tool → who
-    needs it, what needs each)."""
-    missing = missing_tools(tools)
+    needs it, what needs each). ``packages``: tool → Debian package, for tools :data:`TOOL_PACKAGES` does not list
+    (the export kinds')."""
+    missing = missing_tools(tools, packages)
     if missing:
         users = tools if isinstance(tools, Mapping) else {}
         raise MissingToolsError([(t, f"{p}; for {users[t]}" if users.get(t) else p) for t, p in missing])

@@ -59,7 +59,8 @@ class DriveWorker(threading.Thread):
         super().__init__(name=f"drive-{spec.name}", daemon=True)
         self.owner = daemon
         self.reconciler = DriveReconciler(spec, daemon.cloud, daemon.snapshot, daemon.config.cloud.provider,
-                                          settings=daemon.config.daemon, nfs=daemon.config.nfs)
+                                          settings=daemon.config.daemon, nfs=daemon.config.nfs,
+                                          ganesha=daemon.ganesha)
         self.reconciler.meter = RateMeter(daemon.config.daemon.rate_peak_seconds)
         self.reconciler.writeback = WritebackMeter()
         self.reconciler.listeners = daemon.listeners

@@ -7,7 +7,6 @@ frozen dataclasses, and the device-name choice is a pure function.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from bsud.errors import AttachmentLimitError, CloudError, CloudTimeout, VolumeStateError
 from bsud.logs import get_logger
-from bsud.naming import AVAILABLE, DELETED, DRIVE_TAG, ERROR
+from bsud.naming import AVAILABLE, DELETED, DRIVE_TAG, ERROR, device_suffix
 
 if TYPE_CHECKING:
     from bsud.config import Config
@@ -95,15 +94,6 @@ def volumes_by_drive(volumes: Iterable[Volume]) -> dict[str, list[Volume]]:
 
 
 # --- device names ---------------------------------------------------------------------------
-
-_DEVICE_RE = re.compile(r"^/dev/(?:xvd|sd|vd|hd)([a-z]{1,2})\d*$")
-
-
-def device_suffix(name: str) -> str | None:
-    """``/dev/xvdc`` → ``c``, ``/dev/sda1`` → ``a``; None for names that are not disk names."""
-    m = _DEVICE_RE.match(name)
-    return m.group(1) if m else None
-
 
 def candidate_device_names() -> list[str]:
     """Valid attach names in preference order: /dev/xvdb … /dev/xvdz, then /dev/xvdba … /dev/xvdzz."""

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
-from bsud.config.exports import IscsiExport, NfsExport, NvmeofExport, SmbExport, _Settings
+from bsud.exports import ha_problems
+from bsud.exports.model import Settings
 
 DRBD_RESOURCE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
 NIC_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,14}")
@@ -20,7 +21,7 @@ DEMOTE_FAILURE_ACTIONS = ("none", "reboot", "reboot-force", "reboot-immediate", 
                           "poweroff-immediate", "exit", "exit-force")
 
 
-class HaConfig(_Settings):
+class HaConfig(Settings):
     #: The DRBD resource whose backing device is the drive's LV.
     drbd_resource: str
     #: The DRBD device the gateway mounts (``/dev/drbd1000``).
@@ -46,8 +47,7 @@ class HaConfig(_Settings):
     portblock: bool = True
 
 
-def check_ha(ha: HaConfig, exports: tuple[NfsExport | SmbExport | IscsiExport | NvmeofExport, ...],
-             layout: str) -> list[tuple[str, str]]:
+def check_ha(ha: HaConfig, exports: tuple[Any, ...], layout: str) -> list[tuple[str, str]]:
     """(key under ``ha``, why) for each problem."""
     problems: list[tuple[str, str]] = []
     if layout != "lvm":
@@ -70,13 +70,5 @@ def check_ha(ha: HaConfig, exports: tuple[NfsExport | SmbExport | IscsiExport | 
             problems.append((key, f"{path!r} must be an absolute path"))
     if not exports:
         problems.append(("", "a highly available drive serves exports: give it an exports list"))
-    for export in exports:
-        if isinstance(export, SmbExport):
-            problems.append(("", "smb exports have no OCF agent in the gateway; remove them or the ha section"))
-        if isinstance(export, NfsExport) and export.server != "kernel":
-            problems.append(("", "the gateway's NFS is the kernel server (nfsserver, exportfs agents); remove "
-                                 "\"server\": \"ganesha\""))
-    if any(isinstance(e, NfsExport) for e in exports) and not (ha.cluster_private_device and ha.cluster_private_mount):
-        problems.append(("cluster-private-device", "NFS needs cluster-private-device and cluster-private-mount (the "
-                                                   "NFS server's state moves with the service)"))
+    problems += ha_problems(ha, exports)  # each kind: refused without HA agents, or what it needs of the section
     return problems

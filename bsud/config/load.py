@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from bsud.config.catalogue import Provider
-from bsud.config.exports import EXPORT_KINDS
+from bsud.exports import EXPORT_KINDS
 from bsud.config.rules import check_semantics, with_cloud_defaults
 from bsud.config.schema import (
     Authentication,

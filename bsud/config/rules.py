@@ -26,7 +26,7 @@ from bsud.config.catalogue import (
     VolumeLimits,
     volume_limits,
 )
-from bsud.config.exports import check_export, export_identities, export_name
+from bsud.exports import check_export, export_identities, export_name
 from bsud.config.ha import check_ha
 from bsud.config.schema import CloudSettings, DaemonSettings, DriveConfig, _ConfigFile
 from bsud.errors import ConfigError

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bsud.config.catalogue import DiskType, Layout, Provider, Target
-from bsud.config.exports import Export, GaneshaSettings, NfsSettings
+from bsud.exports import Export, GaneshaSettings, NfsSettings
 from bsud.config.ha import HaConfig
 
 

@@ -17,7 +17,6 @@ rule is refused when the device carries another volume's serial.
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -26,14 +25,13 @@ from typing import Any
 
 from bsud.errors import BsudError
 from bsud.logs import get_logger
-from bsud.naming import GIB
+from bsud.naming import GIB, device_suffix
 
 log = get_logger("bsud.host.devices")
 
 VIRTIO_SERIAL_MAX = 20
 NVME_SERIAL, VIRTIO_SERIAL, SCSI_SERIAL = "nvme serial", "virtio serial", "scsi serial"
 REQUESTED_NAME, LOOP_BACKING_FILE = "requested name", "loop backing file"
-_REQUESTED_RE = re.compile(r"^/dev/(?:xvd|sd)([a-z]{1,2})$")
 
 
 class DeviceMismatch(BsudError):
@@ -176,11 +174,16 @@ def _by_virtio_serial(ref: VolumeRef, devices: list[dict[str, Any]]) -> Resoluti
     return None
 
 
+def _requested_suffix(name: str) -> str | None:
+    """The letters of a name bsud requests (``/dev/xvd<letters>`` or ``/dev/sd<letters>``, no partition)."""
+    return device_suffix(name, ("xvd", "sd"), partitions=False)
+
+
 def _by_scsi_serial(ref: VolumeRef, devices: list[dict[str, Any]]) -> Resolution | None:
-    m = _REQUESTED_RE.match(ref.requested_device or "")
-    if m:
+    suffix = _requested_suffix(ref.requested_device or "")
+    if suffix:
         for dev in devices:
-            if dev["transport"] == "scsi" and (dev.get("serial") or "").strip() == f"sd{m.group(1)}":
+            if dev["transport"] == "scsi" and (dev.get("serial") or "").strip() == f"sd{suffix}":
                 return _size_checked(ref, dev, SCSI_SERIAL)
     return None
 
@@ -189,15 +192,15 @@ def _by_requested_name(ref: VolumeRef, devices: list[dict[str, Any]]) -> Resolut
     requested = ref.requested_device
     if not requested:
         return None
-    m = _REQUESTED_RE.match(requested)
+    suffix = _requested_suffix(requested)
     for dev in devices:
         if dev["path"] == requested or requested in dev.get("links", []):
             other = _foreign_identity(dev, ref)
             if other:
                 raise DeviceMismatch(f"volume {ref.volume_id}: {requested} is {dev['path']} whose serial "
                                      f"{other!r} names another volume; not using it")
-            if dev["transport"] == "scsi" and m and dev.get("serial") and \
-                    dev["serial"].startswith("sd") and dev["serial"] != f"sd{m.group(1)}":
+            if dev["transport"] == "scsi" and suffix and dev.get("serial") and \
+                    dev["serial"].startswith("sd") and dev["serial"] != f"sd{suffix}":
                 raise DeviceMismatch(f"volume {ref.volume_id}: {requested} is {dev['path']} whose SCSI serial "
                                      f"{dev['serial']!r} belongs to another attachment; not using it")
             return _size_checked(ref, dev, REQUESTED_NAME)

@@ -16,6 +16,10 @@ from bsud.errors import BsudError
 from bsud.runner import Runner
 
 SYS_MODULE = Path("/sys/module")
+#: The command :func:`load_modules` runs where systemd does not → its package (for the pre-flight of who loads).
+TOOLS = {"modprobe": "kmod"}
+#: Where configfs is mounted: the kernel targets' (LIO, nvmet) whole interface.
+CONFIGFS = Path("/sys/kernel/config")
 
 
 def systemd_running() -> bool:

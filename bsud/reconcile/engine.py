@@ -8,9 +8,9 @@ from dataclasses import dataclass, replace
 
 from bsud.cloud.base import CloudProvider
 from bsud.config import DaemonSettings, DriveConfig, NfsSettings, Provider, Target, volume_limits
-from bsud.config.exports import export_name
 from bsud.errors import AttachmentLimitError, BsudError
-from bsud.host.exports import make_exporters
+from bsud.exports import export_name, make_exporters
+from bsud.exports.ganesha_server import GaneshaServer
 from bsud.host.layouts import StorageLayout, make_layout
 from bsud.logs import get_logger
 from bsud.naming import DEFAULT_MAX_VOLUME_GIB
@@ -65,13 +65,15 @@ class ExportsFailure:
 class DriveReconciler:
     def __init__(self, spec: DriveConfig, cloud: CloudProvider, snapshot: CloudSnapshot, provider: Provider,
                  runner: Runner | None = None, settings: DaemonSettings | None = None,
-                 nfs: NfsSettings | None = None) -> None:
+                 nfs: NfsSettings | None = None, ganesha: GaneshaServer | None = None) -> None:
         self.cloud = cloud
         self.snapshot = snapshot
         self.provider = provider
         self.runner = runner or Runner()
         self.settings = settings or DaemonSettings()
         self.nfs = nfs or NfsSettings()
+        #: The nfs-ganesha the daemon owns (its heartbeat, its managed process); None: the ganesha kind makes its own.
+        self.ganesha = ganesha
         #: This drive's grows, timed; the write rate is fed by the daemon's sampler (None: not sampled).
         self.clock = GrowClock(self.settings.grow_seconds or DEFAULT_GROW_SECONDS[provider])
         self.meter: RateMeter | None = None
@@ -110,7 +112,7 @@ class DriveReconciler:
             self._attach_limit = None
         self.spec = spec
         self.layout: StorageLayout = make_layout(spec.layout, spec.name, self.runner)
-        self.exporters = make_exporters(self.runner, self.nfs)
+        self.exporters = make_exporters(self.runner, self.nfs, self.ganesha)
         self.executor = Executor(spec, self.cloud, self.layout, self.provider,
                                  attach_timeout=self.settings.volume_wait_seconds,
                                  device_timeout=self.settings.device_wait_seconds, exporters=self.exporters)

@@ -12,7 +12,7 @@ from bsud.cloud.base import CloudProvider, VolumeOptions
 from bsud.config import DriveConfig, Provider, provisioned_iops, volume_limits
 from bsud.errors import AttachmentLimitError, BsudError
 from bsud.host import mounts
-from bsud.host.exports import ExportKind
+from bsud.exports import ExportKind
 from bsud.host.devices import DeviceWaiter, Resolution, VolumeRef, find_device
 from bsud.host.layouts import StorageLayout
 from bsud.host.preempt import Preempted

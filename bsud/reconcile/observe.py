@@ -16,10 +16,9 @@ from dataclasses import replace
 
 from bsud.cloud.base import CloudProvider, Volume, volumes_by_drive
 from bsud.config import DriveConfig
-from bsud.config.exports import export_name
 from bsud.errors import BsudError
 from bsud.host import mounts
-from bsud.host.exports import ExportKind, ExportState
+from bsud.exports import ExportKind, ExportState, export_name
 from bsud.host.devices import DeviceMismatch, Resolution, VolumeRef, block_devices, resolve_device
 from bsud.host.layouts import StorageLayout
 from bsud.host.safety import probe

@@ -15,8 +15,8 @@ from pathlib import Path
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bsud.config.exports import GaneshaSettings
-from bsud.host.exports.ganesha_process import ManagedGanesha, alive, rpcbind_running
+from bsud.exports.ganesha import GaneshaSettings
+from bsud.exports.ganesha_process import ManagedGanesha, alive, rpcbind_running
 from bsud.metrics import Metrics
 from bsud.sinks import DaemonReport
 

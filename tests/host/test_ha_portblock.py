@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bsud.host.ha import PROBE_IP, portblock_problem
+from bsud.ha.ocf import PROBE_IP, portblock_problem
 
 # Stand-ins for the agent: both block as portblock does; the broken one's stop does not find its rule.
 BLOCK = 'iptables -w -I INPUT -p tcp -d "$OCF_RESKEY_ip" -m multiport --dports "$OCF_RESKEY_portno" -j DROP'

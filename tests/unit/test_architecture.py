@@ -46,7 +46,12 @@ def test_planner_does_no_io(path: Path):
 
 RULES = [
     ("cloud", ("bsud.host", "bsud.reconcile", "bsud.daemon", "bsud.cli")),
-    ("host", ("bsud.cloud", "bsud.reconcile", "bsud.daemon", "bsud.cli", "boto3")),
+    ("host", ("bsud.cloud", "bsud.reconcile", "bsud.daemon", "bsud.cli", "boto3", "bsud.exports", "bsud.ha")),
+    # The export kinds: below the config (which builds its union from them) and the HA generator (which builds
+    # gateways from them); of bsud.ha only its vocabulary, bsud.ha.agent (checked below).
+    ("exports", ("bsud.cloud", "bsud.reconcile", "bsud.daemon", "bsud.worker", "bsud.cli", "bsud.config",
+                 "bsud.ha.gateway", "bsud.ha.ocf", "bsud.ha.promoter")),
+    ("ha", ("bsud.cloud", "bsud.reconcile", "bsud.daemon", "bsud.worker", "bsud.cli", "subprocess")),
     ("reconcile", ("bsud.daemon", "bsud.worker", "bsud.sinks", "bsud.metrics", "bsud.cli")),
 ]
 
@@ -68,13 +73,23 @@ def test_foundation_imports_nothing_above(base: str):
 
 
 def test_host_reads_only_the_catalogue_of_the_config():
-    """host/ needs the layout names, not the pydantic schema: it imports ``bsud.config.catalogue`` alone — and the
-    exports' models, which ``host/exports`` applies as they are."""
+    """host/ needs the layout names, not the pydantic schema: it imports ``bsud.config.catalogue`` alone (the
+    exports' models are ``bsud.exports``', which is above host/)."""
     for path in modules("host"):
         bad = {m for m in imports_of(path)
-               if m.startswith("bsud.config") and m not in ("bsud.config.catalogue", "bsud.config.exports",
-                                                            "bsud.config.ha")}
+               if m.startswith("bsud.config") and m != "bsud.config.catalogue"}
         assert not bad, f"bsud/host/{path.relative_to(PKG / 'host')} imports {bad}"
+
+
+def test_a_kind_is_one_module_and_one_registry_entry():
+    """Every kind the registry lists declares itself in its own module (``PLUGIN``); nothing else names kinds:
+    config, the HA generator and the daemon derive their tables from ``bsud.exports.KINDS``."""
+    from bsud.exports import KINDS
+
+    assert all(plugin.exporter.kind == name for name, plugin in KINDS.items())
+    for path in [*modules("config"), *modules("ha"), PKG / "daemon.py", PKG / "runner.py"]:
+        for kind in ("NfsExport", "SmbExport", "IscsiExport", "NvmeofExport"):
+            assert kind not in path.read_text(), f"{path.relative_to(PKG)} names {kind}"
 
 
 def test_no_shell_anywhere():
@@ -121,11 +136,10 @@ def test_every_config_value_has_its_plug_in():
     assert set(LAYOUTS) == set(Layout) == set(ASSEMBLY)
     assert all(issubclass(cls, StorageLayout) and cls.kind == kind for kind, cls in LAYOUTS.items())
     assert set(PROVIDERS) == set(Provider)
-    from bsud.config.exports import EXPORT_KINDS, EXPORTERS
-    from bsud.host.exports import KINDS
+    from bsud.exports import EXPORT_KINDS, EXPORTERS, KINDS
 
     assert set(KINDS) == set(EXPORTERS) >= set(EXPORT_KINDS)
-    assert all(cls.kind == kind for kind, cls in KINDS.items())
+    assert all(plugin.exporter.kind == kind for kind, plugin in KINDS.items())
     for where in PROVIDERS.values():
         module, _, name = where.partition(":")
         cls = getattr(importlib.import_module(module), name)

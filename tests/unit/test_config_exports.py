@@ -7,7 +7,7 @@ import json
 import pytest
 
 from bsud.config import CloudSettings, DaemonSettings, InvalidConfig, parse_config
-from bsud.config.exports import EXPORT_KINDS
+from bsud.exports import EXPORT_KINDS
 
 NFS = {"kind": "nfs", "path": "projects", "clients": ["10.0.0.0/24", "client.example"]}
 SMB = {"kind": "smb", "share": "data", "valid-users": ["alice", "@staff"]}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bsud.cloud.base import candidate_device_names, choose_device_name, device_suffix
+from bsud.cloud.base import candidate_device_names, choose_device_name
+from bsud.naming import device_suffix
 from bsud.config import Provider
 from bsud.config.catalogue import ATTACH_LIMITS, DEVICE_NAMES
 from bsud.errors import AttachmentLimitError

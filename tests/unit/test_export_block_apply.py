@@ -11,11 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from bsud.config.exports import IscsiExport, NvmeofExport
-from bsud.host.exports import iscsi as iscsi_module
-from bsud.host.exports.files import ExportError
-from bsud.host.exports.iscsi import Lio, lun_file
-from bsud.host.exports.nvmeof import NvmetTcp, namespace_file
+from bsud.exports import lio as iscsi_module
+from bsud.exports.iscsi import IscsiExport
+from bsud.exports.files import ExportError
+from bsud.exports.iscsi_target import lun_file
+from bsud.exports.lio import Lio
+from bsud.exports.nvmeof import NvmeofExport
+from bsud.exports.nvmeof_target import namespace_file
+from bsud.exports.nvmet import NvmetTcp
 
 RECORDED = Path(__file__).parent.parent / "data" / "proc_net"
 NQN = "nqn.2026-11.test.bsud:drive"
@@ -43,7 +46,7 @@ def host(tmp_path: Path, monkeypatch) -> Path:
     header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
     (tmp_path / "proc_net" / "tcp").write_text(header)
     (tmp_path / "mnt").mkdir()
-    monkeypatch.setattr("bsud.host.exports.nvmeof.os.path.ismount", lambda p: True)
+    monkeypatch.setattr("bsud.exports.nvmet.os.path.ismount", lambda p: True)
     monkeypatch.setattr(iscsi_module, "DBROOT", tmp_path / "etc-target")
     for module in ("configfs", "target_core_mod", "target_core_file", "iscsi_target_mod", "nvmet", "nvmet_tcp"):
         (tmp_path / "sys-module" / module).mkdir(parents=True)  # loaded already
@@ -150,7 +153,7 @@ def test_an_nqn_someone_else_uses_or_an_unmounted_drive_makes_nothing(host: Path
     assert made_in_drive(host) == []
     other.joinpath("attr_model").unlink()
     other.rmdir()
-    monkeypatch.setattr("bsud.host.exports.nvmeof.os.path.ismount", lambda p: False)
+    monkeypatch.setattr("bsud.exports.nvmet.os.path.ismount", lambda p: False)
     with pytest.raises(ExportError, match="not mounted"):
         nvmet(host).apply("data", str(host / "mnt"), [nvme()])
     assert made_in_drive(host) == []

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bsud.host.exports.files import ExportError, replace_file
+from bsud.exports.files import ExportError, replace_file
 
 
 class Service:

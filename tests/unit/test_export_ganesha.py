@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 
 from bsud.config import InvalidConfig, parse_config
-from bsud.config.exports import GaneshaSettings, NfsExport
-from bsud.host.exports import make_exporters
-from bsud.host.exports.files import ExportError
-from bsud.host.exports.ganesha import (FIRST_ID, LAST_ID, Ganesha, IoStats, NotRunning, export_block, export_id,
-                                       ids_in, parse_io, parse_show_exports, render)
+from bsud.exports import make_exporters
+from bsud.exports.files import ExportError
+from bsud.exports.ganesha import Ganesha, GaneshaSettings
+from bsud.exports.ganesha_config import FIRST_ID, LAST_ID, export_block, export_id, ids_in, render
+from bsud.exports.ganesha_dbus import IoStats, NotRunning, parse_io, parse_show_exports
+from bsud.exports.ganesha_server import GaneshaServer
+from bsud.exports.nfs import NfsExport
 from bsud.runner import Runner
 
 
@@ -110,20 +112,22 @@ def test_withdrawing_while_ganesha_is_not_running_removes_the_file_and_nothing_e
 
 
 def test_the_daemon_runs_one_managed_ganesha_and_its_state_is_in_the_readiness_line(monkeypatch, tmp_path: Path):
-    from bsud.host.exports.ganesha import managed, start_managed, stop_managed
-    from bsud.host.exports.ganesha_process import ManagedGanesha
+    from bsud.exports.ganesha_process import ManagedGanesha
 
     missing = "rpcbind is not running (ganesha registers NFS and MOUNT there); start it (package rpcbind)"
     monkeypatch.setattr(ManagedGanesha, "_prerequisites", staticmethod(lambda: missing))
     settings = GaneshaSettings(managed=True, exports_dir=str(tmp_path))
-    first = start_managed(settings)
+    server = GaneshaServer()  # the daemon's: one per daemon, handed to every drive's ganesha kind
+    first = server.start_managed(settings)
     try:
-        assert start_managed(settings) is first and managed() is first
+        assert server.start_managed(settings) is first and server.managed is first
         deadline = time.monotonic() + 10
         while not first.state.startswith("waiting:") and time.monotonic() < deadline:
             time.sleep(0.05)
-        ready, text = Ganesha(Runner(), settings).readiness()
+        ready, text = Ganesha(Runner(), settings, server=server).readiness()
         assert not ready and f"managed: waiting: {missing}" in text, text
+        kinds = make_exporters(Runner(), None, server)
+        assert kinds["nfs-ganesha"].server is server and server.status() == first.status()
     finally:
-        stop_managed()
-    assert managed() is None and first.state == "stopped"
+        server.stop_managed()
+    assert server.managed is None and first.state == "stopped" and server.status() is None

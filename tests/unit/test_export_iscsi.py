@@ -8,10 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from bsud.config.exports import IscsiExport
-from bsud.host.exports.files import ExportError, backing_file
-from bsud.host.exports.iscsi import GIB, Lio, Wanted, backstore_name, lun_file
-from bsud.host.exports.nvmeof import NvmetTcp, model
+from bsud.exports.iscsi import IscsiExport
+from bsud.exports.files import ExportError, backing_file
+from bsud.exports.iscsi_target import Wanted, backstore_name, lun_file
+from bsud.exports.lio import Lio
+from bsud.naming import GIB
+from bsud.exports.nvmeof_target import model
+from bsud.exports.nvmet import NvmetTcp
 
 IQN = "iqn.2026-11.com.example:data"
 
@@ -65,7 +68,7 @@ def test_the_nvme_model_string_names_the_drive_within_40_characters():
 
 
 def test_a_namespace_made_again_is_the_same_device_to_hosts():
-    from bsud.host.exports.nvmeof import identity
+    from bsud.exports.nvmeof_target import identity
 
     serial, ns_uuid = identity("data", "nqn.2026-11.com.example:data")
     assert (serial, ns_uuid) == identity("data", "nqn.2026-11.com.example:data")

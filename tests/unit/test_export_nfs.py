@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from bsud.config.exports import NfsExport
-from bsud.host.exports.nfs import fsid, parse_exportfs, render
+from bsud.exports.nfs import NfsExport, fsid, parse_exportfs, render
 
 
 def nfs(**kw) -> NfsExport:

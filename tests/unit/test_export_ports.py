@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bsud.host.exports.files import Listener, endpoint, listeners, parse_listeners, port_busy, port_listening
+from bsud.exports.files import Listener, endpoint, listeners, parse_listeners, port_busy, port_listening
 
 PROC = Path(__file__).parent.parent / "data" / "proc_net"
 

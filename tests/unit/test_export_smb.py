@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bsud.config.exports import SmbExport
-from bsud.host.exports.files import ExportError
-from bsud.host.exports.smb import Samba, has_include, parse_share_list, render, sections
+from bsud.exports.files import ExportError
+from bsud.exports.smb import Samba, SmbExport, has_include, parse_share_list, render, sections
 from bsud.runner import Completed
 
 
@@ -91,7 +90,7 @@ def samba_dir(tmp_path: Path) -> Path:
 
 
 def mounted(monkeypatch) -> None:
-    monkeypatch.setattr("bsud.host.exports.smb.os.path.ismount", lambda p: True)
+    monkeypatch.setattr("bsud.exports.smb.os.path.ismount", lambda p: True)
 
 
 def test_apply_adds_the_include_once_and_withdraw_takes_the_shares_away(samba_dir: Path, monkeypatch):
@@ -139,7 +138,7 @@ def test_a_share_defined_elsewhere_or_a_file_testparm_refuses_changes_nothing(sa
 
 def test_smbd_that_does_not_take_the_change_is_rolled_back(samba_dir: Path, monkeypatch):
     mounted(monkeypatch)
-    monkeypatch.setattr("bsud.host.exports.smb.RELOAD_SECONDS", 0.0)
+    monkeypatch.setattr("bsud.exports.smb.RELOAD_SECONDS", 0.0)
     runner = ScriptedSamba(samba_dir)
     samba = Samba(runner, samba_dir)  # type: ignore[arg-type]
     mnt = str(samba_dir / "mnt")

@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 
 from bsud.config import InvalidConfig, parse_config
-from bsud.host.exports.files import ExportError
-from bsud.host.ha import (NFSDCLD_DROPIN_TEXT, OCF_ROOT, Agent, Promoter, check_agents, needs_nfsdcld_dropin,
-                          render, start_list)
+from bsud.exports.files import ExportError
+from bsud.ha.agent import OCF_ROOT, Agent
+from bsud.ha.gateway import render, start_list
+from bsud.ha.ocf import check_agents
+from bsud.ha.promoter import NFSDCLD_DROPIN_TEXT, Promoter, needs_nfsdcld_dropin
 from bsud.runner import Runner
 
 HA = {"drbd-resource": "data", "drbd-device": "/dev/drbd1000", "service-ip": "10.0.0.50/24", "nic": "eth1",
@@ -101,7 +103,7 @@ def promoter(tmp_path: Path, units: tuple[Path, ...] = ()) -> Promoter:
 
 
 def test_a_portblock_agent_that_cannot_see_its_rules_stops_the_write(tmp_path: Path, monkeypatch):
-    import bsud.host.ha as ha
+    import bsud.ha.ocf as ha
 
     d = drive(ha={**HA, "promoter-dir": str(tmp_path / "reactor")})
     monkeypatch.setattr(ha, "portblock_problem", lambda *a: "the portblock agent here does not find the rules")
@@ -141,7 +143,7 @@ def test_the_file_is_written_private_and_a_line_an_agent_refuses_changes_nothing
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600  # the CHAP password is in it
     assert not promoter.write(d.name, d.mount_path, d.ha, d.exports)
     good = path.read_text()
-    import bsud.host.ha as ha
+    import bsud.ha.gateway as ha
 
     real = ha.start_list
     monkeypatch.setattr(ha, "start_list", lambda *a: [*real(*a), Agent("heartbeat", "IPaddr2", "x", (("ipp", "1"),))])
@@ -182,3 +184,26 @@ def test_the_daemon_refuses_a_highly_available_drive_and_ha_config_prints_its_fi
         out = capsys.readouterr().out
         assert out.startswith("# /etc/drbd-reactor.d/bsud-data.toml\n") and "chap secret 12" not in out
         assert "incoming_password='********'" in out and "ocf:heartbeat:IPaddr2 service_ip0" in out
+
+
+def test_a_kind_registered_without_ha_agents_is_refused_in_an_ha_drive_by_its_name(monkeypatch):
+    """The registry refuses any kind that declares no HA agents (not a list of known kinds): a new kind cannot pass
+    the config's check and then be left out of the gateway."""
+    from typing import Literal
+
+    import bsud.exports as registry
+    from bsud.config.ha import check_ha
+    from bsud.exports.base import ExportPlugin
+    from bsud.exports.model import ExportModel
+    from bsud.exports.smb import Samba
+
+    class ScratchExport(ExportModel):
+        kind: Literal["scratch"]
+
+    plugin = ExportPlugin(name="scratch", exporter=Samba, model=ScratchExport, describe=lambda e: "scratch:x")
+    monkeypatch.setitem(registry.KINDS, "scratch", plugin)
+    d = drive()
+    scratch = ScratchExport(kind="scratch")
+    problems = check_ha(d.ha, (*d.exports, scratch), "lvm")
+    assert problems == [("", "scratch exports have no OCF agent in the gateway; remove them or the ha section")]
+    assert check_ha(d.ha, d.exports, "lvm") == []  # the kinds that have agents pass

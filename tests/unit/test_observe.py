@@ -139,8 +139,8 @@ class ScriptedExporter:
 
 
 def test_exports_of_every_kind_are_summed_up(tmp_path: Path):
-    from bsud.config.exports import NfsExport
-    from bsud.host.exports import ExportState
+    from bsud.exports.nfs import NfsExport
+    from bsud.exports import ExportState
     from bsud.reconcile.observe import observe_exports
 
     s = spec(tmp_path).model_copy(update={"exports": (NfsExport(kind="nfs", clients=("*",)),)})
@@ -167,7 +167,7 @@ class ChangingExporter:
         self.kind, self.error, self.done = kind, error, []
 
     def _do(self, what: str) -> bool:
-        from bsud.host.exports import ExportError
+        from bsud.exports import ExportError
 
         self.done.append(what)
         if self.error:
@@ -182,7 +182,7 @@ class ChangingExporter:
 
 
 def test_one_export_kind_failing_does_not_keep_the_others_from_being_applied(tmp_path: Path, monkeypatch):
-    from bsud.config.exports import NfsExport
+    from bsud.exports.nfs import NfsExport
     from bsud.errors import BsudError
     from bsud.reconcile.execute import Executor
     from bsud.reconcile.model import ApplyExports, WithdrawExports

@@ -313,7 +313,7 @@ def test_the_sampler_stops_the_move_when_the_drive_needs_space(tmp_path):
     cloud = LocalCloud(CloudSettings(provider="local", state_dir=str(tmp_path), instance_id="i-x"))
     config = SimpleNamespace(cloud=SimpleNamespace(provider=Provider.LOCAL), daemon=DaemonSettings(),
                              nfs=NfsSettings())
-    owner = SimpleNamespace(cloud=cloud, snapshot=CloudSnapshot(cloud), config=config, listeners=[])
+    owner = SimpleNamespace(cloud=cloud, snapshot=CloudSnapshot(cloud), config=config, listeners=[], ganesha=None)
     spec = DriveConfig(name="d", target=Target.ONLINE, mount_path=MNT, layout=Layout.LVM)
     worker = DriveWorker(owner, spec)  # type: ignore[arg-type]
     rec = worker.reconciler

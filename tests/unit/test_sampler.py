@@ -61,7 +61,7 @@ def make_worker(tmp_path, name: str = "d") -> DriveWorker:
     cloud = LocalCloud(CloudSettings(provider="local", state_dir=str(tmp_path), instance_id="i-x"))
     config = SimpleNamespace(cloud=SimpleNamespace(provider=Provider.LOCAL), daemon=DaemonSettings(),
                              nfs=NfsSettings())
-    owner = SimpleNamespace(cloud=cloud, snapshot=CloudSnapshot(cloud), config=config, listeners=[])
+    owner = SimpleNamespace(cloud=cloud, snapshot=CloudSnapshot(cloud), config=config, listeners=[], ganesha=None)
     spec = DriveConfig(name=name, target=Target.ONLINE, mount_path=f"/mnt/{name}", layout=Layout.BTRFS)
     worker = DriveWorker(owner, spec)  # type: ignore[arg-type]
     worker.reconciler.last_obs = DriveObs(name=name, mounted=True)

@@ -22,12 +22,15 @@ from pathlib import Path
 
 import pytest
 
-from bsud.config.exports import IscsiExport, NvmeofExport
-from bsud.host.exports.files import ExportError, port_listening
-from bsud.host.exports.iscsi import Lio, lun_file
-from bsud.host.exports.nfs import parse_exportfs
-from bsud.host.exports.nvmeof import NvmetTcp, namespace_file
-from bsud.host.exports.smb import parse_share_list
+from bsud.exports.files import ExportError, port_listening
+from bsud.exports.iscsi import IscsiExport
+from bsud.exports.iscsi_target import lun_file
+from bsud.exports.lio import Lio
+from bsud.exports.nfs import parse_exportfs
+from bsud.exports.nvmeof import NvmeofExport
+from bsud.exports.nvmeof_target import namespace_file
+from bsud.exports.nvmet import NvmetTcp
+from bsud.exports.smb import parse_share_list
 from bsud.runner import Runner
 
 from ..host.daemon_harness import DaemonHarness

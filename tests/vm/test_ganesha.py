@@ -16,9 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from bsud.config.exports import GaneshaSettings, NfsExport
-from bsud.host.exports.ganesha import Bus, Ganesha, export_id
-from bsud.host.exports.ganesha_process import alive
+from bsud.exports.ganesha import Ganesha, GaneshaSettings
+from bsud.exports.ganesha_config import export_id
+from bsud.exports.ganesha_dbus import Bus
+from bsud.exports.nfs import NfsExport
+from bsud.exports.ganesha_process import alive
 from bsud.runner import Runner
 
 from ..host.daemon_harness import DaemonHarness

@@ -14,8 +14,11 @@ from pathlib import Path
 import pytest
 
 from bsud.config import parse_config
-from bsud.host.exports.files import backing_file
-from bsud.host.ha import NFSDCLD_DROPIN, Agent, Promoter, portblock_problem, start_list_lines
+from bsud.exports.files import backing_file
+from bsud.ha.agent import Agent
+from bsud.ha.gateway import start_list_lines
+from bsud.ha.ocf import portblock_problem
+from bsud.ha.promoter import NFSDCLD_DROPIN, Promoter
 from bsud.host.layouts import LvmLayout
 from bsud.naming import DRIVE_TAG
 from bsud.runner import Runner

@@ -14,7 +14,7 @@ from bsud.host.layouts.base import LayoutError, LayoutState, StorageLayout
 from bsud.host.lvm import Lvm
 from bsud.host.safety import BLANK, ForeignDevice, Probe, probe
 from bsud.logs import get_logger
-from bsud.naming import LV_NAME
+from bsud.naming import LV_NAME, lv_path
 from bsud.runner import Runner
 
 log = get_logger("bsud.host.layouts")
@@ -28,7 +28,7 @@ class LvmLayout(StorageLayout):
         super().__init__(drive, runner)
         self.lvm = Lvm(runner)
         self.vg = drive
-        self.lv_path = f"/dev/{self.vg}/{LV_NAME}"
+        self.lv_path = lv_path(self.vg)
         #: Off once a refresh left the check unsatisfied: this kernel's holders links cannot be trusted, and a
         #: false alarm must never hold the drive in recovery (it would stop scaling).
         self.stale_check = True

@@ -1,5 +1,6 @@
-"""iSCSI through LIO, the kernel target, driven with rtslib-fb (the library targetcli is built on; it reads and
-writes configfs, which is LIO's whole interface, so bsud need not write that tree by hand).
+"""The ``iscsi`` kind's host side (its config and rules: ``bsud.exports.iscsi``): iSCSI through LIO, the kernel
+target, driven with rtslib-fb (the library targetcli is built on; it reads and writes configfs,
+which is LIO's whole interface, so bsud need not write that tree by hand).
 
 Each export is a sparse file in the drive (``<path>/iscsi-<iqn>.img``, never shrunk, never deleted once a target used
 it: only a file a failed attempt itself made, never written, is taken away) as
@@ -14,62 +15,28 @@ before the drive is mounted); it applies it again after each mount.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
-import re
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bsud.config.exports import IscsiExport
-from bsud.host.devices import GIB
-from bsud.host.exports.base import ExportKind, ExportState, directory_of
-from bsud.host.exports.files import (PROC_NET, ExportError, MadeFiles, backing_file, check_backing_file, plain_address,
+from bsud.exports.base import ExportKind, ExportState
+from bsud.exports.files import (PROC_NET, ExportError, MadeFiles, backing_file, check_backing_file, plain_address,
                                      port_busy, port_listening)
-from bsud.host.kernel import load_modules
+from bsud.exports.iscsi_target import ADDRESS, PORT, Wanted, backstore_name
+from bsud.host.kernel import CONFIGFS, load_modules
+from bsud.host.kernel import TOOLS as KERNEL_TOOLS
 from bsud.logs import get_logger
 from bsud.runner import Runner
 
-log = get_logger("bsud.host.exports")
+if TYPE_CHECKING:
+    from bsud.exports.iscsi import IscsiExport
 
-CONFIGFS = Path("/sys/kernel/config")
+log = get_logger("bsud.exports")
+
 #: Where LIO keeps what it persists itself (reservations, ALUA state); rtslib points the kernel there.
 DBROOT = Path("/etc/target")
-#: Where each target's TPG listens: every address, port 3260.
-ADDRESS, PORT = "0.0.0.0", 3260
-
-
-def backstore_name(drive: str, iqn: str) -> str:
-    """``bsud_<drive>_<8 hex of the IQN>``: stable, unique per drive and IQN, in LIO's name alphabet."""
-    return f"bsud_{re.sub(r'[^A-Za-z0-9_-]', '_', drive)}_{hashlib.sha256(iqn.encode()).hexdigest()[:8]}"
-
-
-def lun_file(mount_path: str, export: IscsiExport) -> str:
-    return os.path.join(directory_of(mount_path, export), f"iscsi-{export.iqn}.img")
-
-
-@dataclass(frozen=True)
-class Wanted:
-    """One export as LIO should have it (the CHAP password kept out of reprs and logs)."""
-
-    iqn: str
-    backstore: str
-    file: str
-    size: int
-    initiators: frozenset[str]
-    chap_user: str | None
-    chap_password: str | None  # compared, never shown
-
-    def __repr__(self) -> str:
-        return f"Wanted({self.iqn!r}, {self.backstore!r}, {self.file!r})"
-
-    @classmethod
-    def of(cls, drive: str, mount_path: str, export: IscsiExport) -> Wanted:
-        return cls(export.iqn, backstore_name(drive, export.iqn), lun_file(mount_path, export),
-                   export.lun_size_gib * GIB, frozenset(export.initiators),
-                   export.chap.user if export.chap else None,
-                   export.chap.password.get_secret_value() if export.chap else None)
 
 
 def lio_errors(method: Callable) -> Callable:
@@ -87,7 +54,7 @@ def lio_errors(method: Callable) -> Callable:
 
 class Lio(ExportKind):
     kind = "iscsi"
-    tools = ("modprobe",)
+    tools = KERNEL_TOOLS
 
     def __init__(self, runner: Runner, configfs: Path = CONFIGFS, proc_net: Path = PROC_NET) -> None:
         super().__init__(runner)

@@ -1,5 +1,6 @@
-"""NVMe over Fabrics (TCP) through the kernel target, nvmet, configured in configfs (``/sys/kernel/config/nvmet``,
-its whole interface; the Python tools around it, nvmetcli, are not packaged as a library).
+"""The ``nvmeof`` kind's host side (its config and rules: ``bsud.exports.nvmeof``): NVMe over Fabrics (TCP)
+through the kernel target, nvmet, configured in configfs (``/sys/kernel/config/nvmet``, its whole
+interface; the Python tools around it, nvmetcli, are not packaged as a library).
 
 Each export is a subsystem with the NQN whose model string names the drive (``bsud-<drive>``: how bsud recognises
 its own), namespace 1 on a sparse file in the drive (``<path>/nvmeof-<nqn>.img``, never shrunk, never deleted by
@@ -10,83 +11,32 @@ Like LIO's, nvmet's configuration lives in the kernel only; bsud applies it agai
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import os
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
-from bsud.config.exports import NvmeofExport
-from bsud.host.devices import GIB
-from bsud.host.exports.base import ExportKind, ExportState, directory_of
-from bsud.host.exports.files import (PROC_NET, ExportError, MadeFiles, backing_file, check_backing_file, endpoint,
+from bsud.exports.base import ExportKind, ExportState
+from bsud.exports.files import (PROC_NET, ExportError, MadeFiles, backing_file, check_backing_file, endpoint,
                                      plain_address, port_busy, port_listening)
-from bsud.host.kernel import load_modules
+from bsud.exports.nvmeof_target import NVMET, Subsystem, identity, model, read_attr, write_attr
+from bsud.host.kernel import CONFIGFS, load_modules
+from bsud.host.kernel import TOOLS as KERNEL_TOOLS
 from bsud.logs import get_logger
+from bsud.naming import GIB
 from bsud.runner import Runner
 
-log = get_logger("bsud.host.exports")
-
-CONFIGFS = Path("/sys/kernel/config")
 #: nvmet port ids bsud gives its ports (any free one from here).
 FIRST_PORT_ID = 6100
-#: Namespace of the namespaces' UUIDs (fixed: changing it would change every namespace's identity).
-UUID_NAMESPACE = uuid.UUID("0b5b8c6e-7f0e-4f3b-9c55-2a8f4e1d6b93")
 
-
-def identity(drive: str, nqn: str) -> tuple[str, str]:
-    """The subsystem's serial and its namespace's UUID (also its NGUID): derived, so that a subsystem made again
-    (a change, drift, a reboot) is the same device to the hosts, which then reconnect to it as if nothing happened;
-    a random one would make them drop the old namespace and its pending I/O."""
-    return hashlib.sha256(nqn.encode()).hexdigest()[:20], str(uuid.uuid5(UUID_NAMESPACE, f"{drive}/{nqn}"))
-
-
-def model(drive: str) -> str:
-    """The subsystem's model string (at most 40 characters): ``bsud-<drive>``, or a digest-tailed prefix."""
-    name = f"bsud-{drive}"
-    return name if len(name) <= 40 else f"{name[:31]}-{hashlib.sha256(drive.encode()).hexdigest()[:8]}"
-
-
-def namespace_file(mount_path: str, export: NvmeofExport) -> str:
-    return os.path.join(directory_of(mount_path, export), f"nvmeof-{export.nqn}.img")
-
-
-@dataclass(frozen=True)
-class Subsystem:
-    """One export as nvmet has it or should have it."""
-
-    nqn: str
-    file: str
-    hosts: frozenset[str]
-    address: str
-    port: int
-
-    @classmethod
-    def of(cls, mount_path: str, export: NvmeofExport) -> Subsystem:
-        return cls(export.nqn, namespace_file(mount_path, export), frozenset(export.hosts), export.address,
-                   export.port)
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return ""
-
-
-def _write(path: Path, value: str) -> None:
-    with open(path, "w") as fh:
-        fh.write(value)
-
+log = get_logger("bsud.exports")
 
 class NvmetTcp(ExportKind):
     kind = "nvmeof"
-    tools = ("modprobe",)
+    tools = KERNEL_TOOLS
 
     def __init__(self, runner: Runner, configfs: Path = CONFIGFS, proc_net: Path = PROC_NET) -> None:
         super().__init__(runner)
-        self.root = configfs / "nvmet"
+        self.root = configfs / NVMET.name
         self.proc_net = proc_net
 
     # -- reading -------------------------------------------------------------------------------
@@ -98,18 +48,18 @@ class NvmetTcp(ExportKind):
         if not subsystems.is_dir():
             return found
         for sub in sorted(subsystems.iterdir()):
-            if _read(sub / "attr_model") != model(drive):
+            if read_attr(sub / "attr_model") != model(drive):
                 continue
             ns = sub / "namespaces" / "1"
-            file = _read(ns / "device_path") if _read(ns / "enable") == "1" else ""
+            file = read_attr(ns / "device_path") if read_attr(ns / "enable") == "1" else ""
             hosts = frozenset(p.name for p in (sub / "allowed_hosts").iterdir()) \
                 if (sub / "allowed_hosts").is_dir() else frozenset()
-            if _read(sub / "attr_allow_any_host") == "1":
+            if read_attr(sub / "attr_allow_any_host") == "1":
                 hosts = frozenset({"*"})
             address, port = "", 0
             for p in self._ports():
                 if (p / "subsystems" / sub.name).is_symlink():
-                    address, port = _read(p / "addr_traddr"), int(_read(p / "addr_trsvcid") or 0)
+                    address, port = read_attr(p / "addr_traddr"), int(read_attr(p / "addr_trsvcid") or 0)
                     break
             found[sub.name] = Subsystem(sub.name, file, hosts, address, port)
         return found
@@ -128,7 +78,7 @@ class NvmetTcp(ExportKind):
         mine: dict[tuple[object, int], str] = {}
         for p in self._ports():
             try:
-                mine[(plain_address(_read(p / "addr_traddr")), int(_read(p / "addr_trsvcid")))] = p.name
+                mine[(plain_address(read_attr(p / "addr_traddr")), int(read_attr(p / "addr_trsvcid")))] = p.name
             except ValueError:
                 continue
         if (plain_address(want.address), want.port) in mine:
@@ -141,7 +91,7 @@ class NvmetTcp(ExportKind):
         return (f"port {endpoint(want.address, want.port)} is in use by {who} (listening on {blockers[0]}); free it "
                 "or choose another address or port")
 
-    def observe(self, drive: str, mount_path: str, exports: list[NvmeofExport]) -> ExportState:
+    def observe(self, drive: str, mount_path: str, exports: list) -> ExportState:
         if not self.root.is_dir():
             if not exports:
                 return ExportState(self.kind, 0, applied=True, present=False, server="")
@@ -178,9 +128,9 @@ class NvmetTcp(ExportKind):
         sub = self.root / "subsystems" / want.nqn
         sub.mkdir()
         serial, ns_uuid = identity(drive, want.nqn)
-        _write(sub / "attr_model", model(drive))
-        _write(sub / "attr_serial", serial)
-        _write(sub / "attr_allow_any_host", "0")
+        write_attr(sub / "attr_model", model(drive))
+        write_attr(sub / "attr_serial", serial)
+        write_attr(sub / "attr_allow_any_host", "0")
         for host in sorted(want.hosts):
             host_dir = self.root / "hosts" / host
             if not host_dir.is_dir():
@@ -188,10 +138,10 @@ class NvmetTcp(ExportKind):
             (sub / "allowed_hosts" / host).symlink_to(host_dir)
         ns = sub / "namespaces" / "1"
         ns.mkdir()
-        _write(ns / "device_path", want.file)
-        _write(ns / "device_uuid", ns_uuid)
-        _write(ns / "device_nguid", ns_uuid)
-        _write(ns / "enable", "1")
+        write_attr(ns / "device_path", want.file)
+        write_attr(ns / "device_uuid", ns_uuid)
+        write_attr(ns / "device_nguid", ns_uuid)
+        write_attr(ns / "enable", "1")
         port, made = self._port_for(want.address, want.port)
         try:
             (port / "subsystems" / want.nqn).symlink_to(sub)  # enables the port: binds address and port
@@ -203,16 +153,16 @@ class NvmetTcp(ExportKind):
     def _port_for(self, address: str, number: int) -> tuple[Path, bool]:
         """The nvmet port on ``address:number``, made with a free id from :data:`FIRST_PORT_ID` if none (True)."""
         for p in self._ports():
-            if _read(p / "addr_traddr") == address and _read(p / "addr_trsvcid") == str(number) \
-                    and _read(p / "addr_trtype") == "tcp":
+            if read_attr(p / "addr_traddr") == address and read_attr(p / "addr_trsvcid") == str(number) \
+                    and read_attr(p / "addr_trtype") == "tcp":
                 return p, False
         used = {int(p.name) for p in self._ports()}
         port = self.root / "ports" / str(next(i for i in range(FIRST_PORT_ID, 65535) if i not in used))
         port.mkdir()
-        _write(port / "addr_trtype", "tcp")
-        _write(port / "addr_adrfam", "ipv6" if ipaddress.ip_address(address).version == 6 else "ipv4")
-        _write(port / "addr_traddr", address)
-        _write(port / "addr_trsvcid", str(number))
+        write_attr(port / "addr_trtype", "tcp")
+        write_attr(port / "addr_adrfam", "ipv6" if ipaddress.ip_address(address).version == 6 else "ipv4")
+        write_attr(port / "addr_traddr", address)
+        write_attr(port / "addr_trsvcid", str(number))
         return port, True
 
     def _delete(self, nqn: str) -> None:
@@ -225,7 +175,7 @@ class NvmetTcp(ExportKind):
                 if not any((p / "subsystems").iterdir()):
                     p.rmdir()
         for ns in sorted((sub / "namespaces").iterdir()) if (sub / "namespaces").is_dir() else []:
-            _write(ns / "enable", "0")
+            write_attr(ns / "enable", "0")
             ns.rmdir()
         for host in list((sub / "allowed_hosts").iterdir()) if (sub / "allowed_hosts").is_dir() else []:
             host.unlink()
@@ -238,7 +188,7 @@ class NvmetTcp(ExportKind):
             except OSError:
                 pass
 
-    def apply(self, drive: str, mount_path: str, exports: list[NvmeofExport]) -> bool:
+    def apply(self, drive: str, mount_path: str, exports: list) -> bool:
         """Every precondition first (the mount, NQNs not taken, ports free, no file to shrink), then the files,
         then nvmet: an export that cannot come up leaves nothing made for it."""
         if not os.path.ismount(mount_path):

@@ -16,13 +16,40 @@ import threading
 import time
 from pathlib import Path
 
-from bsud.config.exports import SmbExport
-from bsud.host.exports.base import HEADER, ExportKind, ExportState, directory_of
-from bsud.host.exports.files import ExportError, replace_file, write_atomically
+from typing import Literal
+
+from bsud.exports.base import HEADER, ExportKind, ExportPlugin, ExportState, directory_of
+from bsud.exports.files import ExportError, replace_file, write_atomically
+from bsud.exports.model import ExportModel
 from bsud.logs import get_logger
 from bsud.runner import Runner
 
-log = get_logger("bsud.host.exports")
+log = get_logger("bsud.exports")
+
+
+class SmbExport(ExportModel):
+    kind: Literal["smb"]
+    share: str
+    read_only: bool = False
+    guest: bool = False
+    valid_users: tuple[str, ...] = ()
+
+
+SMB_SHARE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,79}")
+SMB_RESERVED_SHARES = frozenset({"global", "homes", "printers", "print$", "ipc$"})
+SMB_USER_RE = re.compile(r"@?[A-Za-z0-9_][A-Za-z0-9_.\\-]{0,63}")
+
+
+def check(export: SmbExport) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    if not SMB_SHARE_RE.fullmatch(export.share) or export.share.lower() in SMB_RESERVED_SHARES:
+        problems.append(("share", f"{export.share!r} is not a usable share name (1 to 80 letters, digits, "
+                                  "space . _ -; not global, homes, printers)"))
+    problems += [("valid-users", f"{u!r} is not a user or @group name") for u in export.valid_users
+                 if not SMB_USER_RE.fullmatch(u)]
+    if export.guest and export.valid_users:
+        problems.append(("guest", "a guest share has no valid-users; give one or the other"))
+    return problems
 
 INDEX_HEADER = "# Written by bsud: one include per drive shared over SMB (/etc/samba/bsud.d). Do not edit.\n"
 SECTION_RE = re.compile(r"^\s*\[([^\]]+)\]\s*$")
@@ -65,7 +92,7 @@ def has_include(text: str, target: Path) -> bool:
 
 class Samba(ExportKind):
     kind = "smb"
-    tools = ("testparm", "smbcontrol", "smbclient")
+    tools = {"testparm": "samba-common-bin", "smbcontrol": "samba-common-bin", "smbclient": "smbclient"}
 
     def __init__(self, runner: Runner, samba_dir: Path = Path("/etc/samba")) -> None:
         super().__init__(runner)
@@ -247,3 +274,7 @@ class Samba(ExportKind):
 
             return replace_file(path, None, apply=apply, verify=verify)
 
+
+# No OCF agent serves SMB in the gateway: an ``ha`` drive refuses it (the registry says so).
+PLUGIN = ExportPlugin(name="smb", exporter=Samba, model=SmbExport, describe=lambda e: f"smb:{e.share}", check=check,
+                      identities=lambda drive, e: [("share name", e.share.lower())])

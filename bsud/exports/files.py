@@ -22,7 +22,7 @@ from pathlib import Path
 from bsud.errors import BsudError
 from bsud.logs import get_logger
 
-log = get_logger("bsud.host.exports")
+log = get_logger("bsud.exports")
 
 
 class ExportError(BsudError):

@@ -24,17 +24,20 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from jeepney import message_bus
 from jeepney.io.blocking import Proxy, open_dbus_connection
 from jeepney.wrappers import DBusErrorResponse
 
-from bsud.config.exports import GaneshaSettings
+from bsud.exports.ganesha_dbus import BUS_NAME
 from bsud.logs import get_logger
 
-log = get_logger("bsud.host.exports")
+if TYPE_CHECKING:
+    from bsud.exports.ganesha import GaneshaSettings
 
-BUS_NAME = "org.ganesha.nfsd"
+log = get_logger("bsud.exports")
+
 #: A process that ran this long counts as healthy: the next failure waits 1 s again.
 STABLE_SECONDS = 60.0
 #: ganesha's first heartbeat comes once it has read its config and joined the bus: allowed this much more.
