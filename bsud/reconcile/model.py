@@ -11,8 +11,9 @@ from enum import Enum
 from typing import ClassVar
 
 from bsud.naming import DELETED, DELETING, EVACUATED, GIB, NEW, REMOVING
+from bsud.reconcile.phase import PHASES, Direction, Phase
 
-__all__ = ["EVACUATED", "GIB", "NEW", "REMOVING"]  # re-exported for the planner's readers and tests
+__all__ = ["EVACUATED", "GIB", "NEW", "PHASES", "REMOVING", "Direction", "Phase"]  # re-exported for readers and tests
 
 
 @dataclass(frozen=True)
@@ -273,17 +274,29 @@ class Outcome(Enum):
     PREEMPTED = "preempted"   # a removal's move stopped because the drive needs space: planned again at once
 
 
-#: Every phase a drive can be in (its status; the ``phase`` label of the metric ``bsud_drive_phase``).
-PHASES = ("starting", "creating", "attaching", "assembling", "mounting", "recovering", "growing", "scaling-up",
-          "scaling-down", "exporting", "online", "blocked", "going-offline", "offline", "deleting", "deleted")
+@dataclass(frozen=True)
+class ScaleDecision:
+    """What the scaling rules decided for a mounted drive, once: the action (None: nothing), which way it scales,
+    why (the trigger's reason, or the low used %), and a note when a limit or a burst stops it."""
+
+    action: Action | None = None
+    direction: Direction | None = None
+    reason: str | None = None
+    note: str | None = None
 
 
 @dataclass(frozen=True)
 class Plan:
+    """The next action, the phase the drive is in meanwhile, notes for the operator, and — for a step of a scaling
+    decision — which way it scales (decided with the action, never read back from the phase)."""
+
     action: Action
-    phase: str
+    phase: Phase
     notes: tuple[str, ...] = ()
+    direction: Direction | None = None
 
     def __post_init__(self) -> None:
-        if self.phase not in PHASES:
-            raise ValueError(f"unknown phase {self.phase!r}; add it to PHASES")
+        try:
+            object.__setattr__(self, "phase", Phase(self.phase))
+        except ValueError:
+            raise ValueError(f"unknown phase {self.phase!r}; add it to Phase") from None

@@ -13,7 +13,7 @@ from typing import Any
 
 from bsud.logs import get_logger
 from bsud.reconcile.model import DriveObs, Pace, Plan, UsageObs
-from bsud.reconcile.scaling import time_to_full
+from bsud.reconcile.trigger import time_to_full
 
 log = get_logger("bsud.reconcile")
 

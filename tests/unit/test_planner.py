@@ -16,7 +16,9 @@ from bsud.reconcile.model import (
     VolumeObs,
 )
 from bsud.reconcile.planner import plan
-from bsud.reconcile.scaling import scale_decision, scale_up_reason, seconds_to_full, used_percent_without
+from bsud.reconcile.removal import used_percent_after
+from bsud.reconcile.scaling import scale_decision
+from bsud.reconcile.trigger import scale_up_reason, seconds_to_full
 
 
 def spec(**kw) -> DriveConfig:
@@ -236,7 +238,8 @@ SCALE_TABLE = [
                          ids=[r[0] for r in SCALE_TABLE])
 def test_scale_decision(overrides, sizes, used, expected):
     members = [vol(f"v{i}", size) for i, size in enumerate(sizes)]
-    action, note = scale_decision(spec(**overrides), members, usage(used, sum(sizes)), 14901)
+    decision = scale_decision(spec(**overrides), members, usage(used, sum(sizes)), 14901)
+    action, note = decision.action, decision.note
     if expected is None:
         assert action is None
         return
@@ -247,7 +250,8 @@ def test_scale_decision(overrides, sizes, used, expected):
 
 def test_limits_explain_themselves():
     members = [vol("v0", 10), vol("v1", 12)]
-    action, note = scale_decision(spec(max_total_size_gib=22), members, usage(20, 22), 14901)
+    decision = scale_decision(spec(max_total_size_gib=22), members, usage(20, 22), 14901)
+    action, note = decision.action, decision.note
     assert action is None and "max-total-size-gib" in note
 
 
@@ -256,12 +260,14 @@ def test_no_flapping_up_then_down():
     s = spec()
     for used in [x / 2 for x in range(1, 40)]:
         members = [vol("v0", 10)]
-        first, _ = scale_decision(s, members, usage(used, 10), 14901)
+        decision = scale_decision(s, members, usage(used, 10), 14901)
+        first = decision.action
         if first is None or first.kind != "CreateVolume":
             continue
         members.append(vol("new", first.size_gib))
         total = sum(v.size_gib for v in members)
-        second, _ = scale_decision(s, members, usage(used, total), 14901)
+        decision = scale_decision(s, members, usage(used, total), 14901)
+        second = decision.action
         assert second is None or getattr(second, "volume_id", None) != "new", (used, second)
 
 
@@ -269,19 +275,21 @@ def test_no_flapping_down_then_up():
     s = spec()
     for used in [x / 2 for x in range(1, 40)]:
         members = [vol("v0", 10), vol("v1", 12)]
-        first, _ = scale_decision(s, members, usage(used, 22), 14901)
+        decision = scale_decision(s, members, usage(used, 22), 14901)
+        first = decision.action
         if first is None or first.kind != "MarkVolume":
             continue
         remaining = [m for m in members if m.id != first.volume_id]
         after = usage(used, sum(v.size_gib for v in remaining))
-        second, _ = scale_decision(s, remaining, after, 14901)
+        decision = scale_decision(s, remaining, after, 14901)
+        second = decision.action
         assert second is None or second.kind != "CreateVolume", (used, second)
 
 
-def test_used_percent_without():
+def test_used_percent_after():
     u = usage(5, 20)
-    assert used_percent_without(u, 10 * GIB) == pytest.approx(50.0)
-    assert used_percent_without(u, 15 * GIB) == float("inf")
+    assert used_percent_after(u, 10 * GIB) == pytest.approx(50.0)
+    assert used_percent_after(u, 15 * GIB) == float("inf")
 
 
 OFFLINE_TABLE = [
@@ -352,7 +360,8 @@ PACE_TABLE = [
                          [r[1:] for r in PACE_TABLE], ids=[r[0] for r in PACE_TABLE])
 def test_scale_with_pace(overrides, sizes, used, p, max_gib, expected, note_part):
     members = [vol(f"v{i}", size) for i, size in enumerate(sizes)]
-    action, note = scale_decision(spec(**overrides), members, usage(used, sum(sizes)), max_gib, p)
+    decision = scale_decision(spec(**overrides), members, usage(used, sum(sizes)), max_gib, p)
+    action, note = decision.action, decision.note
     if expected is None:
         assert action is None, action
     else:
@@ -365,13 +374,15 @@ def test_scale_with_pace(overrides, sizes, used, p, max_gib, expected, note_part
 
 def test_rate_trigger_explains_the_size():
     members = [vol("v0", 10)]
-    action, _ = scale_decision(spec(), members, usage(3.0, 10), 14901, pace(100 * MB))
+    decision = scale_decision(spec(), members, usage(3.0, 10), 14901, pace(100 * MB))
+    action = decision.action
     assert "full in" in action.reason and "rather than the larger 12 GiB" in action.reason
 
 
 def test_metadata_running_out_scales_up():
     u = UsageObs(used=2 * GIB, free=8 * GIB, size=10 * GIB, metadata_used=95 * 1024**2, metadata_free=5 * 1024**2)
-    action, _ = scale_decision(spec(), [vol("v0", 10)], u, 14901, pace())
+    decision = scale_decision(spec(), [vol("v0", 10)], u, 14901, pace())
+    action = decision.action
     assert action is not None and action.kind == "CreateVolume"
     assert "metadata" in action.reason
 
