@@ -220,7 +220,7 @@ class DriveReconciler:
             log.info("event", **{("event_kind" if k == "kind" else k): v for k, v in event.as_dict().items()
                                  if k != "time"})
             if event.direction is not None:
-                self.status.last_scale_event = event.as_dict()
+                self.status.last_scale_event = event
             for listener in self.listeners:
                 try:
                     listener(event)

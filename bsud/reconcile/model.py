@@ -102,6 +102,12 @@ class ExportsObs:
     retry_at: float | None = None
     held: bool = False
 
+    def stats_by_export(self) -> dict[str, dict[str, int]]:
+        return {name: dict(counters) for name, counters in self.stats}
+
+    def clients_by_address(self) -> dict[str, dict[str, int]]:
+        return {address: dict(counters) for address, counters in self.clients}
+
 
 @dataclass(frozen=True)
 class DriveObs:

@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from bsud.config import DriveConfig, Target
 from bsud.naming import AVAILABLE, CREATING, DEFAULT_MAX_VOLUME_GIB, DELETED, DELETING, ERROR
 from bsud.reconcile.assembly import ASSEMBLY
-from bsud.reconcile.leaving import Step, down, plan_evacuated, plan_removals, step_in, up
+from bsud.reconcile.leaving import Step, down, plan_evacuated, plan_removals, at, up
 from bsud.reconcile.model import (EVACUATED, NEW, REMOVING, ApplyExports, AttachVolume, Blocked,
                                   CreateVolume, Deactivate, DeleteVolume, DetachVolume, Direction, DriveObs, Grow,
                                   Idle, Join, MarkVolume, Mount, Phase, Plan, Refresh, Remount, ScaleDecision,
@@ -49,8 +49,8 @@ def _plan_cloud(spec: DriveConfig, obs: DriveObs, vols: list[VolumeObs]) -> Step
     here and its device found."""
     for v in vols:
         if v.attached_elsewhere and not v.attached_here:
-            return step_in(Phase.BLOCKED, Blocked(reason=f"volume {v.id} is attached to {v.attached_elsewhere}; detach "
-                                              "it there (or remove its tag) to bring the drive online here"))
+            return at(Phase.BLOCKED, Blocked(reason=f"volume {v.id} is attached to {v.attached_elsewhere}; detach "
+                                             "it there (or remove its tag) to bring the drive online here"))
     for v in vols:
         retiring = plan_evacuated(v) if v.bookkeeping == EVACUATED else None
         if retiring is not None:
@@ -59,26 +59,26 @@ def _plan_cloud(spec: DriveConfig, obs: DriveObs, vols: list[VolumeObs]) -> Step
     for v in live:
         if v.bookkeeping == NEW and v.attached_here:
             # Before anything is written on it: once attached, "never attached, holds nothing" no longer holds.
-            return step_in(Phase.ATTACHING, MarkVolume(volume_id=v.id, value="", reason=f"{v.id} is attached: "
-                                                   f"dropping its '{NEW}' mark"))
+            return at(Phase.ATTACHING, MarkVolume(volume_id=v.id, value="", reason=f"{v.id} is attached: "
+                                                  f"dropping its '{NEW}' mark"))
     if not live:
-        return step_in(Phase.CREATING, CreateVolume(size_gib=spec.initial_size_gib, reason="the drive has no volume yet"))
+        return at(Phase.CREATING, CreateVolume(size_gib=spec.initial_size_gib, reason="the drive has no volume yet"))
     for v in live:
         if v.state == AVAILABLE and not v.attached_here:
             why = f"{v.id} is not attached"
             if obs.missing and (obs.mounted or obs.active):
                 why = (f"{v.id} was detached while the drive is in use, not by bsud ({obs.missing}; reading or "
                        "writing there fails meanwhile): attaching it back")
-            return step_in(Phase.ATTACHING, AttachVolume(volume_id=v.id, reason=why))
+            return at(Phase.ATTACHING, AttachVolume(volume_id=v.id, reason=why))
     for v in live:
         if v.device_error:
-            return step_in(Phase.BLOCKED, Blocked(reason=v.device_error))
+            return at(Phase.BLOCKED, Blocked(reason=v.device_error))
     waiting = [v.id for v in live if v.attached_here and v.device is None]
     if waiting:
-        return step_in(Phase.ATTACHING, Wait(reason=f"waiting for the device of {', '.join(waiting)}"))
+        return at(Phase.ATTACHING, Wait(reason=f"waiting for the device of {', '.join(waiting)}"))
     creating = [v.id for v in live if v.state == CREATING]
     if creating:
-        return step_in(Phase.CREATING, Wait(reason=f"waiting for {', '.join(creating)} to be created"))
+        return at(Phase.CREATING, Wait(reason=f"waiting for {', '.join(creating)} to be created"))
     return None
 
 
@@ -86,17 +86,17 @@ def _plan_host(obs: DriveObs, live: list[VolumeObs]) -> Step | None:
     """What the host shows that stops everything: foreign data, a member missing, mappings gone stale."""
     for v in live:
         if v.foreign:
-            return step_in(Phase.BLOCKED, Blocked(reason=v.foreign))
+            return at(Phase.BLOCKED, Blocked(reason=v.foreign))
     if obs.missing:
-        return step_in(Phase.BLOCKED, Blocked(reason=f"{obs.missing}, and no volume tagged for the drive and attached "
-                                          "here provides it: one of its volumes was deleted or lost its tag. bsud "
-                                          "changes nothing on this drive until it is back (tag it and attach it "
-                                          "again); if it is gone for good, see 'A volume lost' in "
-                                          "docs/operations.md"))
+        return at(Phase.BLOCKED, Blocked(reason=f"{obs.missing}, and no volume tagged for the drive and attached "
+                                         "here provides it: one of its volumes was deleted or lost its tag. bsud "
+                                         "changes nothing on this drive until it is back (tag it and attach it "
+                                         "again); if it is gone for good, see 'A volume lost' in "
+                                         "docs/operations.md"))
     if obs.stale:
-        return step_in(Phase.RECOVERING, Refresh(reason=f"the drive's LV still maps to {', '.join(obs.stale)}, which "
-                                             "went away (a volume detached behind bsud's back and attached "
-                                             "again): reloading its table"))
+        return at(Phase.RECOVERING, Refresh(reason=f"the drive's LV still maps to {', '.join(obs.stale)}, which "
+                                            "went away (a volume detached behind bsud's back and attached "
+                                            "again): reloading its table"))
     return None
 
 
@@ -105,18 +105,18 @@ def _plan_mount(spec: DriveConfig, obs: DriveObs, members: list[VolumeObs],
     """The storage assembled, the filesystem mounted (exports withdrawn first when it is not) and read-write."""
     assembling = ASSEMBLY[spec.layout](obs, members, fresh)
     if assembling is not None:
-        return step_in(assembling[1], assembling[0])
+        return at(assembling[1], assembling[0])
     if obs.mount_blocked:
-        return step_in(Phase.BLOCKED, Blocked(reason=obs.mount_blocked))
+        return at(Phase.BLOCKED, Blocked(reason=obs.mount_blocked))
     if obs.exports.present and (not obs.mounted or obs.read_only):
         why = "the drive is not mounted" if not obs.mounted else "the filesystem is to be mounted again"
-        return step_in(Phase.RECOVERING, WithdrawExports(reason=f"{why}: its exports go first (an empty directory is "
-                                                     "never exported, and an export would keep the mount busy)"))
+        return at(Phase.RECOVERING, WithdrawExports(reason=f"{why}: its exports go first (an empty directory is "
+                                                    "never exported, and an export would keep the mount busy)"))
     if not obs.mounted:
-        return step_in(Phase.MOUNTING, Mount(reason="the filesystem is not mounted"))
+        return at(Phase.MOUNTING, Mount(reason="the filesystem is not mounted"))
     if obs.read_only:
-        return step_in(Phase.RECOVERING, Remount(reason="the kernel made the filesystem read-only after I/O errors (was "
-                                             "a volume detached while mounted?): unmounting and mounting it again"))
+        return at(Phase.RECOVERING, Remount(reason="the kernel made the filesystem read-only after I/O errors (was "
+                                            "a volume detached while mounted?): unmounting and mounting it again"))
     return None
 
 
@@ -132,7 +132,7 @@ def _plan_online(spec: DriveConfig, obs: DriveObs, max_volume_gib: int) -> Plan:
         for v in removing:
             if not v.member and v.blank:
                 step = down(MarkVolume(volume_id=v.id, value=EVACUATED, reason=f"{v.id} verifiably holds nothing "
-                                        "of the drive any more"))
+                                       "of the drive any more"))
                 break
     step = step or _plan_mount(spec, obs, members, fresh)
     if step is None and fresh:
