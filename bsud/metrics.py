@@ -35,6 +35,7 @@ from bsud.config.rules import parse_listen
 from bsud.logs import get_logger
 from bsud.reconcile.events import ABANDONED, DONE, FAILED, STARTED, Event
 from bsud.reconcile.model import PHASES
+from bsud.reconcile.report import by_name
 from bsud.sinks import DaemonReport
 
 log = get_logger("bsud.metrics")
@@ -162,7 +163,7 @@ def _drive_families(report: DaemonReport) -> Iterator[Metric]:
             gauges["observed"].add_metric([name], status.updated)
         if status.exports is not None:
             gauges["exports"].add_metric([name], 1 if status.exports.in_sync else 0)
-            for export, counters in status.exports.stats_by_export().items():
+            for export, counters in by_name(status.exports.stats).items():
                 for key, family in io.items():
                     value = counters.get(key, 0)
                     family.add_metric([name, export], value / 1e9 if key == "latency_ns" else value)
@@ -236,7 +237,7 @@ class Metrics:
         # highest count is the latest (taking one drive's could step back when another's is the fresher).
         clients: dict[str, dict[str, float]] = {}
         for status in report.drives.values():
-            for address, counters in status.exports.clients_by_address().items() if status.exports else ():
+            for address, counters in by_name(status.exports.clients).items() if status.exports else ():
                 seen = clients.setdefault(address, {})
                 for key in CLIENT_KEYS:
                     seen[key] = max(seen.get(key, 0.0), float(counters.get(key, 0) or 0))

@@ -30,12 +30,12 @@ NOTHING_YET = (Wait(reason="nothing to build the filesystem on yet"), Phase.ASSE
 
 def assemble_lvm(obs: DriveObs, members: list[VolumeObs], fresh: list[VolumeObs]) -> Step:
     """PVs → VG → LV → btrfs on the LV, each resumed where it stopped."""
-    if members and obs.lv_missing:
+    if members and obs.storage.lv_missing:
         return MakeFilesystem(reason="the drive's VG has no LV yet (stopped between vgcreate and lvcreate): "
                                      "creating it, then its filesystem"), Phase.ASSEMBLING
     if members and not obs.active:
         return Activate(reason="the drive's storage is not active"), Phase.ASSEMBLING
-    if obs.has_filesystem:
+    if obs.storage.has_filesystem:
         return None
     if fresh:
         return Join(volume_id=fresh[0].id, reason=f"{fresh[0].id} is not a PV of the drive yet"), Phase.ASSEMBLING
@@ -46,7 +46,7 @@ def assemble_lvm(obs: DriveObs, members: list[VolumeObs], fresh: list[VolumeObs]
 
 def assemble_btrfs(obs: DriveObs, members: list[VolumeObs], fresh: list[VolumeObs]) -> Step:
     """btrfs made on the first volume; the others are added once it is mounted."""
-    if obs.has_filesystem:
+    if obs.storage.has_filesystem:
         return None
     if members:
         return Blocked(reason="the drive's btrfs devices are incomplete or unreadable"), Phase.BLOCKED

@@ -239,7 +239,7 @@ class DriveReconciler:
 
     def _step(self, max_age: float | None) -> Plan:
         started = time.monotonic()
-        if max_age is None and self.last_obs is not None and self.last_obs.missing:
+        if max_age is None and self.last_obs is not None and self.last_obs.storage.missing:
             max_age = MISSING_LISTING_SECONDS
         obs, devices = self.observe(max_age)
         obs = self.last_obs = self._remembered_exports(obs)

@@ -12,6 +12,7 @@ from typing import ClassVar
 
 from bsud.naming import DELETED, DELETING, EVACUATED, GIB, NEW, REMOVING
 from bsud.reconcile.phase import PHASES, Direction, Phase
+from bsud.storage import LayoutState
 
 __all__ = ["EVACUATED", "GIB", "NEW", "PHASES", "REMOVING", "Direction", "Phase"]  # re-exported for readers and tests
 
@@ -102,26 +103,17 @@ class ExportsObs:
     retry_at: float | None = None
     held: bool = False
 
-    def stats_by_export(self) -> dict[str, dict[str, int]]:
-        return {name: dict(counters) for name, counters in self.stats}
-
-    def clients_by_address(self) -> dict[str, dict[str, int]]:
-        return {address: dict(counters) for address, counters in self.clients}
-
 
 @dataclass(frozen=True)
 class DriveObs:
     name: str
     volumes: tuple[VolumeObs, ...] = ()
-    has_filesystem: bool = False
+    #: The drive's storage as its layout observed it (members, filesystem, pvmove, what is missing or stale).
+    storage: LayoutState = LayoutState()
     mounted: bool = False
     mount_blocked: str | None = None    # the mount path holds something else
-    active: bool = False
-    move_in_progress: bool = False
+    active: bool = False                # the storage is up (the layout's drive_active: what going offline undoes)
     can_grow: bool = False
-    lv_missing: bool = False            # lvm: PVs in the drive's VG but no LV (stopped before lvcreate)
-    missing: str | None = None          # part of the drive's storage is absent (a member volume detached/deleted)
-    stale: tuple[str, ...] = ()         # devices the active LV still maps to that went away (unplugged, maybe back)
     read_only: bool = False             # mounted read-write, but the kernel made it read-only (I/O errors)
     usage: UsageObs | None = None
     pace: Pace = Pace()

@@ -66,8 +66,9 @@ def _plan_cloud(spec: DriveConfig, obs: DriveObs, vols: list[VolumeObs]) -> Step
     for v in live:
         if v.state == AVAILABLE and not v.attached_here:
             why = f"{v.id} is not attached"
-            if obs.missing and (obs.mounted or obs.active):
-                why = (f"{v.id} was detached while the drive is in use, not by bsud ({obs.missing}; reading or "
+            missing = obs.storage.missing
+            if missing and (obs.mounted or obs.active):
+                why = (f"{v.id} was detached while the drive is in use, not by bsud ({missing}; reading or "
                        "writing there fails meanwhile): attaching it back")
             return at(Phase.ATTACHING, AttachVolume(volume_id=v.id, reason=why))
     for v in live:
@@ -87,14 +88,15 @@ def _plan_host(obs: DriveObs, live: list[VolumeObs]) -> Step | None:
     for v in live:
         if v.foreign:
             return at(Phase.BLOCKED, Blocked(reason=v.foreign))
-    if obs.missing:
-        return at(Phase.BLOCKED, Blocked(reason=f"{obs.missing}, and no volume tagged for the drive and attached "
+    storage = obs.storage
+    if storage.missing:
+        return at(Phase.BLOCKED, Blocked(reason=f"{storage.missing}, and no volume tagged for the drive and attached "
                                          "here provides it: one of its volumes was deleted or lost its tag. bsud "
                                          "changes nothing on this drive until it is back (tag it and attach it "
                                          "again); if it is gone for good, see 'A volume lost' in "
                                          "docs/operations.md"))
-    if obs.stale:
-        return at(Phase.RECOVERING, Refresh(reason=f"the drive's LV still maps to {', '.join(obs.stale)}, which "
+    if storage.stale:
+        return at(Phase.RECOVERING, Refresh(reason=f"the drive's LV still maps to {', '.join(storage.stale)}, which "
                                             "went away (a volume detached behind bsud's back and attached "
                                             "again): reloading its table"))
     return None
@@ -140,7 +142,7 @@ def _plan_online(spec: DriveConfig, obs: DriveObs, max_volume_gib: int) -> Plan:
     step = step or plan_removals(spec, obs, members, removing)
     if step is not None:
         return Plan(step[0], step[1], tuple(notes), step[2])
-    if obs.can_grow or obs.move_in_progress:
+    if obs.can_grow or obs.storage.move_in_progress:
         return Plan(Grow(reason="the filesystem can use more space"), Phase.GROWING, tuple(notes))
     odd = [v.id for v in live if not v.member]
     if odd:

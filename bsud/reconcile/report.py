@@ -106,7 +106,12 @@ def exports_dict(e: ExportsObs) -> dict[str, Any]:
     (stats by export, clients by address) when they count; once applying them failed: error, failing (export
     names), attempts, retry_at (epoch seconds of the next attempt)."""
     return {"wanted": e.wanted, "names": list(e.names), "in_sync": e.in_sync, "servers": list(e.servers),
-            "detail": e.detail, **({"stats": e.stats_by_export()} if e.stats else {}),
-            **({"clients": e.clients_by_address()} if e.clients else {}),
+            "detail": e.detail, **({"stats": by_name(e.stats)} if e.stats else {}),
+            **({"clients": by_name(e.clients)} if e.clients else {}),
             **({"error": e.error, "failing": list(e.failing), "attempts": e.attempts, "retry_at": e.retry_at}
                if e.error else {})}
+
+
+def by_name(counted: tuple[tuple[str, tuple[tuple[str, int], ...]], ...]) -> dict[str, dict[str, int]]:
+    """An observation's counters (``ExportsObs.stats`` by export, ``.clients`` by address) as mappings."""
+    return {name: dict(counters) for name, counters in counted}

@@ -61,7 +61,7 @@ def test_layers_import_downward(layer: str, forbidden: tuple[str, ...]):
 
 @pytest.mark.parametrize("base", ["config/__init__.py", "config/catalogue.py", "config/schema.py", "config/load.py",
                                   "config/rules.py",
-                                  "errors.py", "logs.py", "naming.py", "runner.py", "ratelimit.py"])
+                                  "errors.py", "logs.py", "naming.py", "runner.py", "ratelimit.py", "storage.py"])
 def test_foundation_imports_nothing_above(base: str):
     bad = {m for m in imports_of(PKG / base)
            if m.startswith(("bsud.cloud", "bsud.host", "bsud.reconcile", "bsud.daemon", "bsud.cli"))}

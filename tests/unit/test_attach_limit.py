@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from bsud.storage import LayoutState
 from bsud.cloud.base import Attachment, Volume
 from bsud.cloud.local import LocalCloud
 from bsud.config import CloudSettings, DriveConfig, Layout, Provider, Target
@@ -42,7 +43,7 @@ def member(vid: str, size: int = 10) -> VolumeObs:
 
 def mounted(*vols: VolumeObs, used: float, **kw: Any) -> DriveObs:
     size = sum(v.size_gib for v in vols if v.member) * GIB
-    return DriveObs(name="d", volumes=vols, has_filesystem=True, mounted=True, active=True,
+    return DriveObs(name="d", volumes=vols, storage=LayoutState(has_filesystem=True), mounted=True, active=True,
                     usage=UsageObs(used=int(used * GIB), free=size - int(used * GIB), size=size), **kw)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 
+from bsud.storage import LayoutState
 from bsud.cloud.local import LocalCloud
 from bsud.config import CloudSettings, DriveConfig, Layout, Provider, Target
 from bsud.errors import BsudError
@@ -51,8 +52,9 @@ class ScriptedDrive(DriveReconciler):
 
 
 MEMBER = VolumeObs(id="v1", size_gib=10, state="in-use", attached_here=True, device="/dev/x", member=True)
-GROWABLE = DriveObs(name="d", volumes=(MEMBER,), has_filesystem=True, mounted=True, active=True, can_grow=True)
-SETTLED = DriveObs(name="d", volumes=(MEMBER,), has_filesystem=True, mounted=True, active=True)
+GROWABLE = DriveObs(name="d", volumes=(MEMBER,), storage=LayoutState(has_filesystem=True), mounted=True, active=True,
+                    can_grow=True)
+SETTLED = DriveObs(name="d", volumes=(MEMBER,), storage=LayoutState(has_filesystem=True), mounted=True, active=True)
 
 
 @pytest.fixture
@@ -149,7 +151,8 @@ def test_a_removal_failing_again_and_again_is_given_up_for_an_hour_then_tried_ag
     small = VolumeObs(id="v2", size_gib=10, state="in-use", attached_here=True, device="/dev/y", member=True)
     big = VolumeObs(id="v1", size_gib=30, state="in-use", attached_here=True, device="/dev/x", member=True)
     low = UsageObs(used=2 << 30, free=38 << 30, size=40 << 30)
-    removing = DriveObs(name="d", volumes=(replace_(big, bookkeeping=REMOVING), small), has_filesystem=True,
+    removing = DriveObs(name="d", volumes=(replace_(big, bookkeeping=REMOVING), small),
+                        storage=LayoutState(has_filesystem=True),
                         mounted=True, active=True, usage=low)
     rec.next_obs = removing
 
@@ -182,7 +185,8 @@ def test_a_preempted_removal_is_no_failure_and_gives_way_to_growth(drive):
     big = VolumeObs(id="v2", size_gib=10, state="in-use", attached_here=True, device="/dev/y", member=True,
                     bookkeeping=REMOVING)
     low = UsageObs(used=3 << 30, free=11 << 30, size=14 << 30)
-    quiet = DriveObs(name="d", volumes=(small, big), has_filesystem=True, mounted=True, active=True, usage=low)
+    quiet = DriveObs(name="d", volumes=(small, big), storage=LayoutState(has_filesystem=True), mounted=True,
+                     active=True, usage=low)
     fake.outcome = Outcome.PREEMPTED
     rec.next_obs = quiet
     for _ in range(max(REMOVAL_FAILURE_LIMIT, REPEAT_LIMIT) + 1):  # bursts come and go: the removal starts again

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from bsud.storage import LayoutState
 from bsud.config import DriveConfig, Layout, Target
 from bsud.reconcile.model import (
     EVACUATED,
@@ -40,9 +41,15 @@ def usage(used_gib: float, total_gib: float) -> UsageObs:
     return UsageObs(used=used, free=int(total_gib * GIB) - used, size=int(total_gib * GIB))
 
 
+STORAGE_FIELDS = ("has_filesystem", "move_in_progress", "lv_missing", "missing", "stale")
+
+
 def online(*vols: VolumeObs, used: float | None = None, **kw) -> DriveObs:
+    """A mounted drive; the layout's state (``STORAGE_FIELDS``) is given with the rest and goes into ``storage``."""
     total = sum(v.size_gib for v in vols if v.member)
-    base = dict(has_filesystem=any(v.member for v in vols), mounted=True, active=True,
+    storage = dict(has_filesystem=any(v.member for v in vols))
+    storage.update({k: kw.pop(k) for k in STORAGE_FIELDS if k in kw})
+    base = dict(storage=LayoutState(**storage), mounted=True, active=True,
                 usage=usage(used, total) if used is not None else None)
     base.update(kw)
     return DriveObs(name="d", volumes=tuple(vols), **base)
@@ -85,7 +92,8 @@ ONLINE_TABLE = [
     ("lvm-member-without-fs-gets-mkfs", spec(layout=Layout.LVM),
      DriveObs(name="d", volumes=(vol("v1"),), active=True), ("MakeFilesystem", {})),
     ("lvm-inactive-is-activated", spec(layout=Layout.LVM),
-     DriveObs(name="d", volumes=(vol("v1"),), active=False, has_filesystem=False), ("Activate", {})),
+     DriveObs(name="d", volumes=(vol("v1"),), active=False, storage=LayoutState(has_filesystem=False)), ("Activate",
+              {})),
     ("not-mounted-is-mounted", spec(), online(vol("v1"), mounted=False), ("Mount", {})),
     ("mount-path-busy-blocks", spec(), online(vol("v1"), mounted=False, mount_blocked="not empty"), ("Blocked", {})),
     ("new-blank-volume-joins-when-mounted", spec(),
@@ -131,7 +139,8 @@ ONLINE_TABLE = [
      online(vol("v1"), vol("v2", 12, bookkeeping=REMOVING, member=False), used=2), ("Wait", {})),
     # issue 9 #2: stopped between vgcreate and lvcreate (or an original drive left so)
     ("lvm-vg-without-lv-gets-its-lv", spec(layout=Layout.LVM),
-     DriveObs(name="d", volumes=(vol("v1"),), active=False, lv_missing=True), ("MakeFilesystem", {})),
+     DriveObs(name="d", volumes=(vol("v1"),), active=False, storage=LayoutState(lv_missing=True)), ("MakeFilesystem",
+              {})),
     # issue 9 #4: a removal that no longer fits is abandoned, growth first
     ("removal-abandoned-when-data-grew", spec(),
      online(vol("v1"), vol("v2", 12, bookkeeping=REMOVING), used=9), ("MarkVolume", {"volume_id": "v2"})),
@@ -182,7 +191,8 @@ ONLINE_TABLE = [
     ("member-deleted-blocks-and-changes-nothing", spec(layout=Layout.LVM),
      online(vol("v1"), used=9.5, missing="VG d misses 1 of its 2 PVs"), ("Blocked", {})),
     ("member-deleted-while-offline-blocks-before-activation", spec(layout=Layout.LVM),
-     DriveObs(name="d", volumes=(vol("v1"),), active=False, missing="VG d misses 1 of its 2 PVs"), ("Blocked", {})),
+     DriveObs(name="d", volumes=(vol("v1"),), active=False,
+              storage=LayoutState(missing="VG d misses 1 of its 2 PVs")), ("Blocked", {})),
     ("btrfs-device-missing-blocks-the-mount", spec(),
      online(vol("v1"), mounted=False, missing="btrfs x misses some of its devices"), ("Blocked", {})),
     ("lv-mapping-a-replugged-device-is-refreshed", spec(layout=Layout.LVM),

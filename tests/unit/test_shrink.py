@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from bsud.storage import LayoutState
 from bsud.config import DriveConfig, Layout, Target
 from bsud.reconcile.model import GIB, REMOVING, CreateVolume, DriveObs, MarkVolume, Pace, UsageObs, VolumeObs
 from bsud.reconcile.planner import plan
@@ -153,7 +154,8 @@ def test_growth_comes_first():
 def test_a_held_removal_is_not_planned():
     s = spec()
     vols = (vol("a", 1, 0.6), vol("b", 8, 0.1), vol("n", 1, 0.0))
-    obs = DriveObs(name="d", volumes=vols, has_filesystem=True, mounted=True, active=True, usage=usage_of(list(vols)),
+    obs = DriveObs(name="d", volumes=vols, storage=LayoutState(has_filesystem=True), mounted=True, active=True,
+                   usage=usage_of(list(vols)),
                    removal_held=(("b", "failed 3 times"),))
     p = plan(s, obs)
     assert p.action.kind == "Idle" and any("not removing b for now" in n for n in p.notes)
