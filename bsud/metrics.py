@@ -34,7 +34,7 @@ from bsud.client_series import CLIENT_KEYS, OTHER_CLIENTS, ClientSeries
 from bsud.config.rules import parse_listen
 from bsud.logs import get_logger
 from bsud.reconcile.events import ABANDONED, DONE, FAILED, STARTED, Event
-from bsud.reconcile.model import PHASES
+from bsud.reconcile.model import PHASES, Phase
 from bsud.reconcile.report import by_name
 from bsud.sinks import DaemonReport
 
@@ -155,7 +155,7 @@ def _drive_families(report: DaemonReport) -> Iterator[Metric]:
             gauges["old_to_full"].add_metric([name], status.seconds_to_full)
         if status.grow_seconds:
             gauges["grow"].add_metric([name], status.grow_seconds)
-        gauges["blocked"].add_metric([name], 1 if status.phase == "blocked" else 0)
+        gauges["blocked"].add_metric([name], 1 if status.phase == Phase.BLOCKED else 0)
         gauges["notes"].add_metric([name], len(status.notes))
         for phase in dict.fromkeys((*PHASES, status.phase)):
             gauges["phase"].add_metric([name, phase], 1 if phase == status.phase else 0)

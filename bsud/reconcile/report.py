@@ -51,6 +51,9 @@ class DriveStatus:
     updated: float = 0.0                     # when a step last observed the drive without error (record);
                                              # 0 until one did (metric bsud_drive_last_observed_timestamp_seconds)
 
+    def __post_init__(self) -> None:
+        self.phase = Phase(self.phase)
+
     def line(self) -> str:
         used = f"{self.used_percent:.1f}%" if self.used_percent is not None else "-"
         text = f"{self.name}: {self.phase} ({len(self.volumes)} volumes, {self.size_gib} GiB, used {used})"
@@ -63,7 +66,7 @@ class DriveStatus:
     def as_dict(self) -> dict[str, Any]:
         """The status file's form of the report (JSON types only)."""
         data: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
-        data.update(phase=self.phase.value if isinstance(self.phase, Phase) else self.phase,
+        data.update(phase=self.phase.value,
                     volumes=[volume_dict(v) for v in self.volumes], notes=list(self.notes),
                     last_scale_event=self.last_scale_event.as_dict() if self.last_scale_event else None,
                     exports=exports_dict(self.exports) if self.exports is not None else {})
