@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from bsud.storage import LayoutState
 from bsud.cloud.base import Attachment, Volume
 from bsud.cloud.local import LocalCloud
 from bsud.config import CloudSettings, DriveConfig, Layout, Provider, Target
@@ -24,6 +23,7 @@ from bsud.reconcile.model import AttachVolume, Blocked, CreateVolume, DriveObs, 
 from bsud.reconcile.observe import CloudSnapshot
 from bsud.reconcile.planner import plan
 from bsud.runner import Runner
+from bsud.storage import LayoutState
 
 GIB = 1 << 30
 REFUSED = ("drive 'd': this VM takes no more volumes (AttachmentLimitExceeded: limit reached): vol-9 could not be "

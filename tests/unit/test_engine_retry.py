@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 
-from bsud.storage import LayoutState
 from bsud.cloud.local import LocalCloud
 from bsud.config import CloudSettings, DriveConfig, Layout, Provider, Target
 from bsud.errors import BsudError
@@ -22,6 +21,7 @@ from bsud.reconcile.model import (REMOVING, ApplyExports, DriveObs, ExportsObs, 
                                   Pace, RemoveFromDrive, Unmount, UsageObs, VolumeObs)
 from bsud.reconcile.observe import CloudSnapshot
 from bsud.sinks import DaemonReport
+from bsud.storage import LayoutState
 
 
 class FakeExecutor:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from bsud.storage import LayoutState
 from bsud.config import DriveConfig, Layout, Target
 from bsud.reconcile.model import (
     EVACUATED,
@@ -20,6 +19,7 @@ from bsud.reconcile.planner import plan
 from bsud.reconcile.removal import used_percent_after
 from bsud.reconcile.scaling import scale_decision
 from bsud.reconcile.trigger import scale_up_reason, seconds_to_full
+from bsud.storage import LayoutState
 
 
 def spec(**kw) -> DriveConfig:

@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from bsud.storage import LayoutState
 from bsud.config import DriveConfig, Layout, Target
 from bsud.reconcile.model import GIB, REMOVING, CreateVolume, DriveObs, MarkVolume, Pace, UsageObs, VolumeObs
 from bsud.reconcile.planner import plan
 from bsud.reconcile.removal import ideal_bytes, middle_percent
 from bsud.reconcile.scaling import scale_decision
 from bsud.reconcile.shrink import shrink_options
+from bsud.storage import LayoutState
 
 MIB = 1024**2
 
