@@ -18,6 +18,7 @@ from bsud.host.lvm import Lvm
 from bsud.host.safety import probe
 from bsud.naming import label_for, lv_mapper_path
 from bsud.reconcile.engine import DriveReconciler
+from bsud.reconcile.model import Phase
 from bsud.reconcile.observe import CloudSnapshot
 from bsud.runner import Runner
 
@@ -63,7 +64,7 @@ def delete_drives(config: Config, names: list[str], every: bool, report: Callabl
             spec = spec.model_copy(update={"target": Target.DELETE}) if spec else _guess_spec(name, runner)
             result = DriveReconciler(spec, cloud, snapshot, config.cloud.provider, runner,
                                      nfs=config.nfs).run_until_settled()
-            if result.phase == "deleted":
+            if result.phase is Phase.DELETED:
                 report(f"bsud: delete-drive: {name}: deleted", 6)
             else:
                 failed += 1

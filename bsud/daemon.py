@@ -281,7 +281,7 @@ class Daemon:
             if obs is None:
                 continue
             ours = any(v.device == device for v in obs.volumes)
-            lacking = bool(obs.missing) or any(v.attached_here and v.device is None for v in obs.volumes)
+            lacking = bool(obs.storage.missing) or any(v.attached_here and v.device is None for v in obs.volumes)
             if ours or (action == "add" and lacking):
                 woken.append(name)
         if not woken:

@@ -4,8 +4,8 @@
 The drives' gauges are read at scrape time from the last :class:`DaemonReport` (a drive taken out of the config
 disappears with it); counters and the scale-duration histogram are fed by the engine's events and the cloud
 provider's requests. Labels are bounded: drive names come from the config, phases and results are fixed words,
-cloud actions and error codes are the API's, NFS clients are at most :data:`MAX_CLIENT_SERIES` plus
-``client="other"``; no volume id is ever a label.
+cloud actions and error codes are the API's, NFS clients are at most ``MAX_CLIENT_SERIES`` plus ``client="other"``
+(``bsud.client_series``); no volume id is ever a label.
 
 Names follow Prometheus' naming guide (base units, the unit last, ``_total`` on counters); a renamed series keeps
 its old name one release as a deprecated alias (:data:`DEPRECATED`). The served endpoint adds the process's own
@@ -19,8 +19,9 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 from prometheus_client import (CollectorRegistry, Counter, Histogram, ProcessCollector, disable_created_metrics,
@@ -29,10 +30,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from bsud import __version__
+from bsud.client_series import CLIENT_KEYS, OTHER_CLIENTS, ClientSeries
 from bsud.config.rules import parse_listen
 from bsud.logs import get_logger
 from bsud.reconcile.events import ABANDONED, DONE, FAILED, STARTED, Event
-from bsud.reconcile.model import PHASES
+from bsud.reconcile.model import PHASES, Phase
+from bsud.reconcile.report import by_name
 from bsud.sinks import DaemonReport
 
 log = get_logger("bsud.metrics")
@@ -60,13 +63,6 @@ EXPORT_COUNTERS = (
 CLIENT_COUNTERS = tuple((key, name.replace("bsud_export_", "bsud_nfs_client_"), text.replace("export's clients",
                                                                                         "client"))
                         for key, name, text in EXPORT_COUNTERS)
-CLIENT_KEYS = tuple(key for key, _, _ in CLIENT_COUNTERS)
-
-#: At most this many NFS clients have series of their own; the others are summed in ``client="other"``.
-MAX_CLIENT_SERIES = 20
-OTHER_CLIENTS = "other"
-#: A client with series of its own that moved no byte for this long gives its place to a busier one waiting.
-CLIENT_IDLE_SECONDS = 3600.0
 
 #: Series renamed to follow the naming guide, kept one release under their old name (same value): old → new.
 DEPRECATED = {"bsud_drive_seconds_to_full": "bsud_drive_time_to_full_seconds"}
@@ -74,73 +70,6 @@ DEPRECATED = {"bsud_drive_seconds_to_full": "bsud_drive_time_to_full_seconds"}
 
 def deprecated_help(old: str) -> str:
     return f"deprecated: use {DEPRECATED[old]}; removed in the next release"
-
-
-def _moved(counters: Mapping[str, float]) -> float:
-    return float(counters.get("read_bytes", 0) or 0) + float(counters.get("write_bytes", 0) or 0)
-
-
-@dataclass
-class ClientSeries:
-    """Which NFS clients have series of their own, and the sum of the others (``client="other"``).
-
-    The server reports every client it knows, cumulative counters each. At most ``limit`` clients are shown, the
-    ones that moved the most bytes first. A client once shown keeps its series while the server reports it — its
-    counters are the server's own, so they only go up (a server restart resets them, as any counter) — unless it
-    moved no byte for ``idle`` seconds while a busier client waits for a place: then it gives its place up, its
-    series ends, and what it moves from then on goes to ``other``. ``other`` is not a sum recomputed at each
-    report (it would fall whenever a client leaves it): it adds up what the clients not shown moved since the
-    previous report, so it never goes down. A client that comes back after it was left out starts again from its
-    own cumulative counter: a graph over that gap counts its bytes in between twice (once in ``other``).
-    """
-
-    limit: int = MAX_CLIENT_SERIES
-    idle: float = CLIENT_IDLE_SECONDS
-    #: Shown clients → when their bytes last moved (the caller's clock).
-    shown: dict[str, float] = field(default_factory=dict)
-    #: Every reported client's counters at the previous report.
-    last: dict[str, dict[str, float]] = field(default_factory=dict)
-    #: The clients not shown, added up since the first one; None until there was one.
-    other: dict[str, float] | None = None
-
-    def update(self, clients: Mapping[str, Mapping[str, float]], now: float) -> tuple[dict[str, dict[str, float]],
-                                                                                        dict[str, float] | None]:
-        """A report's clients → (the shown ones' counters, ``other``'s counters or None)."""
-        current = {address: {key: float(counters.get(key, 0) or 0) for key in CLIENT_KEYS}
-                   for address, counters in clients.items()}
-        if not current:  # no server reports clients now (none runs, or it is restarting): nothing shown, nothing
-            return {}, None  # forgotten — when they are back, each goes on from where it was
-        for address in [a for a in self.shown if a not in current]:
-            del self.shown[address]  # gone from the server: so are its counters
-        for address in self.shown:
-            before = self.last.get(address)
-            if before is None or _moved(current[address]) != _moved(before):
-                self.shown[address] = now
-        new = {a for a in current if a not in self.last}
-        waiting = sorted((a for a in current if a not in self.shown), key=lambda a: (-_moved(current[a]), a))
-        for address in waiting:
-            if len(self.shown) < self.limit:
-                self.shown[address] = now
-                continue
-            busy = _moved(current[address]) > 0 if address in new else \
-                _moved(current[address]) != _moved(self.last[address])
-            idle = [a for a, moved in self.shown.items() if now - moved >= self.idle]
-            if busy and idle:
-                del self.shown[min(idle, key=lambda a: (self.shown[a], a))]
-                self.shown[address] = now
-        for address, counters in current.items():
-            if address in self.shown:
-                continue
-            if self.other is None:
-                self.other = dict.fromkeys(CLIENT_KEYS, 0.0)
-            before = self.last.get(address)
-            for key, value in counters.items():
-                # New to the report, or its counter went back (the server restarted): all of it is new.
-                step = value - before[key] if before is not None and value >= before[key] else value
-                self.other[key] += step
-        self.last = current
-        shown = {address: current[address] for address in sorted(self.shown)}
-        return shown, (dict(self.other) if self.other is not None else None)
 
 
 @dataclass(frozen=True)
@@ -169,85 +98,104 @@ class _DriveCollector(Collector):
         yield GaugeMetricFamily("bsud_last_report_timestamp_seconds", "When bsud last wrote its report (after "
                                 "every step and every 5 s): old while the daemon is stopped or hung",
                                 value=report.updated)
-        gauges = {
-            "size": GaugeMetricFamily("bsud_drive_size_bytes", "The drive's filesystem size (mounted drives)",
-                                      labels=["drive"]),
-            "used": GaugeMetricFamily("bsud_drive_used_bytes", "Bytes of data on the drive (mounted drives)",
-                                      labels=["drive"]),
-            "metadata": GaugeMetricFamily("bsud_drive_metadata_used_ratio", "Share of btrfs' metadata space in use, "
-                                          "0 to 1, unallocated space included (mounted drives): writes fail at 1",
-                                          labels=["drive"]),
-            "volumes": GaugeMetricFamily("bsud_drive_volumes", "Cloud volumes tagged for the drive",
-                                         labels=["drive"]),
-            "rate": GaugeMetricFamily("bsud_drive_write_rate_bytes_per_second",
-                                      "How fast the drive's data grows now", labels=["drive"]),
-            "to_full": GaugeMetricFamily("bsud_drive_time_to_full_seconds",
-                                         "When the drive would be full at the present write rate (only while "
-                                         "writing)", labels=["drive"]),
-            "old_to_full": GaugeMetricFamily("bsud_drive_seconds_to_full",
-                                             deprecated_help("bsud_drive_seconds_to_full"), labels=["drive"]),
-            "grow": GaugeMetricFamily("bsud_drive_grow_estimate_seconds", "What a grow takes, from the decision to "
-                                      "the capacity usable (learned from the drive's grows, else the provider's "
-                                      "default)", labels=["drive"]),
-            "blocked": GaugeMetricFamily("bsud_drive_blocked", "1 while the drive needs an operator",
-                                         labels=["drive"]),
-            "notes": GaugeMetricFamily("bsud_drive_notes", "Notes bsud has on the drive (a limit stops a scale-up, a "
-                                       "volume in error...; bsud status says them)", labels=["drive"]),
-            "phase": GaugeMetricFamily("bsud_drive_phase", "1 for the drive's current phase", labels=["drive", "phase"]),
-            "observed": GaugeMetricFamily("bsud_drive_last_observed_timestamp_seconds", "When a step last observed "
-                                          "the drive without error", labels=["drive"]),
-            "exports": GaugeMetricFamily("bsud_drive_exports_applied", "1 when the drive's exports are applied as "
-                                         "configured, 0 when not (drives with exports)", labels=["drive"]),
-        }
-        errors = CounterMetricFamily("bsud_step_errors", "Steps that failed (each is retried)", labels=["drive"])
-        io = {key: CounterMetricFamily(name, text, labels=["drive", "export"]) for key, name, text in EXPORT_COUNTERS}
-        for name, status in sorted(report.drives.items()):
-            if status.size_bytes is not None:
-                gauges["size"].add_metric([name], status.size_bytes)
-                gauges["used"].add_metric([name], status.used_bytes or 0)
-            if status.metadata_used_percent is not None:
-                gauges["metadata"].add_metric([name], status.metadata_used_percent / 100)
-            gauges["volumes"].add_metric([name], len(status.volumes))
-            gauges["rate"].add_metric([name], status.write_rate)
-            if status.seconds_to_full is not None:
-                gauges["to_full"].add_metric([name], status.seconds_to_full)
-                gauges["old_to_full"].add_metric([name], status.seconds_to_full)
-            if status.grow_seconds:
-                gauges["grow"].add_metric([name], status.grow_seconds)
-            gauges["blocked"].add_metric([name], 1 if status.phase == "blocked" else 0)
-            gauges["notes"].add_metric([name], len(status.notes))
-            for phase in dict.fromkeys((*PHASES, status.phase)):
-                gauges["phase"].add_metric([name, phase], 1 if phase == status.phase else 0)
-            if status.updated:
-                gauges["observed"].add_metric([name], status.updated)
-            if status.exports:
-                gauges["exports"].add_metric([name], 1 if status.exports.get("in_sync") else 0)
-                for export, counters in (status.exports.get("stats") or {}).items():
-                    for key, family in io.items():
-                        value = counters.get(key, 0)
-                        family.add_metric([name, export], value / 1e9 if key == "latency_ns" else value)
-            errors.add_metric([name], status.errors)
-        yield from gauges.values()
-        yield errors
-        yield from io.values()
-        per_client = {key: CounterMetricFamily(name, text, labels=["client"]) for key, name, text in CLIENT_COUNTERS}
-        shown = dict(view.clients)
-        if view.other_clients is not None:
-            shown[OTHER_CLIENTS] = view.other_clients
-        for address, counters in shown.items():
-            for key, family in per_client.items():
-                value = counters.get(key, 0)
-                family.add_metric([address], value / 1e9 if key == "latency_ns" else value)
-        yield from per_client.values()
+        yield from _drive_families(report)
+        yield from _client_families(view)
         if report.ganesha is not None:
-            restarts = CounterMetricFamily("bsud_ganesha_restarts", "Times the nfs-ganesha bsud runs itself ended "
-                                           "or hung and was started again (nfs.ganesha.managed)")
-            restarts.add_metric([], report.ganesha.get("restarts", 0))
-            yield restarts
-            running = GaugeMetricFamily("bsud_ganesha_running", "1 while the nfs-ganesha bsud runs itself is "
-                                        "running and sends its heartbeat, 0 while it starts, waits or restarts")
-            running.add_metric([], 1 if str(report.ganesha.get("state", "")).startswith("running") else 0)
-            yield running
+            yield from _ganesha_families(report.ganesha)
+
+
+def _drive_gauges() -> dict[str, GaugeMetricFamily]:
+    return {
+        "size": GaugeMetricFamily("bsud_drive_size_bytes", "The drive's filesystem size (mounted drives)",
+                                  labels=["drive"]),
+        "used": GaugeMetricFamily("bsud_drive_used_bytes", "Bytes of data on the drive (mounted drives)",
+                                  labels=["drive"]),
+        "metadata": GaugeMetricFamily("bsud_drive_metadata_used_ratio", "Share of btrfs' metadata space in use, "
+                                      "0 to 1, unallocated space included (mounted drives): writes fail at 1",
+                                      labels=["drive"]),
+        "volumes": GaugeMetricFamily("bsud_drive_volumes", "Cloud volumes tagged for the drive",
+                                     labels=["drive"]),
+        "rate": GaugeMetricFamily("bsud_drive_write_rate_bytes_per_second",
+                                  "How fast the drive's data grows now", labels=["drive"]),
+        "to_full": GaugeMetricFamily("bsud_drive_time_to_full_seconds",
+                                     "When the drive would be full at the present write rate (only while "
+                                     "writing)", labels=["drive"]),
+        "old_to_full": GaugeMetricFamily("bsud_drive_seconds_to_full",
+                                         deprecated_help("bsud_drive_seconds_to_full"), labels=["drive"]),
+        "grow": GaugeMetricFamily("bsud_drive_grow_estimate_seconds", "What a grow takes, from the decision to "
+                                  "the capacity usable (learned from the drive's grows, else the provider's "
+                                  "default)", labels=["drive"]),
+        "blocked": GaugeMetricFamily("bsud_drive_blocked", "1 while the drive needs an operator",
+                                     labels=["drive"]),
+        "notes": GaugeMetricFamily("bsud_drive_notes", "Notes bsud has on the drive (a limit stops a scale-up, a "
+                                   "volume in error...; bsud status says them)", labels=["drive"]),
+        "phase": GaugeMetricFamily("bsud_drive_phase", "1 for the drive's current phase", labels=["drive", "phase"]),
+        "observed": GaugeMetricFamily("bsud_drive_last_observed_timestamp_seconds", "When a step last observed "
+                                      "the drive without error", labels=["drive"]),
+        "exports": GaugeMetricFamily("bsud_drive_exports_applied", "1 when the drive's exports are applied as "
+                                     "configured, 0 when not (drives with exports)", labels=["drive"]),
+    }
+
+
+def _drive_families(report: DaemonReport) -> Iterator[Metric]:
+    """Each drive's gauges and counters, from its status in the report."""
+    gauges = _drive_gauges()
+    errors = CounterMetricFamily("bsud_step_errors", "Steps that failed (each is retried)", labels=["drive"])
+    io = {key: CounterMetricFamily(name, text, labels=["drive", "export"]) for key, name, text in EXPORT_COUNTERS}
+    for name, status in sorted(report.drives.items()):
+        if status.size_bytes is not None:
+            gauges["size"].add_metric([name], status.size_bytes)
+            gauges["used"].add_metric([name], status.used_bytes or 0)
+        if status.metadata_used_percent is not None:
+            gauges["metadata"].add_metric([name], status.metadata_used_percent / 100)
+        gauges["volumes"].add_metric([name], len(status.volumes))
+        gauges["rate"].add_metric([name], status.write_rate)
+        if status.seconds_to_full is not None:
+            gauges["to_full"].add_metric([name], status.seconds_to_full)
+            gauges["old_to_full"].add_metric([name], status.seconds_to_full)
+        if status.grow_seconds:
+            gauges["grow"].add_metric([name], status.grow_seconds)
+        gauges["blocked"].add_metric([name], 1 if status.phase == Phase.BLOCKED else 0)
+        gauges["notes"].add_metric([name], len(status.notes))
+        for phase in dict.fromkeys((*PHASES, status.phase)):
+            gauges["phase"].add_metric([name, phase], 1 if phase == status.phase else 0)
+        if status.updated:
+            gauges["observed"].add_metric([name], status.updated)
+        if status.exports is not None:
+            gauges["exports"].add_metric([name], 1 if status.exports.in_sync else 0)
+            for export, counters in by_name(status.exports.stats).items():
+                for key, family in io.items():
+                    value = counters.get(key, 0)
+                    family.add_metric([name, export], value / 1e9 if key == "latency_ns" else value)
+        errors.add_metric([name], status.errors)
+    yield from gauges.values()
+    yield errors
+    yield from io.values()
+
+
+def _client_families(view: _View) -> Iterator[Metric]:
+    """The NFS clients' counters: the ones with series of their own, and ``other``."""
+    per_client = {key: CounterMetricFamily(name, text, labels=["client"]) for key, name, text in CLIENT_COUNTERS}
+    shown = dict(view.clients)
+    if view.other_clients is not None:
+        shown[OTHER_CLIENTS] = view.other_clients
+    for address, counters in shown.items():
+        for key, family in per_client.items():
+            value = counters.get(key, 0)
+            family.add_metric([address], value / 1e9 if key == "latency_ns" else value)
+    yield from per_client.values()
+
+
+def _ganesha_families(ganesha: dict[str, Any]) -> Iterator[Metric]:
+    """The nfs-ganesha bsud runs itself (``nfs.ganesha.managed``)."""
+    restarts = CounterMetricFamily("bsud_ganesha_restarts", "Times the nfs-ganesha bsud runs itself ended "
+                                   "or hung and was started again (nfs.ganesha.managed)")
+    restarts.add_metric([], ganesha.get("restarts", 0))
+    yield restarts
+    running = GaugeMetricFamily("bsud_ganesha_running", "1 while the nfs-ganesha bsud runs itself is "
+                                "running and sends its heartbeat, 0 while it starts, waits or restarts")
+    running.add_metric([], 1 if str(ganesha.get("state", "")).startswith("running") else 0)
+    yield running
 
 
 class Metrics:
@@ -281,12 +229,6 @@ class Metrics:
         self._textfile_failed = False
         self._lock = threading.Lock()
 
-    @property
-    def report(self) -> DaemonReport | None:
-        return self.view.report if self.view is not None else None
-
-    # -- feeds ------------------------------------------------------------------------------------
-
     def publish(self, report: DaemonReport) -> None:
         for drive in report.drives:
             for direction, result in SCALE_RESULTS:
@@ -295,7 +237,7 @@ class Metrics:
         # highest count is the latest (taking one drive's could step back when another's is the fresher).
         clients: dict[str, dict[str, float]] = {}
         for status in report.drives.values():
-            for address, counters in ((status.exports or {}).get("clients") or {}).items():
+            for address, counters in by_name(status.exports.clients).items() if status.exports else ():
                 seen = clients.setdefault(address, {})
                 for key in CLIENT_KEYS:
                     seen[key] = max(seen.get(key, 0.0), float(counters.get(key, 0) or 0))

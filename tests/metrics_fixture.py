@@ -11,10 +11,23 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bsud.metrics import Metrics
 from bsud.reconcile.events import Event
+from bsud.reconcile.model import ExportsObs, VolumeObs
 from bsud.reconcile.report import DriveStatus
 from bsud.sinks import DaemonReport
 
 GIB = 1 << 30
+
+
+def exports_obs(data: dict) -> ExportsObs:
+    """A drive's exports as observed, written as the status file shows them."""
+    return ExportsObs(wanted=data.get("wanted", 0), names=tuple(data.get("names", ())), in_sync=data["in_sync"],
+                      servers=tuple(data.get("servers", ())), detail=data.get("detail", ""),
+                      stats=tuple((n, tuple(c.items())) for n, c in data.get("stats", {}).items()),
+                      clients=tuple((a, tuple(c.items())) for a, c in data.get("clients", {}).items()))
+
+
+def volume_list(entries: list[dict]) -> tuple[VolumeObs, ...]:
+    return tuple(VolumeObs(id=e["id"], size_gib=e.get("size_gib", 1), state=e.get("state", "in-use")) for e in entries)
 
 
 def full_report(now: float | None = None) -> DaemonReport:
@@ -24,18 +37,18 @@ def full_report(now: float | None = None) -> DaemonReport:
     data = DriveStatus("data", "online", "lvm", "/data", phase="scaling-up", action="CreateVolume",
                        reason="full in 120 s", size_gib=20, used_percent=91.0, size_bytes=20 * GIB,
                        used_bytes=18 * GIB, metadata_used_percent=42.5, write_rate=80e6, seconds_to_full=25.0,
-                       grow_seconds=61.5, volumes=[{"id": "vol-1"}, {"id": "vol-2"}],
+                       grow_seconds=61.5, volumes=volume_list([{"id": "vol-1"}, {"id": "vol-2"}]),
                        notes=["used 91.0% >= 85%, but max-bsu-count (2) is reached"], errors=2, updated=now - 3,
-                       exports={"wanted": 2, "names": ["nfs:/data", "nfs:/data/b"], "in_sync": True,
+                       exports=exports_obs({"wanted": 2, "names": ["nfs:/data", "nfs:/data/b"], "in_sync": True,
                                 "servers": ["nfs-ganesha: ready"], "detail": "",
                                 "stats": {"nfs:/data": {"read_bytes": 4096, "write_bytes": 1 << 20, "requests": 40,
                                                         "errors": 1, "latency_ns": 2_500_000_000},
                                           "nfs:/data/b": {}},
-                                "clients": clients})
+                                "clients": clients}))
     logs = DriveStatus("logs", "online", "btrfs", "/logs", phase="blocked", reason="volume vol-9 is attached to i-2",
                        last_error="volume vol-9 is attached to i-2", errors=7, updated=now - 40,
-                       exports={"wanted": 1, "names": ["nfs:/logs"], "in_sync": False, "servers": [],
-                                "detail": "not applied", "clients": clients})
+                       exports=exports_obs({"wanted": 1, "names": ["nfs:/logs"], "in_sync": False, "servers": [],
+                                "detail": "not applied", "clients": clients}))
     return DaemonReport(version="t", pid=1, config="/etc/bsud/config.json", started=now - 3600, updated=now,
                         drives={"data": data, "logs": logs}, unmanaged={}, not_mounted=("logs",),
                         ganesha={"state": "running, pid 9", "pid": 9, "restarts": 1})

@@ -17,41 +17,42 @@ from bsud.reconcile.model import (
     DriveObs,
     Join,
     MakeFilesystem,
+    Phase,
     VolumeObs,
     Wait,
 )
 
 #: (action, phase), or None: nothing to assemble, go on to mounting.
-Step = tuple[Action, str] | None
+Step = tuple[Action, Phase] | None
 
-NOTHING_YET = (Wait(reason="nothing to build the filesystem on yet"), "assembling")
+NOTHING_YET = (Wait(reason="nothing to build the filesystem on yet"), Phase.ASSEMBLING)
 
 
 def assemble_lvm(obs: DriveObs, members: list[VolumeObs], fresh: list[VolumeObs]) -> Step:
     """PVs → VG → LV → btrfs on the LV, each resumed where it stopped."""
-    if members and obs.lv_missing:
+    if members and obs.storage.lv_missing:
         return MakeFilesystem(reason="the drive's VG has no LV yet (stopped between vgcreate and lvcreate): "
-                                     "creating it, then its filesystem"), "assembling"
+                                     "creating it, then its filesystem"), Phase.ASSEMBLING
     if members and not obs.active:
-        return Activate(reason="the drive's storage is not active"), "assembling"
-    if obs.has_filesystem:
+        return Activate(reason="the drive's storage is not active"), Phase.ASSEMBLING
+    if obs.storage.has_filesystem:
         return None
     if fresh:
-        return Join(volume_id=fresh[0].id, reason=f"{fresh[0].id} is not a PV of the drive yet"), "assembling"
+        return Join(volume_id=fresh[0].id, reason=f"{fresh[0].id} is not a PV of the drive yet"), Phase.ASSEMBLING
     if members:
-        return MakeFilesystem(reason="the drive's LV has no filesystem yet"), "assembling"
+        return MakeFilesystem(reason="the drive's LV has no filesystem yet"), Phase.ASSEMBLING
     return NOTHING_YET
 
 
 def assemble_btrfs(obs: DriveObs, members: list[VolumeObs], fresh: list[VolumeObs]) -> Step:
     """btrfs made on the first volume; the others are added once it is mounted."""
-    if obs.has_filesystem:
+    if obs.storage.has_filesystem:
         return None
     if members:
-        return Blocked(reason="the drive's btrfs devices are incomplete or unreadable"), "blocked"
+        return Blocked(reason="the drive's btrfs devices are incomplete or unreadable"), Phase.BLOCKED
     if fresh:
         return MakeFilesystem(volume_id=fresh[0].id, reason=f"no filesystem yet: making it on {fresh[0].id}"), \
-            "assembling"
+            Phase.ASSEMBLING
     return NOTHING_YET
 
 

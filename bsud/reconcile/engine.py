@@ -16,8 +16,8 @@ from bsud.logs import get_logger
 from bsud.naming import DEFAULT_MAX_VOLUME_GIB
 from bsud.reconcile.events import Event, EventTracker
 from bsud.reconcile.execute import Executor
-from bsud.reconcile.model import (ApplyExports, Blocked, CreateVolume, DriveObs, Idle, Outcome, Pace, Plan,
-                                  RemoveFromDrive, Wait)
+from bsud.reconcile.model import (ApplyExports, Blocked, CreateVolume, Direction, DriveObs, Idle, Outcome, Pace,
+                                  Phase, Plan, RemoveFromDrive, Wait)
 from bsud.reconcile.observe import CloudSnapshot, observe_drive
 from bsud.reconcile.pace import DEFAULT_GROW_SECONDS, GrowClock, RateMeter, WritebackMeter, make_pace
 from bsud.reconcile.planner import plan
@@ -222,7 +222,7 @@ class DriveReconciler:
             log.info("event", **{("event_kind" if k == "kind" else k): v for k, v in event.as_dict().items()
                                  if k != "time"})
             if event.direction is not None:
-                self.status.last_scale_event = event.as_dict()
+                self.status.last_scale_event = event
             for listener in self.listeners:
                 try:
                     listener(event)
@@ -241,7 +241,7 @@ class DriveReconciler:
 
     def _step(self, max_age: float | None) -> Plan:
         started = time.monotonic()
-        if max_age is None and self.last_obs is not None and self.last_obs.missing:
+        if max_age is None and self.last_obs is not None and self.last_obs.storage.missing:
             max_age = MISSING_LISTING_SECONDS
         obs, devices = self.observe(max_age)
         obs = self.last_obs = self._remembered_exports(obs)
@@ -265,7 +265,7 @@ class DriveReconciler:
         if self._previous == action and (self._repeats >= REPEAT_LIMIT or self._unchanged >= UNCHANGED_LIMIT):
             # Done that many times, each time successfully, and planned again: it has no effect. Say so and
             # back off (the daemon's delay doubles up to 5 minutes); never park the drive for good.
-            self.status.phase = "blocked"
+            self.status.phase = Phase.BLOCKED
             how = "with nothing to do" if self._unchanged >= UNCHANGED_LIMIT else "without effect"
             self.status.last_error = (f"{action.kind} was done {self._repeats} times in a row {how} "
                                       f"({action.reason}); trying again later, see the log")
@@ -275,7 +275,7 @@ class DriveReconciler:
             raise BsudError(self.status.last_error, temporary=True)
         log.info("step", drive=self.spec.name, phase=current.phase, action=action.kind, reason=action.reason,
                  **{k: v for k, v in action.__dict__.items() if k != "reason" and v not in (None, "")})
-        if isinstance(action, CreateVolume) and current.phase == "scaling-up" and obs.usage is not None:
+        if isinstance(action, CreateVolume) and current.direction is Direction.UP and obs.usage is not None:
             self.clock.start(started, obs.usage.size)
         self.emit(self.events.executing(current, obs, started))
         try:

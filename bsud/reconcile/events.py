@@ -14,16 +14,18 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from bsud.reconcile.model import Blocked, CreateVolume, DriveObs, MarkVolume, Plan, RetireVolume
+from bsud.reconcile.model import Blocked, CreateVolume, Direction, DriveObs, MarkVolume, Phase, Plan, RetireVolume
 
 SCALE_UP, SCALE_DOWN, BLOCKED, RECOVERED, EXPORT = "scale-up", "scale-down", "blocked", "recovered", "export"
 STARTED, DONE, FAILED, ABANDONED = "started", "done", "failed", "abandoned"
 #: An export event's results: applying the drive's exports failed (the drive serves on, it is tried again), and
 #: they are applied again after that.
 EXPORT_FAILED, EXPORT_RECOVERED = FAILED, "recovered"
-DIRECTIONS = {SCALE_UP: "up", SCALE_DOWN: "down"}
+DIRECTIONS = {SCALE_UP: Direction.UP, SCALE_DOWN: Direction.DOWN}
+#: The scale event a plan's direction starts or goes on with.
+SCALE_KINDS = {direction: kind for kind, direction in DIRECTIONS.items()}
 #: The phases a scale event's steps run in (a scale-up creates, attaches, joins and grows).
-SCALING_PHASES = frozenset({"scaling-up", "scaling-down", "creating", "attaching", "growing"})
+SCALING_PHASES = frozenset({Phase.SCALING_UP, Phase.SCALING_DOWN, Phase.CREATING, Phase.ATTACHING, Phase.GROWING})
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class Event:
     time: float = field(default_factory=time.time)
 
     @property
-    def direction(self) -> str | None:
+    def direction(self) -> Direction | None:
         return DIRECTIONS.get(self.kind)
 
     def as_dict(self) -> dict[str, Any]:
@@ -99,7 +101,7 @@ class EventTracker:
     def executing(self, plan: Plan, obs: DriveObs, now: float) -> list[Event]:
         """An action about to run: the first of a scale event starts it."""
         action = plan.action
-        kind = {"scaling-up": SCALE_UP, "scaling-down": SCALE_DOWN}.get(plan.phase)
+        kind = SCALE_KINDS.get(plan.direction) if plan.direction is not None else None
         if kind is None or (self.scaling is not None and self.scaling.kind == kind):
             return []
         if kind == SCALE_UP and not isinstance(action, CreateVolume):

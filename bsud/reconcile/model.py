@@ -11,8 +11,10 @@ from enum import Enum
 from typing import ClassVar
 
 from bsud.naming import DELETED, DELETING, EVACUATED, GIB, NEW, REMOVING
+from bsud.reconcile.phase import PHASES, Direction, Phase
+from bsud.storage import LayoutState
 
-__all__ = ["EVACUATED", "GIB", "NEW", "REMOVING"]  # re-exported for the planner's readers and tests
+__all__ = ["EVACUATED", "GIB", "NEW", "PHASES", "REMOVING", "Direction", "Phase"]  # re-exported for readers and tests
 
 
 @dataclass(frozen=True)
@@ -106,15 +108,12 @@ class ExportsObs:
 class DriveObs:
     name: str
     volumes: tuple[VolumeObs, ...] = ()
-    has_filesystem: bool = False
+    #: The drive's storage as its layout observed it (members, filesystem, pvmove, what is missing or stale).
+    storage: LayoutState = LayoutState()
     mounted: bool = False
     mount_blocked: str | None = None    # the mount path holds something else
-    active: bool = False
-    move_in_progress: bool = False
+    active: bool = False                # the storage is up (the layout's drive_active: what going offline undoes)
     can_grow: bool = False
-    lv_missing: bool = False            # lvm: PVs in the drive's VG but no LV (stopped before lvcreate)
-    missing: str | None = None          # part of the drive's storage is absent (a member volume detached/deleted)
-    stale: tuple[str, ...] = ()         # devices the active LV still maps to that went away (unplugged, maybe back)
     read_only: bool = False             # mounted read-write, but the kernel made it read-only (I/O errors)
     usage: UsageObs | None = None
     pace: Pace = Pace()
@@ -273,17 +272,29 @@ class Outcome(Enum):
     PREEMPTED = "preempted"   # a removal's move stopped because the drive needs space: planned again at once
 
 
-#: Every phase a drive can be in (its status; the ``phase`` label of the metric ``bsud_drive_phase``).
-PHASES = ("starting", "creating", "attaching", "assembling", "mounting", "recovering", "growing", "scaling-up",
-          "scaling-down", "exporting", "online", "blocked", "going-offline", "offline", "deleting", "deleted")
+@dataclass(frozen=True)
+class ScaleDecision:
+    """What the scaling rules decided for a mounted drive, once: the action (None: nothing), which way it scales,
+    why (the trigger's reason, or the low used %), and a note when a limit or a burst stops it."""
+
+    action: Action | None = None
+    direction: Direction | None = None
+    reason: str | None = None
+    note: str | None = None
 
 
 @dataclass(frozen=True)
 class Plan:
+    """The next action, the phase the drive is in meanwhile, notes for the operator, and — for a step of a scaling
+    decision — which way it scales (decided with the action, never read back from the phase)."""
+
     action: Action
-    phase: str
+    phase: Phase
     notes: tuple[str, ...] = ()
+    direction: Direction | None = None
 
     def __post_init__(self) -> None:
-        if self.phase not in PHASES:
-            raise ValueError(f"unknown phase {self.phase!r}; add it to PHASES")
+        try:
+            object.__setattr__(self, "phase", Phase(self.phase))
+        except ValueError:
+            raise ValueError(f"unknown phase {self.phase!r}; add it to Phase") from None

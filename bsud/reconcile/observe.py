@@ -20,7 +20,7 @@ from bsud.errors import BsudError
 from bsud.host import mounts
 from bsud.exports import ExportKind, ExportState, export_name
 from bsud.host.devices import DeviceMismatch, Resolution, VolumeRef, block_devices, resolve_device
-from bsud.host.layouts import StorageLayout
+from bsud.host.layouts import LayoutState, StorageLayout
 from bsud.host.safety import probe
 from bsud.host.space import Space
 from bsud.logs import get_logger
@@ -141,67 +141,65 @@ def _observe_drive(spec: DriveConfig, volumes: list[Volume], cloud: CloudProvide
                 errors[vol.id] = error
     paths = [r.device for r in resolutions.values()]
     state = layout.observe(paths)
-
-    entry = mounts.mount_at(spec.mount_path)
-    mounted = False
-    read_only = False
-    mount_blocked = None
-    if entry is not None:
-        if layout.is_our_mount(entry, paths):
-            mounted = True
-            read_only = mounts.forced_read_only(entry)
-        else:
-            mount_blocked = (f"{spec.mount_path} holds a {entry.fstype} filesystem from {entry.source} that is not "
-                             f"drive {spec.name!r}'s; unmount it or change mount-path")
-    elif os.path.isdir(spec.mount_path) and any(os.scandir(spec.mount_path)):
-        mount_blocked = (f"{spec.mount_path} is not empty; bsud mounts only on an empty directory "
-                         "(move its content away or change mount-path)")
-
-    obs_volumes = []
-    for vol in volumes:
-        res = resolutions.get(vol.id)
-        attached = vol.attachment_to(me)
-        elsewhere = vol.attached_elsewhere(me)
-        member = bool(res and res.device in state.members)
-        blank = False
-        own = False
-        foreign = None
-        if res is not None and not member:
-            try:
-                found = probe(layout.runner, res.device)
-            except BsudError:
-                found = None
-            if found is not None:
-                blank = found.blank
-                if not blank and layout.is_own(found):
-                    own = True  # e.g. a PV made before a crash, not yet in the VG: Join finishes it
-                elif not blank:
-                    foreign = (f"{res.device} (volume {vol.id}) holds {found.describe()}, which is not drive "
-                               f"{spec.name!r}'s; bsud will not touch it. Wipe it yourself if the data is not "
-                               "needed, or detach the volume and remove its tag")
-        obs_volumes.append(VolumeObs(
-            id=vol.id, size_gib=vol.size_gib, state=vol.state, bookkeeping=vol.tags.get(STATE_TAG) or None,
-            attached_here=attached is not None, attached_elsewhere=elsewhere.instance_id if elsewhere else None,
-            device=res.device if res else None, device_error=errors.get(vol.id), member=member, blank=blank, own=own,
-            foreign=foreign,
-        ))
-
+    mounted, read_only, mount_blocked = _observe_mount(spec, layout, paths, state)
+    obs_volumes = [_observe_volume(spec, layout, vol, me, resolutions.get(vol.id), errors.get(vol.id), state)
+                   for vol in volumes]
     usage = None
     can_grow = False
     if mounted:
         usage = usage_obs(layout.usage(spec.mount_path))
         can_grow = layout.can_grow(spec.mount_path)
         obs_volumes = with_live_data(spec, layout, obs_volumes, usage)
-    active = layout.drive_active(state, mounted)
     obs = DriveObs(
-        name=spec.name, volumes=tuple(obs_volumes), has_filesystem=state.has_filesystem, mounted=mounted,
-        mount_blocked=mount_blocked if state.has_filesystem or entry is not None else None,
-        active=active, move_in_progress=state.move_in_progress, can_grow=can_grow, usage=usage,
-        lv_missing=state.lv_missing,
-        missing=state.missing, stale=state.stale, read_only=read_only,
+        name=spec.name, volumes=tuple(obs_volumes), storage=state, mounted=mounted, mount_blocked=mount_blocked,
+        active=layout.drive_active(state, mounted), can_grow=can_grow, usage=usage, read_only=read_only,
         exports=observe_exports(spec, exporters) if exporters else ExportsObs(),
     )
     return obs, resolutions
+
+
+def _observe_mount(spec: DriveConfig, layout: StorageLayout, paths: list[str],
+                   state: LayoutState) -> tuple[bool, bool, str | None]:
+    """Whether the drive is mounted on its path (and forced read-only), or what holds the path instead."""
+    entry = mounts.mount_at(spec.mount_path)
+    if entry is not None:
+        if layout.is_our_mount(entry, paths):
+            return True, mounts.forced_read_only(entry), None
+        return False, False, (f"{spec.mount_path} holds a {entry.fstype} filesystem from {entry.source} that is not "
+                              f"drive {spec.name!r}'s; unmount it or change mount-path")
+    if state.has_filesystem and os.path.isdir(spec.mount_path) and any(os.scandir(spec.mount_path)):
+        return False, False, (f"{spec.mount_path} is not empty; bsud mounts only on an empty directory "
+                              "(move its content away or change mount-path)")
+    return False, False, None
+
+
+def _observe_volume(spec: DriveConfig, layout: StorageLayout, vol: Volume, me: str, res: Resolution | None,
+                    error: str | None, state: LayoutState) -> VolumeObs:
+    """One tagged volume: where it is attached, its device, and — when it is not a member — what the gate finds."""
+    attached = vol.attachment_to(me)
+    elsewhere = vol.attached_elsewhere(me)
+    member = bool(res and res.device in state.members)
+    blank = own = False
+    foreign = None
+    if res is not None and not member:
+        try:
+            found = probe(layout.runner, res.device)
+        except BsudError:
+            found = None
+        if found is not None:
+            blank = found.blank
+            if not blank and layout.is_own(found):
+                own = True  # e.g. a PV made before a crash, not yet in the VG: Join finishes it
+            elif not blank:
+                foreign = (f"{res.device} (volume {vol.id}) holds {found.describe()}, which is not drive "
+                           f"{spec.name!r}'s; bsud will not touch it. Wipe it yourself if the data is not "
+                           "needed, or detach the volume and remove its tag")
+    return VolumeObs(
+        id=vol.id, size_gib=vol.size_gib, state=vol.state, bookkeeping=vol.tags.get(STATE_TAG) or None,
+        attached_here=attached is not None, attached_elsewhere=elsewhere.instance_id if elsewhere else None,
+        device=res.device if res else None, device_error=error, member=member, blank=blank, own=own,
+        foreign=foreign,
+    )
 
 
 def with_live_data(spec: DriveConfig, layout: StorageLayout, volumes: list[VolumeObs],

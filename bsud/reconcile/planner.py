@@ -27,184 +27,147 @@ from datetime import datetime, timezone
 from bsud.config import DriveConfig, Target
 from bsud.naming import AVAILABLE, CREATING, DEFAULT_MAX_VOLUME_GIB, DELETED, DELETING, ERROR
 from bsud.reconcile.assembly import ASSEMBLY
-from bsud.reconcile.model import (
-    EVACUATED,
-    NEW,
-    REMOVING,
-    Action,
-    ApplyExports,
-    AttachVolume,
-    Blocked,
-    CreateVolume,
-    Deactivate,
-    DeleteVolume,
-    DetachVolume,
-    DriveObs,
-    Grow,
-    Idle,
-    Join,
-    MarkVolume,
-    Mount,
-    Plan,
-    Refresh,
-    Remount,
-    RemoveFromDrive,
-    RetireVolume,
-    Unmount,
-    VolumeObs,
-    Wait,
-    WithdrawExports,
-)
-from bsud.reconcile.scaling import ideal_bytes, removal_no_longer_fits, scale_decision, scale_up_reason
+from bsud.reconcile.leaving import Step, down, plan_evacuated, plan_removals, at, up
+from bsud.reconcile.model import (EVACUATED, NEW, REMOVING, ApplyExports, AttachVolume, Blocked,
+                                  CreateVolume, Deactivate, DeleteVolume, DetachVolume, Direction, DriveObs, Grow,
+                                  Idle, Join, MarkVolume, Mount, Phase, Plan, Refresh, Remount, ScaleDecision,
+                                  Unmount, VolumeObs, Wait, WithdrawExports)
+from bsud.reconcile.scaling import scale_decision
 
 
-def _plan_evacuated(v: VolumeObs) -> tuple[Action, str] | None:
-    """A volume marked evacuated: verified blank before it is deleted, or taken back when it holds something.
-
-    The original bsud (same tags) re-adds such a volume to its VG when it runs again, and a detached volume may
-    have been written elsewhere: nothing is deleted without being attached here and found blank.
-    """
-    if v.member:
-        return MarkVolume(volume_id=v.id, value="", reason=f"{v.id} is part of the drive again: dropping its "
-                          f"'{EVACUATED}' mark"), "online"
-    if not v.attached_here:
-        if v.state == AVAILABLE:
-            return AttachVolume(volume_id=v.id, reason=f"{v.id} is out of the drive and detached: attaching it to "
-                                "check it is blank before deleting it"), "scaling-down"
-        return None
-    if v.device_error:
-        return Blocked(reason=v.device_error), "blocked"
-    if v.device is None:
-        return Wait(reason=f"waiting for the device of {v.id}"), "scaling-down"
-    if v.blank:
-        return RetireVolume(volume_id=v.id, reason=f"{v.id} is out of the drive and verifiably blank"), "scaling-down"
-    if v.own:
-        return MarkVolume(volume_id=v.id, value=REMOVING, reason=f"{v.id} is marked '{EVACUATED}' but holds the "
-                          "drive's signature: finishing its removal first"), "scaling-down"
-    if v.foreign:
-        return Blocked(reason=f"{v.foreign} (it is marked '{EVACUATED}': bsud will not delete it)"), "blocked"
-    return Wait(reason=f"cannot tell what {v.id} holds; not deleting it"), "scaling-down"
-
-
-def _plan_online(spec: DriveConfig, obs: DriveObs, max_volume_gib: int) -> Plan:
-    notes: list[str] = []
+def _usable(obs: DriveObs, notes: list[str]) -> list[VolumeObs]:
+    """The drive's volumes not being deleted nor in error (a note for each in error)."""
     vols = [v for v in obs.volumes if v.state not in (DELETING, DELETED)]
     for v in vols:
         if v.state == ERROR:
             notes.append(f"volume {v.id} is in state 'error' and is not used; delete it or repair it in the cloud")
-    vols = [v for v in vols if v.state != ERROR]
+    return [v for v in vols if v.state != ERROR]
 
+
+def _plan_cloud(spec: DriveConfig, obs: DriveObs, vols: list[VolumeObs]) -> Step | None:
+    """The volumes as the cloud has them: none attached elsewhere, the evacuated retired, each created, attached
+    here and its device found."""
     for v in vols:
         if v.attached_elsewhere and not v.attached_here:
-            return Plan(Blocked(reason=f"volume {v.id} is attached to {v.attached_elsewhere}; detach it there "
-                                       "(or remove its tag) to bring the drive online here"), "blocked", tuple(notes))
-
+            return at(Phase.BLOCKED, Blocked(reason=f"volume {v.id} is attached to {v.attached_elsewhere}; detach "
+                                             "it there (or remove its tag) to bring the drive online here"))
     for v in vols:
-        if v.bookkeeping == EVACUATED:
-            retiring = _plan_evacuated(v)
-            if retiring is not None:
-                return Plan(retiring[0], retiring[1], tuple(notes))
+        retiring = plan_evacuated(v) if v.bookkeeping == EVACUATED else None
+        if retiring is not None:
+            return retiring
     live = [v for v in vols if v.bookkeeping != EVACUATED]
-    creating = [v for v in live if v.state == CREATING]
     for v in live:
         if v.bookkeeping == NEW and v.attached_here:
             # Before anything is written on it: once attached, "never attached, holds nothing" no longer holds.
-            return Plan(MarkVolume(volume_id=v.id, value="", reason=f"{v.id} is attached: dropping its '{NEW}' mark"),
-                        "attaching", tuple(notes))
-
+            return at(Phase.ATTACHING, MarkVolume(volume_id=v.id, value="", reason=f"{v.id} is attached: "
+                                                  f"dropping its '{NEW}' mark"))
     if not live:
-        return Plan(CreateVolume(size_gib=spec.initial_size_gib, reason="the drive has no volume yet"),
-                    "creating", tuple(notes))
+        return at(Phase.CREATING, CreateVolume(size_gib=spec.initial_size_gib, reason="the drive has no volume yet"))
     for v in live:
         if v.state == AVAILABLE and not v.attached_here:
             why = f"{v.id} is not attached"
-            if obs.missing and (obs.mounted or obs.active):
-                why = (f"{v.id} was detached while the drive is in use, not by bsud ({obs.missing}; reading or "
+            missing = obs.storage.missing
+            if missing and (obs.mounted or obs.active):
+                why = (f"{v.id} was detached while the drive is in use, not by bsud ({missing}; reading or "
                        "writing there fails meanwhile): attaching it back")
-            return Plan(AttachVolume(volume_id=v.id, reason=why), "attaching", tuple(notes))
+            return at(Phase.ATTACHING, AttachVolume(volume_id=v.id, reason=why))
     for v in live:
         if v.device_error:
-            return Plan(Blocked(reason=v.device_error), "blocked", tuple(notes))
+            return at(Phase.BLOCKED, Blocked(reason=v.device_error))
     waiting = [v.id for v in live if v.attached_here and v.device is None]
     if waiting:
-        return Plan(Wait(reason=f"waiting for the device of {', '.join(waiting)}"), "attaching", tuple(notes))
+        return at(Phase.ATTACHING, Wait(reason=f"waiting for the device of {', '.join(waiting)}"))
+    creating = [v.id for v in live if v.state == CREATING]
     if creating:
-        return Plan(Wait(reason=f"waiting for {', '.join(v.id for v in creating)} to be created"), "creating",
-                    tuple(notes))
+        return at(Phase.CREATING, Wait(reason=f"waiting for {', '.join(creating)} to be created"))
+    return None
+
+
+def _plan_host(obs: DriveObs, live: list[VolumeObs]) -> Step | None:
+    """What the host shows that stops everything: foreign data, a member missing, mappings gone stale."""
     for v in live:
         if v.foreign:
-            return Plan(Blocked(reason=v.foreign), "blocked", tuple(notes))
-    if obs.missing:
-        return Plan(Blocked(reason=f"{obs.missing}, and no volume tagged for the drive and attached here provides "
-                                   "it: one of its volumes was deleted or lost its tag. bsud changes nothing on this "
-                                   "drive until it is back (tag it and attach it again); if it is gone for good, "
-                                   "see 'A volume lost' in docs/operations.md"), "blocked", tuple(notes))
-    if obs.stale:
-        return Plan(Refresh(reason=f"the drive's LV still maps to {', '.join(obs.stale)}, which went away (a volume "
-                                   "detached behind bsud's back and attached again): reloading its table"),
-                    "recovering", tuple(notes))
+            return at(Phase.BLOCKED, Blocked(reason=v.foreign))
+    storage = obs.storage
+    if storage.missing:
+        return at(Phase.BLOCKED, Blocked(reason=f"{storage.missing}, and no volume tagged for the drive and attached "
+                                         "here provides it: one of its volumes was deleted or lost its tag. bsud "
+                                         "changes nothing on this drive until it is back (tag it and attach it "
+                                         "again); if it is gone for good, see 'A volume lost' in "
+                                         "docs/operations.md"))
+    if storage.stale:
+        return at(Phase.RECOVERING, Refresh(reason=f"the drive's LV still maps to {', '.join(storage.stale)}, which "
+                                            "went away (a volume detached behind bsud's back and attached "
+                                            "again): reloading its table"))
+    return None
 
-    members = [v for v in live if v.member]
-    removing = [v for v in live if v.bookkeeping == REMOVING]
-    for v in removing:
-        if not v.member and v.blank:
-            return Plan(MarkVolume(volume_id=v.id, value=EVACUATED, reason=f"{v.id} verifiably holds nothing of "
-                                   "the drive any more"), "scaling-down", tuple(notes))
-    fresh = [v for v in live if not v.member and (v.blank or v.own) and v.bookkeeping != REMOVING]
 
+def _plan_mount(spec: DriveConfig, obs: DriveObs, members: list[VolumeObs],
+                fresh: list[VolumeObs]) -> Step | None:
+    """The storage assembled, the filesystem mounted (exports withdrawn first when it is not) and read-write."""
     assembling = ASSEMBLY[spec.layout](obs, members, fresh)
     if assembling is not None:
-        return Plan(assembling[0], assembling[1], tuple(notes))
+        return at(assembling[1], assembling[0])
     if obs.mount_blocked:
-        return Plan(Blocked(reason=obs.mount_blocked), "blocked", tuple(notes))
+        return at(Phase.BLOCKED, Blocked(reason=obs.mount_blocked))
     if obs.exports.present and (not obs.mounted or obs.read_only):
         why = "the drive is not mounted" if not obs.mounted else "the filesystem is to be mounted again"
-        return Plan(WithdrawExports(reason=f"{why}: its exports go first (an empty directory is never exported, "
-                                           "and an export would keep the mount busy)"), "recovering", tuple(notes))
+        return at(Phase.RECOVERING, WithdrawExports(reason=f"{why}: its exports go first (an empty directory is "
+                                                    "never exported, and an export would keep the mount busy)"))
     if not obs.mounted:
-        return Plan(Mount(reason="the filesystem is not mounted"), "mounting", tuple(notes))
+        return at(Phase.MOUNTING, Mount(reason="the filesystem is not mounted"))
     if obs.read_only:
-        return Plan(Remount(reason="the kernel made the filesystem read-only after I/O errors (was a volume "
-                                   "detached while mounted?): unmounting and mounting it again"),
-                    "recovering", tuple(notes))
-    if fresh:
-        return Plan(Join(volume_id=fresh[0].id, reason=f"{fresh[0].id} is attached but not part of the drive"),
-                    "scaling-up", tuple(notes))
-    held = dict(obs.removal_held)
-    for v in removing:
-        if v.member and v.id in held:
-            return Plan(MarkVolume(volume_id=v.id, value="", reason=f"abandoning the removal of {v.id}: {held[v.id]}; "
-                                   "it stays in the drive"), "scaling-down", tuple(notes))
-        if v.member and obs.usage is not None:
-            why = removal_no_longer_fits(spec, obs.usage, obs.pace, members, v)
-            if why:
-                return Plan(MarkVolume(volume_id=v.id, value="", reason=f"abandoning the removal of {v.id}: {why}; "
-                                       "it stays in the drive"), "scaling-up", tuple(notes))
-        if v.member or v.own:
-            # own but not a member: an orphan PV left by a stop between vgreduce and pvremove.
-            keep = ideal_bytes(spec, obs.usage) if obs.usage else None
-            data = f" ({v.live_bytes / 1024**2:.0f} MiB of the drive's data on it)" if v.live_bytes is not None else ""
-            return Plan(RemoveFromDrive(volume_id=v.id, keep_bytes=keep, live_bytes=v.live_bytes,
-                                        reason=f"moving data off {v.id} before it leaves the drive{data}"),
-                        "scaling-down", tuple(notes))
-    if obs.can_grow or obs.move_in_progress:
-        return Plan(Grow(reason="the filesystem can use more space"), "growing", tuple(notes))
+        return at(Phase.RECOVERING, Remount(reason="the kernel made the filesystem read-only after I/O errors (was "
+                                            "a volume detached while mounted?): unmounting and mounting it again"))
+    return None
+
+
+def _plan_online(spec: DriveConfig, obs: DriveObs, max_volume_gib: int) -> Plan:
+    notes: list[str] = []
+    vols = _usable(obs, notes)
+    live = [v for v in vols if v.bookkeeping != EVACUATED]
+    members = [v for v in live if v.member]
+    removing = [v for v in live if v.bookkeeping == REMOVING]
+    fresh = [v for v in live if not v.member and (v.blank or v.own) and v.bookkeeping != REMOVING]
+    step = _plan_cloud(spec, obs, vols) or _plan_host(obs, live)
+    if step is None:
+        for v in removing:
+            if not v.member and v.blank:
+                step = down(MarkVolume(volume_id=v.id, value=EVACUATED, reason=f"{v.id} verifiably holds nothing "
+                                       "of the drive any more"))
+                break
+    step = step or _plan_mount(spec, obs, members, fresh)
+    if step is None and fresh:
+        step = up(Join(volume_id=fresh[0].id, reason=f"{fresh[0].id} is attached but not part of the drive"))
+    step = step or plan_removals(spec, obs, members, removing)
+    if step is not None:
+        return Plan(step[0], step[1], tuple(notes), step[2])
+    if obs.can_grow or obs.storage.move_in_progress:
+        return Plan(Grow(reason="the filesystem can use more space"), Phase.GROWING, tuple(notes))
     odd = [v.id for v in live if not v.member]
     if odd:
         return Plan(Wait(reason=f"cannot tell what {', '.join(odd)} hold (neither part of the drive, blank, nor "
-                                "foreign); looking again"), "online", tuple(notes))
+                                "foreign); looking again"), Phase.ONLINE, tuple(notes))
     if obs.usage is None:
         return _settled(obs, notes)
-    action, note = scale_decision(spec, members, obs.usage, max_volume_gib, obs.pace)
+    return _plan_scaling(spec, obs, members, max_volume_gib, notes)
+
+
+def _plan_scaling(spec: DriveConfig, obs: DriveObs, members: list[VolumeObs], max_volume_gib: int,
+                  notes: list[str]) -> Plan:
+    """The drive is built, mounted and whole: scale it (one decision), or settle."""
+    assert obs.usage is not None
+    decision = scale_decision(spec, members, obs.usage, max_volume_gib, obs.pace)
+    held = dict(obs.removal_held)
+    action = decision.action
     if isinstance(action, MarkVolume) and action.volume_id in held:
-        action, note = None, f"not removing {action.volume_id} for now: {held[action.volume_id]}"
-    if note:
-        notes.append(note)
-    if action is None:
+        decision = ScaleDecision(note=f"not removing {action.volume_id} for now: {held[action.volume_id]}")
+    if decision.note:
+        notes.append(decision.note)
+    if decision.action is None or decision.direction is None:
         return _settled(obs, notes)
-    phase = "scaling-up" if isinstance(action, CreateVolume) and \
-        scale_up_reason(spec, obs.usage, obs.pace) is not None else "scaling-down"
-    return Plan(action, phase, tuple(notes))
+    phase = Phase.SCALING_UP if decision.direction is Direction.UP else Phase.SCALING_DOWN
+    return Plan(decision.action, phase, tuple(notes), decision.direction)
 
 
 def _settled(obs: DriveObs, notes: list[str]) -> Plan:
@@ -217,33 +180,34 @@ def _settled(obs: DriveObs, notes: list[str]) -> Plan:
     planner plans nothing for the exports meanwhile."""
     e = obs.exports
     if e.in_sync:
-        return Plan(Idle(reason="online"), "online", tuple(notes))
+        return Plan(Idle(reason="online"), Phase.ONLINE, tuple(notes))
     if not e.error:
-        return Plan(ApplyExports(reason=e.detail or "the exports differ from the config"), "exporting", tuple(notes))
+        return Plan(ApplyExports(reason=e.detail or "the exports differ from the config"), Phase.EXPORTING,
+                    tuple(notes))
     which = ", ".join(e.failing) or "of the drive"
     when = datetime.fromtimestamp(e.retry_at, timezone.utc).strftime("%H:%M:%S UTC") if e.retry_at is not None \
         else "now"
     tries = f" ({e.attempts} failed attempt{'s' if e.attempts != 1 else ''})" if e.attempts else ""
     if e.held:
         note = f"export {which} not applied{tries}: {e.error}; tried again at {when}"
-        return Plan(Idle(reason=f"online; export {which} not applied, tried again at {when}"), "online",
+        return Plan(Idle(reason=f"online; export {which} not applied, tried again at {when}"), Phase.ONLINE,
                     (*notes, note))
     note = f"export {which} not applied{tries}: {e.error}; trying again now"
-    return Plan(ApplyExports(reason=f"trying again: {e.detail or 'the exports differ from the config'}"), "online",
+    return Plan(ApplyExports(reason=f"trying again: {e.detail or 'the exports differ from the config'}"), Phase.ONLINE,
                 (*notes, note))
 
 
 def _plan_offline(obs: DriveObs) -> Plan | None:
     if obs.exports.present:
         return Plan(WithdrawExports(reason="target is offline: exports first, so the unmount finds nothing busy"),
-                    "going-offline")
+                    Phase.GOING_OFFLINE)
     if obs.mounted:
-        return Plan(Unmount(reason="target is offline"), "going-offline")
+        return Plan(Unmount(reason="target is offline"), Phase.GOING_OFFLINE)
     if obs.active:
-        return Plan(Deactivate(reason="target is offline"), "going-offline")
+        return Plan(Deactivate(reason="target is offline"), Phase.GOING_OFFLINE)
     for v in obs.volumes:
         if v.attached_here:
-            return Plan(DetachVolume(volume_id=v.id, reason="target is offline"), "going-offline")
+            return Plan(DetachVolume(volume_id=v.id, reason="target is offline"), Phase.GOING_OFFLINE)
     return None
 
 
@@ -254,21 +218,21 @@ def plan(spec: DriveConfig, obs: DriveObs, max_volume_gib: int = DEFAULT_MAX_VOL
         if obs.attach_refused and isinstance(online.action, CreateVolume | AttachVolume):
             # The VM takes no more volumes: nothing is created (it could not be attached) nor attached until a person
             # acted or the engine tries again.
-            return Plan(Blocked(reason=obs.attach_refused), "blocked", online.notes)
+            return Plan(Blocked(reason=obs.attach_refused), Phase.BLOCKED, online.notes)
         return online
     offline = _plan_offline(obs)
     if offline is not None:
         return offline
     if spec.target == Target.OFFLINE:
-        return Plan(Idle(reason="offline"), "offline")
+        return Plan(Idle(reason="offline"), Phase.OFFLINE)
     for v in obs.volumes:
         if v.attached_elsewhere:
             return Plan(Blocked(reason=f"volume {v.id} is attached to {v.attached_elsewhere}; not deleting it"),
-                        "blocked")
+                        Phase.BLOCKED)
     for v in obs.volumes:
         if v.state == AVAILABLE or v.state == ERROR:
-            return Plan(DeleteVolume(volume_id=v.id, reason="target is delete"), "deleting")
+            return Plan(DeleteVolume(volume_id=v.id, reason="target is delete"), Phase.DELETING)
     pending = [v.id for v in obs.volumes if v.state in (CREATING, DELETING)]
     if pending:
-        return Plan(Wait(reason=f"waiting for {', '.join(pending)}"), "deleting")
-    return Plan(Idle(reason="deleted"), "deleted")
+        return Plan(Wait(reason=f"waiting for {', '.join(pending)}"), Phase.DELETING)
+    return Plan(Idle(reason="deleted"), Phase.DELETED)

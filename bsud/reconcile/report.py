@@ -1,19 +1,22 @@
 """What a drive's step reports: one :class:`DriveStatus` per drive, kept up to date by the engine.
 
-The daemon hands the reports of all drives to its sinks (status file, sd_notify — see ``bsud.sinks``); the CLI
-builds the same report from one observation when no daemon runs. Nothing here does I/O.
+The daemon hands the reports of all drives to its sinks (status file, sd_notify, metrics — see ``bsud.sinks``);
+the CLI builds the same report from one observation when no daemon runs. The report stays typed — the volumes and
+exports as observed, the last scale event as the event — until a sink writes JSON (:meth:`DriveStatus.as_dict`).
+Nothing here does I/O.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from bsud.logs import get_logger
-from bsud.reconcile.model import DriveObs, Pace, Plan, UsageObs
-from bsud.reconcile.scaling import time_to_full
+from bsud.reconcile.events import Event
+from bsud.reconcile.model import DriveObs, ExportsObs, Pace, Phase, Plan, UsageObs, VolumeObs
+from bsud.reconcile.trigger import time_to_full
 
 log = get_logger("bsud.reconcile")
 
@@ -24,7 +27,7 @@ class DriveStatus:
     target: str
     layout: str
     mount_path: str
-    phase: str = "starting"
+    phase: Phase = Phase.STARTING
     action: str = ""
     reason: str = ""
     size_gib: int = 0
@@ -35,18 +38,21 @@ class DriveStatus:
     write_rate: float = 0.0                  # bytes/s, live
     seconds_to_full: float | None = None     # at write_rate; None when nothing is written
     grow_seconds: float = 0.0                # what a grow takes (learned, else the provider's default)
-    volumes: list[dict[str, object]] = field(default_factory=list)
+    volumes: tuple[VolumeObs, ...] = ()
     notes: list[str] = field(default_factory=list)
     last_error: str | None = None
     outcome: str | None = None               # what the last action executed did (changed / unchanged / preempted)
     errors: int = 0                          # steps that failed since bsud started (each retried)
-    last_scale_event: dict[str, Any] | None = None  # the last scale-up/scale-down event (started, done, …)
-    #: wanted, names, in_sync, servers, detail; once applying them failed: error, failing (export names), attempts,
-    #: retry_at (epoch seconds of the next attempt)
-    exports: dict[str, Any] = field(default_factory=dict)
+    last_scale_event: Event | None = None   # the last scale-up/scale-down event (started, done, …)
+    #: The drive's exports as observed, with the engine's memory of a failure to apply them; None when it has
+    #: none (none wanted, none present)
+    exports: ExportsObs | None = None
     mounted: bool = False                    # on its mount path, as the last observation saw it
     updated: float = 0.0                     # when a step last observed the drive without error (record);
                                              # 0 until one did (metric bsud_drive_last_observed_timestamp_seconds)
+
+    def __post_init__(self) -> None:
+        self.phase = Phase(self.phase)
 
     def line(self) -> str:
         used = f"{self.used_percent:.1f}%" if self.used_percent is not None else "-"
@@ -58,7 +64,13 @@ class DriveStatus:
         return text
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The status file's form of the report (JSON types only)."""
+        data: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        data.update(phase=self.phase.value,
+                    volumes=[volume_dict(v) for v in self.volumes], notes=list(self.notes),
+                    last_scale_event=self.last_scale_event.as_dict() if self.last_scale_event else None,
+                    exports=exports_dict(self.exports) if self.exports is not None else {})
+        return data
 
     def record(self, obs: DriveObs, current: Plan) -> None:
         """A step's observation and plan. A note is logged once while it holds (a seconds-to-full note changes,
@@ -70,19 +82,9 @@ class DriveStatus:
         self.notes = list(current.notes)
         self.size_gib = obs.size_gib
         self.mounted = obs.mounted
-        e = obs.exports
-        self.exports = {"wanted": e.wanted, "names": list(e.names), "in_sync": e.in_sync, "servers": list(e.servers),
-                        "detail": e.detail, **({"stats": {name: dict(counters) for name, counters in e.stats}}
-                                               if e.stats else {}),
-                        **({"clients": {address: dict(counters) for address, counters in e.clients}}
-                           if e.clients else {}),
-                        **({"error": e.error, "failing": list(e.failing), "attempts": e.attempts,
-                            "retry_at": e.retry_at} if e.error else {})} if e.wanted or e.present else {}
+        self.exports = obs.exports if obs.exports.wanted or obs.exports.present else None
         self.record_usage(obs.usage, obs.pace)
-        self.volumes = [{"id": v.id, "size_gib": v.size_gib, "state": v.state, "device": v.device,
-                         "member": v.member, **({"bookkeeping": v.bookkeeping} if v.bookkeeping else {}),
-                         **({"live_bytes": v.live_bytes} if v.live_bytes is not None else {})}
-                        for v in obs.volumes]
+        self.volumes = obs.volumes
         self.updated = time.time()
 
     def record_usage(self, usage: UsageObs | None, pace: Pace) -> None:
@@ -93,3 +95,26 @@ class DriveStatus:
         left = time_to_full(usage, pace) if usage else math.inf
         self.seconds_to_full = None if math.isinf(left) else round(left, 1)
         self.grow_seconds = round(pace.grow_seconds, 2)
+
+
+def volume_dict(v: VolumeObs) -> dict[str, Any]:
+    """A volume as the status file shows it."""
+    return {"id": v.id, "size_gib": v.size_gib, "state": v.state, "device": v.device, "member": v.member,
+            **({"bookkeeping": v.bookkeeping} if v.bookkeeping else {}),
+            **({"live_bytes": v.live_bytes} if v.live_bytes is not None else {})}
+
+
+def exports_dict(e: ExportsObs) -> dict[str, Any]:
+    """The exports as the status file shows them: wanted, names, in_sync, servers, detail, the servers' counters
+    (stats by export, clients by address) when they count; once applying them failed: error, failing (export
+    names), attempts, retry_at (epoch seconds of the next attempt)."""
+    return {"wanted": e.wanted, "names": list(e.names), "in_sync": e.in_sync, "servers": list(e.servers),
+            "detail": e.detail, **({"stats": by_name(e.stats)} if e.stats else {}),
+            **({"clients": by_name(e.clients)} if e.clients else {}),
+            **({"error": e.error, "failing": list(e.failing), "attempts": e.attempts, "retry_at": e.retry_at}
+               if e.error else {})}
+
+
+def by_name(counted: tuple[tuple[str, tuple[tuple[str, int], ...]], ...]) -> dict[str, dict[str, int]]:
+    """An observation's counters (``ExportsObs.stats`` by export, ``.clients`` by address) as mappings."""
+    return {name: dict(counters) for name, counters in counted}

@@ -23,6 +23,7 @@ from bsud.reconcile.model import AttachVolume, Blocked, CreateVolume, DriveObs, 
 from bsud.reconcile.observe import CloudSnapshot
 from bsud.reconcile.planner import plan
 from bsud.runner import Runner
+from bsud.storage import LayoutState
 
 GIB = 1 << 30
 REFUSED = ("drive 'd': this VM takes no more volumes (AttachmentLimitExceeded: limit reached): vol-9 could not be "
@@ -42,7 +43,7 @@ def member(vid: str, size: int = 10) -> VolumeObs:
 
 def mounted(*vols: VolumeObs, used: float, **kw: Any) -> DriveObs:
     size = sum(v.size_gib for v in vols if v.member) * GIB
-    return DriveObs(name="d", volumes=vols, has_filesystem=True, mounted=True, active=True,
+    return DriveObs(name="d", volumes=vols, storage=LayoutState(has_filesystem=True), mounted=True, active=True,
                     usage=UsageObs(used=int(used * GIB), free=size - int(used * GIB), size=size), **kw)
 
 

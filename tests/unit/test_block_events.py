@@ -34,18 +34,23 @@ def daemon(**workers: Worker) -> SimpleNamespace:
     return SimpleNamespace(workers=workers, snapshot=Snapshot())
 
 
+def observed(*volumes: SimpleNamespace, missing: str | None = None) -> SimpleNamespace:
+    """A drive's last observation, as much of it as the daemon reads: its volumes, what its storage misses."""
+    return SimpleNamespace(volumes=list(volumes), storage=SimpleNamespace(missing=missing))
+
+
 def test_a_member_device_that_goes_wakes_its_drive_with_a_fresh_listing():
-    data = Worker(SimpleNamespace(volumes=[volume("/dev/sdb"), volume("/dev/sdc")], missing=None))
-    logs = Worker(SimpleNamespace(volumes=[volume("/dev/sdd")], missing=None))
+    data = Worker(observed(volume("/dev/sdb"), volume("/dev/sdc")))
+    logs = Worker(observed(volume("/dev/sdd")))
     host = daemon(data=data, logs=logs)
     Daemon._block_event(host, "remove", "/dev/sdc")  # type: ignore[arg-type]
     assert data.poked.is_set() and not logs.poked.is_set() and host.snapshot.invalidated == 1
 
 
 def test_a_device_that_comes_wakes_the_drives_that_miss_one():
-    missing = Worker(SimpleNamespace(volumes=[volume("/dev/sdb"), volume(None)], missing=None))
-    whole = Worker(SimpleNamespace(volumes=[volume("/dev/sdd")], missing=None))
-    lost_pv = Worker(SimpleNamespace(volumes=[volume("/dev/sde")], missing="VG x misses 1 of its 2 PVs"))
+    missing = Worker(observed(volume("/dev/sdb"), volume(None)))
+    whole = Worker(observed(volume("/dev/sdd")))
+    lost_pv = Worker(observed(volume("/dev/sde"), missing="VG x misses 1 of its 2 PVs"))
     host = daemon(missing=missing, whole=whole, lost_pv=lost_pv)
     Daemon._block_event(host, "add", "/dev/sdf")  # type: ignore[arg-type]
     assert missing.poked.is_set() and lost_pv.poked.is_set() and not whole.poked.is_set()
@@ -53,7 +58,7 @@ def test_a_device_that_comes_wakes_the_drives_that_miss_one():
 
 
 def test_an_event_concerning_no_drive_costs_no_listing():
-    data = Worker(SimpleNamespace(volumes=[volume("/dev/sdb")], missing=None))
+    data = Worker(observed(volume("/dev/sdb")))
     starting = Worker(None)
     host = daemon(data=data, starting=starting)
     for action, device in (("change", "/dev/dm-3"), ("add", "/dev/sdz"), ("remove", "/dev/loop7")):

@@ -21,6 +21,7 @@ from bsud.reconcile.model import (REMOVING, ApplyExports, DriveObs, ExportsObs, 
                                   Pace, RemoveFromDrive, Unmount, UsageObs, VolumeObs)
 from bsud.reconcile.observe import CloudSnapshot
 from bsud.sinks import DaemonReport
+from bsud.storage import LayoutState
 
 
 class FakeExecutor:
@@ -51,8 +52,9 @@ class ScriptedDrive(DriveReconciler):
 
 
 MEMBER = VolumeObs(id="v1", size_gib=10, state="in-use", attached_here=True, device="/dev/x", member=True)
-GROWABLE = DriveObs(name="d", volumes=(MEMBER,), has_filesystem=True, mounted=True, active=True, can_grow=True)
-SETTLED = DriveObs(name="d", volumes=(MEMBER,), has_filesystem=True, mounted=True, active=True)
+GROWABLE = DriveObs(name="d", volumes=(MEMBER,), storage=LayoutState(has_filesystem=True), mounted=True, active=True,
+                    can_grow=True)
+SETTLED = DriveObs(name="d", volumes=(MEMBER,), storage=LayoutState(has_filesystem=True), mounted=True, active=True)
 
 
 @pytest.fixture
@@ -149,7 +151,8 @@ def test_a_removal_failing_again_and_again_is_given_up_for_an_hour_then_tried_ag
     small = VolumeObs(id="v2", size_gib=10, state="in-use", attached_here=True, device="/dev/y", member=True)
     big = VolumeObs(id="v1", size_gib=30, state="in-use", attached_here=True, device="/dev/x", member=True)
     low = UsageObs(used=2 << 30, free=38 << 30, size=40 << 30)
-    removing = DriveObs(name="d", volumes=(replace_(big, bookkeeping=REMOVING), small), has_filesystem=True,
+    removing = DriveObs(name="d", volumes=(replace_(big, bookkeeping=REMOVING), small),
+                        storage=LayoutState(has_filesystem=True),
                         mounted=True, active=True, usage=low)
     rec.next_obs = removing
 
@@ -182,7 +185,8 @@ def test_a_preempted_removal_is_no_failure_and_gives_way_to_growth(drive):
     big = VolumeObs(id="v2", size_gib=10, state="in-use", attached_here=True, device="/dev/y", member=True,
                     bookkeeping=REMOVING)
     low = UsageObs(used=3 << 30, free=11 << 30, size=14 << 30)
-    quiet = DriveObs(name="d", volumes=(small, big), has_filesystem=True, mounted=True, active=True, usage=low)
+    quiet = DriveObs(name="d", volumes=(small, big), storage=LayoutState(has_filesystem=True), mounted=True,
+                     active=True, usage=low)
     fake.outcome = Outcome.PREEMPTED
     rec.next_obs = quiet
     for _ in range(max(REMOVAL_FAILURE_LIMIT, REPEAT_LIMIT) + 1):  # bursts come and go: the removal starts again
@@ -264,8 +268,8 @@ def test_a_failing_export_leaves_the_drive_online_and_is_tried_again_with_backof
     assert rec.last_plan.phase == "exporting" and fake.done == ["ApplyExports"]
     assert info.value.delay == 10.0  # retry-seconds: the worker waits that long
     st = rec.status
-    assert st.phase == "online" and st.exports["in_sync"] is False  # bsud_drive_exports_applied stays 0
-    assert st.exports["error"] == BUSY and st.exports["failing"] == [f"nvmeof:{NQN}"] and st.exports["attempts"] == 1
+    assert st.phase == "online" and st.exports.in_sync is False  # bsud_drive_exports_applied stays 0
+    assert st.exports.error == BUSY and st.exports.failing == (f"nvmeof:{NQN}",) and st.exports.attempts == 1
     assert any(note.startswith(f"export nvmeof:{NQN} not applied (1 failed attempt): {BUSY}; tried again at ")
                for note in st.notes)
     assert [(e.kind, e.result, e.export, e.reason) for e in events] == [("export", "failed", f"nvmeof:{NQN}", BUSY)]
@@ -288,7 +292,7 @@ def test_a_failing_export_leaves_the_drive_online_and_is_tried_again_with_backof
         assert rec.last_plan.phase == "online"  # tried again, never "exporting" for ever
         delays.append(again.value.delay)
     assert delays == [20.0, 40.0, 80.0, 160.0, 300.0, 300.0]  # doubling, at most 5 minutes apart
-    assert len(events) == 1 and rec.status.exports["attempts"] == 7  # the event is said once
+    assert len(events) == 1 and rec.status.exports.attempts == 7  # the event is said once
 
     # Scaling goes first whatever the exports do.
     rec.next_obs = replace_(rec.next_obs, can_grow=True)
@@ -304,7 +308,7 @@ def test_a_failing_export_leaves_the_drive_online_and_is_tried_again_with_backof
     rec.next_obs = replace_(rec.next_obs, exports=replace_(EXPORTS_OUT, in_sync=True, detail=""))
     settled = rec.step()
     assert settled.action == Idle() and settled.phase == "online" and settled.notes == ()
-    assert "error" not in rec.status.exports and rec.status.last_error is None and len(events) == 2
+    assert rec.status.exports.error == "" and rec.status.last_error is None and len(events) == 2
     # A later failure is a new episode: exporting first, then a new event.
     rec.next_obs = replace_(rec.next_obs, exports=EXPORTS_OUT)
     fake.failing = True
@@ -324,7 +328,7 @@ def test_changed_exports_are_tried_at_once_and_exports_fixed_by_hand_end_the_fai
         rec.step()
     assert fake.done == ["ApplyExports", "ApplyExports"]
     assert (rec.last_plan.action, rec.last_plan.phase) == (ApplyExports(), "online")
-    assert rec.status.exports["failing"] == ["nvmeof"]  # withdrawing the kind failed: named by the kind
+    assert rec.status.exports.failing == ("nvmeof",)  # withdrawing the kind failed: named by the kind
     # The port freed by hand and bsud's view in sync without its doing: the failure ends all the same.
     rec.next_obs = replace_(rec.next_obs, exports=replace_(EXPORTS_OUT, in_sync=True, detail=""))
     assert rec.step().action == Idle() and rec.exports_failure is None
@@ -339,4 +343,4 @@ def test_a_failure_before_any_kind_ran_names_every_export(exporting):
     fake.run = unmounted  # type: ignore[method-assign]
     with pytest.raises(BsudError):
         rec.step()
-    assert rec.status.exports["failing"] == ["nfs:/", f"nvmeof:{NQN}"]
+    assert rec.status.exports.failing == ("nfs:/", f"nvmeof:{NQN}")

@@ -18,6 +18,7 @@ from bsud.reconcile.events import (
     EventTracker,
 )
 from bsud.reconcile.model import (
+    Direction,
     AttachVolume,
     Blocked,
     CreateVolume,
@@ -42,13 +43,14 @@ def kinds(events: list[Event]) -> list[tuple[str, str]]:
 
 def test_a_scale_up_starts_at_the_decision_and_ends_when_the_capacity_is_usable():
     t = EventTracker("d")
-    create = Plan(CreateVolume(size_gib=12, reason="used 90% > 85%"), "scaling-up")
+    create = Plan(CreateVolume(size_gib=12, reason="used 90% > 85%"), "scaling-up", direction=Direction.UP)
     started = t.executing(create, OBS, now=100.0)
     assert kinds(started) == [(SCALE_UP, STARTED)]
     assert started[0].volume_gib == 12 and started[0].drive_gib == 10 and started[0].reason == "used 90% > 85%"
     assert t.executed(create, OBS, now=101.0, created="v2") == []
     # The steps that follow belong to the same event: nothing new is said.
-    for step in (Plan(AttachVolume(volume_id="v2"), "attaching"), Plan(Join(volume_id="v2"), "scaling-up"),
+    for step in (Plan(AttachVolume(volume_id="v2"), "attaching"),
+                 Plan(Join(volume_id="v2"), "scaling-up", direction=Direction.UP),
                  Plan(Grow(), "growing")):
         assert t.executing(step, OBS, now=102.0) == [] and t.executed(step, OBS, now=103.0) == []
     done = t.grew(took=21.5, obs=OBS)
@@ -59,7 +61,7 @@ def test_a_scale_up_starts_at_the_decision_and_ends_when_the_capacity_is_usable(
 
 def test_a_failure_inside_a_scale_event_is_reported_and_the_event_stays_open():
     t = EventTracker("d")
-    create = Plan(CreateVolume(size_gib=12), "scaling-up")
+    create = Plan(CreateVolume(size_gib=12), "scaling-up", direction=Direction.UP)
     t.executing(create, OBS, now=100.0)
     failed = t.failed(Plan(AttachVolume(volume_id="v2"), "attaching"), OBS, "AttachVolume: throttled", now=130.0)
     assert kinds(failed) == [(SCALE_UP, FAILED)] and failed[0].duration == 30.0
@@ -71,19 +73,22 @@ def test_a_failure_inside_a_scale_event_is_reported_and_the_event_stays_open():
 
 def test_a_scale_down_runs_from_its_first_step_to_the_volume_retired():
     t = EventTracker("d")
-    mark = Plan(MarkVolume(volume_id="v1", value="removing", reason="used 20% < 40%"), "scaling-down")
+    mark = Plan(MarkVolume(volume_id="v1", value="removing", reason="used 20% < 40%"), "scaling-down",
+                direction=Direction.DOWN)
     assert kinds(t.executing(mark, OBS, now=10.0)) == [(SCALE_DOWN, STARTED)]
-    remove = Plan(RemoveFromDrive(volume_id="v1"), "scaling-down")
+    remove = Plan(RemoveFromDrive(volume_id="v1"), "scaling-down", direction=Direction.DOWN)
     assert t.executing(remove, OBS, now=11.0) == [] and t.executed(remove, OBS, now=50.0) == []
-    retire = Plan(RetireVolume(volume_id="v1"), "scaling-down")
+    retire = Plan(RetireVolume(volume_id="v1"), "scaling-down", direction=Direction.DOWN)
     done = t.executed(retire, OBS, now=70.0)
     assert kinds(done) == [(SCALE_DOWN, DONE)] and done[0].duration == 60.0 and done[0].volume == "v1"
 
 
 def test_an_abandoned_scale_down_says_so():
     t = EventTracker("d")
-    t.executing(Plan(MarkVolume(volume_id="v1", value="removing"), "scaling-down"), OBS, now=0.0)
-    abandon = Plan(MarkVolume(volume_id="v1", value="", reason="the data grew"), "scaling-down")
+    t.executing(Plan(MarkVolume(volume_id="v1", value="removing"), "scaling-down", direction=Direction.DOWN), OBS,
+                now=0.0)
+    abandon = Plan(MarkVolume(volume_id="v1", value="", reason="the data grew"), "scaling-down",
+                   direction=Direction.DOWN)
     assert kinds(t.executed(abandon, OBS, now=5.0)) == [(SCALE_DOWN, ABANDONED)]
 
 

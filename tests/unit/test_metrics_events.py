@@ -19,7 +19,7 @@ from bsud.reconcile.events import Event
 from bsud.reconcile.report import DriveStatus
 from bsud.sinks import DaemonReport, EventCommand
 
-from ..metrics_fixture import full_metrics, sample_names, scrape
+from ..metrics_fixture import exports_obs, full_metrics, sample_names, scrape, volume_list
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -39,9 +39,9 @@ def report(*drives: DriveStatus) -> DaemonReport:
 def test_drive_gauges_follow_the_report_and_a_removed_drive_disappears():
     writing = DriveStatus("data", "online", "lvm", "/data", phase="scaling-up", size_bytes=10 << 30,
                           used_bytes=9 << 30, write_rate=50e6, seconds_to_full=21.5, errors=3,
-                          volumes=[{"id": "vol-1"}, {"id": "vol-2"}])
+                          volumes=volume_list([{"id": "vol-1"}, {"id": "vol-2"}]))
     stuck = DriveStatus("logs", "online", "btrfs", "/logs", phase="blocked",
-                        exports={"wanted": 1, "in_sync": False, "servers": [], "detail": "x"})
+                        exports=exports_obs({"wanted": 1, "in_sync": False, "servers": [], "detail": "x"}))
     m = Metrics()
     m.publish(report(writing, stuck))
     got = samples(generate_latest(m.registry).decode())
@@ -187,10 +187,10 @@ def test_the_documented_webhook_example_posts_the_event(tmp_path: Path, monkeypa
 
 
 def test_an_exports_io_counters_become_counters_per_drive_and_export():
-    served = DriveStatus("data", "online", "lvm", "/data", phase="online", exports={
+    served = DriveStatus("data", "online", "lvm", "/data", phase="online", exports=exports_obs({
         "wanted": 2, "in_sync": True, "servers": ["nfs-ganesha: ready"], "detail": "",
         "stats": {"nfs:a": {"read_bytes": 4096, "write_bytes": 1 << 20, "requests": 40, "errors": 1,
-                            "latency_ns": 2_500_000_000}, "nfs:b": {}}})
+                            "latency_ns": 2_500_000_000}, "nfs:b": {}}}))
     m = Metrics()
     m.publish(report(served))
     got = samples(generate_latest(m.registry).decode())
@@ -204,8 +204,8 @@ def test_an_exports_io_counters_become_counters_per_drive_and_export():
 
 def test_nfs_clients_counters_are_per_client_once_whatever_the_drives_sharing_the_server():
     clients = {"10.0.0.5": {"read_bytes": 10, "write_bytes": 20, "requests": 3, "errors": 0, "latency_ns": 5e8}}
-    drives = [DriveStatus(name, "online", "lvm", f"/{name}", phase="online", exports={
-        "wanted": 1, "in_sync": True, "servers": ["nfs-ganesha: ready"], "detail": "", "clients": clients})
+    drives = [DriveStatus(name, "online", "lvm", f"/{name}", phase="online", exports=exports_obs({
+        "wanted": 1, "in_sync": True, "servers": ["nfs-ganesha: ready"], "detail": "", "clients": clients}))
         for name in ("one", "two")]
     m = Metrics()
     m.publish(report(*drives))

@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bsud.metrics import CLIENT_KEYS, DEPRECATED, MAX_CLIENT_SERIES, OTHER_CLIENTS, ClientSeries, Metrics
+from bsud.client_series import CLIENT_KEYS, MAX_CLIENT_SERIES, OTHER_CLIENTS, ClientSeries
+from bsud.metrics import DEPRECATED, Metrics
 from bsud.reconcile.events import Event
 from bsud.reconcile.report import DriveStatus
 from bsud.sinks import DaemonReport
 
-from ..metrics_fixture import full_metrics, full_report, sample_names, scrape
+from ..metrics_fixture import exports_obs, full_metrics, full_report, sample_names, scrape
 
 #: Units of the naming guide's base-unit table that bsud uses, and non-base units it must not use.
 UNITS = ("seconds", "bytes", "ratio", "bytes_per_second")
@@ -233,8 +234,8 @@ def test_no_client_series_while_no_drive_reports_clients_and_other_resumes_where
 def test_drives_sharing_the_server_give_each_client_its_latest_count():
     """Each drive's status has the clients as its own last step saw them: the higher count is the fresher."""
     def drive(name: str, read: float) -> DriveStatus:
-        return DriveStatus(name, "online", "lvm", f"/{name}", exports={
-            "wanted": 1, "in_sync": True, "servers": [], "detail": "", "clients": {"10.0.0.5": client(read)}})
+        return DriveStatus(name, "online", "lvm", f"/{name}", exports=exports_obs({
+            "wanted": 1, "in_sync": True, "servers": [], "detail": "", "clients": {"10.0.0.5": client(read)}}))
 
     m = Metrics()
     m.publish(DaemonReport(version="t", pid=1, config="c", started=0, updated=0, unmanaged={},

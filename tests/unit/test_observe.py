@@ -76,8 +76,7 @@ def test_the_layout_state_reaches_the_planner(tmp_path: Path):
     state = LayoutState(has_filesystem=True, active=True, missing="VG d misses 1 of its 2 PVs", stale=("vdc",),
                         lv_missing=False, move_in_progress=True)
     obs, _ = observe_drive(spec(tmp_path), [], CountingCloud([]), ScriptedLayout(state))
-    assert (obs.has_filesystem, obs.active, obs.missing, obs.stale, obs.move_in_progress) == (
-        True, True, "VG d misses 1 of its 2 PVs", ("vdc",), True)
+    assert obs.storage == state and obs.active
     assert not obs.mounted and obs.usage is None and not obs.read_only
     # A layout for which 'active' means mounted: not mounted, so not active whatever its devices say.
     obs, _ = observe_drive(spec(tmp_path), [], CountingCloud([]), ScriptedLayout(state, active_is_state=False))

@@ -16,7 +16,10 @@ from bsud.reconcile.model import (
     VolumeObs,
 )
 from bsud.reconcile.planner import plan
-from bsud.reconcile.scaling import scale_decision, scale_up_reason, seconds_to_full, used_percent_without
+from bsud.reconcile.removal import used_percent_after
+from bsud.reconcile.scaling import scale_decision
+from bsud.reconcile.trigger import scale_up_reason, seconds_to_full
+from bsud.storage import LayoutState
 
 
 def spec(**kw) -> DriveConfig:
@@ -38,9 +41,15 @@ def usage(used_gib: float, total_gib: float) -> UsageObs:
     return UsageObs(used=used, free=int(total_gib * GIB) - used, size=int(total_gib * GIB))
 
 
+STORAGE_FIELDS = ("has_filesystem", "move_in_progress", "lv_missing", "missing", "stale")
+
+
 def online(*vols: VolumeObs, used: float | None = None, **kw) -> DriveObs:
+    """A mounted drive; the layout's state (``STORAGE_FIELDS``) is given with the rest and goes into ``storage``."""
     total = sum(v.size_gib for v in vols if v.member)
-    base = dict(has_filesystem=any(v.member for v in vols), mounted=True, active=True,
+    storage = dict(has_filesystem=any(v.member for v in vols))
+    storage.update({k: kw.pop(k) for k in STORAGE_FIELDS if k in kw})
+    base = dict(storage=LayoutState(**storage), mounted=True, active=True,
                 usage=usage(used, total) if used is not None else None)
     base.update(kw)
     return DriveObs(name="d", volumes=tuple(vols), **base)
@@ -83,7 +92,8 @@ ONLINE_TABLE = [
     ("lvm-member-without-fs-gets-mkfs", spec(layout=Layout.LVM),
      DriveObs(name="d", volumes=(vol("v1"),), active=True), ("MakeFilesystem", {})),
     ("lvm-inactive-is-activated", spec(layout=Layout.LVM),
-     DriveObs(name="d", volumes=(vol("v1"),), active=False, has_filesystem=False), ("Activate", {})),
+     DriveObs(name="d", volumes=(vol("v1"),), active=False, storage=LayoutState(has_filesystem=False)), ("Activate",
+              {})),
     ("not-mounted-is-mounted", spec(), online(vol("v1"), mounted=False), ("Mount", {})),
     ("mount-path-busy-blocks", spec(), online(vol("v1"), mounted=False, mount_blocked="not empty"), ("Blocked", {})),
     ("new-blank-volume-joins-when-mounted", spec(),
@@ -129,7 +139,8 @@ ONLINE_TABLE = [
      online(vol("v1"), vol("v2", 12, bookkeeping=REMOVING, member=False), used=2), ("Wait", {})),
     # issue 9 #2: stopped between vgcreate and lvcreate (or an original drive left so)
     ("lvm-vg-without-lv-gets-its-lv", spec(layout=Layout.LVM),
-     DriveObs(name="d", volumes=(vol("v1"),), active=False, lv_missing=True), ("MakeFilesystem", {})),
+     DriveObs(name="d", volumes=(vol("v1"),), active=False, storage=LayoutState(lv_missing=True)), ("MakeFilesystem",
+              {})),
     # issue 9 #4: a removal that no longer fits is abandoned, growth first
     ("removal-abandoned-when-data-grew", spec(),
      online(vol("v1"), vol("v2", 12, bookkeeping=REMOVING), used=9), ("MarkVolume", {"volume_id": "v2"})),
@@ -180,7 +191,8 @@ ONLINE_TABLE = [
     ("member-deleted-blocks-and-changes-nothing", spec(layout=Layout.LVM),
      online(vol("v1"), used=9.5, missing="VG d misses 1 of its 2 PVs"), ("Blocked", {})),
     ("member-deleted-while-offline-blocks-before-activation", spec(layout=Layout.LVM),
-     DriveObs(name="d", volumes=(vol("v1"),), active=False, missing="VG d misses 1 of its 2 PVs"), ("Blocked", {})),
+     DriveObs(name="d", volumes=(vol("v1"),), active=False,
+              storage=LayoutState(missing="VG d misses 1 of its 2 PVs")), ("Blocked", {})),
     ("btrfs-device-missing-blocks-the-mount", spec(),
      online(vol("v1"), mounted=False, missing="btrfs x misses some of its devices"), ("Blocked", {})),
     ("lv-mapping-a-replugged-device-is-refreshed", spec(layout=Layout.LVM),
@@ -236,7 +248,8 @@ SCALE_TABLE = [
                          ids=[r[0] for r in SCALE_TABLE])
 def test_scale_decision(overrides, sizes, used, expected):
     members = [vol(f"v{i}", size) for i, size in enumerate(sizes)]
-    action, note = scale_decision(spec(**overrides), members, usage(used, sum(sizes)), 14901)
+    decision = scale_decision(spec(**overrides), members, usage(used, sum(sizes)), 14901)
+    action, note = decision.action, decision.note
     if expected is None:
         assert action is None
         return
@@ -247,7 +260,8 @@ def test_scale_decision(overrides, sizes, used, expected):
 
 def test_limits_explain_themselves():
     members = [vol("v0", 10), vol("v1", 12)]
-    action, note = scale_decision(spec(max_total_size_gib=22), members, usage(20, 22), 14901)
+    decision = scale_decision(spec(max_total_size_gib=22), members, usage(20, 22), 14901)
+    action, note = decision.action, decision.note
     assert action is None and "max-total-size-gib" in note
 
 
@@ -256,12 +270,14 @@ def test_no_flapping_up_then_down():
     s = spec()
     for used in [x / 2 for x in range(1, 40)]:
         members = [vol("v0", 10)]
-        first, _ = scale_decision(s, members, usage(used, 10), 14901)
+        decision = scale_decision(s, members, usage(used, 10), 14901)
+        first = decision.action
         if first is None or first.kind != "CreateVolume":
             continue
         members.append(vol("new", first.size_gib))
         total = sum(v.size_gib for v in members)
-        second, _ = scale_decision(s, members, usage(used, total), 14901)
+        decision = scale_decision(s, members, usage(used, total), 14901)
+        second = decision.action
         assert second is None or getattr(second, "volume_id", None) != "new", (used, second)
 
 
@@ -269,19 +285,21 @@ def test_no_flapping_down_then_up():
     s = spec()
     for used in [x / 2 for x in range(1, 40)]:
         members = [vol("v0", 10), vol("v1", 12)]
-        first, _ = scale_decision(s, members, usage(used, 22), 14901)
+        decision = scale_decision(s, members, usage(used, 22), 14901)
+        first = decision.action
         if first is None or first.kind != "MarkVolume":
             continue
         remaining = [m for m in members if m.id != first.volume_id]
         after = usage(used, sum(v.size_gib for v in remaining))
-        second, _ = scale_decision(s, remaining, after, 14901)
+        decision = scale_decision(s, remaining, after, 14901)
+        second = decision.action
         assert second is None or second.kind != "CreateVolume", (used, second)
 
 
-def test_used_percent_without():
+def test_used_percent_after():
     u = usage(5, 20)
-    assert used_percent_without(u, 10 * GIB) == pytest.approx(50.0)
-    assert used_percent_without(u, 15 * GIB) == float("inf")
+    assert used_percent_after(u, 10 * GIB) == pytest.approx(50.0)
+    assert used_percent_after(u, 15 * GIB) == float("inf")
 
 
 OFFLINE_TABLE = [
@@ -352,7 +370,8 @@ PACE_TABLE = [
                          [r[1:] for r in PACE_TABLE], ids=[r[0] for r in PACE_TABLE])
 def test_scale_with_pace(overrides, sizes, used, p, max_gib, expected, note_part):
     members = [vol(f"v{i}", size) for i, size in enumerate(sizes)]
-    action, note = scale_decision(spec(**overrides), members, usage(used, sum(sizes)), max_gib, p)
+    decision = scale_decision(spec(**overrides), members, usage(used, sum(sizes)), max_gib, p)
+    action, note = decision.action, decision.note
     if expected is None:
         assert action is None, action
     else:
@@ -365,13 +384,15 @@ def test_scale_with_pace(overrides, sizes, used, p, max_gib, expected, note_part
 
 def test_rate_trigger_explains_the_size():
     members = [vol("v0", 10)]
-    action, _ = scale_decision(spec(), members, usage(3.0, 10), 14901, pace(100 * MB))
+    decision = scale_decision(spec(), members, usage(3.0, 10), 14901, pace(100 * MB))
+    action = decision.action
     assert "full in" in action.reason and "rather than the larger 12 GiB" in action.reason
 
 
 def test_metadata_running_out_scales_up():
     u = UsageObs(used=2 * GIB, free=8 * GIB, size=10 * GIB, metadata_used=95 * 1024**2, metadata_free=5 * 1024**2)
-    action, _ = scale_decision(spec(), [vol("v0", 10)], u, 14901, pace())
+    decision = scale_decision(spec(), [vol("v0", 10)], u, 14901, pace())
+    action = decision.action
     assert action is not None and action.kind == "CreateVolume"
     assert "metadata" in action.reason
 

@@ -7,7 +7,8 @@ import pytest
 
 from bsud.host.writeback import dirty_room_of, parse_vmstat
 from bsud.reconcile.model import GIB, Pace, UsageObs
-from bsud.reconcile.scaling import full_margin, rate_sized, scale_decision
+from bsud.reconcile.scaling import scale_decision
+from bsud.reconcile.trigger import full_margin, rate_sized
 from tests.unit.test_shrink import spec, vol
 
 MB = 1_000_000
@@ -53,8 +54,9 @@ def test_rate_sized(p, u, gib):
 
 def test_the_reason_says_what_the_drive_can_take():
     s = spec(initial_size_gib=1)
-    action, _ = scale_decision(s, [vol("a", 1, None)], usage(0.1, 1), 14901,
+    decision = scale_decision(s, [vol("a", 1, None)], usage(0.1, 1), 14901,
                                pace(1278 * MB, writeback=300 * MB, room=3.4))
+    action = decision.action
     assert action is not None and action.size_gib == 12
     assert "but the drive takes at most 9.0 GiB in that time (3.4 GiB more in the page cache, then 300.0 MB/s " \
         "written back to its devices); at least 2 grows at 1278.0 MB/s less the 0.8 GiB free" in action.reason
@@ -64,7 +66,7 @@ def test_the_trigger_leaves_a_grow_time_whatever_the_devices_do():
     """With the devices' rate not measured (a third of the present rate assumed), the trigger still fires while the
     writer needs at least one grow time to fill the drive: held to the devices' pace past the cache when they are
     slower, at its own rate when they are faster."""
-    from bsud.reconcile.scaling import scale_up_reason
+    from bsud.reconcile.trigger import scale_up_reason
     s = spec(initial_size_gib=1)
     for rate in (100 * MB, 400 * MB, 1300 * MB):
         for room in (0.3, 3.4):
@@ -117,7 +119,7 @@ def test_the_trigger_counts_a_memory_speed_rate_only_up_to_the_page_caches_room(
     s = spec(initial_size_gib=1)
     u = usage(1.0, 13)   # 1 + 12 GiB, the 12 just added for a burst at 1278 MB/s
     # the present rate alone: full in ~9.5 s < 3 × 5 s — the next grow at once, and the next…
-    from bsud.reconcile.scaling import scale_up_reason, time_to_full
+    from bsud.reconcile.trigger import scale_up_reason, time_to_full
     assert scale_up_reason(s, u, pace(1278 * MB)) is not None
     # 3.4 GiB more in the page cache, then 300 MB/s: ~28 s
     p = pace(1278 * MB, writeback=300 * MB, room=3.4)

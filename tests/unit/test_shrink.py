@@ -15,7 +15,10 @@ import pytest
 from bsud.config import DriveConfig, Layout, Target
 from bsud.reconcile.model import GIB, REMOVING, CreateVolume, DriveObs, MarkVolume, Pace, UsageObs, VolumeObs
 from bsud.reconcile.planner import plan
-from bsud.reconcile.scaling import ideal_bytes, middle_percent, scale_decision, shrink_options
+from bsud.reconcile.removal import ideal_bytes, middle_percent
+from bsud.reconcile.scaling import scale_decision
+from bsud.reconcile.shrink import shrink_options
+from bsud.storage import LayoutState
 
 MIB = 1024**2
 
@@ -41,7 +44,8 @@ def usage_of(vols: list[VolumeObs], used: int | None = None) -> UsageObs:
 
 
 def decide(s: DriveConfig, vols: list[VolumeObs], pace: Pace = Pace()):
-    return scale_decision(s, vols, usage_of(vols), 14901, pace)
+    decision = scale_decision(s, vols, usage_of(vols), 14901, pace)
+    return decision.action, decision.note
 
 
 # -- one decision -------------------------------------------------------------------------------------------------
@@ -105,7 +109,8 @@ def test_shrink_table(overrides, vols, expected):
     s = spec(**overrides)
     members = [vol(*v) for v in vols]
     used = int(0.5 * GIB) if any(v[2] is None for v in vols) else None
-    action, note = scale_decision(s, members, usage_of(members, used), 14901)
+    decision = scale_decision(s, members, usage_of(members, used), 14901)
+    action, note = decision.action, decision.note
     if expected is None:
         assert action is None, action
         return
@@ -149,7 +154,8 @@ def test_growth_comes_first():
 def test_a_held_removal_is_not_planned():
     s = spec()
     vols = (vol("a", 1, 0.6), vol("b", 8, 0.1), vol("n", 1, 0.0))
-    obs = DriveObs(name="d", volumes=vols, has_filesystem=True, mounted=True, active=True, usage=usage_of(list(vols)),
+    obs = DriveObs(name="d", volumes=vols, storage=LayoutState(has_filesystem=True), mounted=True, active=True,
+                   usage=usage_of(list(vols)),
                    removal_held=(("b", "failed 3 times"),))
     p = plan(s, obs)
     assert p.action.kind == "Idle" and any("not removing b for now" in n for n in p.notes)
@@ -209,7 +215,8 @@ def converge(s: DriveConfig, drive: Drive, limit: int = 12) -> Drive:
     middle = middle_percent(s)
     for _ in range(limit):
         members = drive.members()
-        action, _ = scale_decision(s, members, usage_of(members), 14901)
+        decision = scale_decision(s, members, usage_of(members), 14901)
+        action = decision.action
         if action is None:
             return drive
         drive.apply(action)
@@ -335,10 +342,12 @@ def test_a_volume_added_to_move_data_onto_is_not_taken_out_again_for_the_metadat
         used = sum(v.live_bytes or 0 for v in vs)
         return UsageObs(used=used, free=total - overhead - used, size=total)
 
-    action, note = scale_decision(s, vols, usage(vols), 14901)
+    decision = scale_decision(s, vols, usage(vols), 14901)
+    action, note = decision.action, decision.note
     assert isinstance(action, CreateVolume), (action, note)
     after = [*vols, vol("n", action.size_gib, 0.0)]
-    again, note = scale_decision(s, after, usage(after), 14901)
+    decision = scale_decision(s, after, usage(after), 14901)
+    again, note = decision.action, decision.note
     assert isinstance(again, MarkVolume) and again.volume_id != "n", (again, note)
     (best,) = shrink_options(s, after, usage(after), 14901)[:1]
     assert "n" in best.keep and best.used_after <= middle_percent(s), best

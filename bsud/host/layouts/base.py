@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import ClassVar
 
 from bsud.config.catalogue import Layout
@@ -15,24 +14,11 @@ from bsud.host.preempt import Preemption
 from bsud.host.safety import Probe, admit, probe
 from bsud.host.space import Space
 from bsud.runner import Runner
+from bsud.storage import LayoutState as LayoutState  # the layouts build it; defined below the host layer
 
 
 class LayoutError(BsudError):
     pass
-
-
-@dataclass(frozen=True)
-class LayoutState:
-    """What the host shows of a drive's storage, given its volumes' devices."""
-
-    members: frozenset[str] = frozenset()        # devices already part of the drive
-    has_filesystem: bool = False                 # a btrfs of this drive exists (maybe unmounted)
-    fs_device: str | None = None                 # what to mount
-    active: bool = False                         # LV active / btrfs devices known to the kernel
-    move_in_progress: bool = False               # an interrupted pvmove to resume
-    missing: str | None = None                   # what of the drive's storage is absent, in words
-    stale: tuple[str, ...] = ()                  # devices still mapped although they went away (lvm)
-    lv_missing: bool = False                     # lvm: PVs in the drive's VG but no LV (stopped before lvcreate)
 
 
 class StorageLayout(ABC):
