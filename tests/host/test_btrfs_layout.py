@@ -268,3 +268,32 @@ def test_the_live_data_on_each_device_is_what_its_chunks_hold(local, runner, wor
     after = layout.live_bytes(str(mnt), [r1.device, r2.device])
     assert after[os.path.realpath(r2.device)] < 64 * 1024**2, after
     layout.unmount(str(mnt))
+
+
+def test_a_member_whose_volume_left_the_listing_blocks_the_drive(local, workdir: Path):
+    """A volume deleted (or untagged) in the cloud while its device is still here — a detach takes a while to reach
+    the guest — is no longer among the drive's volumes, but the filesystem still spans it. Planned on the volume
+    left, the drive looked like 1 GiB holding far less than its filesystem's size: a scale-down with a replacement
+    volume was planned (the VM lane saw a volume created while a member was being deleted). The observation names
+    the device of no volume, and the drive is blocked: nothing created, marked or removed."""
+    from bsud.reconcile.model import Blocked
+    from bsud.reconcile.planner import plan
+
+    runner = Runner()
+    layout, v1, r1 = drive_on_one_volume(local, runner)
+    mnt = workdir / "mnt"
+    layout.mount([r1.device], str(mnt))
+    v2 = local.create_volume(DRIVE, 2, "gp2")
+    r2 = attach(local, v2.id)
+    layout.join(r2, TAGS, str(mnt))
+    write_files(mnt, 2, 100, "a")
+    spec = DriveConfig(name=DRIVE, target=Target.ONLINE, mount_path=str(mnt), layout=Layout.BTRFS,
+                       min_used_space_perc=40, max_used_space_perc=85)
+    both, _ = observe_drive(spec, [local.get_volume(v1.id), local.get_volume(v2.id)], local, layout)
+    assert both.missing is None and both.usage is not None and both.usage.used_percent < 40
+
+    alone, _ = observe_drive(spec, [local.get_volume(v1.id)], local, layout)   # v2 gone from the listing
+    assert alone.missing is not None and r2.device in alone.missing, alone.missing
+    step = plan(spec, alone)
+    assert isinstance(step.action, Blocked), step
+    assert "deleted or lost its tag" in step.action.reason

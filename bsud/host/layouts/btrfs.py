@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from bsud.config.catalogue import Layout
 from bsud.host import mounts
 from bsud.host.devices import Resolution
@@ -33,6 +35,14 @@ class BtrfsLayout(StorageLayout):
             fs = self.fs.show(uuid)
             if fs is not None and fs.missing:
                 missing = f"btrfs {uuid} misses some of its devices ({len(fs.devices)} present)"
+            elif fs is not None:
+                # A device of the filesystem no volume of the drive resolves to (its volume deleted or untagged
+                # while the device is still here): the volumes left are not the whole drive (see LvmLayout).
+                ours = {os.path.realpath(d) for d in members}
+                others = sorted(d.path for d in fs.devices if os.path.realpath(d.path) not in ours)
+                if others:
+                    missing = (f"btrfs {uuid} has {len(fs.devices)} devices, {len(others)} of them of no volume of "
+                               f"the drive attached here ({', '.join(others)})")
         return LayoutState(
             members=members, has_filesystem=bool(own), fs_device=min(members) if members else None,
             active=bool(own), missing=missing,

@@ -59,6 +59,13 @@ class LvmLayout(StorageLayout):
             uuids = self.lvm.missing_pvs(self.vg)
             missing = (f"VG {self.vg} misses {group.missing_pv_count} of its {group.pv_count} PVs"
                        + (f" (PV UUID {', '.join(uuids)})" if uuids else ""))
+        elif group is not None and group.pv_count > len(members):
+            # A PV on a device no volume of the drive resolves to: its volume was deleted or lost its tag while its
+            # device is still here (a detach takes a while to reach the guest). Scaling on the volumes left would
+            # count the drive without it — and could add or remove a volume on that false picture.
+            others = sorted(pv.name for pv in self.lvm.pvs() if pv.vg_name == self.vg and pv.name not in members)
+            missing = (f"VG {self.vg} has {group.pv_count} PVs, {group.pv_count - len(members)} of them on a device "
+                       f"of no volume of the drive attached here ({', '.join(others) or '?'})")
         return LayoutState(
             members=members, has_filesystem=has_fs, fs_device=self.lv_path if lv else None,
             active=bool(lv and lv.active), move_in_progress=moving, missing=missing, stale=tuple(stale),
