@@ -41,7 +41,7 @@ from bsud.runner import preflight
 from bsud.sampler import Sampler
 from bsud.sdnotify import notify, watchdog_interval
 from bsud.sinks import DaemonReport, EventCommand, SdNotifyStatus, Sink, StatusFile
-from bsud.worker import DriveWorker
+from bsud.worker import DriveWorker, WorkerContext
 
 log = get_logger("bsud.daemon")
 
@@ -157,6 +157,9 @@ class Daemon:
         if settings.on_event:
             self.on_event = EventCommand(settings.on_event, settings.on_event_timeout_seconds)
             self.listeners.append(self.on_event)
+        #: What each drive's worker is given of the daemon (not the daemon).
+        self.worker_context = WorkerContext(cloud=self.cloud, snapshot=self.snapshot, config=lambda: self.config,
+                                            publish=self.publish, listeners=self.listeners)
 
     # -- status ------------------------------------------------------------------------------------
 
@@ -230,7 +233,7 @@ class Daemon:
             if name in self.workers:
                 self.workers[name].update(spec)
             else:
-                worker = DriveWorker(self, spec)
+                worker = DriveWorker(self.worker_context, spec)
                 self.workers[name] = worker
                 worker.start()
 
