@@ -47,7 +47,7 @@ def test_planner_does_no_io(path: Path):
 RULES = [
     ("cloud", ("bsud.host", "bsud.reconcile", "bsud.daemon", "bsud.cli")),
     ("host", ("bsud.cloud", "bsud.reconcile", "bsud.daemon", "bsud.cli", "boto3")),
-    ("reconcile", ("bsud.daemon", "bsud.worker", "bsud.sinks", "bsud.metrics", "bsud.cli")),
+    ("reconcile", ("bsud.daemon", "bsud.drives", "bsud.worker", "bsud.sinks", "bsud.metrics", "bsud.cli")),
 ]
 
 
@@ -60,7 +60,8 @@ def test_layers_import_downward(layer: str, forbidden: tuple[str, ...]):
 
 @pytest.mark.parametrize("base", ["config/__init__.py", "config/catalogue.py", "config/schema.py", "config/load.py",
                                   "config/rules.py",
-                                  "errors.py", "logs.py", "naming.py", "runner.py", "ratelimit.py"])
+                                  "errors.py", "logs.py", "naming.py", "runner.py", "ratelimit.py", "retry.py",
+                                  "lock.py"])
 def test_foundation_imports_nothing_above(base: str):
     bad = {m for m in imports_of(PKG / base)
            if m.startswith(("bsud.cloud", "bsud.host", "bsud.reconcile", "bsud.daemon", "bsud.cli"))}
