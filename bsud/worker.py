@@ -44,6 +44,7 @@ FULL_SAMPLE_SECONDS = 5.0
 
 
 def _monotonic() -> float:
+    """The default clock: ``time.monotonic``, looked up at each call (a test gives this module a fake ``time``)."""
     return time.monotonic()
 
 
