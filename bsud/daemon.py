@@ -14,7 +14,6 @@ config; an invalid one is refused and the old one kept.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import random
@@ -26,12 +25,14 @@ from pathlib import Path
 
 from bsud import __version__
 from bsud.cloud import CloudProvider, make_provider
-from bsud.config import Config, DriveConfig, InvalidConfig, Provider, Target, load_config
+from bsud.config import Config, DriveConfig, InvalidConfig, Provider, load_config
+from bsud.drives import Drives
 from bsud.errors import BsudError, ConfigError
 from bsud.exports import EXPORTERS, export_tools
 from bsud.exports.ganesha_server import GaneshaServer
 from bsud.host.hotplug import BlockEvents
 from bsud.host.layouts import LAYOUTS, StorageLayout
+from bsud.lock import take_lock
 from bsud.logs import get_logger, register_secrets
 from bsud.metrics import Metrics
 from bsud.reconcile.events import Event
@@ -40,7 +41,7 @@ from bsud.runner import preflight
 from bsud.sampler import Sampler
 from bsud.sdnotify import notify, watchdog_interval
 from bsud.sinks import DaemonReport, EventCommand, SdNotifyStatus, Sink, StatusFile
-from bsud.worker import DriveWorker
+from bsud.worker import DriveWorker, WorkerContext
 
 log = get_logger("bsud.daemon")
 
@@ -79,10 +80,6 @@ def manages_ganesha(config: Config) -> bool:
     return config.nfs.ganesha.managed and any(has_ganesha_exports(d) for d in config.drives)
 
 
-class AlreadyRunning(BsudError):
-    pass
-
-
 def not_run_here(config: Config) -> list[ConfigError]:
     """Drives the daemon does not run: a highly available drive's LV is DRBD's backing device, which bsud must never
     mount itself (that would bypass the replication); this version writes their drbd-reactor file only."""
@@ -92,36 +89,11 @@ def not_run_here(config: Config) -> list[ConfigError]:
             for d in config.drives if d.ha is not None]
 
 
-def take_lock(status_file: str) -> int:
-    """One daemon per status file: an exclusive lock on ``<status-file>.lock``, held until the process ends.
-
-    A second daemon started on the same config (or the same default status file) refuses to run and names the
-    first one's pid. The lock dies with its process, even after kill -9: nothing to clean up.
-    """
-    path = Path(status_file + ".lock")
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise AlreadyRunning(f"another bsud (pid {holder}) is running with status file {status_file}; stop it "
-                             "first (or give this one its own daemon.status-file)") from None
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    except OSError as exc:  # a full disk: the lock holds all the same, only the pid is not written down
-        log.warning("cannot write the pid into the lock file", path=str(path), error=str(exc))
-    return fd
-
-
 class Daemon:
     def __init__(self, config: Config, cloud: CloudProvider | None = None) -> None:
         self.config = config
         self.cloud = cloud or make_provider(config)
         self.snapshot = CloudSnapshot(self.cloud, config.daemon.cloud_refresh_seconds, jitter=REFRESH_JITTER)
-        self.workers: dict[str, DriveWorker] = {}
         self.stop_event = threading.Event()
         self.reload_event = threading.Event()
         self.publish_lock = threading.Lock()
@@ -152,6 +124,11 @@ class Daemon:
         if settings.on_event:
             self.on_event = EventCommand(settings.on_event, settings.on_event_timeout_seconds)
             self.listeners.append(self.on_event)
+        #: The drives' workers, each given what it needs of the daemon (not the daemon).
+        self.drives = Drives(WorkerContext(cloud=self.cloud, snapshot=self.snapshot, config=lambda: self.config,
+                                           publish=self.publish, listeners=self.listeners,
+                                           ganesha=self.ganesha))
+        self.workers: dict[str, DriveWorker] = self.drives.workers
 
     # -- status ------------------------------------------------------------------------------------
 
@@ -166,18 +143,13 @@ class Daemon:
                 unmanaged = {}
             report = DaemonReport(version=__version__, pid=os.getpid(), config=self.config.path,
                                   started=self.started, updated=time.time(),
-                                  drives={name: w.reconciler.status for name, w in self.workers.items()},
-                                  unmanaged=unmanaged, not_mounted=tuple(self.not_mounted()),
+                                  drives=self.drives.statuses(),
+                                  unmanaged=unmanaged, not_mounted=tuple(self.drives.not_mounted()),
                                   ganesha=self.ganesha.status(), reloads=self.reloads,
                                   reload_result=self.reload_result, stuck=self.stuck,
                                   problems=tuple(self.problems))
             for sink in self.sinks:
                 sink.publish(report)
-
-    def not_mounted(self) -> list[str]:
-        """Drives whose target is online and that are not mounted (as their last observation saw them)."""
-        return [name for name, w in self.workers.items() if w.reconciler.spec.target == Target.ONLINE
-                and not (w.reconciler.last_obs is not None and w.reconciler.last_obs.mounted)]
 
     def _announce_ready(self, deadline: float) -> None:
         """READY=1 once every online drive is mounted — or at ``deadline``, naming those that are not. Until then
@@ -185,7 +157,7 @@ class Daemon:
         TimeoutStartSec only bounds a start that hangs before it gets here."""
         if self.ready:
             return
-        waiting = self.not_mounted()
+        waiting = self.drives.not_mounted()
         now = time.monotonic()
         if waiting and now < deadline:
             notify(f"EXTEND_TIMEOUT_USEC={int((deadline - now + 15) * 1e6)}")
@@ -204,7 +176,7 @@ class Daemon:
         """No drive thread is stuck: otherwise the watchdog is not told all is well (systemd restarts bsud, whose
         start-up recovery lets the drive go on). Said once per stuck spell."""
         now = time.monotonic()
-        stuck = next((why for w in self.workers.values() if (why := w.overdue(now))), None)
+        stuck = self.drives.stuck(now)
         if stuck and stuck != self.stuck:
             log.error("a drive's thread is stuck; no longer pinging systemd's watchdog (it restarts bsud)",
                       why=stuck)
@@ -214,20 +186,6 @@ class Daemon:
         return stuck is None
 
     # -- lifecycle ---------------------------------------------------------------------------------
-
-    def _start_workers(self) -> None:
-        wanted = {d.name: d for d in self.config.drives}
-        for name in list(self.workers):
-            if name not in wanted:
-                log.info("drive removed from the config: left as it is, no longer managed", drive=name)
-                self.workers.pop(name).stop()
-        for name, spec in wanted.items():
-            if name in self.workers:
-                self.workers[name].update(spec)
-            else:
-                worker = DriveWorker(self, spec)
-                self.workers[name] = worker
-                worker.start()
 
     def reload(self) -> None:
         notify("RELOADING=1", f"MONOTONIC_USEC={int(time.monotonic() * 1e6)}")
@@ -250,7 +208,7 @@ class Daemon:
             if new.nfs.ganesha != self.config.nfs.ganesha and self.ganesha.managed is not None:
                 log.warning("the managed nfs-ganesha's settings apply at the next restart of bsud")
             self.config = new
-            self._start_workers()
+            self.drives.apply(new)
             self._manage_ganesha()
             self.reload_result = "applied"
             log.info("config reloaded", path=new.path, drives=[d.name for d in new.drives])
@@ -270,26 +228,6 @@ class Daemon:
         """Run ganesha.nfsd when the config asks bsud to (started once; it runs until bsud stops)."""
         if manages_ganesha(self.config) and self.ganesha.managed is None:
             self.ganesha.start_managed(self.config.nfs.ganesha, on_up=self._ganesha_up)
-
-    def _block_event(self, action: str, device: str) -> None:
-        """A block device came, went or changed (udev): the drive it belongs to — or, for one that came, a drive
-        missing a member — looks again at once, on a fresh cloud listing. This is how a volume taken away behind
-        bsud's back is noticed within seconds without listing the cloud every minute."""
-        woken = []
-        for name, worker in self.workers.items():
-            obs = worker.reconciler.last_obs
-            if obs is None:
-                continue
-            ours = any(v.device == device for v in obs.volumes)
-            lacking = bool(obs.storage.missing) or any(v.attached_here and v.device is None for v in obs.volumes)
-            if ours or (action == "add" and lacking):
-                woken.append(name)
-        if not woken:
-            return
-        log.info("block device event: looking again", action=action, device=device, drives=woken)
-        self.snapshot.invalidate()
-        for name in woken:
-            self.workers[name].poke()
 
     def _ganesha_up(self) -> None:
         """A new ganesha serves nothing yet: the drives with exports it serves add them now."""
@@ -361,11 +299,11 @@ class Daemon:
         signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
         signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
         signal.signal(signal.SIGHUP, lambda *_: self.reload_event.set())
-        self._start_workers()
+        self.drives.apply(self.config)
         Sampler(lambda: list(self.workers.values()), lambda: self.config.daemon.usage_interval_seconds,
                 self.stop_event).start()
         self._manage_ganesha()
-        events = BlockEvents(self._block_event)
+        events = BlockEvents(self.drives.block_event)
         events.start()
         ready_by = time.monotonic() + self.config.daemon.ready_timeout_seconds
         self.publish()
@@ -389,14 +327,7 @@ class Daemon:
         events.stop()
         log.info("stopping: letting drives finish their current step")
         self.cloud.stop_event.set()
-        for worker in self.workers.values():
-            worker.stop()
-        deadline = time.monotonic() + 30
-        for worker in self.workers.values():
-            worker.join(max(0.1, deadline - time.monotonic()))
-        still = [w.reconciler.spec.name for w in self.workers.values() if w.is_alive()]
-        if still:
-            log.warning("abandoning long steps; they resume on the next start", drives=still)
+        self.drives.stop(30.0)
         self.ganesha.stop_managed()
         self.publish()
         if self.on_event is not None:

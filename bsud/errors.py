@@ -3,7 +3,8 @@
 An error's ``str()`` is one line a person can act on: it names the file, drive,
 field, command or volume concerned. ``temporary`` tells the reconcile loop
 whether to retry after a delay (throttling, a wait that timed out, a device
-still settling) or to stop and report (bad config, foreign data on a device).
+still settling) or to report and wait for a change (bad config, foreign data on
+a device); :mod:`bsud.retry` says how long, by the error's kind.
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ class CommandError(BsudError):
 
 
 class CloudError(BsudError):
-    """A cloud API call failed; names the call and, when known, the volume."""
+    """A cloud API call failed; names the call and, when known, the volume. ``throttled``: refused for the rate of
+    requests (temporary, with a backoff of its own: bsud.retry)."""
 
     def __init__(
         self,
@@ -106,10 +108,13 @@ class CloudError(BsudError):
         volume_id: str | None = None,
         code: str | None = None,
         temporary: bool = False,
+        throttled: bool = False,
     ) -> None:
         self.call = call
         self.volume_id = volume_id
         self.code = code
+        self.throttled = throttled
+        temporary = temporary or throttled
         target = f" on {volume_id}" if volume_id else ""
         super().__init__(f"{call}{target}: {message}", temporary=temporary)
 

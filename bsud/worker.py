@@ -5,41 +5,63 @@ The daemon's one sampler thread (bsud.sampler) calls :meth:`DriveWorker.sample` 
 feeds the write rate, and wakes the drive at once when the planner's own :func:`scale_up_reason` says it needs
 space — stopping first the move of a removal that the step thread may be in (a burst pre-empts a removal: see
 bsud.host.preempt). When nothing the space is made of moved, a sample costs a few ``pread`` and ends there. The
-drive's thread runs a full observe/plan/act step every ``full-check-seconds``, at once when woken, and retries a
-failed step with a doubling delay (up to 5 minutes).
+drive's thread runs a full observe/plan/act step every ``full-check-seconds``, at once when woken, and waits after
+a failed step what :mod:`bsud.retry` says for the error's kind.
+
+A worker is given a :class:`WorkerContext` — the cloud, the config in force, where to publish, a clock — not the
+daemon that runs it: it imports nothing of the daemon.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from bsud.config import DriveConfig, Target
+from bsud.cloud.base import CloudProvider
+from bsud.config import Config, DriveConfig, Target
 from bsud.errors import BsudError
+from bsud.exports.ganesha_server import GaneshaServer
 from bsud.logs import get_logger
 from bsud.reconcile.engine import DriveReconciler
+from bsud.reconcile.events import Event
 from bsud.reconcile.model import Blocked, DriveObs, Idle, Wait
-from bsud.reconcile.observe import usage_obs
+from bsud.reconcile.observe import CloudSnapshot, usage_obs
 from bsud.host.writeback import bytes_written, page_cache
 from bsud.reconcile.pace import RateMeter, WritebackMeter
 from bsud.reconcile.scaling import scale_up_reason
+from bsud.retry import Retry, retry_after
 from bsud.watch import StepWatch
-
-if TYPE_CHECKING:
-    from bsud.daemon import Daemon
 
 log = get_logger("bsud.daemon")
 
-#: The longest a failing step waits before it is tried again.
-MAX_RETRY_SECONDS = 300.0
 #: A sampler that has not finished a sample for this long is stuck (it samples every 0.25 s, at worst every 2 s).
 SAMPLER_STUCK_SECONDS = 120.0
 #: A drive's space is read in full at least this often even when nothing was written: the status and metrics see the
 #: write rate fall, the page cache's room is read again, and so are the chunks allocated and the devices' sizes (not
 #: in the fingerprint: they move the free bytes only).
 FULL_SAMPLE_SECONDS = 5.0
+
+
+def _monotonic() -> float:
+    """The default clock: ``time.monotonic``, looked up at each call (a test gives this module a fake ``time``)."""
+    return time.monotonic()
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """What a drive's worker needs of whoever runs it: the cloud and its shared listing, the config in force (read
+    anew: a reload replaces it), where a report goes, the event listeners, and a clock (monotonic seconds)."""
+
+    cloud: CloudProvider
+    snapshot: CloudSnapshot
+    config: Callable[[], Config]
+    publish: Callable[[], None] = lambda: None
+    listeners: list[Callable[[Event], None]] = field(default_factory=list)
+    clock: Callable[[], float] = _monotonic
+    #: The nfs-ganesha bsud manages, when it does (the ganesha exports' steps register with it).
+    ganesha: GaneshaServer | None = None
 
 
 @dataclass(frozen=True)
@@ -55,15 +77,17 @@ class FullSample:
 
 
 class DriveWorker(threading.Thread):
-    def __init__(self, daemon: Daemon, spec: DriveConfig) -> None:
+    def __init__(self, context: WorkerContext, spec: DriveConfig) -> None:
         super().__init__(name=f"drive-{spec.name}", daemon=True)
-        self.owner = daemon
-        self.reconciler = DriveReconciler(spec, daemon.cloud, daemon.snapshot, daemon.config.cloud.provider,
-                                          settings=daemon.config.daemon, nfs=daemon.config.nfs,
-                                          ganesha=daemon.ganesha)
-        self.reconciler.meter = RateMeter(daemon.config.daemon.rate_peak_seconds)
+        self.context = context
+        self.clock = context.clock
+        config = context.config()
+        self.reconciler = DriveReconciler(spec, context.cloud, context.snapshot, config.cloud.provider,
+                                          settings=config.daemon, nfs=config.nfs,
+                                          ganesha=context.ganesha)
+        self.reconciler.meter = RateMeter(config.daemon.rate_peak_seconds)
         self.reconciler.writeback = WritebackMeter()
-        self.reconciler.listeners = daemon.listeners
+        self.reconciler.listeners = context.listeners
         self.stop_event = threading.Event()
         self.wake = threading.Event()
         #: Set by the sampler: the drive needs space now; run a full step without waiting.
@@ -77,7 +101,7 @@ class DriveWorker(threading.Thread):
         self.watch = StepWatch(spec.name)
         #: When the sampler last finished a sample (monotonic): a sampler that stops sampling stops the drive's
         #: reaction to a writer, which is as bad as a stuck step.
-        self.sampled = time.monotonic()
+        self.sampled = self.clock()
         #: The sampler's schedule for this drive: when it is due, whether its last sample was cheap (sysfs; else it
         #: ran a process, and the drive is sampled in a thread of its own, at most every 2 s), and that thread.
         self.next_sample = 0.0
@@ -103,6 +127,20 @@ class DriveWorker(threading.Thread):
         self.wake.wait(seconds)
         self.wake.clear()
 
+    def _wait_after_failure(self, retry: Retry) -> None:
+        """Wait what the retry policy said. A reload, a device event concerning the drive or the stop end the wait;
+        any other wake (the sampler's call for space) only when the policy says so."""
+        deadline = self.clock() + retry.delay
+        while not self.stop_event.is_set():
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                return
+            self._sleep(remaining)
+            with self.lock:
+                reloaded = self.pending_spec is not None
+            if retry.woken_by_need or reloaded or self.poked.is_set() or self.stop_event.is_set():
+                return
+
     # -- sampling --------------------------------------------------------------------------------
 
     def sample(self) -> bool:
@@ -124,7 +162,7 @@ class DriveWorker(threading.Thread):
         last = self.last_full
         if last is not None and fingerprint is not None and fingerprint == last.fingerprint and \
                 spec is last.spec and obs is last.obs and not last.needs_space:
-            now = time.monotonic()
+            now = self.clock()
             if now - last.at < FULL_SAMPLE_SECONDS:
                 rec.meter.add(now, last.used)
                 return True
@@ -134,7 +172,7 @@ class DriveWorker(threading.Thread):
         except BsudError:
             return True
         usage = usage_obs(space)
-        now = time.monotonic()
+        now = self.clock()
         rec.meter.add(now, usage.used)
         if rec.writeback is not None:
             rec.dirty_room, saturated = page_cache()
@@ -162,7 +200,7 @@ class DriveWorker(threading.Thread):
         except Exception:  # noqa: BLE001 - sampling must never stop the sampler (nor the other drives')
             log.exception("sampling failed", drive=self.reconciler.spec.name)
             cheap = False
-        self.sampled = time.monotonic()
+        self.sampled = self.clock()
         self.cheap = cheap
         self.next_sample = beat + interval if cheap else self.sampled + max(interval, 2.0)
 
@@ -177,27 +215,21 @@ class DriveWorker(threading.Thread):
     # -- steps ------------------------------------------------------------------------------------
 
     def run(self) -> None:
-        settings = self.owner.config.daemon
+        settings = self.context.config().daemon
         last_full = 0.0
-        delay = settings.retry_seconds
-        self.watch.bind()
-        self.watch.begin()
-        try:
-            self.reconciler.layout.recover()
-        except BsudError as exc:
-            log.warning("recovery at start failed", drive=self.reconciler.spec.name, error=str(exc))
-        finally:
-            self.watch.end()
+        failures = 0  # failed steps in a row
+        self._recover()
         while not self.stop_event.is_set():
             with self.lock:
                 if self.pending_spec is not None:
-                    settings = self.owner.config.daemon  # the reloaded daemon section applies too
-                    self.reconciler.update_spec(self.pending_spec, settings, self.owner.config.nfs)
+                    config = self.context.config()  # the reloaded daemon and nfs sections apply too
+                    settings = config.daemon
+                    self.reconciler.update_spec(self.pending_spec, settings, config.nfs)
                     self.pending_spec = None
                     last_full = 0.0
             current = self.reconciler.last_plan
             settled = current is not None and isinstance(current.action, Idle | Blocked)
-            remaining = settings.full_check_seconds - (time.monotonic() - last_full)
+            remaining = settings.full_check_seconds - (self.clock() - last_full)
             if settled and remaining > 0 and not self.urgent.is_set() and not self.poked.is_set():
                 self._sleep(remaining)
                 continue
@@ -212,26 +244,41 @@ class DriveWorker(threading.Thread):
             finally:
                 self.watch.end()
             if failure is not None:
-                wait = delay
-                if isinstance(failure, BsudError):
-                    self.reconciler.status.last_error = str(failure)
-                    log.warning("step failed", drive=self.reconciler.spec.name, error=str(failure),
-                                temporary=failure.temporary)
-                    wait = failure.delay if failure.delay is not None else delay
-                else:
-                    self.reconciler.status.last_error = f"internal error: {failure!r}"
-                    log.error("step crashed", drive=self.reconciler.spec.name, exc_info=failure)
-                self.owner.publish()
-                self._sleep(wait)
-                delay = min(delay * 2, MAX_RETRY_SECONDS)
+                failures += 1
+                self._failed(failure, retry_after(failure, failures, settings.retry_seconds,
+                                                  settings.full_check_seconds))
                 continue
             assert result is not None
-            last_full = time.monotonic()
-            delay = settings.retry_seconds
-            self.owner.publish()
+            last_full = self.clock()
+            failures = 0
+            self.context.publish()
             if urgent and isinstance(result.action, Idle | Blocked | Wait):
                 # The sampler asked for space and the planner cannot give it now (a limit, a block): say it
                 # once per full check, not on every sample.
-                self.quiet_until = time.monotonic() + settings.full_check_seconds
+                self.quiet_until = self.clock() + settings.full_check_seconds
             if isinstance(result.action, Wait):
                 self._sleep(min(1.0, settings.full_check_seconds))
+
+    def _recover(self) -> None:
+        """Undo at start what a kill mid-command left on the host (a failure is logged; the steps go on)."""
+        self.watch.bind()
+        self.watch.begin()
+        try:
+            self.reconciler.layout.recover()
+        except BsudError as exc:
+            log.warning("recovery at start failed", drive=self.reconciler.spec.name, error=str(exc))
+        finally:
+            self.watch.end()
+
+    def _failed(self, failure: Exception, retry: Retry) -> None:
+        """A failed step: in the status and the log, then the wait the retry policy gives."""
+        if isinstance(failure, BsudError):
+            self.reconciler.status.last_error = str(failure)
+            log.warning("step failed", drive=self.reconciler.spec.name, error=str(failure),
+                        temporary=failure.temporary, kind=retry.kind.value, retry_seconds=round(retry.delay, 3))
+        else:
+            self.reconciler.status.last_error = f"internal error: {failure!r}"
+            log.error("step crashed", drive=self.reconciler.spec.name, exc_info=failure,
+                      retry_seconds=round(retry.delay, 3))
+        self.context.publish()
+        self._wait_after_failure(retry)

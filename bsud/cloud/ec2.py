@@ -156,7 +156,8 @@ class Ec2Cloud(CloudProvider):
             message = f"{code}: {err.get('Message', '')}".rstrip(": ")
             if temporary:
                 message += f" (still failing after {self.settings.max_attempts} attempts)"
-            raise CloudError(operation, message, volume_id=volume_id, code=code, temporary=temporary) from None
+            raise CloudError(operation, message, volume_id=volume_id, code=code, temporary=temporary,
+                             throttled=code in _THROTTLED_CODES or status == 429) from None
         except (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError,
                 botocore.exceptions.ReadTimeoutError, botocore.exceptions.ConnectionClosedError) as exc:
             raise CloudError(operation, f"cannot reach {self.endpoint or 'the API'}: {exc}",

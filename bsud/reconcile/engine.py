@@ -22,6 +22,7 @@ from bsud.reconcile.observe import CloudSnapshot, observe_drive
 from bsud.reconcile.pace import DEFAULT_GROW_SECONDS, GrowClock, RateMeter, WritebackMeter, make_pace
 from bsud.reconcile.planner import plan
 from bsud.reconcile.report import DriveStatus
+from bsud.retry import ErrorKind, backoff_seconds
 from bsud.runner import Runner
 
 log = get_logger("bsud.reconcile")
@@ -45,10 +46,10 @@ REMOVAL_HOLD_SECONDS = 3600.0
 #: for the drive (it is blocked, saying what to do), then it is tried again — once, at the price of one volume created
 #: and deleted if the VM is still full. A reload (after lowering max-bsu-count, say) tries again at once.
 ATTACH_LIMIT_HOLD_SECONDS = 1800.0
-#: Applying the exports that failed is tried again after ``retry-seconds``, then twice as long each time, at most
-#: this long apart (the worker's own backoff, which the failed step's delay sets). The drive is ``online``
-#: meanwhile: it is mounted and serves; scaling and everything else go on.
-EXPORTS_RETRY_MAX_SECONDS = 300.0
+#: Applying the exports that failed is tried again as a temporary error is (bsud.retry: after ``retry-seconds``, then
+#: twice as long each time, at most 5 minutes apart), counted by the engine's own attempts; the failed step's delay
+#: says it to the worker. The drive is ``online`` meanwhile: it is mounted and serves; scaling and everything else go
+#: on.
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,7 @@ class DriveReconciler:
         worker waits), say it once as an event, and show the drive as what it is: online, one export failing."""
         previous = self.exports_failure
         attempts = (previous.attempts if previous else 0) + 1
-        wait = min(self.settings.retry_seconds * 2 ** (attempts - 1), EXPORTS_RETRY_MAX_SECONDS)
+        wait = backoff_seconds(ErrorKind.TEMPORARY, attempts, self.settings.retry_seconds)
         kinds = getattr(error, "kinds", None)  # the kinds that failed (the executor's); None: all of them
         failing = tuple(export_name(e) for e in self.spec.exports if kinds is None or e.exporter in kinds)
         failing += tuple(k for k in kinds or () if not self.spec.exports_by(k))  # withdrawing a kind no longer used

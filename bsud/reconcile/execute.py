@@ -18,30 +18,10 @@ from bsud.host.layouts import StorageLayout
 from bsud.host.preempt import Preempted
 from bsud.host.safety import probe
 from bsud.logs import get_logger
-from bsud.naming import AVAILABLE, DRIVE_TAG, NEW, STATE_TAG
-from bsud.reconcile.model import (
-    EVACUATED,
-    Action,
-    Activate,
-    ApplyExports,
-    AttachVolume,
-    CreateVolume,
-    Deactivate,
-    DeleteVolume,
-    DetachVolume,
-    Grow,
-    Join,
-    MakeFilesystem,
-    MarkVolume,
-    Mount,
-    Outcome,
-    Refresh,
-    Remount,
-    RemoveFromDrive,
-    RetireVolume,
-    Unmount,
-    WithdrawExports,
-)
+from bsud.naming import AVAILABLE, DELETED, DELETING, DRIVE_TAG, NEW, STATE_TAG
+from bsud.reconcile.model import (EVACUATED, Action, Activate, ApplyExports, AttachVolume, CreateVolume, Deactivate,
+                                  DeleteVolume, DetachVolume, Grow, Join, MakeFilesystem, MarkVolume, Mount, Outcome,
+                                  Refresh, Remount, RemoveFromDrive, RetireVolume, Unmount, WithdrawExports)
 
 log = get_logger("bsud.reconcile.execute")
 
@@ -99,7 +79,7 @@ class Executor:
     def _run(self, action: Action, devices: list[str] | None) -> Outcome:
         self.devices = devices or []
         self.created: str | None = None
-        changed: bool | None
+        changed: bool
         match action:
             case CreateVolume():
                 changed = self._create(action)
@@ -139,7 +119,7 @@ class Executor:
                 changed = self._remove(action)
             case _:
                 raise ActionError(f"{action.kind} is not carried out by the executor (the engine handles it)")
-        return Outcome.UNCHANGED if changed is False else Outcome.CHANGED
+        return Outcome.CHANGED if changed else Outcome.UNCHANGED
 
     def _apply_exports(self) -> bool:
         """Each kind's exports as the config has them (a kind the drive no longer uses is withdrawn)."""
@@ -174,6 +154,7 @@ class Executor:
     # -- cloud -------------------------------------------------------------------------------------
 
     def _create(self, action: CreateVolume) -> bool:
+        """Always CHANGED: every run makes a volume (the planner asks for one only when the drive needs it)."""
         spec = self.spec
         limits = volume_limits(self.provider, spec.disk_type)
         iops = spec.disk_iops
@@ -189,20 +170,24 @@ class Executor:
         return True
 
     def _attach(self, action: AttachVolume) -> bool:
+        """UNCHANGED when the volume was attached here already (its device is still waited for)."""
         vol = self._volume(action.volume_id)
+        me = self.cloud.identity().instance_id
+        changed = vol.attachment_to(me) is None
         with DeviceWaiter() as waiter:
-            try:
-                self.cloud.attach_volume(action.volume_id)
-            except AttachmentLimitError as exc:
-                exc.drive = self.spec.name
-                exc.deleted = self._delete_never_attached(action.volume_id)
-                raise
+            if changed:
+                try:
+                    self.cloud.attach_volume(action.volume_id)
+                except AttachmentLimitError as exc:
+                    exc.drive = self.spec.name
+                    exc.deleted = self._delete_never_attached(action.volume_id)
+                    raise
             if vol.tags.get(STATE_TAG) == NEW:
                 self.cloud.set_tag(vol.id, STATE_TAG, "")  # attached from now on: it may come to hold data
+                changed = True
             vol = self.cloud.wait_attached(action.volume_id, timeout=self.attach_timeout)
-            waiter.wait(VolumeRef.from_volume(vol, self.cloud.identity().instance_id), self.cloud.device_rules,
-                        timeout=self.device_timeout)
-        return True
+            waiter.wait(VolumeRef.from_volume(vol, me), self.cloud.device_rules, timeout=self.device_timeout)
+        return changed
 
     def _delete_never_attached(self, volume_id: str) -> bool:
         """Delete a volume the VM could not take, when it is verifiably empty: bsud's own for this drive, marked new
@@ -225,13 +210,25 @@ class Executor:
     def _detach(self, action: DetachVolume) -> bool:
         """Taking the whole drive offline (a volume leaving a running drive goes through RetireVolume)."""
         vol = self._volume(action.volume_id)
+        if vol.attachment_to(self.cloud.identity().instance_id) is None:
+            return False  # not attached here (any more)
         if mounts.mount_at(self.spec.mount_path) is not None:
             raise ActionError(f"not detaching {vol.id}: {self.spec.mount_path} is still mounted", temporary=True)
         self.cloud.detach_volume(vol.id)
         self.cloud.wait_detached(vol.id, timeout=self.attach_timeout)
         return True
 
+    def _gone(self, volume_id: str) -> bool:
+        """The volume no longer exists, or is being deleted (waited for): a deletion has nothing left to do."""
+        vol = self.cloud.get_volume(volume_id)
+        if vol is not None and vol.state == DELETING:
+            self.cloud.wait_deleted(volume_id, timeout=self.attach_timeout)
+            return True
+        return vol is None or vol.state == DELETED
+
     def _delete(self, action: DeleteVolume) -> bool:
+        if self._gone(action.volume_id):
+            return False
         vol = self._volume(action.volume_id)
         if vol.attachments:
             raise ActionError(f"not deleting {vol.id}: it is still attached", temporary=True)
@@ -241,6 +238,8 @@ class Executor:
 
     def _retire(self, action: RetireVolume) -> bool:
         """Detach and delete a volume that is out of the drive — only once it is seen blank, attached here."""
+        if self._gone(action.volume_id):
+            return False
         found, tags = self._resolve(action.volume_id)
         if tags.get(STATE_TAG) != EVACUATED:
             raise ActionError(f"not deleting {action.volume_id}: it is not marked {EVACUATED}")
@@ -265,35 +264,32 @@ class Executor:
     def _join(self, action: Join) -> bool:
         found, tags = self._resolve(action.volume_id)
         mounted = mounts.mount_at(self.spec.mount_path) is not None
-        self.layout.join(found, tags, self.spec.mount_path if mounted else None)
-        return True
+        return self.layout.join(found, tags, self.spec.mount_path if mounted else None)
 
     def _make_filesystem(self, action: MakeFilesystem) -> bool:
         if action.volume_id:
             found, tags = self._resolve(action.volume_id)
-            self.layout.ensure_filesystem(found, tags)
-        else:
-            self.layout.ensure_filesystem()
-        return True
+            return self.layout.ensure_filesystem(found, tags)
+        return self.layout.ensure_filesystem()
 
     def _mount(self) -> bool:
-        was_mounted = mounts.mount_at(self.spec.mount_path) is not None
-        self.layout.mount(self._devices(), self.spec.mount_path)
-        return not was_mounted
+        return self.layout.mount(self._devices(), self.spec.mount_path)
 
     def _remount(self) -> bool:
-        """Unmount (refused while busy: the error names the holders) and mount again from the last commit."""
+        """Unmount (refused while busy: the error names the holders) and mount again from the last commit;
+        UNCHANGED when the filesystem is mounted and writable already."""
+        entry = mounts.mount_at(self.spec.mount_path)
+        if entry is not None and not mounts.forced_read_only(entry) and \
+                self.layout.is_our_mount(entry, self._devices()):
+            return False
         self.layout.unmount(self.spec.mount_path)
         self.layout.mount(self._devices(), self.spec.mount_path)
         return True
 
     def _unmount(self) -> bool:
-        was_mounted = mounts.mount_at(self.spec.mount_path) is not None
-        self.layout.unmount(self.spec.mount_path)
-        return was_mounted
+        return self.layout.unmount(self.spec.mount_path)
 
     def _remove(self, action: RemoveFromDrive) -> bool:
         found, _ = self._resolve(action.volume_id)
-        self.layout.remove_device(found.device, self.spec.mount_path, action.keep_bytes)
-        return True
+        return self.layout.remove_device(found.device, self.spec.mount_path, action.keep_bytes)
 

@@ -53,7 +53,7 @@ RULES = [
     ("exports", ("bsud.cloud", "bsud.reconcile", "bsud.daemon", "bsud.worker", "bsud.cli", "bsud.config",
                  "bsud.ha.gateway", "bsud.ha.ocf", "bsud.ha.promoter")),
     ("ha", ("bsud.cloud", "bsud.reconcile", "bsud.daemon", "bsud.worker", "bsud.cli", "subprocess")),
-    ("reconcile", ("bsud.daemon", "bsud.worker", "bsud.sinks", "bsud.metrics", "bsud.cli")),
+    ("reconcile", ("bsud.daemon", "bsud.drives", "bsud.worker", "bsud.sinks", "bsud.metrics", "bsud.cli")),
 ]
 
 
@@ -66,7 +66,8 @@ def test_layers_import_downward(layer: str, forbidden: tuple[str, ...]):
 
 @pytest.mark.parametrize("base", ["config/__init__.py", "config/catalogue.py", "config/schema.py", "config/load.py",
                                   "config/rules.py",
-                                  "errors.py", "logs.py", "naming.py", "runner.py", "ratelimit.py", "storage.py"])
+                                  "errors.py", "logs.py", "naming.py", "runner.py", "ratelimit.py", "storage.py",
+                                  "retry.py", "lock.py"])
 def test_foundation_imports_nothing_above(base: str):
     bad = {m for m in imports_of(PKG / base)
            if m.startswith(("bsud.cloud", "bsud.host", "bsud.reconcile", "bsud.daemon", "bsud.cli"))}

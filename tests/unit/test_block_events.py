@@ -1,12 +1,12 @@
 """What the host tells: a block device event concerning a drive wakes it with a fresh cloud listing, at once; one
-concerning no drive costs nothing (bsud.daemon.Daemon._block_event)."""
+concerning no drive costs nothing (bsud.drives.Drives.block_event)."""
 
 from __future__ import annotations
 
 import threading
 from types import SimpleNamespace
 
-from bsud.daemon import Daemon
+from bsud.drives import Drives
 
 
 class Worker:
@@ -43,7 +43,7 @@ def test_a_member_device_that_goes_wakes_its_drive_with_a_fresh_listing():
     data = Worker(observed(volume("/dev/sdb"), volume("/dev/sdc")))
     logs = Worker(observed(volume("/dev/sdd")))
     host = daemon(data=data, logs=logs)
-    Daemon._block_event(host, "remove", "/dev/sdc")  # type: ignore[arg-type]
+    Drives.block_event(host, "remove", "/dev/sdc")  # type: ignore[arg-type]
     assert data.poked.is_set() and not logs.poked.is_set() and host.snapshot.invalidated == 1
 
 
@@ -52,7 +52,7 @@ def test_a_device_that_comes_wakes_the_drives_that_miss_one():
     whole = Worker(observed(volume("/dev/sdd")))
     lost_pv = Worker(observed(volume("/dev/sde"), missing="VG x misses 1 of its 2 PVs"))
     host = daemon(missing=missing, whole=whole, lost_pv=lost_pv)
-    Daemon._block_event(host, "add", "/dev/sdf")  # type: ignore[arg-type]
+    Drives.block_event(host, "add", "/dev/sdf")  # type: ignore[arg-type]
     assert missing.poked.is_set() and lost_pv.poked.is_set() and not whole.poked.is_set()
     assert host.snapshot.invalidated == 1
 
@@ -62,5 +62,5 @@ def test_an_event_concerning_no_drive_costs_no_listing():
     starting = Worker(None)
     host = daemon(data=data, starting=starting)
     for action, device in (("change", "/dev/dm-3"), ("add", "/dev/sdz"), ("remove", "/dev/loop7")):
-        Daemon._block_event(host, action, device)  # type: ignore[arg-type]
+        Drives.block_event(host, action, device)  # type: ignore[arg-type]
     assert not data.poked.is_set() and host.snapshot.invalidated == 0

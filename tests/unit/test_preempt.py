@@ -308,14 +308,14 @@ def test_the_sampler_stops_the_move_when_the_drive_needs_space(tmp_path):
     from bsud.host.space import Pool, Space
     from bsud.reconcile.model import DriveObs
     from bsud.reconcile.observe import CloudSnapshot
-    from bsud.worker import DriveWorker
+    from bsud.worker import DriveWorker, WorkerContext
 
     cloud = LocalCloud(CloudSettings(provider="local", state_dir=str(tmp_path), instance_id="i-x"))
     config = SimpleNamespace(cloud=SimpleNamespace(provider=Provider.LOCAL), daemon=DaemonSettings(),
                              nfs=NfsSettings())
-    owner = SimpleNamespace(cloud=cloud, snapshot=CloudSnapshot(cloud), config=config, listeners=[], ganesha=None)
+    context = WorkerContext(cloud=cloud, snapshot=CloudSnapshot(cloud), config=lambda: config)  # type: ignore
     spec = DriveConfig(name="d", target=Target.ONLINE, mount_path=MNT, layout=Layout.LVM)
-    worker = DriveWorker(owner, spec)  # type: ignore[arg-type]
+    worker = DriveWorker(context, spec)
     rec = worker.reconciler
     rec.last_obs = DriveObs(name="d", mounted=True)
     used = [2 * GIB]

@@ -20,7 +20,7 @@ from bsud.reconcile.model import DriveObs
 from bsud.reconcile.observe import CloudSnapshot
 from bsud.reconcile.pace import RateMeter
 from bsud.sampler import Sampler
-from bsud.worker import FULL_SAMPLE_SECONDS, SAMPLER_STUCK_SECONDS, DriveWorker
+from bsud.worker import FULL_SAMPLE_SECONDS, SAMPLER_STUCK_SECONDS, DriveWorker, WorkerContext
 
 GIB, MIB = 1024**3, 1024**2
 INTERVAL = 0.25
@@ -61,9 +61,9 @@ def make_worker(tmp_path, name: str = "d") -> DriveWorker:
     cloud = LocalCloud(CloudSettings(provider="local", state_dir=str(tmp_path), instance_id="i-x"))
     config = SimpleNamespace(cloud=SimpleNamespace(provider=Provider.LOCAL), daemon=DaemonSettings(),
                              nfs=NfsSettings())
-    owner = SimpleNamespace(cloud=cloud, snapshot=CloudSnapshot(cloud), config=config, listeners=[], ganesha=None)
+    context = WorkerContext(cloud=cloud, snapshot=CloudSnapshot(cloud), config=lambda: config)  # type: ignore
     spec = DriveConfig(name=name, target=Target.ONLINE, mount_path=f"/mnt/{name}", layout=Layout.BTRFS)
-    worker = DriveWorker(owner, spec)  # type: ignore[arg-type]
+    worker = DriveWorker(context, spec)
     worker.reconciler.last_obs = DriveObs(name=name, mounted=True)
     return worker
 
@@ -108,7 +108,7 @@ def test_a_changed_fingerprint_is_a_full_sample_at_once_with_the_same_rate_and_t
     """A writer starts after a long idle spell: the very sample that sees its first write reads the space in full,
     measures the rate a meter fed every sample would, and wakes the drive — as before the fast path."""
     worker, drive = drive_worker
-    dense = RateMeter(worker.owner.config.daemon.rate_peak_seconds)
+    dense = RateMeter(worker.context.config().daemon.rate_peak_seconds)
     for _ in range(40):                               # 10 s idle, every sample but the periodic ones skipped
         tick(worker, clock)
         dense.add(clock.now, drive.used)
@@ -128,7 +128,7 @@ def test_the_rate_and_its_peak_are_those_of_a_meter_fed_every_sample_all_along(d
     """Idle, a slow writer, a pause, a burst, idle again: at every sample the drive's rate and recent peak are what a
     meter fed on every sample says (the skipped ones feed it the unchanged used bytes)."""
     worker, drive = drive_worker
-    dense = RateMeter(worker.owner.config.daemon.rate_peak_seconds)
+    dense = RateMeter(worker.context.config().daemon.rate_peak_seconds)
     meter = worker.reconciler.meter
     assert meter is not None
     for seconds, per_sample in ((20, 0), (5, 2 * MIB), (8, 0), (1, 100 * MIB), (70, 0)):

@@ -74,29 +74,31 @@ class StorageLayout(ABC):
         return admit(resolution, volume_tags, self.drive, probe(self.runner, resolution.device), self.is_own)
 
     @abstractmethod
-    def join(self, resolution: Resolution, volume_tags: dict[str, str], mount_point: str | None) -> None:
+    def join(self, resolution: Resolution, volume_tags: dict[str, str], mount_point: str | None) -> bool:
         """Make a (gate-checked) device part of the drive's storage; on a drive mounted at ``mount_point`` its
-        space is usable when this returns."""
+        space is usable when this returns. False when it already was (nothing done)."""
 
     @abstractmethod
     def ensure_filesystem(self, resolution: Resolution | None = None,
-                          volume_tags: dict[str, str] | None = None) -> None:
-        """Make the drive's filesystem if it does not exist yet."""
+                          volume_tags: dict[str, str] | None = None) -> bool:
+        """Make the drive's filesystem if it does not exist yet; False when it did (nothing done)."""
 
     @abstractmethod
     def mount_source(self, devices: list[str]) -> str:
         """The device to mount."""
 
-    def mount(self, devices: list[str], mount_point: str) -> None:
+    def mount(self, devices: list[str], mount_point: str) -> bool:
+        """Mount the drive's filesystem on ``mount_point``; False when it already is."""
         existing = mounts.mount_at(mount_point)
         source = self.mount_source(devices)
         if existing is not None:
             if self.is_our_mount(existing, devices):
-                return
+                return False
             raise mounts.MountError(f"{mount_point} already holds {existing.fstype} from {existing.source}, "
                                     f"not drive {self.drive!r}; unmount it or change mount-path")
         self.activate(devices)
         mounts.mount(self.runner, source, mount_point)
+        return True
 
     def is_our_mount(self, entry: mounts.MountEntry, devices: list[str]) -> bool:
         return self.fs.is_mounted_from(entry, self._fs_devices(devices))
@@ -105,8 +107,12 @@ class StorageLayout(ABC):
         """The devices the filesystem sits on, given the drive's volumes' devices."""
         return devices
 
-    def unmount(self, mount_point: str) -> None:
+    def unmount(self, mount_point: str) -> bool:
+        """Unmount; False when nothing was mounted there."""
+        if mounts.mount_at(mount_point) is None:
+            return False
         mounts.unmount(self.runner, mount_point)
+        return True
 
     @abstractmethod
     def can_grow(self, mount_point: str) -> bool:
@@ -117,18 +123,22 @@ class StorageLayout(ABC):
         """Give the filesystem all the space of its devices; True when something grew."""
 
     @abstractmethod
-    def remove_device(self, device: str, mount_point: str, keep_bytes: int | None = None) -> None:
-        """Move data off ``device`` and take it out of the drive (resumable). A burst stops it:
-        :class:`~bsud.host.preempt.Preempted`, the drive consistent and its removal resumable."""
+    def remove_device(self, device: str, mount_point: str, keep_bytes: int | None = None) -> bool:
+        """Move data off ``device`` and take it out of the drive (resumable); False when it already was out. A
+        burst stops it: :class:`~bsud.host.preempt.Preempted`, the drive consistent and its removal resumable."""
 
     @abstractmethod
-    def activate(self, devices: list[str]) -> None: ...
+    def activate(self, devices: list[str]) -> bool:
+        """Make the drive's storage ready to mount; False when it already was."""
 
     def recover(self) -> None:
         """At start: undo what a kill mid-command can leave behind on the host (nothing, by default)."""
 
-    def refresh(self, devices: list[str]) -> None:
-        """Point the drive's mappings at its devices as they are now (nothing to do, by default)."""
+    def refresh(self, devices: list[str]) -> bool:
+        """Point the drive's mappings at its devices as they are now; False when they already were (nothing to do,
+        by default)."""
+        return False
 
     @abstractmethod
-    def deactivate(self, devices: list[str]) -> None: ...
+    def deactivate(self, devices: list[str]) -> bool:
+        """Undo :meth:`activate` (before the volumes are detached); False when nothing was active."""

@@ -48,21 +48,24 @@ class BtrfsLayout(StorageLayout):
             active=bool(own), missing=missing,
         )
 
-    def join(self, resolution: Resolution, volume_tags: dict[str, str], mount_point: str | None) -> None:
+    def join(self, resolution: Resolution, volume_tags: dict[str, str], mount_point: str | None) -> bool:
         dev = resolution.device
         verdict = self.gate(resolution, volume_tags)
         if verdict != BLANK:
-            return  # already one of ours
+            return False  # already one of ours
         if mount_point is None or mounts.mount_at(mount_point) is None:
             raise LayoutError(f"drive {self.drive!r}: mount the filesystem before adding {dev}", temporary=True)
         self.fs.add_device(dev, mount_point)
+        return True
 
     def ensure_filesystem(self, resolution: Resolution | None = None,
-                          volume_tags: dict[str, str] | None = None) -> None:
+                          volume_tags: dict[str, str] | None = None) -> bool:
         if resolution is None or volume_tags is None:
             raise LayoutError(f"drive {self.drive!r}: no volume to make the filesystem on")
-        if self.gate(resolution, volume_tags) == BLANK:
-            self.fs.make(resolution.device)
+        if self.gate(resolution, volume_tags) != BLANK:
+            return False  # already the drive's (the gate refuses anything else)
+        self.fs.make(resolution.device)
+        return True
 
     def mount_source(self, devices: list[str]) -> str:
         state = self.observe(devices)
@@ -70,11 +73,17 @@ class BtrfsLayout(StorageLayout):
             raise LayoutError(f"drive {self.drive!r}: none of its devices holds its filesystem")
         return state.fs_device
 
-    def activate(self, devices: list[str]) -> None:
+    def activate(self, devices: list[str]) -> bool:
+        """Tell the kernel of the devices (``btrfs device scan``). Never CHANGED: the kernel's list of scanned devices
+        cannot be read back, and what the observation calls active is the drive mounted (``drive_active``), which a
+        scan does not change — the planner never asks a btrfs drive for it (mounting scans first)."""
         self.fs.scan(devices)
+        return False
 
-    def deactivate(self, devices: list[str]) -> None:
+    def deactivate(self, devices: list[str]) -> bool:
+        """Have the kernel forget the devices; never CHANGED, for the same reason as :meth:`activate`."""
         self.fs.forget(devices)
+        return False
 
     def live_bytes(self, mount_point: str, devices: list[str]) -> dict[str, int] | None:
         """The used bytes of the chunks on each device: exactly what ``btrfs device remove`` relocates."""
@@ -86,13 +95,14 @@ class BtrfsLayout(StorageLayout):
     def grow(self, mount_point: str) -> bool:
         return self.fs.grow_devices(mount_point)
 
-    def remove_device(self, device: str, mount_point: str, keep_bytes: int | None = None) -> None:
+    def remove_device(self, device: str, mount_point: str, keep_bytes: int | None = None) -> bool:
         fs = self.fs.show(mount_point)
         if fs is None or fs.devid_of(device) is None:
-            return  # already out (device remove wipes its superblock)
+            return False  # already out (device remove wipes its superblock)
         if len(fs.devices) < 2:
             raise LayoutError(f"drive {self.drive!r}: {device} is its only device; cannot remove it")
         # Cancelled by a burst (kernel 5.14+): the device stays whole, the chunks already moved stay moved, and the
         # next removal relocates only what is left on it.
         size = next(d.size for d in fs.devices if d.path == device)
         self.fs.remove_device(device, mount_point, size)
+        return True

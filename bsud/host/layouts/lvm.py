@@ -76,10 +76,11 @@ class LvmLayout(StorageLayout):
         """The LV is active (deactivated before the volumes are detached)."""
         return state.active
 
-    def join(self, resolution: Resolution, volume_tags: dict[str, str], mount_point: str | None) -> None:
+    def join(self, resolution: Resolution, volume_tags: dict[str, str], mount_point: str | None) -> bool:
         dev = resolution.device
         verdict = self.gate(resolution, volume_tags)
-        if verdict == BLANK:
+        changed = verdict == BLANK
+        if changed:
             self.lvm.pvcreate(dev)
         pv = self.lvm.pvs([dev])
         if not pv:
@@ -92,20 +93,24 @@ class LvmLayout(StorageLayout):
                 self.lvm.vgcreate(self.vg, [dev])
             else:
                 self.lvm.vgextend(self.vg, dev)
+            changed = True
         elif pv[0].vg_name != self.vg:
             raise ForeignDevice(f"{dev} is a PV of VG {pv[0].vg_name!r}, not of drive {self.drive!r}")
         if self.lvm.lv(self.vg) is None:
             self.lvm.lvcreate_full(self.vg)
+            changed = True
         elif mount_point is not None and (entry := mounts.mount_at(mount_point)) and self.is_our_mount(entry, []):
             # A volume joined to a drive in use is put to use at once, as the btrfs layout's device add does:
             # the next observation would plan Grow anyway, and a drive filling up cannot wait for it.
-            self.grow(mount_point)
+            changed |= self.grow(mount_point)
+        return changed
 
     def ensure_filesystem(self, resolution: Resolution | None = None,
-                          volume_tags: dict[str, str] | None = None) -> None:
+                          volume_tags: dict[str, str] | None = None) -> bool:
         if self.lvm.vg(self.vg) is None:
             raise LayoutError(f"drive {self.drive!r}: no VG {self.vg} to put the filesystem on")
         lv = self.lvm.lv(self.vg)
+        changed = lv is None
         if lv is None:
             # Stopped between vgcreate and lvcreate: a VG of the drive's volumes with no LV holds no data.
             self.lvm.lvcreate_full(self.vg)
@@ -114,11 +119,14 @@ class LvmLayout(StorageLayout):
             raise LayoutError(f"drive {self.drive!r}: lvcreate reported success but {self.lv_path} is not there")
         if not lv.active:
             self.lvm.vgchange(self.vg, True)
+            changed = True
         found = probe(self.runner, self.lv_path)
         if found.blank:
             self.fs.make(self.lv_path)
-        elif found.type != self.fs.fstype:
+            return True
+        if found.type != self.fs.fstype:
             raise ForeignDevice(f"{self.lv_path} holds {found.describe()}, not btrfs; bsud will not format it")
+        return changed
 
     def mount_source(self, devices: list[str]) -> str:
         return self.lv_path
@@ -126,24 +134,33 @@ class LvmLayout(StorageLayout):
     def _fs_devices(self, devices: list[str]) -> list[str]:
         return [self.lv_path]
 
-    def _register(self, devices: list[str]) -> None:
-        """With LVM's devices file in use, list the drive's (verified) devices in it so LVM sees them."""
+    def _register(self, devices: list[str]) -> bool:
+        """With LVM's devices file in use, list the drive's (verified) devices in it so LVM sees them; whether one
+        was added."""
+        added = False
         if self.lvm.devices_file_enabled():
             for dev in devices:
                 if not self.lvm.devices_file_has(dev):
                     self.lvm.devices_file_add(dev)
+                    added = True
+        return added
 
-    def activate(self, devices: list[str]) -> None:
-        self._register(devices)
+    def activate(self, devices: list[str]) -> bool:
+        changed = self._register(devices)
         lv = self.lvm.lv(self.vg)
         if lv is not None and not lv.active:
             self.lvm.vgchange(self.vg, True)
+            changed = True
+        return changed
 
-    def refresh(self, devices: list[str]) -> None:
+    def refresh(self, devices: list[str]) -> bool:
         """A volume unplugged under the active LV and plugged again is a new device to the kernel: reload the
-        LV's table so that its extents map to it again (``lvchange --refresh``)."""
-        self._register(devices)
+        LV's table so that its extents map to it again (``lvchange --refresh``). Nothing to reload when the LV maps
+        to no device that went away (the observation planned it on had seen one)."""
+        changed = self._register(devices)
         stale = self.lvm.stale_devices(self.lv_path)
+        if not stale:
+            return changed
         log.warning("reloading the LV's table onto the drive's devices", drive=self.drive, gone=stale)
         self.lvm.refresh(self.vg)
         left = self.lvm.stale_devices(self.lv_path)
@@ -153,6 +170,7 @@ class LvmLayout(StorageLayout):
             self.stale_check = False
             log.error("the LV still looks mapped to devices that went away after lvchange --refresh; not checking "
                       "for stale mappings any more (until bsud restarts)", drive=self.drive, devices=left)
+        return True
 
     def recover(self) -> None:
         """A dm device of the drive left suspended (bsud's lvm child killed mid-lvreduce/pvmove) blocks every
@@ -167,9 +185,12 @@ class LvmLayout(StorageLayout):
         if resumed and self.lvm.lv(self.vg) is not None and not self.lvm.moves_in_progress(self.vg):
             self.lvm.refresh(self.vg)
 
-    def deactivate(self, devices: list[str]) -> None:
-        if self.lvm.vg(self.vg) is not None:
-            self.lvm.vgchange(self.vg, False)
+    def deactivate(self, devices: list[str]) -> bool:
+        """Deactivate the VG's LVs; False when none was active (or the VG is not there)."""
+        if self.lvm.vg(self.vg) is None or not any(lv.active for lv in self.lvm.lvs(self.vg)):
+            return False
+        self.lvm.vgchange(self.vg, False)
+        return True
 
     def live_bytes(self, mount_point: str, devices: list[str]) -> dict[str, int] | None:
         """The btrfs data in each PV's stretches of the LV: the chunks btrfs uses, laid over the LV's segments.
@@ -195,11 +216,12 @@ class LvmLayout(StorageLayout):
             return True
         return bool(self.fs.growable(mount_point))
 
-    def _resume_moves(self) -> None:
-        """Finish a pvmove that was interrupted (bsud stopped mid-move): a burst aborts it like any other."""
+    def _resume_moves(self) -> bool:
+        """Finish a pvmove that was interrupted (bsud stopped mid-move): a burst aborts it like any other. Whether
+        there was one."""
         moves = self.lvm.moves_in_progress(self.vg)
         if not moves:
-            return
+            return False
         sources = sorted({lv.move_pv for lv in moves if lv.move_pv})
         log.info("resuming an interrupted pvmove", drive=self.drive, devices=sources)
 
@@ -208,16 +230,17 @@ class LvmLayout(StorageLayout):
                 self.lvm.pvmove_abort(source)
         with self.preemption.move(f"pvmove (resumed) {' '.join(sources)}", abort):
             self.lvm.pvmove()
+        return True
 
     def grow(self, mount_point: str) -> bool:
-        self._resume_moves()
+        resumed = self._resume_moves()
         grew = self.lvm.lvextend_full(self.vg)
         if grew or self.fs.growable(mount_point):
             self.fs.grow(mount_point)
             return True
-        return False
+        return resumed
 
-    def remove_device(self, device: str, mount_point: str, keep_bytes: int | None = None) -> None:
+    def remove_device(self, device: str, mount_point: str, keep_bytes: int | None = None) -> bool:
         """btrfs shrink → lvreduce → pvmove → vgreduce → pvremove → lvextend → btrfs grow, each step skipped
         when already done, so a run interrupted anywhere is completed by running it again.
 
@@ -225,15 +248,16 @@ class LvmLayout(StorageLayout):
         the pvmove aborted (``pvmove --abort``: what was mirrored stays moved, no pvmove LV is left, the LV is
         whole; shrunk, it grows back at the next Grow), or the next of them is not started."""
         with self.preemption.span():
-            self._remove_device(device, mount_point, keep_bytes)
+            return self._remove_device(device, mount_point, keep_bytes)
 
-    def _remove_device(self, device: str, mount_point: str, keep_bytes: int | None) -> None:
+    def _remove_device(self, device: str, mount_point: str, keep_bytes: int | None) -> bool:
         group = self.lvm.vg(self.vg)
         pv = next((p for p in self.lvm.pvs([device]) if p.vg_name == self.vg), None)
         if group is None:
             raise LayoutError(f"drive {self.drive!r}: VG {self.vg} not found")
-        self._resume_moves()
+        changed = self._resume_moves()
         if pv is not None:
+            changed = True  # at the least, the PV leaves the VG
             others = [p for p in self.lvm.pvs() if p.vg_name == self.vg and p.name != device]
             if not others:
                 raise LayoutError(f"drive {self.drive!r}: {device} is its only PV; cannot remove it")
@@ -261,6 +285,7 @@ class LvmLayout(StorageLayout):
                 self.lvm.vgreduce(self.vg, device)
         if self.lvm.pvs([device]):
             self.lvm.pvremove(device)
-        self.grow(mount_point)
+            changed = True
+        return self.grow(mount_point) or changed
 
 

@@ -1,0 +1,54 @@
+"""The executor's cloud steps against moto report truthfully: the first run CHANGED, the same action run again with
+nothing left to do UNCHANGED. (Attaching waits for the volume's block device, which moto has none of: the host lane
+runs it with the local provider, tests/host/test_outcomes.py.)"""
+
+from __future__ import annotations
+
+import pytest
+
+from bsud.config import DriveConfig, Layout, Provider, Target
+from bsud.host.layouts import BtrfsLayout
+from bsud.naming import STATE_TAG
+from bsud.reconcile.execute import Executor
+from bsud.reconcile.model import REMOVING, CreateVolume, DeleteVolume, DetachVolume, MarkVolume, Outcome
+from bsud.runner import Runner
+
+pytestmark = pytest.mark.cloud
+
+CHANGED, UNCHANGED = Outcome.CHANGED, Outcome.UNCHANGED
+
+
+@pytest.fixture
+def executor(cloud, tmp_path) -> Executor:
+    spec = DriveConfig(name="d", target=Target.ONLINE, mount_path=str(tmp_path / "not-mounted"), layout=Layout.BTRFS)
+    return Executor(spec, cloud, BtrfsLayout("d", Runner()), Provider.EC2, attach_timeout=10, device_timeout=1)
+
+
+def twice(executor: Executor, action) -> tuple[Outcome, Outcome]:
+    return executor.run(action), executor.run(action)
+
+
+def test_cloud_steps_change_once(executor: Executor, cloud, ec2, instance_id: str):
+    assert executor.run(CreateVolume(size_gib=1)) is CHANGED  # each run makes a volume
+    vid = executor.created
+    assert twice(executor, MarkVolume(volume_id=vid, value=REMOVING)) == (CHANGED, UNCHANGED)
+    assert cloud.get_volume(vid).tags[STATE_TAG] == REMOVING
+
+    ec2.attach_volume(VolumeId=vid, InstanceId=instance_id, Device="/dev/xvdf")
+    cloud.wait_attached(vid, timeout=10)
+    assert twice(executor, DetachVolume(volume_id=vid)) == (CHANGED, UNCHANGED)
+    assert cloud.get_volume(vid).attachment_to(instance_id) is None
+    assert twice(executor, DeleteVolume(volume_id=vid)) == (CHANGED, UNCHANGED)
+    assert cloud.get_volume(vid) is None
+
+
+def test_a_volume_attached_elsewhere_is_not_detached_from_here(executor: Executor, cloud, ec2):
+    """Nothing of it is attached here: nothing to do (the volume is not this VM's to take away)."""
+    image = ec2.describe_images()["Images"][0]["ImageId"]
+    other = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1,
+                              Placement={"AvailabilityZone": "us-east-1a"})["Instances"][0]["InstanceId"]
+    executor.run(CreateVolume(size_gib=1))
+    vid = executor.created
+    ec2.attach_volume(VolumeId=vid, InstanceId=other, Device="/dev/xvdf")
+    assert executor.run(DetachVolume(volume_id=vid)) is UNCHANGED
+    assert cloud.get_volume(vid).attached_elsewhere(cloud.identity().instance_id) is not None
