@@ -15,7 +15,7 @@ from pydantic import Field
 
 from bsud.exports.base import ExportKind, ExportPlugin, ExportState, HaAgents, Services
 from bsud.exports.files import ExportError, replace_file
-from bsud.exports.ganesha import GaneshaSettings, NfsSettings
+from bsud.exports.settings import GaneshaSettings, NfsSettings
 from bsud.exports.model import ExportModel, check_path
 from bsud.runner import Runner
 

@@ -21,7 +21,7 @@ from bsud.ha.agent import Agent, Gateway
 from bsud.runner import Runner
 
 if TYPE_CHECKING:
-    from bsud.exports.ganesha import NfsSettings
+    from bsud.exports.settings import NfsSettings
     from bsud.exports.ganesha_server import GaneshaServer
 
 #: The first line of every file bsud writes for a drive's exports.

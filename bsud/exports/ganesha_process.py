@@ -34,7 +34,7 @@ from bsud.exports.ganesha_dbus import BUS_NAME
 from bsud.logs import get_logger
 
 if TYPE_CHECKING:
-    from bsud.exports.ganesha import GaneshaSettings
+    from bsud.exports.settings import GaneshaSettings
 
 log = get_logger("bsud.exports")
 

@@ -20,7 +20,7 @@ from bsud.exports.ganesha_process import ManagedGanesha
 from bsud.logs import get_logger
 
 if TYPE_CHECKING:
-    from bsud.exports.ganesha import GaneshaSettings
+    from bsud.exports.settings import GaneshaSettings
 
 log = get_logger("bsud.exports")
 

@@ -5,30 +5,11 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from bsud.exports.base import ExportPlugin, HaAgents
-from bsud.exports.iscsi_target import PORT, lun_file
+from bsud.exports.iscsi_target import PORT, Chap, IscsiExport, lun_file
 from bsud.exports.lio import Lio
-from bsud.exports.model import ExportModel
 from bsud.ha.agent import Agent, Gateway, heartbeat
-
-
-class Chap(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    user: str = Field(min_length=1)
-    password: SecretStr
-
-
-class IscsiExport(ExportModel):
-    kind: Literal["iscsi"]
-    iqn: str
-    lun_size_gib: int = Field(ge=1)
-    initiators: tuple[str, ...] = Field(min_length=1)
-    chap: Chap | None = None
 
 
 #: iqn.YYYY-MM.reversed.domain[:anything] (RFC 3720 §3.2.6.3.1), lower case.

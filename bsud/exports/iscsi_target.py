@@ -1,4 +1,4 @@
-"""What LIO's targets and bsud's iSCSI gateway agree on: the port, the backstore names (how bsud recognises its own),
+"""What LIO's targets and bsud's iSCSI gateway agree on: the kind's config model, the port, the backstore names (how bsud recognises its own),
 each LUN's file in the drive, and one export as LIO should have it. Pure: no I/O.
 """
 
@@ -8,13 +8,28 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from bsud.exports.base import directory_of
+from bsud.exports.model import ExportModel
 from bsud.naming import GIB
 
-if TYPE_CHECKING:
-    from bsud.exports.iscsi import IscsiExport
+class Chap(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    user: str = Field(min_length=1)
+    password: SecretStr
+
+
+class IscsiExport(ExportModel):
+    kind: Literal["iscsi"]
+    iqn: str
+    lun_size_gib: int = Field(ge=1)
+    initiators: tuple[str, ...] = Field(min_length=1)
+    chap: Chap | None = None
+
 
 #: Where each target's TPG listens: every address, port 3260.
 ADDRESS, PORT = "0.0.0.0", 3260

@@ -19,19 +19,15 @@ import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from bsud.exports.base import ExportKind, ExportState
 from bsud.exports.files import (PROC_NET, ExportError, MadeFiles, backing_file, check_backing_file, plain_address,
                                      port_busy, port_listening)
-from bsud.exports.iscsi_target import ADDRESS, PORT, Wanted, backstore_name
+from bsud.exports.iscsi_target import ADDRESS, PORT, IscsiExport, Wanted, backstore_name
 from bsud.host.kernel import CONFIGFS, load_modules
 from bsud.host.kernel import TOOLS as KERNEL_TOOLS
 from bsud.logs import get_logger
 from bsud.runner import Runner
-
-if TYPE_CHECKING:
-    from bsud.exports.iscsi import IscsiExport
 
 log = get_logger("bsud.exports")
 

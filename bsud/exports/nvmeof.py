@@ -7,25 +7,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Literal
-
-from pydantic import Field
 
 from bsud.exports.base import ExportPlugin, HaAgents
-from bsud.exports.model import ExportModel
-from bsud.exports.nvmeof_target import NVMET, identity, namespace_file
+from bsud.exports.nvmeof_target import NVMET, NvmeofExport, identity, namespace_file
 from bsud.exports.nvmet import NvmetTcp
 from bsud.ha.agent import Agent, Gateway, heartbeat
-
-
-class NvmeofExport(ExportModel):
-    kind: Literal["nvmeof"]
-    nqn: str
-    size_gib: int = Field(ge=1)
-    hosts: tuple[str, ...] = Field(min_length=1)
-    transport: Literal["tcp"] = "tcp"
-    address: str
-    port: int = Field(default=4420, ge=1, le=65535)
 
 
 #: nqn.YYYY-MM.reversed.domain:anything (NVMe base spec 4.5), at most 223 bytes.

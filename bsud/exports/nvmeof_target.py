@@ -1,4 +1,4 @@
-"""What nvmet's subsystems and bsud's NVMe-oF gateway agree on: nvmet's tree in configfs, each subsystem's serial,
+"""What nvmet's subsystems and bsud's NVMe-oF gateway agree on: the kind's config model, nvmet's tree in configfs, each subsystem's serial,
 model string (how bsud recognises its own) and namespace identity, each namespace's file in the drive, one export as
 nvmet has it or should have it; and reading and writing configfs attributes.
 """
@@ -10,13 +10,23 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Literal
+
+from pydantic import Field
 
 from bsud.exports.base import directory_of
+from bsud.exports.model import ExportModel
 from bsud.host.kernel import CONFIGFS
 
-if TYPE_CHECKING:
-    from bsud.exports.nvmeof import NvmeofExport
+class NvmeofExport(ExportModel):
+    kind: Literal["nvmeof"]
+    nqn: str
+    size_gib: int = Field(ge=1)
+    hosts: tuple[str, ...] = Field(min_length=1)
+    transport: Literal["tcp"] = "tcp"
+    address: str
+    port: int = Field(default=4420, ge=1, le=65535)
+
 
 #: nvmet's tree in configfs.
 NVMET = CONFIGFS / "nvmet"

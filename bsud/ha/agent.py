@@ -8,10 +8,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from bsud.config.ha import HaConfig
+from typing import Protocol
 
 #: Where the resource-agents package installs the agents (``resource.d/<vendor>/<agent>``).
 OCF_ROOT = Path("/usr/lib/ocf")
@@ -63,6 +60,17 @@ def heartbeat(agent: str, name: str, *params: tuple[str, str]) -> Agent:
     return Agent("heartbeat", agent, name, tuple(params))
 
 
+class ClusterPrivate(Protocol):
+    """What the agents read of a drive's ``ha`` section (``bsud.config.ha.HaConfig``, not imported: the config
+    builds its checks from the kinds, which build their agents from this module)."""
+
+    @property
+    def cluster_private_device(self) -> str | None: ...
+
+    @property
+    def cluster_private_mount(self) -> str | None: ...
+
+
 @dataclass(frozen=True)
 class Gateway:
     """What a kind's agents are built from: the drive, where the gateway mounts its data, the service address."""
@@ -71,4 +79,4 @@ class Gateway:
     mount: str        # where the gateway mounts the DRBD device (the data)
     ip: str           # the service address, without its prefix
     version: int      # 4 or 6
-    ha: HaConfig
+    ha: ClusterPrivate
