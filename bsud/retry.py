@@ -9,9 +9,10 @@ The delay comes from the error's kind (:func:`kind_of`), not from repetition alo
   retried it): its own, longer backoff, from three times ``retry-seconds`` up to 10 minutes; a drive needing space
   does not cut it short (more requests would only prolong the throttling), a reload or a device event does.
 - **permanent** (foreign data, a command that refused, a volume in a state waiting cannot leave): waiting does not
-  help, a change does — a reload or a block device event concerning the drive ends the wait at once. Otherwise it is
-  tried again at the next full check (``full-check-seconds``), then twice as long each time, at most every 30 minutes:
-  never parked for good, never hammered.
+  help, a change does — a reload, a block device event concerning the drive, or the drive needing space (a grow
+  must never wait on a backoff while the drive fills: a command's refusal may be the passing kind) ends the wait at
+  once. Otherwise it is tried again at the next full check (``full-check-seconds``), then twice as long each time,
+  at most every 30 minutes: never parked for good, never hammered while nothing changes.
 - **internal** (not a ``BsudError``: a bug): like a temporary error, but the sampler's calls do not cut it short.
 
 An error's own ``delay`` (the exports' attempts, spaced by the engine) is used as it is.
@@ -47,7 +48,7 @@ class Backoff:
 POLICY: dict[ErrorKind, Backoff] = {
     ErrorKind.TEMPORARY: Backoff("retry-seconds", 1, 2, 300.0, woken_by_need=True),
     ErrorKind.THROTTLED: Backoff("retry-seconds", 3, 2, 600.0, woken_by_need=False),
-    ErrorKind.PERMANENT: Backoff("full-check-seconds", 1, 2, 1800.0, woken_by_need=False),
+    ErrorKind.PERMANENT: Backoff("full-check-seconds", 1, 2, 1800.0, woken_by_need=True),
     ErrorKind.INTERNAL: Backoff("retry-seconds", 1, 2, 300.0, woken_by_need=False),
 }
 

@@ -60,16 +60,17 @@ def test_backoff_table(kind: ErrorKind, attempt: int, seconds: float):
     assert backoff_seconds(kind, attempt, retry_seconds=10.0, full_check_seconds=60.0) == seconds
 
 
-def test_only_a_temporary_error_is_cut_short_by_the_drive_needing_space():
-    """Retrying throttled calls faster prolongs the throttling; a permanent error waits for a change, which a reload or
-    a device event brings (those always end the wait), not a sample."""
-    assert {k for k, rule in POLICY.items() if rule.woken_by_need} == {T}
+def test_a_drive_needing_space_cuts_short_all_but_throttling_and_bugs():
+    """Retrying throttled calls faster prolongs the throttling, and a bug does not go away by trying again; a
+    permanent error waits for a change — a reload, a device event, or the drive needing space: a grow never waits
+    on a backoff while the drive fills (a command's refusal may be the passing kind)."""
+    assert {k for k, rule in POLICY.items() if rule.woken_by_need} == {T, P}
 
 
 def test_a_permanent_error_waits_for_the_next_full_check_not_the_retry_delay():
     settings = DaemonSettings(retry_seconds=0.5, full_check_seconds=3)
     retry = retry_after(CommandError(["mount"], 32), 1, settings.retry_seconds, settings.full_check_seconds)
-    assert retry == Retry(P, 3.0, False)
+    assert retry == Retry(P, 3.0, True)
 
 
 def test_an_error_s_own_delay_is_used_as_it_is():
