@@ -9,29 +9,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import signal
 import sys
 import time
 from collections.abc import Sequence
 
 from bsud import __version__
-from bsud.config import DEFAULT_CONFIG_PATH, Config, DriveConfig, EnvSettings, InvalidConfig, Target, load_config
+from bsud.config import DEFAULT_CONFIG_PATH, Config, EnvSettings, InvalidConfig, load_config
+from bsud.commands.common import EXIT_CONFIG, EXIT_ERROR, EXIT_OK, EXIT_PIPE, daemon_status, say
+from bsud.commands.service import WAIT_ONLINE_SECONDS, cmd_reload, cmd_wait_online
 from bsud.errors import BsudError
-from bsud.logs import LEVELS, configure_logging, get_logger, is_journal, journal_line, register_secrets
-
-EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 2
-#: A reader that stopped reading (``bsud status | head -1``): quiet, as a program killed by SIGPIPE.
-EXIT_PIPE = 128 + 13
-#: How long ``bsud wait-online`` waits by default (bsud-wait-online@.service).
-WAIT_ONLINE_SECONDS = 300.0
-#: How long ``bsud reload`` waits for the daemon to answer.
-RELOAD_ANSWER_SECONDS = 60.0
-
-
-def say(text: str, priority: int = 3) -> None:
-    """One line for the user on stderr (with journald's priority prefix when stderr is the journal)."""
-    print(journal_line(text, priority) if is_journal(sys.stderr) else text, file=sys.stderr)
+from bsud.logs import LEVELS, configure_logging, get_logger, register_secrets
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,16 +82,6 @@ def cmd_check_config(config: Config) -> int:
     return EXIT_OK
 
 
-def _daemon_status(config: Config) -> dict | None:
-    """The running daemon's status file, if its process is alive."""
-    try:
-        data = json.loads(open(config.daemon.status_file).read())
-        os.kill(int(data["pid"]), 0)
-        return data
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def _observed_status(config: Config) -> dict:
     from bsud.cloud import make_provider
     from bsud.reconcile.engine import DriveReconciler
@@ -137,7 +114,7 @@ def describe_event(event: dict) -> str:
 
 
 def cmd_status(config: Config, as_json: bool, export_stats: bool = False) -> int:
-    data = _daemon_status(config)
+    data = daemon_status(config)
     source = "daemon" if data else "observed (no daemon running)"
     if data is None:
         data = _observed_status(config)
@@ -232,85 +209,6 @@ def cmd_ha_config(config: Config, write: bool) -> int:
             say(f"bsud: drive {d.name!r}: {problem}")
         failed |= bool(problems)
     return EXIT_ERROR if failed else EXIT_OK
-
-
-def _mounted(data: dict | None, spec: DriveConfig) -> bool:
-    """The running daemon says the drive is mounted, and the kernel agrees."""
-    status = (data or {}).get("drives", {}).get(spec.name) or {}
-    return bool(status.get("mounted")) and os.path.ismount(spec.mount_path)
-
-
-def systemd_unescape(name: str) -> str:
-    """A unit instance name as systemd-escape(1) writes it (``a\\x2bb``) back to the drive name (``a+b``): a
-    drive name can hold ``+``, which a unit name cannot (``-`` stays as it is: drive names hold no ``/``)."""
-    return re.sub(r"\\x([0-9a-fA-F]{2})", lambda m: chr(int(m.group(1), 16)), name)
-
-
-def cmd_wait_online(config: Config, names: list[str], timeout: float) -> int:
-    """Until every named drive (default: each whose target is online) is mounted; 1 at the timeout."""
-    names = [systemd_unescape(n) for n in names]
-    known = {d.name: d for d in config.drives}
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        say(f"bsud: wait-online: {', '.join(map(repr, unknown))} not in {config.path} (its drives: "
-            f"{', '.join(known) or 'none'})")
-        return EXIT_CONFIG
-    specs = [known[n] for n in names] if names else [d for d in config.drives if d.target == Target.ONLINE]
-    never = [d.name for d in specs if d.target != Target.ONLINE]
-    if never:
-        say(f"bsud: wait-online: drive {', '.join(map(repr, never))} has target "
-            f"{known[never[0]].target.value} in {config.path}: it will not be mounted")
-        return EXIT_ERROR
-    deadline = time.monotonic() + timeout
-    while True:
-        data = _daemon_status(config)
-        waiting = [d for d in specs if not _mounted(data, d)]
-        if not waiting:
-            say(f"bsud: wait-online: mounted: {', '.join(d.name for d in specs) or 'no online drive'}", 6)
-            return EXIT_OK
-        if time.monotonic() >= deadline:
-            for d in waiting:
-                status = (data or {}).get("drives", {}).get(d.name) or {}
-                why = ("no bsud daemon is running" if data is None else
-                       f"phase {status.get('phase', 'unknown')}" + (f", last error: {status['last_error']}"
-                                                                    if status.get("last_error") else ""))
-                say(f"bsud: wait-online: drive {d.name!r} is not mounted on {d.mount_path} after {timeout:.0f} s "
-                    f"({why}); see bsud status")
-            return EXIT_ERROR
-        time.sleep(0.5)
-
-
-def cmd_reload(config: Config, pid: int | None) -> int:
-    """The config is valid (it was loaded): SIGHUP the daemon and wait for its answer."""
-    from bsud.daemon import not_run_here
-
-    refused = not_run_here(config)
-    if refused:
-        raise InvalidConfig(refused)
-    data = _daemon_status(config)
-    pid = pid or (int(data["pid"]) if data else None)
-    if not pid:
-        say(f"bsud: reload: no bsud daemon is running with status file {config.daemon.status_file}")
-        return EXIT_ERROR
-    before = data.get("reloads", 0) if data and data.get("pid") == pid else -1
-    try:
-        os.kill(pid, signal.SIGHUP)
-    except OSError as exc:
-        say(f"bsud: reload: cannot signal bsud (pid {pid}): {exc.strerror}")
-        return EXIT_ERROR
-    deadline = time.monotonic() + RELOAD_ANSWER_SECONDS
-    while time.monotonic() < deadline:
-        time.sleep(0.2)
-        data = _daemon_status(config)
-        if data and data.get("pid") == pid and data.get("reloads", 0) > before:
-            result = str(data.get("reload_result", ""))
-            if result.startswith("refused"):
-                say(f"bsud: reload {result}")
-                return EXIT_CONFIG
-            say(f"bsud: config reloaded by bsud (pid {pid})", 6)
-            return EXIT_OK
-    say(f"bsud: reload: bsud (pid {pid}) did not answer within {RELOAD_ANSWER_SECONDS:.0f} s; see its log")
-    return EXIT_ERROR
 
 
 def cmd_delete_drive(config: Config, names: list[str], every: bool, yes: bool) -> int:

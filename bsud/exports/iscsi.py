@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 from bsud.exports.base import ExportPlugin, HaAgents
-from bsud.exports.iscsi_target import PORT, Chap, IscsiExport, lun_file
+from bsud.exports.iscsi_target import PORT, IscsiExport, lun_file
 from bsud.exports.lio import Lio
 from bsud.ha.agent import Agent, Gateway, heartbeat
 
