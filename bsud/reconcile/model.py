@@ -264,8 +264,8 @@ class Idle(Action):
 
 
 class Outcome(Enum):
-    """What carrying out an action did. A failure is an exception instead: a temporary one (``BsudError``
-    with ``temporary``, maybe a ``delay``) is retried with backoff, a permanent one is reported."""
+    """What carrying out an action did. A failure is an exception instead, retried after the wait ``bsud.retry``
+    gives its kind (temporary, throttled, permanent, internal); none parks the drive."""
 
     CHANGED = "changed"
     UNCHANGED = "unchanged"   # it was already so: planned again, the action has no effect

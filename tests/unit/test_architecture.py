@@ -1,4 +1,6 @@
-"""Layers import downward only: cli/daemon → reconcile → (cloud | host) → config/runner/logs/errors.
+"""Layers import downward only (the rules below; docs/architecture.md draws them): the processes (cli, commands,
+daemon, drives, worker, sampler) → reconcile → cloud | host | exports | ha → config → foundation (errors, logs,
+naming, runner, ratelimit, retry, storage, lock).
 
 The planner and its model do no I/O: they import no boto3, subprocess, pyudev, nor the cloud or host layers.
 """
