@@ -8,7 +8,7 @@ from __future__ import annotations
 from bsud.config import DriveConfig
 from bsud.naming import AVAILABLE
 from bsud.reconcile.model import (EVACUATED, REMOVING, Action, AttachVolume, Blocked, Direction, DriveObs,
-                                  MarkVolume, Phase, RemoveFromDrive, RetireVolume, VolumeObs, Wait)
+                                  Grow, MarkVolume, Phase, RemoveFromDrive, RetireVolume, VolumeObs, Wait)
 from bsud.reconcile.removal import ideal_bytes, removal_no_longer_fits
 
 #: A step of the online plan: the action, the drive's phase meanwhile, and the direction of a scaling step.
@@ -65,6 +65,11 @@ def plan_removals(spec: DriveConfig, obs: DriveObs, members: list[VolumeObs],
                                    f"{held[v.id]}; it stays in the drive"))
         if v.member and obs.usage is not None:
             why = removal_no_longer_fits(spec, obs.usage, obs.pace, members, v)
+            if why and obs.can_grow and not obs.storage.move_in_progress:
+                # Space first, the tag after: a stopped move's shrunk filesystem takes back what the drive has now
+                # (one step sooner — the burst is writing meanwhile); the abandon is planned again next.
+                return up(Grow(reason=f"the filesystem can use more space, and {why}: growing before abandoning "
+                                      f"the removal of {v.id}"))
             if why:
                 return up(MarkVolume(volume_id=v.id, value="", reason=f"abandoning the removal of {v.id}: {why}; "
                                      "it stays in the drive"))

@@ -290,10 +290,10 @@ def test_a_member_whose_volume_left_the_listing_blocks_the_drive(local, workdir:
     spec = DriveConfig(name=DRIVE, target=Target.ONLINE, mount_path=str(mnt), layout=Layout.BTRFS,
                        min_used_space_perc=40, max_used_space_perc=85)
     both, _ = observe_drive(spec, [local.get_volume(v1.id), local.get_volume(v2.id)], local, layout)
-    assert both.missing is None and both.usage is not None and both.usage.used_percent < 40
+    assert both.storage.missing is None and both.usage is not None and both.usage.used_percent < 40
 
     alone, _ = observe_drive(spec, [local.get_volume(v1.id)], local, layout)   # v2 gone from the listing
-    assert alone.missing is not None and r2.device in alone.missing, alone.missing
+    assert alone.storage.missing is not None and r2.device in alone.storage.missing, alone.storage.missing
     step = plan(spec, alone)
     assert isinstance(step.action, Blocked), step
     assert "deleted or lost its tag" in step.action.reason

@@ -163,11 +163,20 @@ ONLINE_TABLE = [
     ("removal-goes-on-without-a-burst", spec(initial_size_gib=4),
      online(vol("v1", 4), vol("v2", 10, bookkeeping=REMOVING), used=3, pace=Pace(write_rate=1e6, grow_seconds=5)),
      ("RemoveFromDrive", {"volume_id": "v2"})),
-    # lvm, pvmove aborted: the LV was shrunk to the other volumes before the move; the removal is abandoned, then the
-    # LV and btrfs grow back over the volume at once
-    ("preempted-lvm-removal-is-abandoned", spec(layout=Layout.LVM, initial_size_gib=4),
+    # lvm, pvmove aborted: the LV was shrunk to the other volumes before the move; the LV and btrfs grow back over
+    # the volume first (the burst writes meanwhile: a step sooner — the VM lane met ENOSPC with the abandon's tag
+    # before the grow), then the removal is abandoned
+    ("preempted-lvm-removal-grows-back-first", spec(layout=Layout.LVM, initial_size_gib=4),
      online(vol("v1", 4), vol("v2", 10, bookkeeping=REMOVING), usage=usage(3, 4), can_grow=True,
+            pace=Pace(write_rate=250e6, grow_seconds=5)), ("Grow", {})),
+    ("preempted-lvm-removal-is-abandoned-once-grown", spec(layout=Layout.LVM, initial_size_gib=4),
+     online(vol("v1", 4), vol("v2", 10, bookkeeping=REMOVING), usage=usage(3, 14),
             pace=Pace(write_rate=250e6, grow_seconds=5)), ("MarkVolume", {"volume_id": "v2"})),
+    # a paused move is not resumed by a grow that comes first: the abandon
+    ("preempted-removal-with-its-move-paused-is-abandoned", spec(layout=Layout.LVM, initial_size_gib=4),
+     online(vol("v1", 4), vol("v2", 10, bookkeeping=REMOVING), usage=usage(3, 4), can_grow=True,
+            move_in_progress=True, pace=Pace(write_rate=250e6, grow_seconds=5)),
+     ("MarkVolume", {"volume_id": "v2"})),
     ("abandoned-lvm-removal-grows-back-first", spec(layout=Layout.LVM, initial_size_gib=4),
      online(vol("v1", 4), vol("v2", 10), usage=usage(3, 4), can_grow=True,
             pace=Pace(write_rate=250e6, grow_seconds=5)), ("Grow", {})),
