@@ -102,10 +102,23 @@ def render_for_journal(_logger: Any, _name: str, event: MutableMapping[str, Any]
     return journal_line(text, priority)
 
 
+class _Stderr:
+    """Whatever ``sys.stderr`` is when a line is written (not when logging was set up: a caller that swaps it, such
+    as a test capturing a command's output, must not leave the logs writing to a closed file)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(level: str = "info", *, stream: TextIO | None = None, json: bool | None = None,
                       journal: bool | None = None) -> None:
     """Set up structlog: journald lines when ``stream`` is the journal (``journal=None``: detected), else
-    ``json=None`` picks console lines on a terminal, JSON otherwise."""
+    ``json=None`` picks console lines on a terminal, JSON otherwise. No ``stream``: standard error, as it is at
+    each line."""
+    out: Any = stream or _Stderr()
     stream = stream or sys.stderr
     level = level.lower()
     if level not in LEVELS:
@@ -130,7 +143,7 @@ def configure_logging(level: str = "info", *, stream: TextIO | None = None, json
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
     # boto3/botocore log through the stdlib; keep them quiet unless debugging, and never at DEBUG
