@@ -29,6 +29,7 @@ _SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/
 #: their own with their packages, ``ExportKind.tools``, given to :func:`preflight`).
 TOOL_PACKAGES: dict[str, str] = {
     "lvm": "lvm2",
+    "drbdadm": "drbd-utils",
     "pvs": "lvm2",
     "dmsetup": "dmsetup",
     "btrfs": "btrfs-progs",

@@ -5,6 +5,55 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: DRBD's words for a connected resource, an up-to-date disk, the Primary.
+CONNECTED, UP_TO_DATE, PRIMARY = "Connected", "UpToDate", "Primary"
+SECTOR = 512
+
+
+def internal_md_bytes(backing_bytes: int) -> int:
+    """DRBD's internal meta-data at the end of a backing device of ``backing_bytes`` (DRBD's user guide, "Meta data
+    size", one peer: 72 sectors, and 8 sectors of bitmap per 2^18 data sectors, rounded up)."""
+    sectors = backing_bytes // SECTOR
+    return (-(-sectors // 2**18) * 8 + 72) * SECTOR
+
+
+def usable_bytes(backing_bytes: int) -> int:
+    """What a DRBD device on a backing device of that size offers at most (4 KiB aligned)."""
+    return max(0, (backing_bytes - internal_md_bytes(backing_bytes)) // 4096 * 4096)
+
+
+@dataclass(frozen=True)
+class Replication:
+    """A highly available drive's DRBD resource on this node (its backing device is the drive's LV)."""
+
+    resource: str
+    device: str | None = None          # /dev/drbd1000
+    up: bool = False                   # the resource is up on this node (attached to the LV)
+    role: str = ""                     # Primary | Secondary
+    peer_role: str = ""                # the peer's, as this node last heard it ('' or Unknown while disconnected)
+    connection: str = ""               # Connected, WFConnection, StandAlone, SyncSource…
+    disk: str = ""                     # UpToDate, Inconsistent, Outdated, Diskless…
+    peer_disk: str = ""
+    size: int = 0                      # the DRBD device, bytes
+    backing_size: int = 0              # the LV under it, bytes
+    #: Why the resource cannot be used for this drive (not configured here, its disk is not the drive's LV).
+    error: str | None = None
+
+    @property
+    def primary(self) -> bool:
+        return self.up and self.role == PRIMARY
+
+    @property
+    def connected(self) -> bool:
+        return self.connection == CONNECTED
+
+    @property
+    def room(self) -> int:
+        """Bytes the DRBD device could still grow by into this node's LV (after both LVs grew: ``drbdadm
+        resize``); under 1 MiB counts as none (DRBD's own rounding)."""
+        room = usable_bytes(self.backing_size) - self.size if self.up and self.size else 0
+        return room if room >= 2**20 else 0
+
 
 @dataclass(frozen=True)
 class LayoutState:
@@ -18,3 +67,5 @@ class LayoutState:
     missing: str | None = None                   # what of the drive's storage is absent, in words
     stale: tuple[str, ...] = ()                  # devices still mapped although they went away (lvm)
     lv_missing: bool = False                     # lvm: PVs in the drive's VG but no LV (stopped before lvcreate)
+    #: A highly available drive: its DRBD resource (None for any other drive).
+    replication: Replication | None = None

@@ -10,6 +10,8 @@ again.
   LV — the on-disk layout of the original bsud, so its drives are adopted as they are.
 - ``btrfs``: btrfs spans the volumes itself (``device add`` / ``device remove``); needs no
   device-mapper.
+- a highly available drive (``ha``) is ``lvm`` whose LV is a DRBD resource's backing device
+  (:class:`ReplicatedLvmLayout`): no filesystem on the LV, DRBD resized once both nodes' LVs grew.
 
 A layout is one module here and one line in :data:`LAYOUTS`; it declares the tools it runs.
 """
@@ -20,6 +22,7 @@ from bsud.config.catalogue import Layout
 from bsud.host.layouts.base import LayoutError, LayoutState, StorageLayout
 from bsud.host.layouts.btrfs import BtrfsLayout
 from bsud.host.layouts.lvm import LvmLayout
+from bsud.host.layouts.replicated import ReplicatedLvmLayout
 from bsud.runner import Runner
 
 #: The config's ``layout`` value → the class that carries it out.
@@ -28,8 +31,16 @@ LAYOUTS: dict[Layout, type[StorageLayout]] = {
     Layout.BTRFS: BtrfsLayout,
 }
 
-__all__ = ["LAYOUTS", "BtrfsLayout", "LayoutError", "LayoutState", "LvmLayout", "StorageLayout", "make_layout"]
+__all__ = ["LAYOUTS", "BtrfsLayout", "LayoutError", "LayoutState", "LvmLayout", "ReplicatedLvmLayout", "StorageLayout",
+           "make_layout"]
 
 
-def make_layout(kind: Layout, drive: str, runner: Runner) -> StorageLayout:
+def make_layout(kind: Layout, drive: str, runner: Runner,
+                replica: tuple[str, str | None] | None = None) -> StorageLayout:
+    """The drive's layout; ``replica`` (a highly available drive's DRBD resource and device) makes it the lvm
+    layout under DRBD."""
+    if replica is not None:
+        if kind != Layout.LVM:
+            raise ValueError(f"a highly available drive needs the lvm layout, not {kind.value}")
+        return ReplicatedLvmLayout(drive, runner, *replica)
     return LAYOUTS[kind](drive, runner)
