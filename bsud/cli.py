@@ -192,6 +192,21 @@ def cmd_ha_config(config: Config, write: bool) -> int:
     failed = False
     for d in drives:
         assert d.ha is not None
+        if d.ha.drbd_device is None:
+            from bsud.host.drbd import DrbdResource
+
+            try:
+                device = DrbdResource(Runner(), d.ha.drbd_resource).device()
+                why = f"'drbdadm sh-dev {d.ha.drbd_resource}' found no device"
+            except BsudError as exc:  # drbdadm missing
+                device, why = None, str(exc)
+            if device is None:
+                say(f"bsud: drive {d.name!r}: field 'ha.drbd-device': not given, and {why} (configure the DRBD "
+                    "resource, or set drbd-device)")
+                failed = True
+                continue
+            d = d.model_copy(update={"ha": d.ha.model_copy(update={"drbd_device": device})})
+            assert d.ha is not None
         if write:
             changed = Promoter(Runner()).write(d.name, d.mount_path, d.ha, d.exports)
             print(f"{Promoter.file(d.name, d.ha)}: {'written' if changed else 'unchanged'}")

@@ -15,6 +15,8 @@ from bsud.exports.model import Settings
 DRBD_RESOURCE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
 NIC_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,14}")
 DEVICE_RE = re.compile(r"/dev/[A-Za-z0-9/_.+-]+")
+#: A drive's name (the rule of ``bsud.config.rules``).
+DRIVE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9+_.-]{0,62}")
 
 #: systemd's FailureAction= values drbd-reactor accepts for on-drbd-demote-failure.
 DEMOTE_FAILURE_ACTIONS = ("none", "reboot", "reboot-force", "reboot-immediate", "poweroff", "poweroff-force",
@@ -24,8 +26,14 @@ DEMOTE_FAILURE_ACTIONS = ("none", "reboot", "reboot-force", "reboot-immediate", 
 class HaConfig(Settings):
     #: The DRBD resource whose backing device is the drive's LV.
     drbd_resource: str
-    #: The DRBD device the gateway mounts (``/dev/drbd1000``).
-    drbd_device: str
+    #: The drive of the other node's bsud (the peer's LV is the resource's other backing device): the Primary's bsud
+    #: makes its volumes grow with this drive's.
+    peer_drive: str | None = None
+    #: The peer's VM, where the Primary attaches a volume it made for the peer's drive (None: the VM the peer's
+    #: drive's volumes are attached to).
+    peer_instance: str | None = None
+    #: The DRBD device the gateway mounts (``/dev/drbd1000``; None: ``drbdadm sh-dev`` tells).
+    drbd_device: str | None = None
     #: The service address the clients use, with its prefix (``10.0.0.50/24``): it moves with the Primary.
     service_ip: str
     #: The interface IPaddr2 puts it on (None: the one whose network holds it).
@@ -47,11 +55,29 @@ class HaConfig(Settings):
     portblock: bool = True
 
 
-def check_ha(ha: HaConfig, exports: tuple[Any, ...], layout: str) -> list[tuple[str, str]]:
+INSTANCE_RE = re.compile(r"i-[0-9a-zA-Z]{1,40}")
+
+
+def check_ha(ha: HaConfig, exports: tuple[Any, ...], layout: str, drive: str = "",
+             mount_path: str = "") -> list[tuple[str, str]]:
     """(key under ``ha``, why) for each problem."""
     problems: list[tuple[str, str]] = []
     if layout != "lvm":
         problems.append(("", "a highly available drive needs the lvm layout (its LV is DRBD's backing device)"))
+    if ha.peer_drive is None:
+        problems.append(("peer-drive", "required: the name of the other DRBD node's bsud drive (both LVs grow "
+                                       "together: the Primary's bsud makes the peer's volumes too)"))
+    elif ha.peer_drive == drive:
+        problems.append(("peer-drive", f"{ha.peer_drive!r} is this drive; name the other node's drive (drive names "
+                                       "are the volumes' tags: each node's drive needs its own)"))
+    elif not DRIVE_NAME_RE.fullmatch(ha.peer_drive):
+        problems.append(("peer-drive", f"{ha.peer_drive!r} is not a drive name"))
+    if ha.peer_instance is not None and not INSTANCE_RE.fullmatch(ha.peer_instance):
+        problems.append(("peer-instance", f"{ha.peer_instance!r} is not an instance id (i-…)"))
+    if ha.mount_path is not None and mount_path and ha.mount_path.rstrip("/") != mount_path.rstrip("/"):
+        problems.append(("mount-path", f"{ha.mount_path!r} differs from the drive's mount-path {mount_path!r}: bsud "
+                                       "watches the filesystem on the DRBD device where the gateway mounts it, the "
+                                       "drive's mount-path; set mount-path to it and drop ha.mount-path"))
     if not DRBD_RESOURCE_RE.fullmatch(ha.drbd_resource):
         problems.append(("drbd-resource", f"{ha.drbd_resource!r} is not a DRBD resource name"))
     for key, device in (("drbd-device", ha.drbd_device), ("cluster-private-device", ha.cluster_private_device)):

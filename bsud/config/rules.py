@@ -221,7 +221,7 @@ def check_semantics(cfg: _ConfigFile, path: str) -> tuple[list[ConfigError], lis
         problem(*key, why)
     for d in cfg.drives:
         if d.ha is not None:
-            for key, why in check_ha(d.ha, d.exports, d.layout.value):
+            for key, why in check_ha(d.ha, d.exports, d.layout.value, d.name, d.mount_path):
                 problem(d.name, f"ha.{key}" if key else "ha", why)
     for key, why in check_tags(cloud.tags):
         problem(None, f"cloud.{key}", why)

@@ -38,7 +38,10 @@ def ports(exports: tuple[Any, ...]) -> str:
 
 
 def start_list(drive: str, mount_path: str, ha: HaConfig, exports: tuple[Any, ...]) -> list[Agent]:
-    """The agents drbd-reactor starts for the drive, in order."""
+    """The agents drbd-reactor starts for the drive, in order (``ha.drbd_device`` known: given, or asked of
+    ``drbdadm sh-dev`` by the caller)."""
+    if ha.drbd_device is None:
+        raise ValueError(f"drive {drive!r}: the DRBD device of resource {ha.drbd_resource!r} is not known")
     iface = ipaddress.ip_interface(ha.service_ip)
     gw = Gateway(drive, ha.mount_path or mount_path, str(iface.ip), iface.version, ha)
     blocked = (("ip", gw.ip), ("portno", ports(exports)))

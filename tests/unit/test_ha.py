@@ -19,7 +19,7 @@ from bsud.ha.ocf import check_agents
 from bsud.ha.promoter import NFSDCLD_DROPIN_TEXT, Promoter, needs_nfsdcld_dropin
 from bsud.runner import Runner
 
-HA = {"drbd-resource": "data", "drbd-device": "/dev/drbd1000", "service-ip": "10.0.0.50/24", "nic": "eth1",
+HA = {"drbd-resource": "data", "drbd-device": "/dev/drbd1000", "peer-drive": "data-b", "service-ip": "10.0.0.50/24", "nic": "eth1",
       "cluster-private-device": "/dev/drbd1001", "cluster-private-mount": "/srv/ha/data-private"}
 EXPORTS = [
     {"kind": "nfs", "clients": ["10.0.0.0/24", "app.example"], "options": ["rw", "sync", "no_root_squash"]},
@@ -160,6 +160,13 @@ def test_the_file_is_written_private_and_a_line_an_agent_refuses_changes_nothing
     (HA, [{"kind": "smb", "share": "s"}], "lvm", "field 'ha': smb exports have no OCF agent"),
     ({k: v for k, v in HA.items() if not k.startswith("cluster")}, EXPORTS[:1], "lvm",
      "field 'ha.cluster-private-device': NFS needs cluster-private-device"),
+    ({k: v for k, v in HA.items() if k != "peer-drive"}, EXPORTS, "lvm",
+     "field 'ha.peer-drive': required: the name of the other DRBD node's bsud drive"),
+    ({**HA, "peer-drive": "data"}, EXPORTS, "lvm", "field 'ha.peer-drive': 'data' is this drive"),
+    ({**HA, "peer-drive": "no/slash"}, EXPORTS, "lvm", "field 'ha.peer-drive': 'no/slash' is not a drive name"),
+    ({**HA, "peer-instance": "vm-1"}, EXPORTS, "lvm", "field 'ha.peer-instance': 'vm-1' is not an instance id"),
+    ({**HA, "mount-path": "/srv/elsewhere"}, EXPORTS, "lvm",
+     "field 'ha.mount-path': '/srv/elsewhere' differs from the drive's mount-path '/srv/data'"),
 ])
 def test_a_bad_ha_section_is_one_line(ha, exports, layout, expected):
     with pytest.raises(InvalidConfig) as info:
@@ -168,7 +175,7 @@ def test_a_bad_ha_section_is_one_line(ha, exports, layout, expected):
     assert any(expected in line and "drive 'data'" in line for line in lines), lines
 
 
-def test_the_daemon_refuses_a_highly_available_drive_and_ha_config_prints_its_file_masked(tmp_path: Path, capsys):
+def test_the_daemon_refuses_a_highly_available_drive_on_the_local_provider_and_ha_config_prints_its_file_masked(tmp_path: Path, capsys):
     from bsud.cli import main
 
     config = tmp_path / "bsud.json"
@@ -178,7 +185,7 @@ def test_the_daemon_refuses_a_highly_available_drive_and_ha_config_prints_its_fi
                                               "exports": EXPORTS, "ha": {**HA, "portblock": False}}]}))
     assert main(["-c", str(config), "run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "drive 'data'" in err[0] and "does not run highly available drives" in err[0], err
+    assert len(err) == 1 and "drive 'data'" in err[0] and "needs a cloud provider" in err[0], err
     if (OCF_ROOT / "resource.d" / "heartbeat" / "IPaddr2").exists():
         assert main(["-c", str(config), "ha-config"]) == 0
         out = capsys.readouterr().out
@@ -207,3 +214,18 @@ def test_a_kind_registered_without_ha_agents_is_refused_in_an_ha_drive_by_its_na
     problems = check_ha(d.ha, (*d.exports, scratch), "lvm")
     assert problems == [("", "scratch exports have no OCF agent in the gateway; remove them or the ha section")]
     assert check_ha(d.ha, d.exports, "lvm") == []  # the kinds that have agents pass
+
+
+def test_ha_config_without_a_drbd_device_asks_drbdadm_and_says_in_one_line_when_it_cannot_tell(tmp_path: Path,
+                                                                                                   capsys):
+    from bsud.cli import main
+
+    config = tmp_path / "bsud.json"
+    ha = {k: v for k, v in HA.items() if k != "drbd-device"}
+    config.write_text(json.dumps({"cloud": {"provider": "local", "state-dir": str(tmp_path / "state")},
+                                  "drives": [{"name": "data", "target": "online", "mount-path": "/srv/data",
+                                              "exports": EXPORTS, "ha": {**ha, "drbd-resource": "bsud-test-none",
+                                                                         "portblock": False}}]}))
+    assert main(["-c", str(config), "ha-config"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "drive 'data': field 'ha.drbd-device': not given, and " in err[0], err

@@ -118,9 +118,9 @@ def test_the_generated_start_list_runs_serves_and_stops(vm, gateway_host, tmp_pa
     problem = portblock_problem()
     assert problem is None or "ClusterLabs/resource-agents#1924" in problem, problem
     spec = parse_config(json.dumps({"cloud": {"provider": "local"}, "drives": [{
-        "name": drive, "target": "online", "mount-path": str(tmp_path / "mnt"), "exports": exports,
-        "ha": {"drbd-resource": drive, "drbd-device": layout.lv_path, "service-ip": f"{SERVICE}/24", "nic": NIC,
-               "mount-path": str(gw), "cluster-private-device": private.device,
+        "name": drive, "target": "online", "mount-path": str(gw), "exports": exports,
+        "ha": {"drbd-resource": drive, "drbd-device": layout.lv_path, "peer-drive": f"{drive}-peer",
+               "service-ip": f"{SERVICE}/24", "nic": NIC, "cluster-private-device": private.device,
                "cluster-private-mount": str(tmp_path / "private"), "portblock": problem is None,
                "promoter-dir": str(tmp_path / "drbd-reactor.d")}}]})).drives[0]
     assert spec.ha is not None
