@@ -31,7 +31,7 @@ from bsud.errors import BsudError, ConfigError
 from bsud.exports import EXPORTERS, export_tools
 from bsud.exports.ganesha_server import GaneshaServer
 from bsud.host.hotplug import BlockEvents
-from bsud.host.layouts import LAYOUTS, StorageLayout
+from bsud.host.layouts import LAYOUTS, ReplicatedLvmLayout, StorageLayout
 from bsud.lock import take_lock
 from bsud.logs import get_logger, register_secrets
 from bsud.metrics import Metrics
@@ -59,7 +59,8 @@ def required_tools(config: Config, cloud: CloudProvider) -> dict[str, str]:
     """What the drives' layouts, exports and the provider run, each named once (every layout needs btrfs), with who
     needs it when that is a drive's export: an export kind's tools are needed only when a drive uses it."""
     tools = dict.fromkeys([*StorageLayout.tools, *(t for d in config.drives for t in LAYOUTS[d.layout].tools),
-                           *cloud.tools], "")
+                           *(ReplicatedLvmLayout.tools if any(d.ha for d in config.drives) else ()), *cloud.tools],
+                          "")
     for drive in config.drives:
         for kind in dict.fromkeys(e.exporter for e in drive.exports):
             for tool in export_tools([kind]):
@@ -81,11 +82,14 @@ def manages_ganesha(config: Config) -> bool:
 
 
 def not_run_here(config: Config) -> list[ConfigError]:
-    """Drives the daemon does not run: a highly available drive's LV is DRBD's backing device, which bsud must never
-    mount itself (that would bypass the replication); this version writes their drbd-reactor file only."""
-    return [ConfigError("the daemon does not run highly available drives yet (its LV is DRBD's backing device, "
-                        "which bsud must not mount); write its drbd-reactor file with 'bsud ha-config --write' and "
-                        "remove the drive from the daemon's config", path=config.path, drive=d.name, field="ha")
+    """Drives the daemon cannot run with this config: a highly available drive on the local provider (its Primary
+    makes and attaches volumes for the peer's VM, which the local provider has no notion of)."""
+    if config.cloud.provider != Provider.LOCAL:
+        return []
+    return [ConfigError("a highly available drive needs a cloud provider (its Primary's bsud makes volumes for the "
+                        "other node's drive and attaches them to its VM); the local provider has one machine only. "
+                        "'bsud ha-config' still prints its drbd-reactor file", path=config.path, drive=d.name,
+                        field="ha")
             for d in config.drives if d.ha is not None]
 
 

@@ -51,8 +51,9 @@ class Drives:
 
     def block_event(self, action: str, device: str) -> None:
         """A block device came, went or changed (udev): the drive it belongs to — or, for one that came, a drive
-        missing a member — looks again at once, on a fresh cloud listing. This is how a volume taken away behind
-        bsud's back is noticed within seconds without listing the cloud every minute."""
+        missing a member or a highly available drive (its Primary's bsud attaches the volumes it makes for this
+        node) — looks again at once, on a fresh cloud listing. This is how a volume taken away behind bsud's back is
+        noticed within seconds without listing the cloud every minute."""
         woken = []
         for name, worker in self.workers.items():
             obs = worker.reconciler.last_obs
@@ -60,7 +61,8 @@ class Drives:
                 continue
             ours = any(v.device == device for v in obs.volumes)
             lacking = bool(obs.storage.missing) or any(v.attached_here and v.device is None for v in obs.volumes)
-            if ours or (action == "add" and lacking):
+            replicated = obs.storage.replication is not None
+            if ours or (action == "add" and (lacking or replicated)):
                 woken.append(name)
         if not woken:
             return

@@ -99,6 +99,7 @@ class _DriveCollector(Collector):
                                 "every step and every 5 s): old while the daemon is stopped or hung",
                                 value=report.updated)
         yield from _drive_families(report)
+        yield from _replication_families(report)
         yield from _client_families(view)
         if report.ganesha is not None:
             yield from _ganesha_families(report.ganesha)
@@ -171,6 +172,35 @@ def _drive_families(report: DaemonReport) -> Iterator[Metric]:
     yield from gauges.values()
     yield errors
     yield from io.values()
+
+
+def _replication_families(report: DaemonReport) -> Iterator[Metric]:
+    """Highly available drives: DRBD's role, connection and disks on this node, the size both nodes agreed on."""
+    drives = [(name, s.replication, s.peer) for name, s in sorted(report.drives.items()) if s.replication]
+    if not drives:
+        return
+    role = GaugeMetricFamily("bsud_drbd_role", "1 for the drive's DRBD role on this node (down: not up here)",
+                             labels=["drive", "role"])
+    connected = GaugeMetricFamily("bsud_drbd_connected", "1 while DRBD is connected to the peer", labels=["drive"])
+    disk = GaugeMetricFamily("bsud_drbd_disk_up_to_date", "1 while the disk is UpToDate (node: local, peer)",
+                             labels=["drive", "node"])
+    size = GaugeMetricFamily("bsud_drbd_size_bytes", "The DRBD device's size: what both nodes' LVs agreed on",
+                             labels=["drive"])
+    backing = GaugeMetricFamily("bsud_drbd_backing_bytes", "This node's LV under DRBD", labels=["drive"])
+    peer_size = GaugeMetricFamily("bsud_drbd_peer_volumes_bytes", "The peer's drive's volumes together, as the "
+                                  "cloud lists them", labels=["drive"])
+    for name, r, peer in drives:
+        current = r.role if r.up and r.role else "down"
+        for word in dict.fromkeys(("Primary", "Secondary", "down", current)):
+            role.add_metric([name, word], 1 if word == current else 0)
+        connected.add_metric([name], 1 if r.connected else 0)
+        disk.add_metric([name, "local"], 1 if r.disk == "UpToDate" else 0)
+        disk.add_metric([name, "peer"], 1 if r.peer_disk == "UpToDate" else 0)
+        size.add_metric([name], r.size)
+        backing.add_metric([name], r.backing_size)
+        if peer is not None:
+            peer_size.add_metric([name], peer.size_gib * 1024**3)
+    yield from (role, connected, disk, size, backing, peer_size)
 
 
 def _client_families(view: _View) -> Iterator[Metric]:

@@ -49,8 +49,17 @@ def full_report(now: float | None = None) -> DaemonReport:
                        last_error="volume vol-9 is attached to i-2", errors=7, updated=now - 40,
                        exports=exports_obs({"wanted": 1, "names": ["nfs:/logs"], "in_sync": False, "servers": [],
                                 "detail": "not applied", "clients": clients}))
+    from bsud.reconcile.model import PeerObs, PeerVolume
+    from bsud.storage import Replication
+
+    ha = DriveStatus("ha-a", "online", "lvm", "/srv/ha", phase="online", updated=now - 2,
+                     replication=Replication("r0", device="/dev/drbd1000", up=True, role="Primary",
+                                             peer_role="Secondary", connection="Connected", disk="UpToDate",
+                                             peer_disk="UpToDate", size=10 * GIB, backing_size=22 * GIB),
+                     peer=PeerObs("ha-b", (PeerVolume("vol-b0", 10, "in-use", attached_to="i-b"),
+                                           PeerVolume("vol-b1", 12, "in-use", attached_to="i-b")), "i-b"))
     return DaemonReport(version="t", pid=1, config="/etc/bsud/config.json", started=now - 3600, updated=now,
-                        drives={"data": data, "logs": logs}, unmanaged={}, not_mounted=("logs",),
+                        drives={"data": data, "logs": logs, "ha-a": ha}, unmanaged={}, not_mounted=("logs",),
                         ganesha={"state": "running, pid 9", "pid": 9, "restarts": 1})
 
 

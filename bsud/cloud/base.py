@@ -167,6 +167,12 @@ class CloudProvider(ABC):
     def attach_volume(self, volume_id: str) -> str:
         """Attach to this VM under a free device name; return the name requested."""
 
+    def attach_volume_to(self, volume_id: str, instance_id: str) -> str:
+        """Attach to another VM of this zone (a highly available drive's Primary attaching the volume it made for
+        its peer's drive); return the name requested."""
+        raise VolumeStateError(volume_id, "available", f" (the {type(self).__name__} provider cannot attach a volume "
+                               f"to another VM, {instance_id})")
+
     @abstractmethod
     def detach_volume(self, volume_id: str) -> None:
         """Detach from this VM (only from this VM)."""
@@ -215,8 +221,9 @@ class CloudProvider(ABC):
         assert vol is not None
         return vol
 
-    def wait_attached(self, volume_id: str, timeout: float = 300.0) -> Volume:
-        me = self.identity().instance_id
+    def wait_attached(self, volume_id: str, timeout: float = 300.0, instance_id: str | None = None) -> Volume:
+        """Until the volume is attached to this VM (or to ``instance_id``)."""
+        me = instance_id or self.identity().instance_id
 
         def done(v: Volume | None) -> bool:
             if v is None:

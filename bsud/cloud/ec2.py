@@ -255,12 +255,11 @@ class Ec2Cloud(CloudProvider):
     def set_tag(self, volume_id: str, key: str, value: str) -> None:
         self._call("CreateTags", volume_id=volume_id, Resources=[volume_id], Tags=[{"Key": key, "Value": value}])
 
-    def _attachments_here(self) -> tuple[set[str], int]:
-        """The device names taken on this VM, and how many volumes it holds (its root included)."""
-        me = self._identity.instance_id
+    def _attachments_of(self, instance_id: str) -> tuple[set[str], int]:
+        """The device names taken on a VM, and how many volumes it holds (its root included)."""
         taken: set[str] = set()
         held: set[str] = set()
-        page = self._call("DescribeInstances", InstanceIds=[me])
+        page = self._call("DescribeInstances", InstanceIds=[instance_id])
         for reservation in page.get("Reservations", []):
             for inst in reservation.get("Instances", []):
                 if inst.get("RootDeviceName"):
@@ -268,23 +267,25 @@ class Ec2Cloud(CloudProvider):
                 for mapping in inst.get("BlockDeviceMappings", []) or []:
                     taken.add(mapping.get("DeviceName", ""))
                     held.add((mapping.get("Ebs") or {}).get("VolumeId") or mapping.get("DeviceName", ""))
-        for vol in self._describe(Filters=[{"Name": "attachment.instance-id", "Values": [me]}]):
-            taken.update(a.device for a in vol.attachments if a.instance_id == me)
+        for vol in self._describe(Filters=[{"Name": "attachment.instance-id", "Values": [instance_id]}]):
+            taken.update(a.device for a in vol.attachments if a.instance_id == instance_id)
             held.add(vol.id)
-        # Names the kernel already shows (e.g. Outscale's /dev/xvdX udev links) are taken too.
-        if os.path.isdir("/dev"):
+        if instance_id == self._identity.instance_id and os.path.isdir("/dev"):
+            # Names the kernel already shows here (e.g. Outscale's /dev/xvdX udev links) are taken too.
             taken.update(f"/dev/{n}" for n in os.listdir("/dev") if n.startswith(("xvd", "sd")))
         return taken, len(held - {""})
 
     def attach_volume(self, volume_id: str) -> str:
-        me = self._identity.instance_id
+        return self.attach_volume_to(volume_id, self._identity.instance_id)
+
+    def attach_volume_to(self, volume_id: str, instance_id: str) -> str:
         vol = self.get_volume(volume_id)
         if vol is None:
             raise VolumeStateError(volume_id, "deleted", " (it no longer exists)")
-        mine = vol.attachment_to(me)
+        mine = vol.attachment_to(instance_id)
         if mine is not None:
             return mine.device
-        other = vol.attached_elsewhere(me)
+        other = vol.attached_elsewhere(instance_id)
         if other is not None:
             raise VolumeStateError(volume_id, vol.state, f" (attached to {other.instance_id} as {other.device}; "
                                    "detach it there first)")
@@ -296,14 +297,14 @@ class Ec2Cloud(CloudProvider):
         if vol.zone and vol.zone != self._identity.availability_zone:
             raise VolumeStateError(volume_id, vol.state, f" (in zone {vol.zone}, this VM is in "
                                    f"{self._identity.availability_zone})")
-        taken, held = self._attachments_here()
+        taken, held = self._attachments_of(instance_id)
         if self.settings.provider == Provider.OUTSCALE and held >= MAX_VOLUMES_PER_VM:
             # Outscale's limit is the same for every VM: said by bsud, whatever code the endpoint would answer.
             raise AttachmentLimitError(volume_id, f"it holds {held} volumes, Outscale's limit is "
                                                   f"{MAX_VOLUMES_PER_VM} with its root")
         try:
             device = choose_device_name(taken)
-            self._call("AttachVolume", volume_id=volume_id, VolumeId=volume_id, InstanceId=me, Device=device)
+            self._call("AttachVolume", volume_id=volume_id, VolumeId=volume_id, InstanceId=instance_id, Device=device)
         except AttachmentLimitError as exc:
             exc.volume_id = volume_id
             raise
@@ -312,7 +313,7 @@ class Ec2Cloud(CloudProvider):
                 raise
             raise AttachmentLimitError(volume_id, str(exc).removeprefix(f"AttachVolume on {volume_id}: "),
                                        code=exc.code) from None
-        log.info("volume attach requested", volume=volume_id, device=device)
+        log.info("volume attach requested", volume=volume_id, device=device, instance=instance_id)
         return device
 
     def detach_volume(self, volume_id: str) -> None:

@@ -112,7 +112,8 @@ class DriveReconciler:
             log.info("reload: attaching volumes is tried again", drive=spec.name)
             self._attach_limit = None
         self.spec = spec
-        self.layout: StorageLayout = make_layout(spec.layout, spec.name, self.runner)
+        replica = (spec.ha.drbd_resource, spec.ha.drbd_device) if spec.ha is not None else None
+        self.layout: StorageLayout = make_layout(spec.layout, spec.name, self.runner, replica)
         self.exporters = make_exporters(self.runner, self.nfs, self.ganesha)
         self.executor = Executor(spec, self.cloud, self.layout, self.provider,
                                  attach_timeout=self.settings.volume_wait_seconds,
@@ -133,8 +134,10 @@ class DriveReconciler:
         return make_pace(self.meter, self.clock, self.settings.grow_safety_factor, self.writeback, self.dirty_room)
 
     def observe(self, max_age: float | None = None) -> tuple[DriveObs, list[str]]:
-        volumes = self.snapshot.by_drive(max_age).get(self.spec.name, [])
-        obs, resolutions = observe_drive(self.spec, volumes, self.cloud, self.layout, self.exporters)
+        listing = self.snapshot.by_drive(max_age)
+        peer = listing.get(self.spec.ha.peer_drive, []) if self.spec.ha and self.spec.ha.peer_drive else None
+        obs, resolutions = observe_drive(self.spec, listing.get(self.spec.name, []), self.cloud, self.layout,
+                                         self.exporters, peer)
         obs = replace(obs, pace=self.pace(), removal_held=self._held_removals(), attach_refused=self._attach_held())
         took = self.clock.observe(time.monotonic(), obs.usage.size if obs.usage else None)
         if took is not None:

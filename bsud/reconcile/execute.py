@@ -14,14 +14,15 @@ from bsud.errors import AttachmentLimitError, BsudError
 from bsud.host import mounts
 from bsud.exports import ExportKind
 from bsud.host.devices import DeviceWaiter, Resolution, VolumeRef, find_device
-from bsud.host.layouts import StorageLayout
+from bsud.host.layouts import ReplicatedLvmLayout, StorageLayout
 from bsud.host.preempt import Preempted
 from bsud.host.safety import probe
 from bsud.logs import get_logger
 from bsud.naming import AVAILABLE, DELETED, DELETING, DRIVE_TAG, NEW, STATE_TAG
-from bsud.reconcile.model import (EVACUATED, Action, Activate, ApplyExports, AttachVolume, CreateVolume, Deactivate,
-                                  DeleteVolume, DetachVolume, Grow, Join, MakeFilesystem, MarkVolume, Mount, Outcome,
-                                  Refresh, Remount, RemoveFromDrive, RetireVolume, Unmount, WithdrawExports)
+from bsud.reconcile.model import (EVACUATED, Action, Activate, ApplyExports, AttachPeerVolume, AttachVolume,
+                                  CreatePeerVolume, CreateVolume, Deactivate, DeleteVolume, DetachVolume, Grow, Join,
+                                  MakeFilesystem, MarkVolume, Mount, Outcome, Refresh, Remount, RemoveFromDrive,
+                                  ResizeReplica, RetireVolume, Unmount, WithdrawExports)
 
 log = get_logger("bsud.reconcile.execute")
 
@@ -85,6 +86,12 @@ class Executor:
                 changed = self._create(action)
             case AttachVolume():
                 changed = self._attach(action)
+            case CreatePeerVolume():
+                changed = self._create(action)
+            case AttachPeerVolume():
+                changed = self._attach_peer(action)
+            case ResizeReplica():
+                changed = self._resize_replica(action)
             case DetachVolume():
                 changed = self._detach(action)
             case DeleteVolume():
@@ -153,9 +160,12 @@ class Executor:
 
     # -- cloud -------------------------------------------------------------------------------------
 
-    def _create(self, action: CreateVolume) -> bool:
-        """Always CHANGED: every run makes a volume (the planner asks for one only when the drive needs it)."""
+    def _create(self, action: CreateVolume | CreatePeerVolume) -> bool:
+        """Always CHANGED: every run makes a volume (the planner asks for one only when the drive needs it). For
+        the peer's drive of a highly available drive, tagged with that drive's name."""
         spec = self.spec
+        for_peer = isinstance(action, CreatePeerVolume)
+        drive = self._peer_drive(action.drive) if for_peer else spec.name
         limits = volume_limits(self.provider, spec.disk_type)
         iops = spec.disk_iops
         if spec.disk_iops_per_gib is not None and limits is not None and limits.max_iops_per_gib:
@@ -164,8 +174,11 @@ class Executor:
         # VM takes no more volumes (the mark is dropped as soon as it is attached).
         options = VolumeOptions(iops=iops, throughput=spec.disk_throughput, encrypted=bool(spec.encrypted),
                                 kms_key_id=spec.kms_key_id, tags={**(spec.tags or {}), STATE_TAG: NEW})
-        vol = self.cloud.create_volume(spec.name, action.size_gib, spec.disk_type.value, options)
+        vol = self.cloud.create_volume(drive, action.size_gib, spec.disk_type.value, options)
         self.created = vol.id
+        if for_peer:
+            log.info("volume created for the peer's drive", drive=spec.name, peer_drive=drive, volume=vol.id,
+                     size_gib=action.size_gib)
         self.cloud.wait_available(vol.id, timeout=self.attach_timeout)
         return True
 
@@ -188,6 +201,38 @@ class Executor:
             vol = self.cloud.wait_attached(action.volume_id, timeout=self.attach_timeout)
             waiter.wait(VolumeRef.from_volume(vol, me), self.cloud.device_rules, timeout=self.device_timeout)
         return changed
+
+    def _peer_drive(self, drive: str) -> str:
+        ha = self.spec.ha
+        if ha is None or not ha.peer_drive or drive != ha.peer_drive:
+            raise ActionError(f"drive {drive!r} is not the peer of drive {self.spec.name!r}; not touching it")
+        return drive
+
+    def _attach_peer(self, action: AttachPeerVolume) -> bool:
+        """Attach a volume of the peer's drive to the peer's VM (and drop its new mark: attached, it may come to hold
+        data); UNCHANGED when it already was."""
+        drive = self._peer_drive(action.drive)
+        vol = self.cloud.get_volume(action.volume_id)
+        if vol is None:
+            raise ActionError(f"volume {action.volume_id} no longer exists", temporary=True)
+        if vol.tags.get(DRIVE_TAG) != drive:
+            raise ActionError(f"volume {vol.id} is not tagged {DRIVE_TAG}={drive}; not attaching it")
+        changed = vol.attachment_to(action.instance_id) is None
+        if changed:
+            self.cloud.attach_volume_to(vol.id, action.instance_id)
+        if vol.tags.get(STATE_TAG) == NEW:
+            self.cloud.set_tag(vol.id, STATE_TAG, "")
+            changed = True
+        self.cloud.wait_attached(vol.id, timeout=self.attach_timeout, instance_id=action.instance_id)
+        return changed
+
+    def _resize_replica(self, action: ResizeReplica) -> bool:
+        if not isinstance(self.layout, ReplicatedLvmLayout):
+            raise ActionError(f"drive {self.spec.name!r} has no DRBD resource to resize")
+        grew = self.layout.resize_replica(action.assume_peer_has_space)
+        if grew and mounts.mount_at(self.spec.mount_path) is not None:
+            self.layout.grow(self.spec.mount_path)  # the filesystem on the DRBD device takes the new size at once
+        return grew
 
     def _delete_never_attached(self, volume_id: str) -> bool:
         """Delete a volume the VM could not take, when it is verifiably empty: bsud's own for this drive, marked new

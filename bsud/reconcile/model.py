@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import ClassVar
 
-from bsud.naming import DELETED, DELETING, EVACUATED, GIB, NEW, REMOVING
+from bsud.naming import DELETED, DELETING, ERROR, EVACUATED, GIB, NEW, REMOVING
 from bsud.reconcile.phase import PHASES, Direction, Phase
 from bsud.storage import LayoutState
 
@@ -105,6 +105,35 @@ class ExportsObs:
 
 
 @dataclass(frozen=True)
+class PeerVolume:
+    """A volume of a highly available drive's peer (the drive of the other DRBD node), as the cloud lists it."""
+
+    id: str
+    size_gib: int
+    state: str
+    bookkeeping: str | None = None
+    attached_to: str | None = None      # the instance it is attached to
+
+
+@dataclass(frozen=True)
+class PeerObs:
+    """The peer's drive of a highly available drive: its volumes, and the VM they are attached to (where a volume
+    made for it goes; ``ha.peer-instance`` when the config names it)."""
+
+    drive: str
+    volumes: tuple[PeerVolume, ...] = ()
+    instance: str | None = None
+
+    def live(self) -> list[PeerVolume]:
+        """Its volumes not being deleted, in error nor out of its drive."""
+        return [v for v in self.volumes if v.state not in (DELETING, DELETED, ERROR) and v.bookkeeping != EVACUATED]
+
+    @property
+    def size_gib(self) -> int:
+        return sum(v.size_gib for v in self.live())
+
+
+@dataclass(frozen=True)
 class DriveObs:
     name: str
     volumes: tuple[VolumeObs, ...] = ()
@@ -124,6 +153,8 @@ class DriveObs:
     #: The VM refused to take one more volume (its limit): the line that says so and what to do. Nothing is created
     #: or attached for the drive meanwhile (the engine remembers it, in memory, for a while; a reload forgets it).
     attach_refused: str | None = None
+    #: A highly available drive: its peer's drive as the cloud lists it (None for any other drive).
+    peer: PeerObs | None = None
 
     @property
     def size_gib(self) -> int:
@@ -158,6 +189,34 @@ class CreateVolume(Action):
 @dataclass(frozen=True)
 class AttachVolume(VolumeAction):
     changes_cloud: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class CreatePeerVolume(Action):
+    """A highly available drive's Primary makes a volume for its peer's drive (tagged with that drive's name), so
+    that both nodes' LVs grow alike; the peer's bsud adds it to its LV."""
+
+    drive: str = ""
+    size_gib: int = 0
+
+    changes_cloud: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class AttachPeerVolume(VolumeAction):
+    """…and attaches it to the peer's VM, whose bsud hears of it from its host at once (a block device event)."""
+
+    drive: str = ""
+    instance_id: str = ""
+
+    changes_cloud: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class ResizeReplica(Action):
+    """``drbdadm resize`` on the Primary once both nodes' LVs have grown (the filesystem is grown next)."""
+
+    assume_peer_has_space: bool = False
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from bsud.host.safety import probe
 from bsud.host.space import Space
 from bsud.logs import get_logger
 from bsud.naming import STATE_TAG
-from bsud.reconcile.model import DriveObs, ExportsObs, UsageObs, VolumeObs
+from bsud.reconcile.model import DriveObs, ExportsObs, PeerObs, PeerVolume, UsageObs, VolumeObs
 
 log = get_logger("bsud.reconcile.observe")
 
@@ -119,11 +119,29 @@ def observe_exports(spec: DriveConfig, exporters: Mapping[str, ExportKind]) -> E
 
 
 def observe_drive(spec: DriveConfig, volumes: list[Volume], cloud: CloudProvider, layout: StorageLayout,
-                  exporters: Mapping[str, ExportKind] | None = None) -> tuple[DriveObs, dict[str, Resolution]]:
+                  exporters: Mapping[str, ExportKind] | None = None,
+                  peer_volumes: list[Volume] | None = None) -> tuple[DriveObs, dict[str, Resolution]]:
     """Everything the planner needs to know about one drive, read now: each read command runs once (the
-    filesystem's ``show``, the VG report are asked for by several pieces)."""
+    filesystem's ``show``, the VG report are asked for by several pieces). ``peer_volumes``: a highly available
+    drive's peer's drive, as listed."""
     with layout.runner.reading():
-        return _observe_drive(spec, volumes, cloud, layout, exporters)
+        obs, resolutions = _observe_drive(spec, volumes, cloud, layout, exporters if spec.ha is None else None)
+    if spec.ha is not None and spec.ha.peer_drive:
+        obs = replace(obs, peer=observe_peer(spec.ha.peer_drive, peer_volumes or [], spec.ha.peer_instance,
+                                             cloud.identity().instance_id))
+    return obs, resolutions
+
+
+def observe_peer(drive: str, volumes: list[Volume], instance: str | None, me: str) -> PeerObs:
+    """The peer's drive: its volumes, and its VM (the config's, else the one its volumes are attached to — never
+    this one)."""
+    found = [PeerVolume(id=v.id, size_gib=v.size_gib, state=v.state, bookkeeping=v.tags.get(STATE_TAG) or None,
+                        attached_to=next((a.instance_id for a in v.attachments if a.state != "detached"), None))
+             for v in volumes]
+    if instance is None:
+        seen = {v.attached_to for v in found if v.attached_to and v.attached_to != me}
+        instance = seen.pop() if len(seen) == 1 else None
+    return PeerObs(drive=drive, volumes=tuple(found), instance=instance)
 
 
 def _observe_drive(spec: DriveConfig, volumes: list[Volume], cloud: CloudProvider, layout: StorageLayout,
@@ -149,7 +167,10 @@ def _observe_drive(spec: DriveConfig, volumes: list[Volume], cloud: CloudProvide
     if mounted:
         usage = usage_obs(layout.usage(spec.mount_path))
         can_grow = layout.can_grow(spec.mount_path)
-        obs_volumes = with_live_data(spec, layout, obs_volumes, usage)
+        if spec.ha is None:  # a volume never leaves a highly available drive: no removal to choose
+            obs_volumes = with_live_data(spec, layout, obs_volumes, usage)
+    elif state.replication is not None and state.active:
+        can_grow = layout.can_grow(spec.mount_path)  # either node's LV takes its VG's new space
     obs = DriveObs(
         name=spec.name, volumes=tuple(obs_volumes), storage=state, mounted=mounted, mount_blocked=mount_blocked,
         active=layout.drive_active(state, mounted), can_grow=can_grow, usage=usage, read_only=read_only,
@@ -167,6 +188,8 @@ def _observe_mount(spec: DriveConfig, layout: StorageLayout, paths: list[str],
             return True, mounts.forced_read_only(entry), None
         return False, False, (f"{spec.mount_path} holds a {entry.fstype} filesystem from {entry.source} that is not "
                               f"drive {spec.name!r}'s; unmount it or change mount-path")
+    if state.replication is not None:
+        return False, False, None  # the gateway mounts a highly available drive, not bsud
     if state.has_filesystem and os.path.isdir(spec.mount_path) and any(os.scandir(spec.mount_path)):
         return False, False, (f"{spec.mount_path} is not empty; bsud mounts only on an empty directory "
                               "(move its content away or change mount-path)")

@@ -32,6 +32,7 @@ from bsud.reconcile.model import (EVACUATED, NEW, REMOVING, ApplyExports, Attach
                                   CreateVolume, Deactivate, DeleteVolume, DetachVolume, Direction, DriveObs, Grow,
                                   Idle, Join, MarkVolume, Mount, Phase, Plan, Refresh, Remount, ScaleDecision,
                                   Unmount, VolumeObs, Wait, WithdrawExports)
+from bsud.reconcile.replicated import plan_peer, plan_replicated, plan_replicated_offline
 from bsud.reconcile.scaling import scale_decision
 
 
@@ -122,7 +123,35 @@ def _plan_mount(spec: DriveConfig, obs: DriveObs, members: list[VolumeObs],
     return None
 
 
+def _plan_online_replicated(spec: DriveConfig, obs: DriveObs, max_volume_gib: int) -> Plan:
+    """A highly available drive (``bsud.reconcile.replicated``): the peer's drive kept as big as this one (by the
+    Primary), the volumes, the LV (no filesystem, no mount: DRBD is on it), then DRBD's state decides."""
+    notes: list[str] = []
+    vols = _usable(obs, notes)
+    live = [v for v in vols if v.bookkeeping != EVACUATED]
+    members = [v for v in live if v.member]
+    fresh = [v for v in live if not v.member and (v.blank or v.own) and v.bookkeeping != REMOVING]
+    step = plan_peer(spec, obs, live, max_volume_gib) if _plan_host(obs, live) is None else None
+    step = step or _plan_cloud(spec, obs, vols) or _plan_host(obs, live)
+    if step is None:
+        assembling = ASSEMBLY[spec.layout](obs, members, fresh)
+        step = at(assembling[1], assembling[0]) if assembling else None
+    if step is None and fresh:
+        step = up(Join(volume_id=fresh[0].id, reason=f"{fresh[0].id} is attached but not part of the drive"))
+    if step is not None:
+        return Plan(step[0], step[1], tuple(notes), step[2])
+    if obs.can_grow:
+        return Plan(Grow(reason="the LV (or the filesystem on DRBD) can use more space"), Phase.GROWING, tuple(notes))
+    odd = [v.id for v in live if not v.member]
+    if odd:
+        return Plan(Wait(reason=f"cannot tell what {', '.join(odd)} hold (neither part of the drive, blank, nor "
+                                "foreign); looking again"), Phase.ONLINE, tuple(notes))
+    return plan_replicated(spec, obs, members, max_volume_gib, notes)
+
+
 def _plan_online(spec: DriveConfig, obs: DriveObs, max_volume_gib: int) -> Plan:
+    if spec.ha is not None and obs.storage.replication is not None:
+        return _plan_online_replicated(spec, obs, max_volume_gib)
     notes: list[str] = []
     vols = _usable(obs, notes)
     live = [v for v in vols if v.bookkeeping != EVACUATED]
@@ -220,7 +249,7 @@ def plan(spec: DriveConfig, obs: DriveObs, max_volume_gib: int = DEFAULT_MAX_VOL
             # acted or the engine tries again.
             return Plan(Blocked(reason=obs.attach_refused), Phase.BLOCKED, online.notes)
         return online
-    offline = _plan_offline(obs)
+    offline = plan_replicated_offline(obs) or _plan_offline(obs)
     if offline is not None:
         return offline
     if spec.target == Target.OFFLINE:

@@ -15,7 +15,8 @@ from typing import Any
 
 from bsud.logs import get_logger
 from bsud.reconcile.events import Event
-from bsud.reconcile.model import DriveObs, ExportsObs, Pace, Phase, Plan, UsageObs, VolumeObs
+from bsud.reconcile.model import DriveObs, ExportsObs, Pace, PeerObs, Phase, Plan, UsageObs, VolumeObs
+from bsud.storage import Replication
 from bsud.reconcile.trigger import time_to_full
 
 log = get_logger("bsud.reconcile")
@@ -48,6 +49,9 @@ class DriveStatus:
     #: none (none wanted, none present)
     exports: ExportsObs | None = None
     mounted: bool = False                    # on its mount path, as the last observation saw it
+    #: A highly available drive: its DRBD resource on this node and the peer's drive (None for any other drive).
+    replication: Replication | None = None
+    peer: PeerObs | None = None
     updated: float = 0.0                     # when a step last observed the drive without error (record);
                                              # 0 until one did (metric bsud_drive_last_observed_timestamp_seconds)
 
@@ -69,7 +73,9 @@ class DriveStatus:
         data.update(phase=self.phase.value,
                     volumes=[volume_dict(v) for v in self.volumes], notes=list(self.notes),
                     last_scale_event=self.last_scale_event.as_dict() if self.last_scale_event else None,
-                    exports=exports_dict(self.exports) if self.exports is not None else {})
+                    exports=exports_dict(self.exports) if self.exports is not None else {},
+                    replication=replication_dict(self.replication, self.peer) if self.replication else None)
+        data.pop("peer")
         return data
 
     def record(self, obs: DriveObs, current: Plan) -> None:
@@ -85,6 +91,7 @@ class DriveStatus:
         self.exports = obs.exports if obs.exports.wanted or obs.exports.present else None
         self.record_usage(obs.usage, obs.pace)
         self.volumes = obs.volumes
+        self.replication, self.peer = obs.storage.replication, obs.peer
         self.updated = time.time()
 
     def record_usage(self, usage: UsageObs | None, pace: Pace) -> None:
@@ -102,6 +109,16 @@ def volume_dict(v: VolumeObs) -> dict[str, Any]:
     return {"id": v.id, "size_gib": v.size_gib, "state": v.state, "device": v.device, "member": v.member,
             **({"bookkeeping": v.bookkeeping} if v.bookkeeping else {}),
             **({"live_bytes": v.live_bytes} if v.live_bytes is not None else {})}
+
+
+def replication_dict(r: Replication, peer: PeerObs | None) -> dict[str, Any]:
+    """A highly available drive's DRBD resource as the status file shows it: role, connection, disks, the device's
+    size (what both nodes agreed on: the coordinated size), this node's LV, the peer's drive in the cloud."""
+    return {"resource": r.resource, "device": r.device, "up": r.up, "role": r.role, "peer_role": r.peer_role,
+            "connection": r.connection, "disk": r.disk, "peer_disk": r.peer_disk, "size_bytes": r.size,
+            "backing_bytes": r.backing_size, "room_bytes": r.room, **({"error": r.error} if r.error else {}),
+            **({"peer_drive": peer.drive, "peer_size_gib": peer.size_gib, "peer_instance": peer.instance}
+               if peer else {})}
 
 
 def exports_dict(e: ExportsObs) -> dict[str, Any]:

@@ -52,3 +52,36 @@ def test_a_volume_attached_elsewhere_is_not_detached_from_here(executor: Executo
     ec2.attach_volume(VolumeId=vid, InstanceId=other, Device="/dev/xvdf")
     assert executor.run(DetachVolume(volume_id=vid)) is UNCHANGED
     assert cloud.get_volume(vid).attached_elsewhere(cloud.identity().instance_id) is not None
+
+
+def test_a_primary_makes_its_peers_volume_and_attaches_it_to_the_peers_vm_once(cloud, ec2, tmp_path):
+    """A highly available drive's Primary: a volume for the peer's drive (its name in the tag, marked new), attached
+    to the peer's VM (the mark dropped) — CHANGED, then UNCHANGED; a drive that is not its peer is refused."""
+    from bsud.config.ha import HaConfig
+    from bsud.host.layouts import make_layout
+    from bsud.naming import DRIVE_TAG, NEW
+    from bsud.reconcile.execute import ActionError
+    from bsud.reconcile.model import AttachPeerVolume, CreatePeerVolume
+
+    image = ec2.describe_images()["Images"][0]["ImageId"]
+    peer_vm = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1,
+                                Placement={"AvailabilityZone": "us-east-1a"})["Instances"][0]["InstanceId"]
+    ha = HaConfig(drbd_resource="data", peer_drive="data-b", service_ip="10.0.0.50/24")
+    spec = DriveConfig(name="data-a", target=Target.ONLINE, mount_path=str(tmp_path / "not-mounted"),
+                       layout=Layout.LVM, ha=ha)
+    executor = Executor(spec, cloud, make_layout(Layout.LVM, "data-a", Runner(), ("data", "/dev/drbd1000")),
+                        Provider.EC2, attach_timeout=10, device_timeout=1)
+    assert executor.run(CreatePeerVolume(drive="data-b", size_gib=3)) is CHANGED
+    vid = executor.created
+    made = cloud.get_volume(vid)
+    assert (made.tags[DRIVE_TAG], made.tags[STATE_TAG], made.size_gib) == ("data-b", NEW, 3)
+    attach = AttachPeerVolume(volume_id=vid, drive="data-b", instance_id=peer_vm)
+    assert twice(executor, attach) == (CHANGED, UNCHANGED)
+    attached = cloud.get_volume(vid)
+    assert attached.attachment_to(peer_vm) is not None and attached.attachment_to(cloud.identity().instance_id) is None
+    assert attached.tags[STATE_TAG] == ""
+    with pytest.raises(ActionError, match="is not the peer of drive 'data-a'"):
+        executor.run(CreatePeerVolume(drive="someone-else", size_gib=1))
+    own = cloud.create_volume("data-a", 1, "gp2")
+    with pytest.raises(ActionError, match="not tagged"):
+        executor.run(AttachPeerVolume(volume_id=own.id, drive="data-b", instance_id=peer_vm))

@@ -34,9 +34,10 @@ def daemon(**workers: Worker) -> SimpleNamespace:
     return SimpleNamespace(workers=workers, snapshot=Snapshot())
 
 
-def observed(*volumes: SimpleNamespace, missing: str | None = None) -> SimpleNamespace:
-    """A drive's last observation, as much of it as the daemon reads: its volumes, what its storage misses."""
-    return SimpleNamespace(volumes=list(volumes), storage=SimpleNamespace(missing=missing))
+def observed(*volumes: SimpleNamespace, missing: str | None = None, replication: object = None) -> SimpleNamespace:
+    """A drive's last observation, as much of it as the daemon reads: its volumes, what its storage misses, its DRBD
+    resource (a highly available drive)."""
+    return SimpleNamespace(volumes=list(volumes), storage=SimpleNamespace(missing=missing, replication=replication))
 
 
 def test_a_member_device_that_goes_wakes_its_drive_with_a_fresh_listing():
@@ -54,6 +55,18 @@ def test_a_device_that_comes_wakes_the_drives_that_miss_one():
     host = daemon(missing=missing, whole=whole, lost_pv=lost_pv)
     Drives.block_event(host, "add", "/dev/sdf")  # type: ignore[arg-type]
     assert missing.poked.is_set() and lost_pv.poked.is_set() and not whole.poked.is_set()
+    assert host.snapshot.invalidated == 1
+
+
+def test_a_device_that_comes_wakes_a_highly_available_drive_whose_primary_may_have_attached_it():
+    from bsud.storage import Replication
+
+    secondary = Worker(observed(volume("/dev/sdb"), replication=Replication("data", up=True, role="Secondary")))
+    plain = Worker(observed(volume("/dev/sdd")))
+    host = daemon(secondary=secondary, plain=plain)
+    Drives.block_event(host, "add", "/dev/sdf")  # type: ignore[arg-type]
+    assert secondary.poked.is_set() and not plain.poked.is_set() and host.snapshot.invalidated == 1
+    Drives.block_event(host, "change", "/dev/sdg")  # type: ignore[arg-type]
     assert host.snapshot.invalidated == 1
 
 

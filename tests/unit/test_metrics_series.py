@@ -260,3 +260,19 @@ def test_the_textfile_is_readable_by_node_exporter_whatever_bsuds_umask(tmp_path
     assert stat.S_IMODE(path.stat().st_mode) == 0o644 and stat.S_IMODE(path.parent.stat().st_mode) == 0o755
     assert "bsud_build_info" in path.read_text()
     assert [p.name for p in path.parent.iterdir()] == ["bsud.prom"]  # no temp file left
+
+
+def test_a_highly_available_drive_shows_its_drbd_role_connection_disks_and_sizes():
+    text = scrape(full_metrics().registry)
+    seen = values(text)
+    assert seen[("bsud_drbd_role", (("drive", "ha-a"), ("role", "Primary")))] == 1
+    assert seen[("bsud_drbd_role", (("drive", "ha-a"), ("role", "Secondary")))] == 0
+    assert seen[("bsud_drbd_connected", (("drive", "ha-a"),))] == 1
+    assert seen[("bsud_drbd_disk_up_to_date", (("drive", "ha-a"), ("node", "peer")))] == 1
+    assert seen[("bsud_drbd_size_bytes", (("drive", "ha-a"),))] == 10 * 1024**3
+    assert seen[("bsud_drbd_backing_bytes", (("drive", "ha-a"),))] == 22 * 1024**3
+    assert seen[("bsud_drbd_peer_volumes_bytes", (("drive", "ha-a"),))] == 22 * 1024**3
+    assert not any(name.startswith("bsud_drbd") and dict(labels).get("drive") == "data" for name, labels in seen)
+    status = full_report().drives["ha-a"].as_dict()
+    assert status["replication"]["role"] == "Primary" and status["replication"]["peer_drive"] == "ha-b"
+    assert status["replication"]["room_bytes"] > 11 * 1024**3 and "peer" not in status
