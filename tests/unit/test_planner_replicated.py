@@ -11,6 +11,8 @@ from bsud.reconcile.model import GIB, DriveObs, Pace, PeerObs, PeerVolume, Usage
 from bsud.reconcile.planner import plan
 from bsud.storage import LayoutState, Replication, usable_bytes
 
+from .test_planner import vol  # a volume as the planner's tables write it
+
 HA = HaConfig(drbd_resource="data", peer_drive="data-b", service_ip="10.0.0.50/24")
 PEER_VM = "i-0b"
 
@@ -21,13 +23,6 @@ def spec(target: Target = Target.ONLINE, **kw) -> DriveConfig:
                 exports=(), ha=HA)
     base.update(kw)
     return DriveConfig(**base)
-
-
-def vol(vid: str, size: int = 10, state: str = "in-use", **kw) -> VolumeObs:
-    base = dict(attached_here=state == "in-use", device=f"/dev/{vid}" if state == "in-use" else None,
-                member=state == "in-use")
-    base.update(kw)
-    return VolumeObs(id=vid, size_gib=size, state=state, **base)
 
 
 def peer(*sizes: int, attached: bool = True, new: tuple[int, ...] = (), instance: str | None = PEER_VM) -> PeerObs:
