@@ -139,3 +139,14 @@ def test_a_grown_vg_grows_the_lv_even_with_nothing_mounted():
     made, runner = layout([*lv_replies(10 * GIB, vg_free=12 * GIB), extend])
     assert made.grow("/nonexistent/bsud-drbd-transcript") is True
     assert runner.ran(*extend.argv) == 1
+
+
+def test_a_resize_drbdadm_refuses_is_tried_again_soon_not_backed_off(sizes):
+    """A resize refused (a resync under way, the peer's disk too small) passes by itself: temporary, 2 s."""
+    sizes += [10 * GIB]
+    made, _ = layout([*lv_replies(22 * GIB), Reply(("drbdadm", "resize", "data"), rc=11,
+                                                   stderr="State change failed: (-15) Resize not allowed during "
+                                                          "resync.\n")])
+    with pytest.raises(DrbdError) as info:
+        made.resize_replica(assume_peer_has_space=False)
+    assert info.value.temporary and info.value.delay == 2.0 and "Resize not allowed during resync" in str(info.value)

@@ -18,6 +18,7 @@ from bsud.host.devices import Resolution
 from bsud.host.drbd import DrbdError, DrbdResource, device_bytes
 from bsud.host.layouts.base import LayoutError, LayoutState
 from bsud.host.layouts.lvm import LvmLayout
+from bsud.errors import CommandError
 from bsud.logs import get_logger
 from bsud.runner import Runner
 from bsud.storage import Replication, usable_bytes
@@ -122,13 +123,17 @@ class ReplicatedLvmLayout(LvmLayout):
         before = device_bytes(device)
         if usable_bytes(lv.size) <= before:
             return False
-        self.drbd.resize(assume_peer_has_space)
+        refused = ""
+        try:
+            self.drbd.resize(assume_peer_has_space)
+        except CommandError as exc:  # e.g. the peer's disk too small, or a resync under way: it passes
+            refused = f" (drbdadm: {exc.stderr.strip().splitlines()[-1] if exc.stderr.strip() else exc})"
         after = device_bytes(device)
         log.info("DRBD device resized", drive=self.drive, resource=self.drbd.name, before=before, after=after,
                  assumed_peer=assume_peer_has_space)
         if after <= before:
-            raise DrbdError(f"DRBD resource {self.drbd.name!r} did not grow ({before} bytes): the peer's disk is "
-                            "still the smaller (its bsud adds its new volume to its LV); trying again",
+            raise DrbdError(f"DRBD resource {self.drbd.name!r} did not grow ({before} bytes){refused}: the peer's "
+                            "disk is still the smaller (its bsud adds its new volume to its LV); trying again",
                             temporary=True, delay=2.0)
         return True
 
