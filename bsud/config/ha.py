@@ -94,7 +94,5 @@ def check_ha(ha: HaConfig, exports: tuple[Any, ...], layout: str, drive: str = "
     for key, path in (("mount-path", ha.mount_path), ("cluster-private-mount", ha.cluster_private_mount)):
         if path is not None and not path.startswith("/"):
             problems.append((key, f"{path!r} must be an absolute path"))
-    if not exports:
-        problems.append(("", "a highly available drive serves exports: give it an exports list"))
     problems += ha_problems(ha, exports)  # each kind: refused without HA agents, or what it needs of the section
     return problems
