@@ -8,6 +8,7 @@ import time
 
 from bsud.config import Config, Target
 from bsud.logs import get_logger
+from bsud.reconcile.model import DriveObs
 from bsud.reconcile.report import DriveStatus
 from bsud.worker import DriveWorker, WorkerContext
 
@@ -41,9 +42,11 @@ class Drives:
         return {name: w.reconciler.status for name, w in self.workers.items()}
 
     def not_mounted(self) -> list[str]:
-        """Drives whose target is online and that are not mounted (as their last observation saw them)."""
+        """Drives whose target is online and that are not mounted (as their last observation saw them); a highly
+        available drive counts as mounted once its LV (DRBD's disk) is active: the gateway mounts it, on the Primary
+        only."""
         return [name for name, w in self.workers.items() if w.reconciler.spec.target == Target.ONLINE
-                and not (w.reconciler.last_obs is not None and w.reconciler.last_obs.mounted)]
+                and not (w.reconciler.last_obs is not None and _ready(w.reconciler.last_obs))]
 
     def stuck(self, now: float) -> str | None:
         """Why a drive's thread looks stuck (the first one found), or None."""
@@ -82,3 +85,7 @@ class Drives:
         still = [w.reconciler.spec.name for w in self.workers.values() if w.is_alive()]
         if still:
             log.warning("abandoning long steps; they resume on the next start", drives=still)
+
+
+def _ready(obs: DriveObs) -> bool:
+    return obs.mounted or (obs.storage.replication is not None and obs.storage.active)

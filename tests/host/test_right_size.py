@@ -38,6 +38,10 @@ def harness(workdir: Path):
     h.close()
 
 
+#: What a removal writes to the other devices beyond the data it moves: metadata (see the assertion).
+METADATA_ALLOWANCE = 4 * MIB
+
+
 def original_rule_end(sizes: list[int], used: int, middle: float = (75 + 30) / 2) -> int:
     """The drive's size (GiB) where the rule before issue 21 stops: the largest volume leaves while the data fits
     under the middle without it."""
@@ -92,7 +96,9 @@ def test_a_drive_oversized_by_a_burst_comes_back_to_its_ideal_size(harness: Daem
         moved = counters.written(r["start"], r["end"], r["volume"])
         lines.append(f"removed {r['volume']}: live {r['live'] / MIB:.0f} MiB, written to the others "
                      f"{moved / MIB:.0f} MiB ({moved / max(r['live'], 1):.2f}×) in {r['end'] - r['start']:.1f} s")
-        assert moved <= 1.1 * r["live"], lines[-1]
+        # + 4 MiB: taking a device out writes metadata whatever it holds (the chunk and device trees, the
+        # superblocks: ~330 KiB measured for a volume that held nothing, which a loaded machine's burst can leave)
+        assert moved <= 1.1 * r["live"] + METADATA_ALLOWANCE, lines[-1]
     print(f"\nafter the burst: {'+'.join(map(str, sizes_after_burst))} GiB; data kept {used / MIB:.0f} MiB; "
           f"ideal {ideal} GiB; now {'+'.join(str(v['size_gib']) for v in final['volumes'])} GiB, used "
           f"{final['used_percent']:.1f}%; {time.monotonic() - started:.0f} s in all")

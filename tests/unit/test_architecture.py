@@ -37,7 +37,7 @@ def modules(subdir: str) -> list[Path]:
 PURE = [PKG / "reconcile" / "planner.py", PKG / "reconcile" / "model.py", PKG / "reconcile" / "assembly.py",
         PKG / "reconcile" / "scaling.py", PKG / "reconcile" / "trigger.py", PKG / "reconcile" / "removal.py",
         PKG / "reconcile" / "shrink.py", PKG / "reconcile" / "phase.py", PKG / "reconcile" / "leaving.py",
-        PKG / "reconcile" / "replicated.py"]
+        PKG / "reconcile" / "replicated.py", PKG / "reconcile" / "peer.py"]
 FORBIDDEN_IN_PURE = ("boto3", "botocore", "subprocess", "pyudev", "bsud.cloud", "bsud.host", "bsud.runner", "os",
                      "socket", "time")
 

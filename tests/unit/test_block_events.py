@@ -77,3 +77,20 @@ def test_an_event_concerning_no_drive_costs_no_listing():
     for action, device in (("change", "/dev/dm-3"), ("add", "/dev/sdz"), ("remove", "/dev/loop7")):
         Drives.block_event(host, action, device)  # type: ignore[arg-type]
     assert not data.poked.is_set() and host.snapshot.invalidated == 0
+
+
+def test_readiness_counts_a_highly_available_drive_once_its_lv_is_active_mounted_or_not():
+    """systemd's READY=1 waits for every online drive mounted — a highly available one is mounted by the gateway on
+    the Primary only: its LV active (DRBD's disk ready) is enough (bsud.drives.Drives.not_mounted)."""
+    from bsud.config import Target
+    from bsud.storage import Replication
+
+    def drive(mounted: bool, active: bool, replicated: bool) -> Worker:
+        obs = SimpleNamespace(mounted=mounted, storage=SimpleNamespace(
+            active=active, replication=Replication("r0", up=True, role="Secondary") if replicated else None))
+        worker = Worker(obs)
+        worker.reconciler.spec = SimpleNamespace(target=Target.ONLINE)
+        return worker
+    host = SimpleNamespace(workers={"plain": drive(False, True, False), "mounted": drive(True, True, False),
+                                    "secondary": drive(False, True, True), "building": drive(False, False, True)})
+    assert Drives.not_mounted(host) == ["plain", "building"]  # type: ignore[arg-type]
