@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 #: DRBD's words for a connected resource, an up-to-date disk, the Primary.
-CONNECTED, UP_TO_DATE, PRIMARY = "Connected", "UpToDate", "Primary"
+CONNECTED, STANDALONE, UP_TO_DATE, PRIMARY = "Connected", "StandAlone", "UpToDate", "Primary"
 SECTOR = 512
 
 

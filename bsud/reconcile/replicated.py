@@ -14,7 +14,9 @@ Nothing of bsud's own coordinates the two nodes; the cloud's tags and DRBD do:
   smaller of both LVs while connected, so a resize that comes before the peer's LV grew changes nothing and is
   tried again (a temporary error). While disconnected, DRBD would keep the size the peer last had: the resize
   assumes the peer has the space (``--assume-peer-has-space``) only when its volumes are there in the cloud —
-  DRBD refuses the peer's connection until its LV is as large, so no byte is lost either way.
+  DRBD refuses the peer's connection until its LV is as large, so no byte is lost either way. A Secondary cut off
+  from the Primary whose LV grew meanwhile takes its new size the same way (DRBD 8.4 moves a node's meta-data to the
+  end of its LV only at a resize, and a Primary forced bigger refuses a peer that did not: measured, docs/ha.md).
 - A volume never leaves a highly available drive (no shrinking: a removal would have to move data on both nodes in
   step, which nothing here can do safely).
 """
@@ -27,6 +29,7 @@ from bsud.reconcile.leaving import Step, up
 from bsud.reconcile.model import (AttachPeerVolume, Blocked, CreatePeerVolume, CreateVolume, Direction, DriveObs,
                                   Idle, Phase, Plan, ResizeReplica, VolumeObs)
 from bsud.reconcile.scaling import scale_decision
+from bsud.storage import STANDALONE
 
 
 def plan_peer(spec: DriveConfig, obs: DriveObs, live: list[VolumeObs], max_volume_gib: int) -> Step | None:
@@ -75,7 +78,19 @@ def plan_replicated(spec: DriveConfig, obs: DriveObs, live: list[VolumeObs], max
     if not repl.up:
         return Plan(Idle(reason=f"DRBD resource {name!r} is not up on this node: its backing LV is ready"),
                     Phase.ONLINE, tuple(notes))
+    standalone = repl.connection == STANDALONE
+    if standalone:
+        notes.append(f"DRBD resource {name!r} is StandAlone: it does not try to reach its peer; once both LVs have "
+                     f"grown alike, 'drbdadm connect {name}' (bsud never connects or disconnects DRBD)")
     if not repl.primary:
+        if repl.room and not repl.connected and peer_caught_up(obs, live) is None:
+            # Disconnected, DRBD keeps its meta-data where the old size put it, and the Primary (forced bigger while
+            # apart) refuses it at the next handshake: this node takes its LV's size now, as the peer's drive has it.
+            return Plan(ResizeReplica(assume_peer_has_space=True,
+                                      reason=f"the LV has {repl.room} bytes more than DRBD resource {name!r} uses, "
+                                             f"the peer is away ({repl.connection}) and its drive has as much: "
+                                             "taking the size now, so that the next handshake agrees"),
+                        Phase.GROWING, tuple(notes))
         return Plan(Idle(reason=f"{repl.role or 'not Primary'} of DRBD resource {name!r} ({repl.connection}, disk "
                                 f"{repl.disk}): the Primary's bsud grows the drive"), Phase.ONLINE, tuple(notes))
     if repl.room:

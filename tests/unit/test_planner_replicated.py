@@ -106,6 +106,15 @@ TABLE = [
      ("Join", {"volume_id": "a1"})),
     ("secondary-lv-not-grown-after-a-crash-grows", spec(),
      observed(vol("a0"), vol("a1", 12), repl=drbd("Secondary", lv_gib=10), can_grow=True), ("Grow", {})),
+    ("disconnected-secondary-whose-lv-grew-takes-the-size-itself", spec(),
+     observed(vol("a0"), vol("a1", 12), repl=drbd("Secondary", connection="WFConnection", lv_gib=22, drbd_gib=10),
+              the_peer=peer(10, 12)), ("ResizeReplica", {"assume_peer_has_space": True})),
+    ("connected-secondary-leaves-the-resize-to-the-primary", spec(),
+     observed(vol("a0"), vol("a1", 12), repl=drbd("Secondary", lv_gib=22, drbd_gib=10), the_peer=peer(10, 12)),
+     ("Idle", {})),
+    ("disconnected-secondary-ahead-of-its-peer-waits", spec(),
+     observed(vol("a0"), vol("a1", 12), repl=drbd("Secondary", connection="WFConnection", lv_gib=22, drbd_gib=10),
+              the_peer=peer(10)), ("Idle", {})),
     ("offline-while-drbd-is-up-is-blocked", spec(Target.OFFLINE), observed(vol("a0"), repl=drbd("Secondary")),
      ("Blocked", {})),
     ("offline-once-drbd-is-down-deactivates", spec(Target.OFFLINE), observed(vol("a0"), repl=drbd(up=False)),
@@ -135,3 +144,9 @@ def test_a_fast_writer_on_the_primary_gets_a_volume_sized_for_its_rate():
     fast = Pace(write_rate=200 * 1024**2, recent_peak=200 * 1024**2, grow_seconds=30.0)
     p = plan(spec(), observed(vol("a0"), repl=drbd(), used=4.0, pace=fast))
     assert p.action.kind == "CreateVolume" and p.action.size_gib > 12, p
+
+
+def test_a_standalone_resource_is_said_with_the_command_bsud_leaves_to_the_operator():
+    p = plan(spec(), observed(vol("a0"), repl=drbd(connection="StandAlone"), used=2))
+    assert any("StandAlone" in n and "drbdadm connect r0" not in n and "'drbdadm connect data'" in n
+               for n in p.notes), p.notes
