@@ -326,7 +326,7 @@ WEIGHTS = {  # guest seconds per file, two guests side by side (the 2026-12-04 f
     "test_ganesha.py": 155,
     "test_devices.py": 35,
     "test_boot.py": 15,
-    "test_ha_drbd.py": 300,  # a pair: two guests booted side by side (not measured yet)
+    "test_ha_drbd.py": 410,  # a pair (two guests side by side): guest a 315–410 s, two 1 GiB DRBD resyncs 85–145 s each
 }
 #: Test files that need systemd as PID 1: a runner's run in one guest of their own, booted with systemd.
 SYSTEMD_FILES = frozenset({"test_systemd.py",
@@ -503,7 +503,8 @@ class Guest:
         if self.exit_code is None:
             self.say(f"the guest stopped after {took:.1f} s without reporting a pytest exit code (see above)")
             return 1
-        self.say(f"guest finished in {took:.1f} s, pytest exit code {self.exit_code}")
+        self.say(f"guest finished in {took:.1f} s, {'peer agent' if self.node == 'b' else 'pytest'} exit code "
+                 f"{self.exit_code}")
         return self.exit_code
 
 
@@ -617,7 +618,8 @@ def run_guests(kver: str, kernel: Path, runners: list[list[list[str]]], opts: ar
         for guest in guests:
             for kind, n in guest.counts.items():
                 total[kind] = total.get(kind, 0) + n
-        log(f"{len(guests)} guests on {len(plan)} runners finished in {time.monotonic() - started:.1f} s")
+        booted = sum(2 if isinstance(guest, Pair) else 1 for guest in guests)
+        log(f"{booted} guests on {len(plan)} runners finished in {time.monotonic() - started:.1f} s")
         line = f"{total.get('passed', 0)} passed, {total.get('failed', 0) + total.get('error', 0)} failed"
         # Last, so that the end of a long log names every failure of every guest.
         for guest in guests:
