@@ -181,6 +181,7 @@ class Pair:
         """A daemon's config for ``node`` (lvm drive, the EC2 provider on that node's instance and endpoint). For a,
         the harness runs it as usual; for b, the config is also written at the same path on b: start it there with
         ``pair.b.spawn([".venv/bin/python", "-m", "bsud", "-c", str(h.config_path)])``."""
+        workdir.mkdir(parents=True, exist_ok=True)
         h = DaemonHarness(
             workdir, drive=drive, layout="lvm",
             cloud={"provider": "ec2", "endpoint": self.endpoints[node], "region": REGION,

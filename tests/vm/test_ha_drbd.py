@@ -105,6 +105,10 @@ def test_drbd_between_two_guests_grows_online_and_fails_over(pair, tmp_path: Pat
              "[sys.argv[2]])['Reservations'][0]['Instances'][0]['InstanceId'])")
     assert b.run([sys.executable, "-c", probe, pair.endpoints["b"], pair.instance_ids["b"]],
                  timeout=180).stdout.strip() == pair.instance_ids["b"]
+    # a daemon's config for b, written on b: valid there, on b's instance and moto as b reaches it
+    h = pair.harness("b", tmp_path / "b", "hb")
+    out = b.run([sys.executable, "-m", "bsud", "check-config", "-c", str(h.config_path)], timeout=180).stdout
+    assert pair.instance_ids["b"] in out and pair.endpoints["b"] in out, out
     fact(a, ["drbdadm", "--version"])
     fact(a, ["cat", "/proc/drbd"])
 
@@ -118,6 +122,8 @@ def test_drbd_between_two_guests_grows_online_and_fails_over(pair, tmp_path: Pat
         node.run(["lvm", "vgcreate", VG, dev])
         node.run(["lvm", "lvcreate", "-n", LV, "-l", "100%FREE", VG])
         node.write(f"/etc/drbd.d/{RES}.res", RESOURCE_FILE)
+        attached = pair.cloud(node.name).get_volume(vol)
+        assert attached is not None and [t.instance_id for t in attached.attachments] == [pair.instance_ids[node.name]]
 
     # Metadata, up, connected; no initial full sync (fresh devices: DRBD's documented new-current-uuid).
     for node in both:
