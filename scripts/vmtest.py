@@ -11,13 +11,16 @@ The hypervisor bridge: the guest writes JSON lines to a virtio-serial port
 - ``{"op": "plug", "volume": ID, "size_gib": N, "device": "/dev/xvdc", "flavour": F}``
   F = ``virtio`` (virtio-blk, serial = volume id), ``outscale`` (scsi-hd on virtio-scsi,
   serial = sd<suffix>), ``aws`` (nvme, serial = volume id without its dash);
-- ``{"op": "unplug", "volume": ID}``, ``{"op": "delete", "volume": ID}``.
+- ``{"op": "unplug", "volume": ID}``, ``{"op": "delete", "volume": ID}``;
+- in a pair of guests, ``"node": "a" | "b"`` on a plug names the guest (default ``a``).
 
 Each volume is a sparse file that outlives unplugging (like a cloud volume), removed on
 delete. The guest's console is streamed to stdout; the exit code is pytest's. With no test path
 given, the lane's files are split over ``--jobs`` runners side by side (a TCG guest uses little more
 than one core), each console prefixed ``[vmN]``, with one summary line at the end. The systemd
-lane's files (``SYSTEMD_FILES``) boot the host's systemd as PID 1 in a guest of their own.
+lane's files (``SYSTEMD_FILES``) boot the host's systemd as PID 1 in a guest of their own. The pair's files
+(``PAIR_FILES``) run in two guests side by side joined by a network (:class:`Pair`): pytest and moto in ``a``, the
+peer agent (tests/vm/peer_agent.py) in ``b``; a volume attached to b's instance is plugged into b.
 """
 
 from __future__ import annotations
@@ -213,28 +216,37 @@ class Qmp:
 
 
 class Bridge:
-    """Answers the guest's plug/unplug/delete requests."""
+    """Answers the guests' plug/unplug/delete requests, for one guest or for a pair (:class:`Pair`).
 
-    def __init__(self, qmp: Qmp, disk_dir: Path) -> None:
-        self.qmp = qmp
+    A request names the guest (``"node"``, default ``"a"``: the only guest, or the pair's first); each guest's QMP is
+    registered under its node as it boots. A volume is plugged in one guest at a time (as a cloud volume is attached
+    to one VM): unplug goes to the guest that has it, whatever the request says."""
+
+    def __init__(self, disk_dir: Path, qmps: dict[str, Qmp] | None = None) -> None:
+        self.qmps: dict[str, Qmp] = dict(qmps or {})
         self.disk_dir = disk_dir
-        self.plugged: dict[str, str] = {}
+        #: volume id → (node, flavour) of what is plugged now
+        self.plugged: dict[str, tuple[str, str]] = {}
 
     def handle(self, req: dict) -> dict:
         op = req.get("op")
+        if op == "ping":
+            return {"ok": True}
         vol = str(req.get("volume", ""))
         if not re.fullmatch(r"vol-[0-9a-f]+", vol):
             return {"ok": False, "error": f"bad volume id {vol!r}"}
-        node, dev_id = f"n-{vol}", f"d-{vol}"
+        node_name, dev_id = f"n-{vol}", f"d-{vol}"
         image = self.disk_dir / f"{vol}.img"
         if op == "plug":
+            guest = str(req.get("node", "a"))
             if vol in self.plugged:
+                where = self.plugged[vol][0]
+                if where != guest:
+                    return {"ok": False, "error": f"{vol} is plugged into guest {where}, not {guest}"}
                 return {"ok": True, "already": True}
-            if not image.exists():
-                with open(image, "wb") as fh:
-                    fh.truncate(int(req["size_gib"]) * GIB)
-            self.qmp.execute("blockdev-add", **{"driver": "raw", "node-name": node,
-                                                "file": {"driver": "file", "filename": str(image)}})
+            qmp = self.qmps.get(guest)
+            if qmp is None:
+                return {"ok": False, "error": f"no guest {guest!r} (booted: {', '.join(sorted(self.qmps)) or 'none'})"}
             flavour = req.get("flavour", "virtio")
             if flavour == "virtio":
                 device = {"driver": "virtio-blk-pci", "serial": vol[:20]}
@@ -247,24 +259,28 @@ class Bridge:
                 device = {"driver": "nvme", "serial": vol.replace("-", "")[:20]}
             else:
                 return {"ok": False, "error": f"unknown flavour {flavour!r}"}
-            self.qmp.execute("device_add", id=dev_id, drive=node, **device)
-            self.plugged[vol] = flavour
+            if not image.exists():
+                with open(image, "wb") as fh:
+                    fh.truncate(int(req["size_gib"]) * GIB)
+            qmp.execute("blockdev-add", **{"driver": "raw", "node-name": node_name,
+                                           "file": {"driver": "file", "filename": str(image)}})
+            qmp.execute("device_add", id=dev_id, drive=node_name, **device)
+            self.plugged[vol] = (guest, flavour)
             return {"ok": True}
         if op == "unplug":
             if vol not in self.plugged:
                 return {"ok": True, "already": True}
-            self.qmp.execute("device_del", id=dev_id)
-            if not self.qmp.wait_event("DEVICE_DELETED", dev_id, 30):
-                return {"ok": False, "error": f"guest did not release {dev_id} within 30 s"}
-            self.qmp.execute("blockdev-del", **{"node-name": node})
+            qmp = self.qmps[self.plugged[vol][0]]
+            qmp.execute("device_del", id=dev_id)
+            if not qmp.wait_event("DEVICE_DELETED", dev_id, 30):
+                return {"ok": False, "error": f"guest {self.plugged[vol][0]} did not release {dev_id} within 30 s"}
+            qmp.execute("blockdev-del", **{"node-name": node_name})
             del self.plugged[vol]
             return {"ok": True}
         if op == "delete":
             if vol in self.plugged:
-                return {"ok": False, "error": f"{vol} is still plugged"}
+                return {"ok": False, "error": f"{vol} is still plugged (guest {self.plugged[vol][0]})"}
             image.unlink(missing_ok=True)
-            return {"ok": True}
-        if op == "ping":
             return {"ok": True}
         return {"ok": False, "error": f"unknown op {op!r}"}
 
@@ -310,11 +326,16 @@ WEIGHTS = {  # guest seconds per file, two guests side by side (the 2026-12-04 f
     "test_ganesha.py": 155,
     "test_devices.py": 35,
     "test_boot.py": 15,
+    "test_ha_drbd.py": 410,  # a pair (two guests side by side): guest a 315–410 s, two 1 GiB DRBD resyncs 85–145 s each
 }
 #: Test files that need systemd as PID 1: a runner's run in one guest of their own, booted with systemd.
 SYSTEMD_FILES = frozenset({"test_systemd.py",
                            # the OCF agents drbd-reactor runs (nfsserver) drive systemd's units, as on a gateway host
                            "test_ha_gateway.py"})
+#: Test files that need two guests joined by a network (:class:`Pair`): pytest in guest a, the peer agent in b.
+PAIR_FILES = frozenset({"test_ha_drbd.py"})
+#: The pair's guests: their address on the network between them, and their network card's MAC.
+PAIR_NODES = {"a": ("10.99.1.1/24", "52:54:00:99:01:01"), "b": ("10.99.1.2/24", "52:54:00:99:01:02")}
 #: The guest's CPU model: under TCG the plain qemu64 runs this lane's work faster than "max" (whose AVX2, SHA and
 #: AES code paths are emulated instruction by instruction): measured in a guest, /dev/urandom 27 %, sha256 25 %,
 #: boto3's client 8 % faster, a plain Python loop the same (2026-12-04). BSUD_VM_CPU chooses another.
@@ -327,31 +348,60 @@ COUNTS = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed)")
 def split(files: list[str], jobs: int) -> list[list[list[str]]]:
     """Test files over ``jobs`` runners of about equal weight (longest first onto the lightest). A runner boots
     one guest for its ordinary files, then one guest with systemd as PID 1 for the systemd lane's files
-    (:data:`SYSTEMD_FILES`), one after the other. The systemd files go together, to one runner: a systemd boot costs
-    about two minutes under emulation, paid once."""
+    (:data:`SYSTEMD_FILES`), then a pair of guests for :data:`PAIR_FILES`, one after the other. The systemd files go
+    together, to one runner: a systemd boot costs about two minutes under emulation, paid once; so do the pair's
+    files (one pair: two boots). Each group of the answer is one guest's pytest (the pair's: guest a's)."""
     def weight(name: str) -> int:
         return WEIGHTS.get(Path(name).name, 120)
 
-    lane = [f for f in files if Path(f).name in SYSTEMD_FILES]
-    items: list[tuple[int, str, list[str]]] = [(weight(f), "plain", [f]) for f in files if f not in lane]
-    if lane:
-        items.append((sum(weight(f) for f in lane), "systemd", lane))
-    runners: list[dict[str, list[str]]] = [{"plain": [], "systemd": []} for _ in range(min(jobs, len(items)))]
+    groups = {"systemd": [f for f in files if Path(f).name in SYSTEMD_FILES],
+              "pair": [f for f in files if Path(f).name in PAIR_FILES]}
+    grouped = {f for group in groups.values() for f in group}
+    items: list[tuple[int, str, list[str]]] = [(weight(f), "plain", [f]) for f in files if f not in grouped]
+    items += [(sum(weight(f) for f in group), kind, group) for kind, group in groups.items() if group]
+    kinds = ("plain", "systemd", "pair")
+    runners: list[dict[str, list[str]]] = [{kind: [] for kind in kinds} for _ in range(min(jobs, len(items)))]
     loads = [0] * len(runners)
     for load, kind, group in sorted(items, key=lambda item: -item[0]):
         lightest = loads.index(min(loads))
         runners[lightest][kind].extend(group)
         loads[lightest] += load
-    return [[g for g in ([r["plain"]] if r["plain"] else []) + ([r["systemd"]] if r["systemd"] else [])]
-            for r in runners if r["plain"] or r["systemd"]]
+    return [[r[kind] for kind in kinds if r[kind]] for r in runners if any(r.values())]
+
+
+def guest_kind(pytest_args: list[str]) -> str:
+    """``plain``, ``systemd`` or ``pair``: how to boot the guest(s) for one group of :func:`split`."""
+    names = {Path(a.split("::")[0]).name for a in pytest_args}
+    if names & SYSTEMD_FILES:
+        return "systemd"
+    if names & PAIR_FILES:
+        return "pair"
+    return "plain"
+
+
+def free_udp_ports(count: int) -> list[int]:
+    """Ports free on 127.0.0.1 now (the pair's network: each guest sends its frames to the other's port)."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 class Guest:
     """One throwaway VM running pytest with ``pytest_args``; its console goes to stdout with ``prefix``."""
 
     def __init__(self, kver: str, kernel: Path, pytest_args: list[str], opts: argparse.Namespace,
-                 prefix: str = "", systemd: bool = False, venv_image: Path | None = None) -> None:
+                 prefix: str = "", systemd: bool = False, venv_image: Path | None = None,
+                 node: str | None = None, netdev: str | None = None) -> None:
         self.kver, self.kernel, self.pytest_args, self.opts, self.prefix = kver, kernel, pytest_args, opts, prefix
+        #: A pair's guest (``a``: pytest, ``b``: the peer agent), with the QEMU ``-netdev`` joining it to the other;
+        #: None for a guest alone (no network card).
+        self.node, self.netdev = node, netdev
+        self.proc: subprocess.Popen[bytes] | None = None
         #: :func:`build_venv_image`'s disk, shared read-only by the guests (serial ``bsud-vm-venv``).
         self.venv_image = venv_image
         #: Boot the host's systemd as PID 1 (the systemd lane) instead of tests/vm/guest-init.sh.
@@ -364,7 +414,13 @@ class Guest:
     def say(self, message: str) -> None:
         log(f"{self.prefix}{message}")
 
-    def run(self) -> int:
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+
+    def run(self, bridge: Bridge | None = None) -> int:
+        """Boot, stream the console, return pytest's exit code. ``bridge``: a pair's, shared by its two guests (the
+        guest registers its QMP there under its node); by default one of its own."""
         opts = self.opts
         work = Path(tempfile.mkdtemp(prefix="bsud-vm-"))
         share, disks = work / "share", work / "disks"
@@ -379,10 +435,12 @@ class Guest:
             "qemu-system-x86_64", "-machine", "pc,accel=tcg", "-cpu", os.environ.get("BSUD_VM_CPU", CPU),
             "-smp", opts.smp, "-m", opts.memory,
             "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-monitor", "none",
-            "-no-reboot", "-nic", "none",
+            "-no-reboot",
             "-kernel", str(self.kernel), "-initrd", str(initrd),
             "-append", f"console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init bsud.repo={REPO}" + (
-                " bsud.init=systemd systemd.show_status=false systemd.log_level=warning" if self.systemd else ""),
+                " bsud.init=systemd systemd.show_status=false systemd.log_level=warning" if self.systemd else "") + (
+                f" bsud.node={self.node} bsud.ip={PAIR_NODES[self.node][0]} bsud.mac={PAIR_NODES[self.node][1]}"
+                f" bsud.peer={PAIR_NODES['b'][0].split('/')[0]}" if self.node else ""),
             "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
             "-virtfs", f"local,path={share},mount_tag=vmshare,security_model=none,multidevs=remap",
             "-device", "virtio-scsi-pci,id=scsi0",
@@ -391,16 +449,25 @@ class Guest:
             "-device", "virtserialport,chardev=bridge,name=bsud.bridge",
             "-qmp", f"unix:{qmp_path},server=on,wait=off",
         ]
+        if self.node is not None and self.netdev is not None:
+            argv += ["-netdev", self.netdev, "-device", f"virtio-net-pci,netdev=n0,mac={PAIR_NODES[self.node][1]}"]
+        else:
+            argv += ["-nic", "none"]
         if self.venv_image is not None:
             argv += ["-drive", f"file={self.venv_image},if=none,id=venv,format=raw,readonly=on",
                      "-device", "virtio-blk-pci,drive=venv,serial=bsud-vm-venv"]
-        self.say(f"booting {self.kernel.name}{' with systemd as PID 1' if self.systemd else ''} "
-                 f"(initramfs built in {time.monotonic() - started:.1f} s), "
-                 f"timeout {opts.timeout:g} s, pytest {' '.join(self.pytest_args) or 'tests/vm'}")
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        work_for = "the peer agent" if self.node == "b" else f"pytest {' '.join(self.pytest_args) or 'tests/vm'}"
+        self.say(f"booting {self.kernel.name}{' with systemd as PID 1' if self.systemd else ''}"
+                 f"{f' as node {self.node} of a pair' if self.node else ''} "
+                 f"(initramfs built in {time.monotonic() - started:.1f} s), timeout {opts.timeout:g} s, {work_for}")
+        proc = self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL)
         qmp = Qmp(qmp_path)
-        bridge = Bridge(qmp, disks)
-        threading.Thread(target=bridge.serve, args=(bridge_path,), daemon=True).start()
+        if bridge is None:
+            bridge = Bridge(disks)
+        bridge.qmps[self.node or "a"] = qmp
+        if self.node != "b":  # b runs no moto: nothing asks for disks from there
+            threading.Thread(target=bridge.serve, args=(bridge_path,), daemon=True).start()
         timed_out = threading.Event()
 
         def killer() -> None:
@@ -436,8 +503,52 @@ class Guest:
         if self.exit_code is None:
             self.say(f"the guest stopped after {took:.1f} s without reporting a pytest exit code (see above)")
             return 1
-        self.say(f"guest finished in {took:.1f} s, pytest exit code {self.exit_code}")
+        self.say(f"guest finished in {took:.1f} s, {'peer agent' if self.node == 'b' else 'pytest'} exit code "
+                 f"{self.exit_code}")
         return self.exit_code
+
+
+class Pair:
+    """Two guests side by side for :data:`PAIR_FILES`: a runs pytest (and moto), b runs tests/vm/peer_agent.py.
+
+    They are joined by a QEMU socket netdev over UDP on the host's loopback (each guest sends its Ethernet frames to
+    the other's port: no listen/connect order between the two QEMUs), a virtio-net card with the MAC and address of
+    :data:`PAIR_NODES` (guest-init sets them from the kernel command line). One :class:`Bridge` serves both: moto in a
+    asks for a disk into ``"node": "b"`` when the volume is attached to b's instance. a's pytest tells b's agent to
+    power off at the end of its session; once a has stopped, b gets a short grace and is killed. The pair's result is
+    a's."""
+
+    def __init__(self, kver: str, kernel: Path, pytest_args: list[str], opts: argparse.Namespace, prefix: str,
+                 venv_image: Path | None) -> None:
+        tag = prefix.strip()[1:-1] if prefix.strip() else ""
+        self.a = Guest(kver, kernel, pytest_args, opts, f"[{tag}a] ", venv_image=venv_image, node="a")
+        self.b = Guest(kver, kernel, [], opts, f"[{tag}b] ", venv_image=venv_image, node="b")
+        self.prefix = self.a.prefix
+        self.counts: dict[str, int] = {}
+        self.failures: list[str] = []
+
+    def run(self) -> int:
+        port_a, port_b = free_udp_ports(2)  # now, not when the lane was planned: the pair may come late in a runner
+        self.a.netdev = f"socket,id=n0,udp=127.0.0.1:{port_b},localaddr=127.0.0.1:{port_a}"
+        self.b.netdev = f"socket,id=n0,udp=127.0.0.1:{port_a},localaddr=127.0.0.1:{port_b}"
+        disks = Path(tempfile.mkdtemp(prefix="bsud-vm-pair-"))
+        bridge = Bridge(disks)
+        b_code: list[int] = []
+        thread = threading.Thread(target=lambda: b_code.append(self.b.run(bridge)))
+        thread.start()
+        try:
+            code = self.a.run(bridge)
+            thread.join(30)
+            if thread.is_alive():
+                self.b.say("still running 30 s after a stopped: killed")
+                self.b.kill()
+                thread.join()
+        finally:
+            self.b.kill()
+            thread.join()
+            shutil.rmtree(disks, ignore_errors=True)
+        self.counts, self.failures = self.a.counts, self.a.failures
+        return code
 
 
 def main() -> int:
@@ -460,6 +571,9 @@ def main() -> int:
         if wanted & SYSTEMD_FILES and wanted - SYSTEMD_FILES:
             raise SystemExit(f"vm-test: {', '.join(sorted(wanted & SYSTEMD_FILES))} need a systemd guest of "
                              "their own; run them apart from the other files")
+        if wanted & PAIR_FILES and wanted - PAIR_FILES:
+            raise SystemExit(f"vm-test: {', '.join(sorted(wanted & PAIR_FILES))} need a pair of guests of "
+                             "their own; run them apart from the other files")
         runners = [[pytest_args]]
     elif opts.jobs <= 1:
         files = sorted(str(p.relative_to(REPO)) for p in (REPO / "tests" / "vm").glob("test_*.py"))
@@ -478,14 +592,19 @@ def main() -> int:
 def run_guests(kver: str, kernel: Path, runners: list[list[list[str]]], opts: argparse.Namespace, many: bool,
                venv_image: Path) -> int:
     number = iter(range(1, 100))
-    plan = [[Guest(kver, kernel, args, opts, f"[vm{next(number)}] " if many else "",
-                   systemd=any(Path(a.split("::")[0]).name in SYSTEMD_FILES for a in args), venv_image=venv_image)
-             for args in runner] for runner in runners]
+
+    def boot(args: list[str]) -> Guest | Pair:
+        prefix = f"[vm{next(number)}] " if many else ""
+        if guest_kind(args) == "pair":
+            return Pair(kver, kernel, args, opts, prefix, venv_image=venv_image)
+        return Guest(kver, kernel, args, opts, prefix, systemd=guest_kind(args) == "systemd", venv_image=venv_image)
+
+    plan = [[boot(args) for args in runner] for runner in runners]
     guests = [g for runner in plan for g in runner]
     started = time.monotonic()
     codes = [0] * len(guests)
 
-    def run(runner: list[Guest]) -> None:
+    def run(runner: list[Guest | Pair]) -> None:
         for guest in runner:
             codes[guests.index(guest)] = guest.run()
 
@@ -499,7 +618,8 @@ def run_guests(kver: str, kernel: Path, runners: list[list[list[str]]], opts: ar
         for guest in guests:
             for kind, n in guest.counts.items():
                 total[kind] = total.get(kind, 0) + n
-        log(f"{len(guests)} guests on {len(plan)} runners finished in {time.monotonic() - started:.1f} s")
+        booted = sum(2 if isinstance(guest, Pair) else 1 for guest in guests)
+        log(f"{booted} guests on {len(plan)} runners finished in {time.monotonic() - started:.1f} s")
         line = f"{total.get('passed', 0)} passed, {total.get('failed', 0) + total.get('error', 0)} failed"
         # Last, so that the end of a long log names every failure of every guest.
         for guest in guests:

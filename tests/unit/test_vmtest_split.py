@@ -1,5 +1,6 @@
 """scripts/vmtest.py's split of the VM lane over parallel guests: balanced by weight, the systemd lane's files in one
-systemd guest (one boot of systemd, not one per runner)."""
+systemd guest (one boot of systemd, not one per runner), the pair's files in one pair of guests; and the bridge's
+routing of a pair's disks to the guest whose instance the volume is attached to."""
 
 from __future__ import annotations
 
@@ -22,11 +23,51 @@ def test_the_systemd_files_share_one_guest_and_the_runners_are_balanced():
     files = sorted(f"tests/vm/{p.name}" for p in (ROOT / "tests" / "vm").glob("test_*.py"))
     runners = vmtest.split(files, 2)
     assert sorted(f for runner in runners for guest in runner for f in guest) == files  # each file once
-    systemd_guests = [guest for runner in runners for guest in runner
-                      if any(Path(f).name in vmtest.SYSTEMD_FILES for f in guest)]
-    assert len(systemd_guests) == 1 and {Path(f).name for f in systemd_guests[0]} == set(vmtest.SYSTEMD_FILES)
+    for lane, kind in ((vmtest.SYSTEMD_FILES, "systemd"), (vmtest.PAIR_FILES, "pair")):
+        guests = [guest for runner in runners for guest in runner if any(Path(f).name in lane for f in guest)]
+        assert len(guests) == 1 and {Path(f).name for f in guests[0]} == set(lane)
+        assert vmtest.guest_kind(guests[0]) == kind
     loads = [sum(vmtest.WEIGHTS.get(Path(f).name, 120) for guest in runner for f in guest) for runner in runners]
     assert max(loads) - min(loads) <= max(vmtest.WEIGHTS.values()), loads
     (alone,) = vmtest.split(files, 1)
-    assert [sorted(guest) for guest in alone] == [[f for f in files if Path(f).name not in vmtest.SYSTEMD_FILES],
-                                                  [f for f in files if Path(f).name in vmtest.SYSTEMD_FILES]]
+    special = vmtest.SYSTEMD_FILES | vmtest.PAIR_FILES
+    assert [sorted(guest) for guest in alone] == [[f for f in files if Path(f).name not in special],
+                                                  [f for f in files if Path(f).name in vmtest.SYSTEMD_FILES],
+                                                  [f for f in files if Path(f).name in vmtest.PAIR_FILES]]
+    assert vmtest.guest_kind(["-q", "tests/vm/test_boot.py"]) == "plain"
+    assert vmtest.guest_kind(["tests/vm/test_ha_drbd.py::test_x"]) == "pair"
+
+
+class FakeQmp:
+    """Records QMP commands; every device_del is released at once."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict]] = []
+
+    def execute(self, command: str, **arguments: object) -> None:
+        self.calls.append((command, arguments))
+
+    def wait_event(self, name: str, device_id: str, timeout: float) -> bool:
+        return True
+
+
+def test_a_pairs_bridge_plugs_each_volume_into_the_guest_named_and_unplugs_it_from_there(tmp_path):
+    vmtest = load_vmtest()
+    qmps = {"a": FakeQmp(), "b": FakeQmp()}
+    bridge = vmtest.Bridge(tmp_path, qmps)
+    assert bridge.handle({"op": "plug", "volume": "vol-0a", "size_gib": 1, "node": "b"}) == {"ok": True}
+    assert bridge.handle({"op": "plug", "volume": "vol-0b", "size_gib": 1}) == {"ok": True}  # default: a
+    assert [c for c, _ in qmps["b"].calls] == ["blockdev-add", "device_add"]
+    assert qmps["b"].calls[1][1]["serial"] == "vol-0a" and qmps["a"].calls[1][1]["serial"] == "vol-0b"
+    assert (tmp_path / "vol-0a.img").stat().st_size == 1024**3  # sparse, like any guest's disk
+    # one guest at a time: not into a while b has it; unplug goes to b, whatever the request says
+    refused = bridge.handle({"op": "plug", "volume": "vol-0a", "size_gib": 1, "node": "a"})
+    assert not refused["ok"] and "plugged into guest b" in refused["error"]
+    assert not bridge.handle({"op": "delete", "volume": "vol-0a"})["ok"]
+    assert bridge.handle({"op": "unplug", "volume": "vol-0a", "node": "a"}) == {"ok": True}
+    assert [c for c, _ in qmps["b"].calls][2:] == ["device_del", "blockdev-del"] and len(qmps["a"].calls) == 2
+    assert bridge.handle({"op": "delete", "volume": "vol-0a"}) == {"ok": True}
+    assert not (tmp_path / "vol-0a.img").exists()
+    missing = vmtest.Bridge(tmp_path, {"a": FakeQmp()}).handle({"op": "plug", "volume": "vol-0c", "size_gib": 1,
+                                                                "node": "b"})
+    assert not missing["ok"] and "no guest 'b'" in missing["error"]

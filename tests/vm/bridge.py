@@ -5,6 +5,10 @@ DeleteVolume. When moto accepts one, it asks the host (scripts/vmtest.py) over t
 ``bsud.bridge`` virtio-serial port to hot-plug or unplug the volume's disk with the
 identity of the chosen cloud flavour, before answering bsud. bsud's production EC2
 provider talks to this endpoint unchanged.
+
+In a pair of guests (scripts/vmtest.py's ``Pair``: ``BSUD_VM_NODE=a``) the one moto serves both: it listens on
+a's network address too (``endpoint_for_peer``), and a volume attached to an instance registered in ``nodes``
+(b's) is plugged into that guest (``"node": "b"``).
 """
 
 from __future__ import annotations
@@ -73,21 +77,37 @@ class BridgedMoto:
         self.flavour = flavour
         self.host = HostChannel()
         self.app = DomainDispatcherApplication(create_backend_app)
-        self.server = make_server("127.0.0.1", 0, self, threaded=True)
+        paired = os.environ.get("BSUD_VM_NODE") == "a"
+        self.server = make_server("0.0.0.0" if paired else "127.0.0.1", 0, self, threaded=True)
         self.endpoint = f"http://127.0.0.1:{self.server.server_port}"
+        #: The endpoint as the pair's other guest reaches it (None for a guest alone).
+        self.endpoint_for_peer = f"http://{os.environ['BSUD_VM_IP']}:{self.server.server_port}" if paired else None
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
-        self.plugged: set[str] = set()
-        #: The instance standing for this VM: a volume attached to another one is not plugged here.
+        #: volume id → the guest it is plugged into
+        self.plugged: dict[str, str] = {}
+        #: The instance standing for this VM: a volume attached to another one is not plugged here…
         self.instance_id: str | None = None
+        #: …unless that instance stands for the pair's other guest: instance id → node (``"b"``).
+        self.nodes: dict[str, str] = {}
+
+    def node_of(self, instance_id: str | None) -> str | None:
+        """The guest a volume attached to ``instance_id`` is plugged into: ``"a"`` (this one), another node of the
+        pair, or None (a moto-only instance: nothing to plug)."""
+        if instance_id in self.nodes:
+            return self.nodes[instance_id]
+        if self.instance_id in (None, instance_id):
+            return "a"
+        return None
 
     def close(self) -> None:
         self.server.shutdown()
 
     def reset(self) -> None:
-        for vol in list(self.plugged):
-            self.host.request(op="unplug", volume=vol)
-            self.plugged.discard(vol)
+        for vol, node in list(self.plugged.items()):
+            self.host.request(op="unplug", volume=vol, node=node)
+            del self.plugged[vol]
+        self.nodes.clear()
 
     @staticmethod
     def _region(environ: dict[str, Any]) -> str:
@@ -109,16 +129,17 @@ class BridgedMoto:
         chunks = b"".join(self.app(environ, capture))
         if captured["status"].startswith("200") and action in ("AttachVolume", "DetachVolume", "DeleteVolume"):
             vol = form.get("VolumeId", "")
-            if action == "AttachVolume" and self.instance_id not in (None, form.get("InstanceId")):
-                pass  # attached to another (moto-only) instance: nothing to plug into this VM
+            node = self.node_of(form.get("InstanceId")) if action == "AttachVolume" else None
+            if action == "AttachVolume" and node is None:
+                pass  # attached to another (moto-only) instance: nothing to plug into a guest
             elif action == "AttachVolume":
                 size = get_backend("ec2")[DEFAULT_ACCOUNT_ID][self._region(environ)].get_volume(vol).size
                 self.host.request(op="plug", volume=vol, size_gib=size, device=form.get("Device", ""),
-                                  flavour=self.flavour)
-                self.plugged.add(vol)
+                                  flavour=self.flavour, node=node)
+                self.plugged[vol] = node
             elif action == "DetachVolume":
                 self.host.request(op="unplug", volume=vol)
-                self.plugged.discard(vol)
+                self.plugged.pop(vol, None)
             else:
                 self.host.request(op="delete", volume=vol)
         start_response(captured["status"], captured["headers"])
