@@ -326,6 +326,7 @@ WEIGHTS = {  # guest seconds per file, two guests side by side (the 2026-12-04 f
     "test_ganesha.py": 155,
     "test_devices.py": 35,
     "test_boot.py": 15,
+    "test_ha_grow.py": 500,  # a pair: both bsuds, DRBD, two grows (estimate until measured)
     "test_ha_drbd.py": 410,  # a pair (two guests side by side): guest a 315–410 s, two 1 GiB DRBD resyncs 85–145 s each
 }
 #: Test files that need systemd as PID 1: a runner's run in one guest of their own, booted with systemd.
@@ -333,7 +334,7 @@ SYSTEMD_FILES = frozenset({"test_systemd.py",
                            # the OCF agents drbd-reactor runs (nfsserver) drive systemd's units, as on a gateway host
                            "test_ha_gateway.py"})
 #: Test files that need two guests joined by a network (:class:`Pair`): pytest in guest a, the peer agent in b.
-PAIR_FILES = frozenset({"test_ha_drbd.py"})
+PAIR_FILES = frozenset({"test_ha_drbd.py", "test_ha_grow.py"})
 #: The pair's guests: their address on the network between them, and their network card's MAC.
 PAIR_NODES = {"a": ("10.99.1.1/24", "52:54:00:99:01:01"), "b": ("10.99.1.2/24", "52:54:00:99:01:02")}
 #: The guest's CPU model: under TCG the plain qemu64 runs this lane's work faster than "max" (whose AVX2, SHA and

@@ -76,11 +76,14 @@ class DrbdResource:
 
     def resize(self, assume_peer_has_space: bool = False) -> None:
         """``drbdadm resize``: the device takes the backing devices' new size (the smaller of both nodes' while
-        connected). ``assume_peer_has_space``: while disconnected, grow beyond what the peer last said it had (it must
-        have at least as much by the time it connects again, or DRBD refuses the connection)."""
-        argv = ["drbdadm", "--", "--assume-peer-has-space", "resize", self.name] if assume_peer_has_space else \
-            ["drbdadm", "resize", self.name]
-        self.runner.run(argv, timeout=300)
+        connected), the new area taken as in sync (``--assume-clean``): it is made of fresh cloud volumes on both
+        nodes, which read zeros, and the filesystem reads nothing there it did not write (through DRBD, to both) —
+        a resync would copy nothing of use over the replication link, during the very burst that asked for the space.
+        ``assume_peer_has_space``: while disconnected, grow beyond what the peer last said it had (it must have at
+        least as much by the time it connects again, or DRBD refuses the connection); DRBD then marks the new area
+        out of sync, resynced at the next connection."""
+        option = "--assume-peer-has-space" if assume_peer_has_space else "--assume-clean"
+        self.runner.run(["drbdadm", "--", option, "resize", self.name], timeout=300)
 
 
 def device_bytes(device: str) -> int:

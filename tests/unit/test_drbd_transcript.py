@@ -26,6 +26,8 @@ def drbdadm(what: str, out: str = "", rc: int = 0, err: str = "") -> Reply:
 
 CONFIGURED = [drbdadm("sh-ll-dev", f"{LV_PATH}\n"), drbdadm("sh-dev", "/dev/drbd1000\n")]
 DOWN = drbdadm("role", rc=10, err="data: No such resource\n")  # 8.4: the resource is not up
+#: A connected resize: the new area, fresh volumes on both nodes, taken as in sync.
+CLEAN = ("drbdadm", "--", "--assume-clean", "resize", "data")
 
 
 def resource(replies: list[Reply]) -> tuple[DrbdResource, TranscriptRunner]:
@@ -92,16 +94,16 @@ def lv_replies(lv_bytes: int, vg_free: int = 0) -> list[Reply]:
 def test_resize_changes_once_then_nothing(sizes):
     lv_bytes = 22 * GIB
     sizes += [10 * GIB, usable_bytes(lv_bytes)]
-    made, runner = layout([*lv_replies(lv_bytes), Reply(("drbdadm", "resize", "data"))])
+    made, runner = layout([*lv_replies(lv_bytes), Reply(CLEAN)])
     assert made.resize_replica(assume_peer_has_space=False) is True
-    assert runner.ran("drbdadm", "resize", "data") == 1
+    assert runner.ran(*CLEAN) == 1
     assert made.resize_replica(assume_peer_has_space=False) is False  # the device has all the LV offers
-    assert runner.ran("drbdadm", "resize", "data") == 1
+    assert runner.ran(*CLEAN) == 1
 
 
 def test_resize_while_the_peers_lv_is_smaller_is_a_temporary_error_tried_again_soon(sizes):
     sizes += [10 * GIB]
-    made, runner = layout([*lv_replies(22 * GIB), Reply(("drbdadm", "resize", "data"))])
+    made, runner = layout([*lv_replies(22 * GIB), Reply(CLEAN)])
     with pytest.raises(DrbdError) as info:
         made.resize_replica(assume_peer_has_space=False)
     assert info.value.temporary and info.value.delay == 2.0 and "peer's disk is still the smaller" in str(info.value)
@@ -144,7 +146,7 @@ def test_a_grown_vg_grows_the_lv_even_with_nothing_mounted():
 def test_a_resize_drbdadm_refuses_is_tried_again_soon_not_backed_off(sizes):
     """A resize refused (a resync under way, the peer's disk too small) passes by itself: temporary, 2 s."""
     sizes += [10 * GIB]
-    made, _ = layout([*lv_replies(22 * GIB), Reply(("drbdadm", "resize", "data"), rc=11,
+    made, _ = layout([*lv_replies(22 * GIB), Reply(CLEAN, rc=11,
                                                    stderr="State change failed: (-15) Resize not allowed during "
                                                           "resync.\n")])
     with pytest.raises(DrbdError) as info:
