@@ -28,6 +28,7 @@ class Replication:
 
     resource: str
     device: str | None = None          # /dev/drbd1000
+    configured: bool = True            # drbdadm knows the resource on this node (its disk the drive's LV)
     up: bool = False                   # the resource is up on this node (attached to the LV)
     role: str = ""                     # Primary | Secondary
     peer_role: str = ""                # the peer's, as this node last heard it ('' or Unknown while disconnected)

@@ -59,8 +59,7 @@ class DrbdResource:
         configured = self.backing_device()
         dev = device or self.device()
         if dev is None or configured is None:
-            return Replication(self.name, device=dev, error=f"DRBD resource {self.name!r} is not configured on this "
-                                                            "node (drbdadm sh-dev/sh-ll-dev found nothing)")
+            return Replication(self.name, device=dev, configured=False, backing_size=backing_bytes)
         if os.path.realpath(configured) != os.path.realpath(backing):
             return Replication(self.name, device=dev, error=f"DRBD resource {self.name!r} has its disk on "
                                                             f"{configured}, not on the drive's LV {backing}")

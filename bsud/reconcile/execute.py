@@ -165,7 +165,7 @@ class Executor:
         the peer's drive of a highly available drive, tagged with that drive's name."""
         spec = self.spec
         for_peer = isinstance(action, CreatePeerVolume)
-        drive = self._peer_drive(action.drive) if for_peer else spec.name
+        drive = self._peer_drive(action.peer_drive) if for_peer else spec.name
         limits = volume_limits(self.provider, spec.disk_type)
         iops = spec.disk_iops
         if spec.disk_iops_per_gib is not None and limits is not None and limits.max_iops_per_gib:
@@ -211,7 +211,7 @@ class Executor:
     def _attach_peer(self, action: AttachPeerVolume) -> bool:
         """Attach a volume of the peer's drive to the peer's VM (and drop its new mark: attached, it may come to hold
         data); UNCHANGED when it already was."""
-        drive = self._peer_drive(action.drive)
+        drive = self._peer_drive(action.peer_drive)
         vol = self.cloud.get_volume(action.volume_id)
         if vol is None:
             raise ActionError(f"volume {action.volume_id} no longer exists", temporary=True)

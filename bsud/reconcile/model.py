@@ -168,7 +168,7 @@ class CreatePeerVolume(Action):
     """A highly available drive's Primary makes a volume for its peer's drive (tagged with that drive's name), so
     that both nodes' LVs grow alike; the peer's bsud adds it to its LV."""
 
-    drive: str = ""
+    peer_drive: str = ""
     size_gib: int = 0
 
     changes_cloud: ClassVar[bool] = True
@@ -178,7 +178,7 @@ class CreatePeerVolume(Action):
 class AttachPeerVolume(VolumeAction):
     """…and attaches it to the peer's VM, whose bsud hears of it from its host at once (a block device event)."""
 
-    drive: str = ""
+    peer_drive: str = ""
     instance_id: str = ""
 
     changes_cloud: ClassVar[bool] = True

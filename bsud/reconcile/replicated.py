@@ -40,13 +40,13 @@ def plan_peer(spec: DriveConfig, obs: DriveObs, live: list[VolumeObs], max_volum
     own = sum(v.size_gib for v in live)
     if peer.size_gib < own:
         size = min(own - peer.size_gib, max_volume_gib)
-        return up(CreatePeerVolume(drive=peer.drive, size_gib=size, reason=f"drive {peer.drive!r} (the other DRBD "
+        return up(CreatePeerVolume(peer_drive=peer.drive, size_gib=size, reason=f"drive {peer.drive!r} (the other DRBD "
                                    f"node's) has {peer.size_gib} GiB, this one {own} GiB: a {size} GiB volume for it"))
     for v in peer.live():
         if v.state == AVAILABLE and v.attached_to is None:
             if peer.instance is None:
                 return None  # said by plan_replicated's note; the peer's bsud attaches it at its next listing
-            return up(AttachPeerVolume(volume_id=v.id, drive=peer.drive, instance_id=peer.instance,
+            return up(AttachPeerVolume(volume_id=v.id, peer_drive=peer.drive, instance_id=peer.instance,
                                        reason=f"{v.id} of drive {peer.drive!r} is not attached: attaching it to "
                                               f"{peer.instance}, whose bsud adds it to its LV"))
     return None
@@ -75,6 +75,9 @@ def plan_replicated(spec: DriveConfig, obs: DriveObs, live: list[VolumeObs], max
     if repl.error:
         return Plan(Blocked(reason=repl.error), Phase.BLOCKED, tuple(notes))
     name = repl.resource
+    if not repl.configured:
+        return Plan(Idle(reason=f"DRBD resource {name!r} is not configured on this node yet: the drive's LV is ready "
+                                "to be its disk"), Phase.ONLINE, tuple(notes))
     if not repl.up:
         return Plan(Idle(reason=f"DRBD resource {name!r} is not up on this node: its backing LV is ready"),
                     Phase.ONLINE, tuple(notes))

@@ -114,7 +114,8 @@ def volume_dict(v: VolumeObs) -> dict[str, Any]:
 def replication_dict(r: Replication, peer: PeerObs | None) -> dict[str, Any]:
     """A highly available drive's DRBD resource as the status file shows it: role, connection, disks, the device's
     size (what both nodes agreed on: the coordinated size), this node's LV, the peer's drive in the cloud."""
-    return {"resource": r.resource, "device": r.device, "up": r.up, "role": r.role, "peer_role": r.peer_role,
+    return {"resource": r.resource, "device": r.device, "configured": r.configured, "up": r.up, "role": r.role,
+            "peer_role": r.peer_role,
             "connection": r.connection, "disk": r.disk, "peer_disk": r.peer_disk, "size_bytes": r.size,
             "backing_bytes": r.backing_size, "room_bytes": r.room, **({"error": r.error} if r.error else {}),
             **({"peer_drive": peer.drive, "peer_size_gib": peer.size_gib, "peer_instance": peer.instance}

@@ -71,17 +71,17 @@ def test_a_primary_makes_its_peers_volume_and_attaches_it_to_the_peers_vm_once(c
                        layout=Layout.LVM, ha=ha)
     executor = Executor(spec, cloud, make_layout(Layout.LVM, "data-a", Runner(), ("data", "/dev/drbd1000")),
                         Provider.EC2, attach_timeout=10, device_timeout=1)
-    assert executor.run(CreatePeerVolume(drive="data-b", size_gib=3)) is CHANGED
+    assert executor.run(CreatePeerVolume(peer_drive="data-b", size_gib=3)) is CHANGED
     vid = executor.created
     made = cloud.get_volume(vid)
     assert (made.tags[DRIVE_TAG], made.tags[STATE_TAG], made.size_gib) == ("data-b", NEW, 3)
-    attach = AttachPeerVolume(volume_id=vid, drive="data-b", instance_id=peer_vm)
+    attach = AttachPeerVolume(volume_id=vid, peer_drive="data-b", instance_id=peer_vm)
     assert twice(executor, attach) == (CHANGED, UNCHANGED)
     attached = cloud.get_volume(vid)
     assert attached.attachment_to(peer_vm) is not None and attached.attachment_to(cloud.identity().instance_id) is None
     assert attached.tags[STATE_TAG] == ""
     with pytest.raises(ActionError, match="is not the peer of drive 'data-a'"):
-        executor.run(CreatePeerVolume(drive="someone-else", size_gib=1))
+        executor.run(CreatePeerVolume(peer_drive="someone-else", size_gib=1))
     own = cloud.create_volume("data-a", 1, "gp2")
     with pytest.raises(ActionError, match="not tagged"):
-        executor.run(AttachPeerVolume(volume_id=own.id, drive="data-b", instance_id=peer_vm))
+        executor.run(AttachPeerVolume(volume_id=own.id, peer_drive="data-b", instance_id=peer_vm))

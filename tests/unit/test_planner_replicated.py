@@ -65,6 +65,8 @@ TABLE = [
     ("secondary-only-keeps-its-lv", spec(), observed(vol("a0"), repl=drbd("Secondary"), used=9.5),
      ("Idle", {})),
     ("resource-down-keeps-the-lv-ready", spec(), observed(vol("a0"), repl=drbd(up=False)), ("Idle", {})),
+    ("resource-not-configured-yet-keeps-the-lv-ready", spec(),
+     observed(vol("a0"), repl=Replication("data", configured=False, backing_size=10 * GIB)), ("Idle", {})),
     ("resource-on-another-disk-blocks", spec(),
      observed(vol("a0"), repl=drbd(error="DRBD resource 'data' has its disk on /dev/sdz, not on the drive's LV")),
      ("Blocked", {})),
@@ -76,11 +78,11 @@ TABLE = [
                                                        mounted=False), ("Idle", {})),
     ("own-new-volume-then-one-for-the-peer", spec(),
      observed(vol("a0"), vol("a1", 12, state="available", attached_here=False, member=False), repl=drbd(),
-              used=9.0), ("CreatePeerVolume", {"drive": "data-b", "size_gib": 12})),
+              used=9.0), ("CreatePeerVolume", {"peer_drive": "data-b", "size_gib": 12})),
     ("peer-volume-attached-to-the-peer-vm-before-our-own", spec(),
      observed(vol("a0"), vol("a1", 12, state="available", attached_here=False, member=False), repl=drbd(),
               the_peer=peer(10, 12, new=(1,)), used=9.0),
-     ("AttachPeerVolume", {"volume_id": "vol-b1", "drive": "data-b", "instance_id": PEER_VM})),
+     ("AttachPeerVolume", {"volume_id": "vol-b1", "peer_drive": "data-b", "instance_id": PEER_VM})),
     ("then-our-own-is-attached", spec(),
      observed(vol("a0"), vol("a1", 12, state="available", attached_here=False, member=False), repl=drbd(),
               the_peer=peer(10, 12), used=9.0), ("AttachVolume", {"volume_id": "a1"})),
@@ -92,7 +94,7 @@ TABLE = [
               the_peer=peer(10, 12), used=9.0), ("ResizeReplica", {"assume_peer_has_space": True})),
     ("peer-without-its-volume-is-made-one-before-any-resize", spec(),
      observed(vol("a0"), vol("a1", 12), repl=drbd(lv_gib=22, drbd_gib=10), the_peer=peer(10), used=9.0),
-     ("CreatePeerVolume", {"drive": "data-b", "size_gib": 12})),
+     ("CreatePeerVolume", {"peer_drive": "data-b", "size_gib": 12})),
     ("peer-vm-unknown-leaves-its-volume-for-its-bsud", spec(),
      observed(vol("a0"), vol("a1", 12), repl=drbd(lv_gib=22, drbd_gib=10),
               the_peer=peer(10, 12, new=(1,), instance=None), used=2.0), ("Idle", {})),
@@ -150,3 +152,17 @@ def test_a_standalone_resource_is_said_with_the_command_bsud_leaves_to_the_opera
     p = plan(spec(), observed(vol("a0"), repl=drbd(connection="StandAlone"), used=2))
     assert any("StandAlone" in n and "drbdadm connect r0" not in n and "'drbdadm connect data'" in n
                for n in p.notes), p.notes
+
+
+def test_no_action_has_a_field_the_engines_step_line_already_names():
+    """The engine logs each step as ``step drive=… phase=… action=… reason=…`` plus the action's fields: a field of
+    one of those names crashed every step of an ha drive's Primary in the VM (CreatePeerVolume's ``drive``)."""
+    import dataclasses
+
+    from bsud.reconcile import model
+
+    actions = [c for c in vars(model).values() if isinstance(c, type) and issubclass(c, model.Action)]
+    assert len(actions) > 20
+    for action in actions:
+        names = {f.name for f in dataclasses.fields(action)} - {"reason"}
+        assert not names & {"drive", "phase", "action"}, (action.__name__, names)
