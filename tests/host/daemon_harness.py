@@ -172,8 +172,13 @@ def kernel_tail(lines: int = 25) -> str:
 
 def log_events(log_path: Path) -> list[dict[str, Any]]:
     """The daemon's JSON log lines (other lines left out)."""
+    return events_in(log_path.read_text())
+
+
+def events_in(text: str) -> list[dict[str, Any]]:
+    """The JSON lines of a daemon's log text (one read elsewhere, e.g. on another guest; other lines left out)."""
     out = []
-    for line in log_path.read_text().splitlines():
+    for line in text.splitlines():
         try:
             event = json.loads(line)
         except ValueError:

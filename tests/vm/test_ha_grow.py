@@ -23,7 +23,7 @@ import pytest
 
 from bench.fill import MIB, Writer
 
-from ..host.daemon_harness import _seconds, log_events
+from ..host.daemon_harness import _seconds, events_in, log_events
 
 pytestmark = pytest.mark.vm
 
@@ -102,15 +102,8 @@ def timeline(node_name: str, events: list[dict], since: float) -> list[str]:
 
 
 def b_events(b, path: str) -> list[dict]:
-    out = []
-    for line in b.read(path).decode(errors="replace").splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, dict):
-            out.append(event)
-    return out
+    """b's daemon log, read through the peer agent."""
+    return events_in(b.read(path).decode(errors="replace"))
 
 
 def test_an_ha_drive_grows_on_both_nodes_through_a_fail_over_and_a_kill(pair, tmp_path: Path):
