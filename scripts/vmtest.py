@@ -314,18 +314,20 @@ class Bridge:
 # --- main ---------------------------------------------------------------------------------------
 
 #: Rough guest seconds per test file under TCG (measured), to split the lane over parallel guests.
-WEIGHTS = {  # guest seconds per file, two guests side by side (the 2026-12-04 full run, then trimmed: see below)
-    "test_crash_lvm.py": 820,  # 895 with 800 MiB of data; now 560 MiB (thresholds 50/20 %)
-    "test_daemon_lvm.py": 800,  # 980 with 880 MiB per flavour; now 560 MiB
-    "test_exports.py": 595,
-    "test_lvm_layout.py": 470,
-    "test_fill_lvm.py": 360,  # 558 writing 2 GiB per rate; now 1.25 GiB
-    "test_faults_lvm.py": 450,  # + issue 21: a burst during a pvmove (573 s for both cases on a loaded machine)
-    "test_systemd.py": 650,  # issue 20's operator cases, the package installed and purged
-    "test_ha_gateway.py": 255,  # + the systemd guest's boot (80 s), paid once for both files
-    "test_ganesha.py": 155,
-    "test_devices.py": 35,
-    "test_boot.py": 15,
+WEIGHTS = {  # guest seconds per file, two guests side by side: the CI run of 2026-12-05 at 4697091 (host lanes beside)
+    # runner 1 = exports + fill + ganesha 1327 s, systemd guest 833 s, pair 668 s; runner 2 = the rest 2414 s: each
+    # guest's files scaled to its measured total
+    "test_crash_lvm.py": 765,  # 560 MiB of data (thresholds 50/20 %)
+    "test_daemon_lvm.py": 745,  # 560 MiB per flavour
+    "test_exports.py": 715,
+    "test_lvm_layout.py": 440,
+    "test_fill_lvm.py": 430,  # 1.25 GiB per rate
+    "test_faults_lvm.py": 420,  # + issue 21: a burst during a pvmove
+    "test_systemd.py": 600,  # issue 20's operator cases, the package installed and purged
+    "test_ha_gateway.py": 235,  # + the systemd guest's boot (80 s), paid once for both files
+    "test_ganesha.py": 185,
+    "test_devices.py": 33,
+    "test_boot.py": 14,
     "test_ha_grow.py": 480,  # a pair: both bsuds, DRBD, two grows, a kill -9 (476 s, the pair alone)
     "test_ha_drbd.py": 190,  # a pair: guest a 183 s (a 256 MiB resync; the last grow --assume-clean: none)
 }

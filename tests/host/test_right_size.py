@@ -42,6 +42,12 @@ def harness(workdir: Path):
 METADATA_ALLOWANCE = 4 * MIB
 
 
+def kernel_log() -> list[str]:
+    """The kernel's ring buffer, a line each (empty when it cannot be read)."""
+    out = subprocess.run(["dmesg"], capture_output=True, text=True)
+    return out.stdout.splitlines() if out.returncode == 0 else []
+
+
 def original_rule_end(sizes: list[int], used: int, middle: float = (75 + 30) / 2) -> int:
     """The drive's size (GiB) where the rule before issue 21 stops: the largest volume leaves while the data fits
     under the middle without it."""
@@ -56,6 +62,12 @@ def test_a_drive_oversized_by_a_burst_comes_back_to_its_ideal_size(harness: Daem
     started = time.monotonic()
     h.start()
     h.wait_online(volumes=1)
+    # Counted from here: a loaded machine's writers take long enough for bsud to right-size the drive around the
+    # burst's data before the test deletes it (1 + 24 GiB holding 2.2 GiB is under min too) — that removal is judged
+    # as well, once the writers' data is all on the devices (before, their own writes would count as moved).
+    counters = Counters(h.state_dir)
+    counters.start()
+    kernel_before = len(kernel_log())
     # 300 MiB kept on the first volume, a burst as fast as the page cache takes it, 400 MiB kept on the burst's volume
     keep1 = Writer(h.mount / "keep1.bin", None, 300 * MIB, verify=True)
     keep1.run()
@@ -65,14 +77,13 @@ def test_a_drive_oversized_by_a_burst_comes_back_to_its_ideal_size(harness: Daem
     keep2.run()
     assert not (keep1.enospc or burst.enospc or keep2.enospc), h.tail()
     subprocess.run(["sync"], check=True)
+    on_disk = time.time()
     grown = h.wait_for("the burst's volume in the drive",
                        lambda st: len(st.get("volumes", [])) >= 2 and st.get("action") == "Idle" and
                        all(v.get("member") for v in st["volumes"]), timeout=60)
     sizes_after_burst = sorted(v["size_gib"] for v in grown["volumes"])
     assert sizes_after_burst[0] == 1 and max(sizes_after_burst) >= 4, sizes_after_burst
 
-    counters = Counters(h.state_dir)
-    counters.start()
     (h.mount / "burst.bin").unlink()
     subprocess.run(["btrfs", "filesystem", "sync", str(h.mount)], check=True)
 
@@ -88,7 +99,7 @@ def test_a_drive_oversized_by_a_burst_comes_back_to_its_ideal_size(harness: Daem
     final = h.wait_for(f"the drive back to at most {ideal + 1} GiB", settled, timeout=120)
     counters.stop()
 
-    done = removals(h.log_path)
+    done = [r for r in removals(h.log_path) if r["start"] >= on_disk]
     assert done, h.tail()
     lines = []
     for r in done:
@@ -97,8 +108,11 @@ def test_a_drive_oversized_by_a_burst_comes_back_to_its_ideal_size(harness: Daem
         lines.append(f"removed {r['volume']}: live {r['live'] / MIB:.0f} MiB, written to the others "
                      f"{moved / MIB:.0f} MiB ({moved / max(r['live'], 1):.2f}×) in {r['end'] - r['start']:.1f} s")
         # + 4 MiB: taking a device out writes metadata whatever it holds (the chunk and device trees, the
-        # superblocks: ~330 KiB measured for a volume that held nothing, which a loaded machine's burst can leave)
-        assert moved <= 1.1 * r["live"] + METADATA_ALLOWANCE, lines[-1]
+        # superblocks: ~330 KiB measured for a volume that held nothing, which a loaded machine's burst can leave).
+        # Failing, it shows what the kernel relocated meanwhile (a block group moved twice, an ENOSPC, a retry).
+        assert moved <= 1.1 * r["live"] + METADATA_ALLOWANCE, \
+            "\n".join([lines[-1], "the kernel's btrfs lines since the drive came online:",
+                       *[line for line in kernel_log()[kernel_before:] if "BTRFS" in line][-60:], h.tail()])
     print(f"\nafter the burst: {'+'.join(map(str, sizes_after_burst))} GiB; data kept {used / MIB:.0f} MiB; "
           f"ideal {ideal} GiB; now {'+'.join(str(v['size_gib']) for v in final['volumes'])} GiB, used "
           f"{final['used_percent']:.1f}%; {time.monotonic() - started:.0f} s in all")
