@@ -328,7 +328,7 @@ WEIGHTS = {  # guest seconds per file, two guests side by side: the CI run of 20
     "test_ganesha.py": 185,
     "test_devices.py": 33,
     "test_boot.py": 14,
-    "test_ha_grow.py": 480,  # a pair: both bsuds, DRBD, two grows, a kill -9 (476 s, the pair alone)
+    "test_ha_grow.py": 520,  # a pair: both bsuds, DRBD, two grows, two kill -9 (460 s, the pair alone)
     "test_ha_drbd.py": 190,  # a pair: guest a 183 s (a 256 MiB resync; the last grow --assume-clean: none)
 }
 #: Test files that need systemd as PID 1: a runner's run in one guest of their own, booted with systemd.

@@ -7,7 +7,8 @@ mount path; a steady writer fills it past the threshold: a's bsud makes its volu
 that one to b's VM, whose bsud joins it to its LV; a's bsud resizes DRBD once b's drive has caught up and grows the
 filesystem — no ENOSPC. Fail-over to b (unmount, Secondary on a, Primary on b, mount on b): every byte there. A
 writer on b: b's bsud leads the next grow, and a's bsud is killed (-9) in the middle of it (the moment b attaches
-a's new volume), started again, and converges. The times (reaction, each node's grow, the resize) are printed as
+a's new volume), started again, and converges. In the first grow it is the Primary's bsud (a's) that is killed, the
+moment it made b's volume. The times (reaction, each node's grow, the resize) are printed as
 ``ha-time:`` lines for docs/ha.md.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -154,7 +156,23 @@ def test_an_ha_drive_grows_on_both_nodes_through_a_fail_over_and_a_kill(pair, tm
         # A steady writer on a, past the threshold: both nodes' LVs grow, DRBD is resized, btrfs grown.
         started, wall = time.monotonic(), time.time()
         writer = Writer(ha.mount / "one.bin", RATE, 600 * MIB, verify=True)
+        # The Primary's bsud is killed (-9) the moment it has made b's volume (before attaching it), and started
+        # again: the grow resumes from the tags (b's volume attached by the restarted bsud), the writer unaware.
+        killed = threading.Event()
+
+        def kill_the_primary_mid_grow() -> None:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and '"action": "CreatePeerVolume"' not in ha.log_path.read_text():
+                time.sleep(0.2)
+            ha.proc.send_signal(signal.SIGKILL)
+            ha.wait_exit(30)
+            ha.start()
+            killed.set()
+        killer = threading.Thread(target=kill_the_primary_mid_grow, daemon=True)
+        killer.start()
         writer.run()
+        killer.join(300)
+        assert killed.is_set(), f"a's bsud never made b's volume\n{a_tail()}"
         assert not writer.enospc, f"ENOSPC after {writer.written >> 20} MiB\n{a_tail()}\n{b_tail()}"
         wait("the DRBD device grown on both", lambda: drbd_bytes(a) > size0 and drbd_bytes(b) == drbd_bytes(a),
              600, (a_tail, b_tail))
