@@ -208,15 +208,15 @@ def cmd_ha_config(config: Config, write: bool) -> int:
             d = d.model_copy(update={"ha": d.ha.model_copy(update={"drbd_device": device})})
             assert d.ha is not None
         if write:
-            changed = Promoter(Runner()).write(d.name, d.mount_path, d.ha, d.exports)
+            changed = Promoter(Runner()).write(d.name, d.mount_path, d.ha, d.exports, d.mount_options)
             print(f"{Promoter.file(d.name, d.ha)}: {'written' if changed else 'unchanged'}")
             continue
-        agents = start_list(d.name, d.mount_path, d.ha, d.exports)
+        agents = start_list(d.name, d.mount_path, d.ha, d.exports, d.mount_options)
         problems = check_gateway(agents)
         for path in Promoter(Runner()).unprepared(agents):
             say(f"bsud: drive {d.name!r}: --write also writes {path} (nfsdcld must stop with nfs-server for the "
                 "nfsserver agent's stop to succeed)", 4)
-        text = render(d.name, d.mount_path, d.ha, d.exports)
+        text = render(d.name, d.mount_path, d.ha, d.exports, d.mount_options)
         for secret in config.secrets():  # as the file has it: in a shell word, in a TOML string
             text = text.replace(toml_string(secret)[1:-1], "********").replace(secret, "********")
         print(f"# {Promoter.file(d.name, d.ha)}\n{text}", end="")

@@ -28,6 +28,7 @@ from bsud.config.catalogue import (
 )
 from bsud.exports import check_export, export_identities, export_name
 from bsud.config.ha import check_ha
+from bsud.config.mount_options import problems as mount_option_problems
 from bsud.config.schema import CloudSettings, DaemonSettings, DriveConfig, _ConfigFile
 from bsud.errors import ConfigError
 
@@ -178,6 +179,8 @@ def check_semantics(cfg: _ConfigFile, path: str) -> tuple[list[ConfigError], lis
                     f"max-used-space-perc ({d.max_used_space_perc}) <= 100")
         if not 1 <= d.disk_scale_factor_perc <= 100:
             problem(name, "disk-scale-factor-perc", f"must be between 1 and 100 (got {d.disk_scale_factor_perc})")
+        for why in mount_option_problems(d.mount_options):
+            problem(name, "mount-options", why)
         attach = ATTACH_LIMITS[cloud.provider]
         if not 1 <= d.max_bsu_count <= attach.volumes:
             problem(name, "max-bsu-count", f"must be between 1 and {attach.volumes} ({attach.why}; "

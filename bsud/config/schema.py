@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bsud.config.catalogue import DiskType, Layout, Provider, Target
 from bsud.exports import Export, GaneshaSettings, NfsSettings
 from bsud.config.ha import HaConfig
+from bsud.config.mount_options import split as split_mount_options
 
 
 def _kebab(name: str) -> str:
@@ -106,6 +107,16 @@ class DriveConfig(_Section):
     exports: tuple[Export, ...] = ()
     #: Its exports served by a highly available gateway (drbd-reactor's promoter; bsud writes its file).
     ha: HaConfig | None = None
+    #: btrfs and VFS mount options (``"compress=zstd:3,noatime"`` or a list): at every mount, and by remount on a
+    #: mounted drive (bsud.config.mount_options).
+    mount_options: tuple[str, ...] = ()
+
+    @field_validator("mount_options", mode="before")
+    @classmethod
+    def _split_mount_options(cls, value: object) -> object:
+        if isinstance(value, str) or isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return split_mount_options(value)  # type: ignore[arg-type]
+        return value
 
     def exports_by(self, exporter: str) -> list[Export]:
         """The drive's exports one exporter serves (``nfs``, ``nfs-ganesha``, ``smb``, ``iscsi``, ``nvmeof``)."""

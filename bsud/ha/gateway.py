@@ -37,9 +37,10 @@ def ports(exports: tuple[Any, ...]) -> str:
     return ",".join(map(str, found))
 
 
-def start_list(drive: str, mount_path: str, ha: HaConfig, exports: tuple[Any, ...]) -> list[Agent]:
+def start_list(drive: str, mount_path: str, ha: HaConfig, exports: tuple[Any, ...],
+               mount_options: tuple[str, ...] = ()) -> list[Agent]:
     """The agents drbd-reactor starts for the drive, in order (``ha.drbd_device`` known: given, or asked of
-    ``drbdadm sh-dev`` by the caller)."""
+    ``drbdadm sh-dev`` by the caller); the Filesystem agent mounts with the drive's ``mount_options``."""
     if ha.drbd_device is None:
         raise ValueError(f"drive {drive!r}: the DRBD device of resource {ha.drbd_resource!r} is not known")
     iface = ipaddress.ip_interface(ha.service_ip)
@@ -51,7 +52,8 @@ def start_list(drive: str, mount_path: str, ha: HaConfig, exports: tuple[Any, ..
     for kind, found in served:
         agents += kind.prepare(gw, found)
     agents.append(heartbeat("Filesystem", "fs_data", ("device", ha.drbd_device), ("directory", gw.mount),
-                            ("fstype", "btrfs"), ("run_fsck", "no")))
+                            ("fstype", "btrfs"), ("run_fsck", "no"),
+                            *((("options", ",".join(mount_options)),) if mount_options else ())))
     agents.append(heartbeat("IPaddr2", "service_ip0", ("ip", gw.ip), ("cidr_netmask", str(iface.network.prefixlen)),
                             *((("nic", ha.nic),) if ha.nic else ())))
     for kind, found in served:
@@ -68,7 +70,8 @@ def toml_string(value: str | bool) -> str:
     return f'"{escaped}"'
 
 
-def render(drive: str, mount_path: str, ha: HaConfig, exports: tuple[Any, ...]) -> str:
+def render(drive: str, mount_path: str, ha: HaConfig, exports: tuple[Any, ...],
+           mount_options: tuple[str, ...] = ()) -> str:
     """The promoter file (TOML) for the drive."""
     lines = [HEADER.format(drive=drive).rstrip("\n"),
              "[[promoter]]",
@@ -81,7 +84,8 @@ def render(drive: str, mount_path: str, ha: HaConfig, exports: tuple[Any, ...]) 
              f"on-drbd-demote-failure = {toml_string(ha.on_drbd_demote_failure)}",
              f"target-as = {toml_string(ha.target_as)}",
              "start = ["]
-    lines += [f"    {toml_string(agent.line())}," for agent in start_list(drive, mount_path, ha, exports)]
+    lines += [f"    {toml_string(agent.line())}," for agent in start_list(drive, mount_path, ha, exports,
+                                                                                  mount_options)]
     lines.append("]")
     return "\n".join(lines) + "\n"
 

@@ -75,10 +75,11 @@ class Promoter:
 
         return replace_file(self.nfsdcld_dropin, NFSDCLD_DROPIN_TEXT, apply=daemon_reload, verify=lambda: None)
 
-    def write(self, drive: str, mount_path: str, ha: HaConfig, exports: tuple[Any, ...]) -> bool:
+    def write(self, drive: str, mount_path: str, ha: HaConfig, exports: tuple[Any, ...],
+              mount_options: tuple[str, ...] = ()) -> bool:
         """Make the file hold what the config asks (checked against the agents first), and the host ready for its
         agents (:meth:`prepare_host`); True when either changed."""
-        prepared = self.prepare_host(start_list(drive, mount_path, ha, exports))
+        prepared = self.prepare_host(start_list(drive, mount_path, ha, exports, mount_options))
 
         def validate(temp: Path) -> None:
             agents = [Agent.parse(a) for a in start_list_lines(temp.read_text())]
@@ -87,5 +88,6 @@ class Promoter:
                 raise ExportError("; ".join(problems))
 
         # 0600: an iSCSI target's CHAP password is in it
-        return prepared | replace_file(self.file(drive, ha), render(drive, mount_path, ha, exports), apply=self._reload,
-                            verify=lambda: None, validate=validate, mode=0o600)
+        text = render(drive, mount_path, ha, exports, mount_options)
+        return prepared | replace_file(self.file(drive, ha), text, apply=self._reload, verify=lambda: None,
+                                       validate=validate, mode=0o600)

@@ -143,6 +143,11 @@ def mount(runner: Runner, device: str, mount_point: str, options: str | None = N
     runner.run([*argv, device, mount_point], timeout=120)
 
 
+def remount(runner: Runner, mount_point: str, options: tuple[str, ...]) -> None:
+    """``mount -o remount,<options>`` of a mounted filesystem (the options it changes take effect at once)."""
+    runner.run(["mount", "-o", ",".join(("remount", *options)), mount_point], timeout=120)
+
+
 def unmount(runner: Runner, mount_point: str) -> None:
     """Unmount; when busy, the error names the processes holding it."""
     if mount_at(mount_point) is None:

@@ -121,7 +121,8 @@ class DriveReconciler:
         limits = volume_limits(self.provider, spec.disk_type)
         self.max_volume_gib = limits.max_size if limits else DEFAULT_MAX_VOLUME_GIB
         previous: DriveStatus | None = getattr(self, "status", None)
-        self.status = DriveStatus(spec.name, spec.target.value, spec.layout.value, spec.mount_path)
+        self.status = DriveStatus(spec.name, spec.target.value, spec.layout.value, spec.mount_path,
+                                  mount_options=spec.mount_options)
         if previous is not None:  # what happened before a reload is still what happened
             self.status.errors, self.status.last_scale_event = previous.errors, previous.last_scale_event
             self.status.updated = previous.updated  # a reload does not make a drive that fails to observe look new

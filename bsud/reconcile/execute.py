@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 
 from bsud.cloud.base import CloudProvider, VolumeOptions
 from bsud.config import DriveConfig, Provider, provisioned_iops, volume_limits
+from bsud.config.mount_options import missing as missing_options
 from bsud.errors import AttachmentLimitError, BsudError
 from bsud.host import mounts
 from bsud.exports import ExportKind
@@ -19,7 +20,8 @@ from bsud.host.preempt import Preempted
 from bsud.host.safety import probe
 from bsud.logs import get_logger
 from bsud.naming import AVAILABLE, DELETED, DELETING, DRIVE_TAG, NEW, STATE_TAG
-from bsud.reconcile.model import (EVACUATED, Action, Activate, ApplyExports, AttachPeerVolume, AttachVolume,
+from bsud.reconcile.model import (EVACUATED, Action, Activate, ApplyExports, ApplyMountOptions, AttachPeerVolume,
+                                  AttachVolume,
                                   CreatePeerVolume, CreateVolume, Deactivate, DeleteVolume, DetachVolume, Grow, Join,
                                   MakeFilesystem, MarkVolume, Mount, Outcome, Refresh, Remount, RemoveFromDrive,
                                   ResizeReplica, RetireVolume, Unmount, WithdrawExports)
@@ -114,6 +116,8 @@ class Executor:
                 changed = self.layout.refresh(self._devices())
             case Remount():
                 changed = self._remount()
+            case ApplyMountOptions():
+                changed = self._apply_mount_options()
             case ApplyExports():
                 changed = self._apply_exports()
             case WithdrawExports():
@@ -318,7 +322,25 @@ class Executor:
         return self.layout.ensure_filesystem()
 
     def _mount(self) -> bool:
-        return self.layout.mount(self._devices(), self.spec.mount_path)
+        return self.layout.mount(self._devices(), self.spec.mount_path, self.spec.mount_options)
+
+    def _apply_mount_options(self) -> bool:
+        """``mount -o remount,<mount-options>``; UNCHANGED when the kernel shows them all in effect already. Still
+        missing after the remount: a permanent error (they apply at the next mount), never a loop of remounts."""
+        entry = mounts.mount_at(self.spec.mount_path)
+        if entry is None or not self.layout.is_our_mount(entry, self._devices()):
+            raise ActionError(f"not remounting: {self.spec.mount_path} is not the drive's mount", temporary=True)
+        if not missing_options(self.spec.mount_options, entry.options, entry.super_options):
+            return False
+        mounts.remount(self.layout.runner, self.spec.mount_path, self.spec.mount_options)
+        entry = mounts.mount_at(self.spec.mount_path)
+        still = missing_options(self.spec.mount_options, entry.options, entry.super_options) if entry else []
+        if still:
+            raise ActionError(f"mount-options {', '.join(still)}: the kernel did not take them on a remount of "
+                              f"{self.spec.mount_path} (it shows {entry.options if entry else '?'} | "
+                              f"{entry.super_options if entry else '?'}); they apply at the next mount "
+                              f"(bsud offline, then online)")
+        return True
 
     def _remount(self) -> bool:
         """Unmount (refused while busy: the error names the holders) and mount again from the last commit;
@@ -328,7 +350,7 @@ class Executor:
                 self.layout.is_our_mount(entry, self._devices()):
             return False
         self.layout.unmount(self.spec.mount_path)
-        self.layout.mount(self._devices(), self.spec.mount_path)
+        self.layout.mount(self._devices(), self.spec.mount_path, self.spec.mount_options)
         return True
 
     def _unmount(self) -> bool:

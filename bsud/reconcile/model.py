@@ -116,6 +116,8 @@ class DriveObs:
     active: bool = False                # the storage is up (the layout's drive_active: what going offline undoes)
     can_grow: bool = False
     read_only: bool = False             # mounted read-write, but the kernel made it read-only (I/O errors)
+    #: Its mount-options the mounted filesystem does not show in effect (bsud.config.mount_options).
+    options_missing: tuple[str, ...] = ()
     usage: UsageObs | None = None
     pace: Pace = Pace()
     exports: ExportsObs = ExportsObs()
@@ -256,6 +258,11 @@ class Refresh(Action):
 @dataclass(frozen=True)
 class Remount(Action):
     """Unmount and mount again a filesystem the kernel made read-only after I/O errors."""
+
+
+@dataclass(frozen=True)
+class ApplyMountOptions(Action):
+    """``mount -o remount`` with the drive's mount-options: the mounted filesystem does not show them all."""
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from dataclasses import replace
 
 from bsud.cloud.base import CloudProvider, Volume, volumes_by_drive
 from bsud.config import DriveConfig
+from bsud.config.mount_options import missing as missing_options
 from bsud.errors import BsudError
 from bsud.host import mounts
 from bsud.exports import ExportKind, ExportState, export_name
@@ -160,6 +161,11 @@ def _observe_drive(spec: DriveConfig, volumes: list[Volume], cloud: CloudProvide
     paths = [r.device for r in resolutions.values()]
     state = layout.observe(paths)
     mounted, read_only, mount_blocked = _observe_mount(spec, layout, paths, state)
+    options_missing: tuple[str, ...] = ()
+    if mounted and not read_only and spec.mount_options and spec.ha is None:  # an ha drive: the gateway mounts it
+        entry = mounts.mount_at(spec.mount_path)
+        if entry is not None:
+            options_missing = tuple(missing_options(spec.mount_options, entry.options, entry.super_options))
     obs_volumes = [_observe_volume(spec, layout, vol, me, resolutions.get(vol.id), errors.get(vol.id), state)
                    for vol in volumes]
     usage = None
@@ -174,6 +180,7 @@ def _observe_drive(spec: DriveConfig, volumes: list[Volume], cloud: CloudProvide
     obs = DriveObs(
         name=spec.name, volumes=tuple(obs_volumes), storage=state, mounted=mounted, mount_blocked=mount_blocked,
         active=layout.drive_active(state, mounted), can_grow=can_grow, usage=usage, read_only=read_only,
+        options_missing=options_missing,
         exports=observe_exports(spec, exporters) if exporters else ExportsObs(),
     )
     return obs, resolutions

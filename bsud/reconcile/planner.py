@@ -28,7 +28,7 @@ from bsud.config import DriveConfig, Target
 from bsud.naming import AVAILABLE, CREATING, DEFAULT_MAX_VOLUME_GIB, DELETED, DELETING, ERROR
 from bsud.reconcile.assembly import ASSEMBLY
 from bsud.reconcile.leaving import Step, down, plan_evacuated, plan_removals, at, up
-from bsud.reconcile.model import (EVACUATED, NEW, REMOVING, ApplyExports, AttachVolume, Blocked,
+from bsud.reconcile.model import (EVACUATED, NEW, REMOVING, ApplyExports, ApplyMountOptions, AttachVolume, Blocked,
                                   CreateVolume, Deactivate, DeleteVolume, DetachVolume, Direction, DriveObs, Grow,
                                   Idle, Join, MarkVolume, Mount, Phase, Plan, Refresh, Remount, ScaleDecision,
                                   Unmount, VolumeObs, Wait, WithdrawExports)
@@ -200,13 +200,16 @@ def _plan_scaling(spec: DriveConfig, obs: DriveObs, members: list[VolumeObs], ma
 
 
 def _settled(obs: DriveObs, notes: list[str]) -> Plan:
-    """Nothing to build or scale: the exports, then idle. (Exports come after scaling: an export that keeps failing
-    must never hold back the space the drive needs.)
+    """Nothing to build or scale: the mount-options, the exports, then idle. (Both come after scaling: a remount or
+    an export that keeps failing must never hold back the space the drive needs.)
 
     The phase is ``exporting`` while the exports are applied and no attempt failed yet (after the mount, a change,
     drift). Once one failed the drive is ``online``: mounted, serving everything else; a note says which export,
     why, and when it is tried again — the engine spaces the attempts out (10 s, 20 s, … up to 5 minutes) and the
     planner plans nothing for the exports meanwhile."""
+    if obs.options_missing:
+        return Plan(ApplyMountOptions(reason=f"mounted without {', '.join(obs.options_missing)} (its mount-options): "
+                                      "remounting with them"), Phase.ONLINE, tuple(notes))
     e = obs.exports
     if e.in_sync:
         return Plan(Idle(reason="online"), Phase.ONLINE, tuple(notes))

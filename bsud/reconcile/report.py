@@ -49,6 +49,9 @@ class DriveStatus:
     #: none (none wanted, none present)
     exports: ExportsObs | None = None
     mounted: bool = False                    # on its mount path, as the last observation saw it
+    mount_options: tuple[str, ...] = ()      # its mount-options, as the config gives them
+    #: Those the mounted filesystem does not show in effect (a remount is planned, or failed: last_error)
+    mount_options_missing: tuple[str, ...] = ()
     #: A highly available drive: its DRBD resource on this node and the peer's drive (None for any other drive).
     replication: Replication | None = None
     peer: PeerObs | None = None
@@ -70,7 +73,8 @@ class DriveStatus:
     def as_dict(self) -> dict[str, Any]:
         """The status file's form of the report (JSON types only)."""
         data: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
-        data.update(phase=self.phase.value,
+        data.update(phase=self.phase.value, mount_options=list(self.mount_options),
+                    mount_options_missing=list(self.mount_options_missing),
                     volumes=[volume_dict(v) for v in self.volumes], notes=list(self.notes),
                     last_scale_event=self.last_scale_event.as_dict() if self.last_scale_event else None,
                     exports=exports_dict(self.exports) if self.exports is not None else {},
@@ -88,6 +92,7 @@ class DriveStatus:
         self.notes = list(current.notes)
         self.size_gib = obs.size_gib
         self.mounted = obs.mounted
+        self.mount_options_missing = obs.options_missing
         self.exports = obs.exports if obs.exports.wanted or obs.exports.present else None
         self.record_usage(obs.usage, obs.pace)
         self.volumes = obs.volumes

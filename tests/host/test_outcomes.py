@@ -15,9 +15,10 @@ from bsud.host.devices import GIB, VolumeRef, find_device
 from bsud.host.layouts import BtrfsLayout
 from bsud.naming import STATE_TAG
 from bsud.reconcile.execute import Executor
-from bsud.reconcile.model import (EVACUATED, REMOVING, Action, Activate, ApplyExports, AttachVolume, CreateVolume,
-                                  Deactivate, DeleteVolume, DetachVolume, Grow, Join, MakeFilesystem, MarkVolume,
-                                  Mount, Outcome, Remount, RemoveFromDrive, RetireVolume, Unmount, WithdrawExports)
+from bsud.reconcile.model import (EVACUATED, REMOVING, Action, Activate, ApplyExports, ApplyMountOptions,
+                                  AttachVolume, CreateVolume, Deactivate, DeleteVolume, DetachVolume, Grow, Join,
+                                  MakeFilesystem, MarkVolume, Mount, Outcome, Remount, RemoveFromDrive, RetireVolume,
+                                  Unmount, WithdrawExports)
 
 from .conftest import verify_files, write_files
 
@@ -30,10 +31,11 @@ CHANGED, UNCHANGED = Outcome.CHANGED, Outcome.UNCHANGED
 class Drive:
     """An executor on a btrfs-layout drive of the local cloud, with the devices of its volumes attached here."""
 
-    def __init__(self, local, runner, workdir: Path) -> None:
+    def __init__(self, local, runner, workdir: Path, mount_options: tuple[str, ...] = ()) -> None:
         self.local = local
         self.mnt = str(workdir / "mnt")
-        spec = DriveConfig(name=DRIVE, target=Target.ONLINE, mount_path=self.mnt, layout=Layout.BTRFS)
+        spec = DriveConfig(name=DRIVE, target=Target.ONLINE, mount_path=self.mnt, layout=Layout.BTRFS,
+                           mount_options=mount_options)
         self.executor = Executor(spec, local, BtrfsLayout(DRIVE, runner), Provider.LOCAL, attach_timeout=10,
                                  device_timeout=20)
 
@@ -116,3 +118,17 @@ def test_each_action_changes_once_then_has_nothing_to_do(local, runner, workdir:
     assert drive.twice(DetachVolume(volume_id=v2)) == (CHANGED, UNCHANGED)
     assert drive.twice(DeleteVolume(volume_id=v2)) == (CHANGED, UNCHANGED)
     assert local.list_volumes() == []
+
+
+def test_mount_options_are_set_at_the_mount_and_applied_once_by_a_remount(local, runner, workdir: Path):
+    drive = Drive(local, runner, workdir, mount_options=("noatime", "compress=zstd:3"))
+    drive.run(CreateVolume(size_gib=1))
+    v1 = drive.executor.created
+    drive.run(AttachVolume(volume_id=v1))
+    drive.run(MakeFilesystem(volume_id=v1))
+    assert drive.run(Mount()) is CHANGED
+    assert drive.run(ApplyMountOptions()) is UNCHANGED  # mounted with them: nothing to do
+    subprocess.run(["mount", "-o", "remount,relatime,compress=zlib", drive.mnt], check=True)
+    assert drive.twice(ApplyMountOptions()) == (CHANGED, UNCHANGED)
+    entry = mounts.mount_at(drive.mnt)
+    assert "noatime" in entry.options and "compress=zstd:3" in entry.super_options

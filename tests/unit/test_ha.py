@@ -39,6 +39,17 @@ def drive(ha=HA, exports=EXPORTS, layout="lvm"):
     return parse_config(text, path="bsud.json").drives[0]
 
 
+def test_the_drives_mount_options_go_to_the_filesystem_agent_that_mounts_it():
+    text = json.dumps({"cloud": {"provider": "local"}, "drives": [
+        {"name": "data", "target": "online", "mount-path": "/srv/data", "layout": "lvm", "exports": EXPORTS,
+         "ha": HA, "mount-options": "compress=zstd:3,noatime"}]})
+    d = parse_config(text, path="bsud.json").drives[0]
+    agents = start_list(d.name, d.mount_path, d.ha, d.exports, d.mount_options)
+    assert dict(agents[2].params) == {"device": "/dev/drbd1000", "directory": "/srv/data", "fstype": "btrfs",
+                                      "run_fsck": "no", "options": "compress=zstd:3,noatime"}
+    assert "options=compress=zstd:3,noatime" in render(d.name, d.mount_path, d.ha, d.exports, d.mount_options)
+
+
 def test_the_start_list_is_in_the_gateway_order_and_reads_back_as_drbd_reactor_splits_it():
     d = drive()
     agents = start_list(d.name, d.mount_path, d.ha, d.exports)

@@ -478,6 +478,18 @@ EXPORTS_TABLE = [
      online(vol("v1"), used=5, mounted=False, exports=FAILING), ("WithdrawExports", {}), "recovering"),
     ("offline-ignores-a-failed-attempt", spec(target=Target.OFFLINE), online(vol("v1"), used=5, exports=FAILING),
      ("WithdrawExports", {}), "going-offline"),
+    # mount-options the mounted filesystem does not show: a remount, once nothing else is to do (a remount that
+    # keeps failing must never hold back the space the drive needs), before the exports
+    ("missing-mount-options-are-applied-by-a-remount", spec(), online(vol("v1"), used=5,
+                                                                      options_missing=("compress=zstd:3",)),
+     ("ApplyMountOptions", {}), "online"),
+    ("missing-mount-options-come-before-the-exports", spec(),
+     online(vol("v1"), used=5, options_missing=("noatime",), exports=OUT_OF_SYNC), ("ApplyMountOptions", {}),
+     "online"),
+    ("scaling-up-comes-before-missing-mount-options", spec(),
+     online(vol("v1"), used=9.5, options_missing=("noatime",)), ("CreateVolume", {"size_gib": 12}), "scaling-up"),
+    ("a-read-only-drive-is-remounted-before-its-options", spec(),
+     online(vol("v1"), used=5, read_only=True, options_missing=("noatime",)), ("Remount", {}), "recovering"),
 ]
 
 

@@ -87,8 +87,9 @@ class StorageLayout(ABC):
     def mount_source(self, devices: list[str]) -> str:
         """The device to mount."""
 
-    def mount(self, devices: list[str], mount_point: str) -> bool:
-        """Mount the drive's filesystem on ``mount_point``; False when it already is."""
+    def mount(self, devices: list[str], mount_point: str, options: tuple[str, ...] = ()) -> bool:
+        """Mount the drive's filesystem on ``mount_point`` with ``options`` (its mount-options); False when it
+        already is."""
         existing = mounts.mount_at(mount_point)
         source = self.mount_source(devices)
         if existing is not None:
@@ -97,7 +98,7 @@ class StorageLayout(ABC):
             raise mounts.MountError(f"{mount_point} already holds {existing.fstype} from {existing.source}, "
                                     f"not drive {self.drive!r}; unmount it or change mount-path")
         self.activate(devices)
-        mounts.mount(self.runner, source, mount_point)
+        mounts.mount(self.runner, source, mount_point, ",".join(options) or None)
         return True
 
     def is_our_mount(self, entry: mounts.MountEntry, devices: list[str]) -> bool:

@@ -74,7 +74,7 @@ class ReplicatedLvmLayout(LvmLayout):
             raise LayoutError(f"drive {self.drive!r}: DRBD resource {self.drbd.name!r} has no device here")
         return device
 
-    def mount(self, devices: list[str], mount_point: str) -> bool:
+    def mount(self, devices: list[str], mount_point: str, options: tuple[str, ...] = ()) -> bool:
         raise LayoutError(f"drive {self.drive!r} is highly available: its filesystem is on DRBD resource "
                           f"{self.drbd.name!r}, mounted by the gateway on the Primary, never by bsud")
 
