@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from bsud import __version__
 from bsud.config import DEFAULT_CONFIG_PATH, Config, EnvSettings, InvalidConfig, load_config
+from bsud.commands.backup import cmd_delete_snapshot_set, cmd_snapshot, cmd_snapshots
 from bsud.commands.common import EXIT_CONFIG, EXIT_ERROR, EXIT_OK, EXIT_PIPE, daemon_status, say
 from bsud.commands.service import WAIT_ONLINE_SECONDS, cmd_reload, cmd_wait_online
 from bsud.errors import BsudError
@@ -64,6 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("drives", nargs="*", metavar="DRIVE", help="drive names (need not be in the config)")
     delete.add_argument("--all", action="store_true", help="every drive whose volumes carry bsud's tag")
     delete.add_argument("--yes", action="store_true", help="do not ask; delete")
+    snap = sub.add_parser("snapshot", parents=[common],
+                          help="a snapshot set of a drive: its filesystem frozen, one snapshot per volume, thawed")
+    snap.add_argument("drive", metavar="DRIVE", help="a drive of the config")
+    snaps = sub.add_parser("snapshots", parents=[common],
+                           help="the snapshot sets (of DRIVE) with their state: completed, pending, incomplete")
+    snaps.add_argument("drive", nargs="?", metavar="DRIVE", help="only this drive's sets")
+    snaps.add_argument("--json", action="store_true", help="machine-readable output")
+    dels = sub.add_parser("delete-snapshot-set", parents=[common],
+                          help="delete every snapshot of the named sets (asks unless --yes)")
+    dels.add_argument("sets", nargs="+", metavar="SET", help="set ids as 'bsud snapshots' lists them")
+    dels.add_argument("--yes", action="store_true", help="do not ask; delete")
     return parser
 
 
@@ -271,6 +283,12 @@ def _command(config_path: str, args: argparse.Namespace) -> int:
         return cmd_reload(config, args.pid)
     if command == "delete-drive":
         return cmd_delete_drive(config, args.drives, args.all, args.yes)
+    if command == "snapshot":
+        return cmd_snapshot(config, args.drive)
+    if command == "snapshots":
+        return cmd_snapshots(config, args.drive, args.json)
+    if command == "delete-snapshot-set":
+        return cmd_delete_snapshot_set(config, args.sets, args.yes)
     return cmd_run(config)
 
 

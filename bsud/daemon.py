@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bsud import __version__
+from bsud.backup.freeze import thaw_drives_left_frozen
 from bsud.cloud import CloudProvider, make_provider
 from bsud.config import Config, DriveConfig, InvalidConfig, Provider, load_config
 from bsud.drives import Drives
@@ -37,7 +38,7 @@ from bsud.logs import get_logger, register_secrets
 from bsud.metrics import Metrics
 from bsud.reconcile.events import Event
 from bsud.reconcile.observe import CloudSnapshot, unmanaged_drives
-from bsud.runner import preflight
+from bsud.runner import Runner, preflight
 from bsud.sampler import Sampler
 from bsud.sdnotify import notify, watchdog_interval
 from bsud.sinks import DaemonReport, EventCommand, SdNotifyStatus, Sink, StatusFile
@@ -300,6 +301,7 @@ class Daemon:
         ident = self.cloud.identity()
         log.info("bsud starting", version=__version__, instance=ident.instance_id, zone=ident.availability_zone,
                  provider=self.config.cloud.provider.value, drives=[d.name for d in self.config.drives])
+        thaw_drives_left_frozen(self.config.drives, Runner())  # a snapshot's freeze never outlives its bsud
         signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
         signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
         signal.signal(signal.SIGHUP, lambda *_: self.reload_event.set())

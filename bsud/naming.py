@@ -21,6 +21,20 @@ REMOVING, EVACUATED = "removing", "evacuated"
 #: …and on a volume bsud has just created, until it is first attached: "new" says it was never attached, so holds
 #: nothing (it is deleted, unseen, when the VM can take no more volumes; the mark is dropped once attached).
 NEW = "new"
+#: The tags of a snapshot set (``bsud snapshot``): one snapshot per member volume of a drive, taken while its
+#: filesystem was frozen. The set's id, its drive, the member's place ("0/2"), the layout, the source volume and its
+#: size, the filesystem's UUID and the time of the freeze; "incomplete" with why, once the set is known to be so.
+SNAPSHOT_SET_TAG = "osc.bsud.snapshot-set"
+SNAPSHOT_DRIVE_TAG = "osc.bsud.snapshot-drive"
+SNAPSHOT_MEMBER_TAG = "osc.bsud.snapshot-member"
+SNAPSHOT_LAYOUT_TAG = "osc.bsud.snapshot-layout"
+SNAPSHOT_SOURCE_TAG = "osc.bsud.snapshot-source"
+SNAPSHOT_SIZE_TAG = "osc.bsud.snapshot-volume-gib"
+SNAPSHOT_FS_TAG = "osc.bsud.snapshot-fs-uuid"
+SNAPSHOT_TIME_TAG = "osc.bsud.snapshot-time"
+SNAPSHOT_INCOMPLETE_TAG = "osc.bsud.snapshot-incomplete"
+#: States of a snapshot (EC2 vocabulary).
+PENDING, COMPLETED = "pending", "completed"
 #: The one LV of a drive's VG (the VG is named after the drive).
 LV_NAME = "bsud"
 #: The names volumes are attached under: a prefix, one or two letters — what tells attachments apart (Outscale's

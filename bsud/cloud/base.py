@@ -49,6 +49,8 @@ class VolumeOptions:
     encrypted: bool = False
     kms_key_id: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)  # the user's, beside bsud's own
+    #: Made from this snapshot (its content, at least its size): a restore (``from-snapshot-set``).
+    snapshot_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,21 @@ class Volume:
             if att.instance_id != instance_id and att.state != "detached":
                 return att
         return None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A point-in-time copy of a volume, fixed at the call that made it."""
+
+    id: str
+    volume_id: str
+    size_gib: int
+    state: str                                   # pending | completed | error
+    tags: Mapping[str, str] = field(default_factory=dict)
+    start_time: float | None = None
+    progress: str = ""
+    #: Local provider only: the copy of the volume's file.
+    backing_file: str | None = None
 
 
 def volumes_by_drive(volumes: Iterable[Volume]) -> dict[str, list[Volume]]:
@@ -172,6 +189,24 @@ class CloudProvider(ABC):
         its peer's drive); return the name requested."""
         raise VolumeStateError(volume_id, "available", f" (the {type(self).__name__} provider cannot attach a volume "
                                f"to another VM, {instance_id})")
+
+    # -- snapshots (bsud snapshot, from-snapshot-set) ----------------------------------------
+
+    def create_snapshot(self, volume_id: str, description: str, tags: Mapping[str, str]) -> Snapshot:
+        """Start a snapshot of a volume, tagged from its first moment; its content is the volume's at the call."""
+        raise CloudError("CreateSnapshot", f"the {type(self).__name__} provider makes no snapshots",
+                         volume_id=volume_id)
+
+    def list_snapshots(self) -> list[Snapshot]:
+        """Every snapshot of a set (carrying ``SNAPSHOT_SET_TAG``), all drives at once."""
+        return []
+
+    def set_snapshot_tag(self, snapshot_id: str, key: str, value: str) -> None:
+        raise CloudError("CreateTags", f"the {type(self).__name__} provider makes no snapshots")
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        """Delete a snapshot (gone already: nothing to do)."""
+        raise CloudError("DeleteSnapshot", f"the {type(self).__name__} provider makes no snapshots")
 
     @abstractmethod
     def detach_volume(self, volume_id: str) -> None:

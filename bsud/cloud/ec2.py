@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import boto3
@@ -21,6 +22,7 @@ from bsud.cloud.base import (
     Attachment,
     CloudProvider,
     Identity,
+    Snapshot,
     Volume,
     VolumeOptions,
     choose_device_name,
@@ -30,7 +32,7 @@ from bsud.cloud.preflight import REFUSED_PARAMETER_CODES, check_permissions, sna
 from bsud.config import MAX_VOLUMES_PER_VM, CloudSettings, Config, Provider
 from bsud.errors import AttachmentLimitError, CloudError, VolumeStateError
 from bsud.logs import get_logger
-from bsud.naming import AVAILABLE, CREATING, DRIVE_TAG
+from bsud.naming import AVAILABLE, CREATING, DRIVE_TAG, SNAPSHOT_SET_TAG
 from bsud.ratelimit import RateLimiter
 
 log = get_logger("bsud.cloud.ec2")
@@ -73,6 +75,19 @@ def _to_volume(item: dict[str, Any]) -> Volume:
         attachments=attachments,
         iops=item.get("Iops"),
         create_time=created.timestamp() if hasattr(created, "timestamp") else None,
+    )
+
+
+def _to_snapshot(item: dict[str, Any]) -> Snapshot:
+    started = item.get("StartTime")
+    return Snapshot(
+        id=item["SnapshotId"],
+        volume_id=item.get("VolumeId", ""),
+        size_gib=int(item.get("VolumeSize", 0)),
+        state=item.get("State", "unknown"),
+        tags={t["Key"]: t.get("Value", "") for t in item.get("Tags", []) or []},
+        start_time=started.timestamp() if hasattr(started, "timestamp") else None,
+        progress=item.get("Progress", ""),
     )
 
 
@@ -204,6 +219,8 @@ class Ec2Cloud(CloudProvider):
             params["Iops"] = options.iops
         if options.throughput is not None:
             params["Throughput"] = options.throughput
+        if options.snapshot_id is not None:
+            params["SnapshotId"] = options.snapshot_id
         if options.encrypted:
             params["Encrypted"] = True
             if options.kms_key_id:
@@ -243,6 +260,55 @@ class Ec2Cloud(CloudProvider):
         log.info("volume created", volume=volume.id, drive=drive, size_gib=size_gib, type=volume_type,
                  iops=options.iops, throughput=options.throughput, encrypted=options.encrypted)
         return volume
+
+    # -- snapshots ---------------------------------------------------------------------------------
+
+    def create_snapshot(self, volume_id: str, description: str, tags: Mapping[str, str]) -> Snapshot:
+        """CreateSnapshot, tagged at creation (or by CreateTags right after, where the endpoint refuses
+        TagSpecifications): the snapshot's content is the volume's at this call; it completes later (pending)."""
+        listed = [{"Key": k, "Value": v} for k, v in tags.items()]
+        params: dict[str, Any] = {"VolumeId": volume_id, "Description": description}
+        if self._tag_on_create:
+            params["TagSpecifications"] = [{"ResourceType": "snapshot", "Tags": listed}]
+        try:
+            item = self._call("CreateSnapshot", volume_id=volume_id, **params)
+        except CloudError as exc:
+            if not self._tag_on_create or exc.code not in REFUSED_PARAMETER_CODES:
+                raise
+            self._tag_on_create = False
+            log.warning("endpoint refuses TagSpecifications on CreateSnapshot; tagging with CreateTags right after",
+                        error=str(exc))
+            params.pop("TagSpecifications")
+            item = self._call("CreateSnapshot", volume_id=volume_id, **params)
+        snapshot = _to_snapshot(item)
+        if any(snapshot.tags.get(k) != v for k, v in tags.items()):
+            self._call("CreateTags", volume_id=volume_id, Resources=[snapshot.id], Tags=listed)
+            snapshot = Snapshot(**{**snapshot.__dict__, "tags": {**snapshot.tags, **tags}})
+        log.info("snapshot started", snapshot=snapshot.id, volume=volume_id)
+        return snapshot
+
+    def list_snapshots(self) -> list[Snapshot]:
+        found: list[Snapshot] = []
+        token: str | None = None
+        while True:
+            page = self._call("DescribeSnapshots", OwnerIds=["self"],
+                              Filters=[{"Name": "tag-key", "Values": [SNAPSHOT_SET_TAG]}],
+                              **({"NextToken": token} if token else {}))
+            found.extend(_to_snapshot(s) for s in page.get("Snapshots", []))
+            token = page.get("NextToken")
+            if not token:
+                return found
+
+    def set_snapshot_tag(self, snapshot_id: str, key: str, value: str) -> None:
+        self._call("CreateTags", Resources=[snapshot_id], Tags=[{"Key": key, "Value": value}])
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        try:
+            self._call("DeleteSnapshot", SnapshotId=snapshot_id)
+        except CloudError as exc:
+            if exc.code != "InvalidSnapshot.NotFound":
+                raise
+        log.info("snapshot deleted", snapshot=snapshot_id)
 
     def check_permissions(self) -> list[str]:
         """DryRun each call bsud makes (see :mod:`bsud.cloud.preflight`), one attempt each."""

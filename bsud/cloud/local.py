@@ -2,8 +2,10 @@
 
 For trying bsud without a cloud, for development and for CI. Layout of ``cloud.state-dir``::
 
-    volumes.json        tags, size, type of every volume (rewritten atomically)
+    volumes.json        tags, size, type of every volume and snapshot (rewritten atomically)
     volumes/<id>.img    the sparse file behind each volume
+    snapshots/<id>.img  a snapshot: a copy of its volume's file made at the call (a reflink where the filesystem
+                        under state-dir has them, else a sparse copy: its time grows with the data)
     .lock               flock taken around every operation (two processes are safe)
 
 Attachment is not stored: a volume is attached when a loop device is backed by its file,
@@ -20,7 +22,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from bsud.cloud.base import (
     Attachment,
     CloudProvider,
     Identity,
+    Snapshot,
     Volume,
     VolumeOptions,
     choose_device_name,
@@ -35,7 +38,7 @@ from bsud.cloud.base import (
 from bsud.config import CloudSettings, Config
 from bsud.errors import AttachmentLimitError, CloudError, VolumeStateError
 from bsud.logs import get_logger
-from bsud.naming import AVAILABLE, DRIVE_TAG, GIB, IN_USE
+from bsud.naming import AVAILABLE, COMPLETED, DRIVE_TAG, GIB, IN_USE, SNAPSHOT_SET_TAG
 from bsud.runner import Runner
 
 log = get_logger("bsud.cloud.local")
@@ -68,6 +71,7 @@ class LocalCloud(CloudProvider):
         self.settings = settings
         self.root = Path(settings.state_dir)
         self.volume_dir = self.root / "volumes"
+        self.snapshot_dir = self.root / "snapshots"
         self.meta_path = self.root / "volumes.json"
         self.runner = runner or Runner()
         self._identity = local_identity(settings)
@@ -93,10 +97,11 @@ class LocalCloud(CloudProvider):
         try:
             data = json.loads(self.meta_path.read_text())
         except FileNotFoundError:
-            return {"volumes": {}}
+            return {"volumes": {}, "snapshots": {}}
         except (OSError, ValueError) as exc:
             raise CloudError("local", f"cannot read {self.meta_path}: {exc}") from None
         data.setdefault("volumes", {})
+        data.setdefault("snapshots", {})
         return data
 
     def _write(self, meta: dict[str, Any]) -> None:
@@ -115,15 +120,27 @@ class LocalCloud(CloudProvider):
     def image_path(self, volume_id: str) -> Path:
         return self.volume_dir / f"{volume_id}.img"
 
-    def _ensure_image(self, volume_id: str, size_gib: int) -> None:
-        """Create the sparse file if it is missing (idempotent; heals a crash after the metadata write)."""
+    def snapshot_path(self, snapshot_id: str) -> Path:
+        return self.snapshot_dir / f"{snapshot_id}.img"
+
+    def _ensure_image(self, volume_id: str, size_gib: int, source: Path | None = None) -> None:
+        """Create the sparse file if it is missing (idempotent; heals a crash after the metadata write): empty, or
+        a copy of ``source`` (a snapshot's file) made as big as the volume."""
         path = self.image_path(volume_id)
         if path.exists():
             return
         tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as fh:
-            fh.truncate(size_gib * GIB)
+        if source is not None and source.exists():
+            self._copy(source, tmp)  # overwrites a leftover of a copy interrupted before
+        else:
+            tmp.unlink(missing_ok=True)
+        with open(tmp, "ab") as fh:
+            fh.truncate(max(size_gib * GIB, os.fstat(fh.fileno()).st_size))
         os.replace(tmp, path)
+
+    def _copy(self, source: Path, target: Path) -> None:
+        """A copy that shares blocks where the filesystem can (reflink), else keeps holes (sparse)."""
+        self.runner.run(["cp", "--reflink=auto", "--sparse=always", str(source), str(target)], timeout=3600)
 
     def _sweep_orphans(self, meta: dict[str, Any], loops: dict[str, list[str]]) -> None:
         """Remove image files whose volume was deleted (left by a crash mid-delete)."""
@@ -172,7 +189,8 @@ class LocalCloud(CloudProvider):
         loops = self.loop_devices()
         with self._locked() as meta:
             for vid, entry in meta["volumes"].items():
-                self._ensure_image(vid, int(entry["size_gib"]))
+                snap = entry.get("snapshot_id")
+                self._ensure_image(vid, int(entry["size_gib"]), self.snapshot_path(snap) if snap else None)
             self._sweep_orphans(meta, loops)
             return [
                 self._volume(vid, entry, loops)
@@ -192,7 +210,17 @@ class LocalCloud(CloudProvider):
         with self._locked() as meta:
             # Metadata (with the tag) first, then the file: a crash in between leaves a tagged
             # volume whose file is created on the next list, never an untagged orphan.
+            source = None
+            if options.snapshot_id is not None:
+                snap = meta["snapshots"].get(options.snapshot_id)
+                if snap is None:
+                    raise CloudError("CreateVolume", f"snapshot {options.snapshot_id} does not exist")
+                if size_gib < int(snap["size_gib"]):
+                    raise CloudError("CreateVolume", f"{size_gib} GiB is smaller than snapshot "
+                                     f"{options.snapshot_id} ({snap['size_gib']} GiB)")
+                source = self.snapshot_path(options.snapshot_id)
             meta["volumes"][volume_id] = {
+                "snapshot_id": options.snapshot_id,
                 "size_gib": size_gib,
                 "volume_type": volume_type,
                 "iops": options.iops,
@@ -202,7 +230,7 @@ class LocalCloud(CloudProvider):
                 "device": None,
             }
             self._write(meta)
-            self._ensure_image(volume_id, size_gib)
+            self._ensure_image(volume_id, size_gib, source)
             entry = dict(meta["volumes"][volume_id])
         log.info("volume created", volume=volume_id, drive=drive, size_gib=size_gib, type=volume_type)
         return self._volume(volume_id, entry, {})
@@ -252,6 +280,54 @@ class LocalCloud(CloudProvider):
                                      temporary=True)
                 self.runner.run(["losetup", "--detach", dev], timeout=60)
                 log.info("volume detached", volume=volume_id, device=dev)
+
+    # -- snapshots ---------------------------------------------------------------------------------
+
+    def create_snapshot(self, volume_id: str, description: str, tags: Mapping[str, str]) -> Snapshot:
+        """A copy of the volume's file, made now (the call returns once it is complete: a reflink is instant, a
+        sparse copy reads the volume's data)."""
+        snapshot_id = f"snap-{secrets.token_hex(4)}"
+        with self._locked() as meta:
+            entry = meta["volumes"].get(volume_id)
+            if entry is None:
+                raise VolumeStateError(volume_id, "deleted", " (it no longer exists)")
+            self.snapshot_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            path = self.snapshot_path(snapshot_id)
+            tmp = path.with_name(f".{path.name}.tmp")
+            self._copy(self.image_path(volume_id), tmp)
+            os.replace(tmp, path)
+            meta["snapshots"][snapshot_id] = {"volume_id": volume_id, "size_gib": int(entry["size_gib"]),
+                                              "tags": dict(tags), "description": description,
+                                              "start_time": time.time(), "state": COMPLETED}
+            snap = dict(meta["snapshots"][snapshot_id])
+        log.info("snapshot made", snapshot=snapshot_id, volume=volume_id)
+        return self._snapshot(snapshot_id, snap)
+
+    def _snapshot(self, snapshot_id: str, entry: dict[str, Any]) -> Snapshot:
+        return Snapshot(id=snapshot_id, volume_id=entry["volume_id"], size_gib=int(entry["size_gib"]),
+                        state=entry.get("state", COMPLETED), tags=dict(entry.get("tags", {})),
+                        start_time=entry.get("start_time"), progress="100%",
+                        backing_file=str(self.snapshot_path(snapshot_id)))
+
+    def list_snapshots(self) -> list[Snapshot]:
+        with self._locked() as meta:
+            return [self._snapshot(sid, entry) for sid, entry in sorted(meta["snapshots"].items())
+                    if SNAPSHOT_SET_TAG in entry.get("tags", {})]
+
+    def set_snapshot_tag(self, snapshot_id: str, key: str, value: str) -> None:
+        with self._locked() as meta:
+            entry = meta["snapshots"].get(snapshot_id)
+            if entry is None:
+                raise CloudError("CreateTags", f"snapshot {snapshot_id} does not exist")
+            entry.setdefault("tags", {})[key] = value
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        with self._locked() as meta:
+            if meta["snapshots"].pop(snapshot_id, None) is None:
+                return
+            self._write(meta)
+            self.snapshot_path(snapshot_id).unlink(missing_ok=True)
+        log.info("snapshot deleted", snapshot=snapshot_id)
 
     def delete_volume(self, volume_id: str) -> None:
         loops = self.loop_devices()

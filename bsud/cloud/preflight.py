@@ -98,9 +98,37 @@ def check_permissions(client: Any, identity: Identity, endpoint: str) -> list[st
         except (botocore.exceptions.BotoCoreError, OSError) as exc:
             return [f"permissions not checked: {endpoint} did not answer ({exc})"]
         return [*notes, f"the endpoint ignores DryRun ({operation} was answered); permissions not checked"]
+    if honoured:
+        notes += snapshot_notes(client)
     if missing:
         raise PermissionMissing(
             f"the cloud refuses {', '.join('ec2:' + m for m in missing)} to these credentials (a DryRun of "
             f"each was denied); grant {'it' if len(missing) == 1 else 'them'} — the minimal policy is in "
             "docs/cloud.md")
     return notes
+
+
+#: A well-formed snapshot id no DryRun reaches.
+PROBE_SNAPSHOT = "snap-0123456789abcdef0"
+
+
+def snapshot_notes(client: Any) -> list[str]:
+    """The calls of ``bsud snapshot`` and of a restore (``from-snapshot-set``) tried with DryRun: a note when the
+    credentials may not make them (only those commands need them; the daemon runs without)."""
+    calls = [("DescribeSnapshots", {"OwnerIds": ["self"], "MaxResults": 5}),
+             ("CreateSnapshot", {"VolumeId": PROBE_VOLUME}),
+             ("DeleteSnapshot", {"SnapshotId": PROBE_SNAPSHOT})]
+    denied: list[str] = []
+    for operation, params in calls:
+        try:
+            getattr(client, snake(operation))(DryRun=True, **params)
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code", "Unknown") in DENIED_CODES:
+                denied.append(operation)
+        except (botocore.exceptions.BotoCoreError, OSError):
+            return []
+    if not denied:
+        return []
+    return [f"snapshots: the cloud refuses {', '.join('ec2:' + d for d in denied)} to these credentials: "
+            "'bsud snapshot' and drives made from a snapshot set will fail; grant them if you take snapshots "
+            "(docs/cloud.md)"]

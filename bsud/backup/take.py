@@ -1,0 +1,122 @@
+"""``bsud snapshot DRIVE``: a crash-consistent snapshot set of a drive of several volumes.
+
+1. The drive as bsud sees it (cloud tags and host, one observation): it must be whole; its member volumes, in
+   order, are the set's members. A drive left frozen by an earlier run is thawed first.
+2. Freeze the mounted filesystem (btrfs commits: every device holds one consistent state), start one snapshot per
+   member — the cloud fixes each one's content at the call — check from the host that the drive still has exactly
+   those members (a grow or a removal of the daemon's in between would make the set a different drive), thaw.
+   An unmounted drive is not frozen (nothing writes to it).
+3. A call that failed, or members that changed: the snapshots made are marked incomplete (with why) and the command
+   fails; such a set is listed as incomplete and never restored.
+
+Timing is measured: the freeze (from FIFREEZE to FITHAW) and the whole set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from bsud.backup.freeze import frozen, thaw_if_frozen
+from bsud.backup.sets import SnapshotSet, group, member_tags, new_set_id
+from bsud.cloud.base import CloudProvider, Snapshot
+from bsud.config import Config
+from bsud.errors import BsudError
+from bsud.logs import get_logger
+from bsud.naming import SNAPSHOT_INCOMPLETE_TAG, SNAPSHOT_SET_TAG
+from bsud.reconcile.engine import DriveReconciler
+from bsud.reconcile.observe import CloudSnapshot
+from bsud.runner import Runner
+
+log = get_logger("bsud.backup")
+
+
+class BackupError(BsudError):
+    pass
+
+
+@dataclass(frozen=True)
+class Taken:
+    set: SnapshotSet
+    freeze_seconds: float | None     # None: the drive was not mounted (not frozen)
+    seconds: float                   # the whole command, observation included
+
+
+def take_set(config: Config, drive: str, cloud: CloudProvider, runner: Runner | None = None) -> Taken:
+    started = time.monotonic()
+    try:
+        spec = config.drive(drive)
+    except KeyError:
+        raise BackupError(f"{config.path} names no drive {drive!r}") from None
+    if spec.ha is not None:
+        raise BackupError(f"drive {drive!r} is highly available: its volumes hold DRBD's meta-data and the Primary's "
+                          "filesystem is on the DRBD device — snapshot sets of ha drives are not supported (back up "
+                          "the filesystem on the Primary instead)")
+    rec = DriveReconciler(spec, cloud, CloudSnapshot(cloud, max_age=0), config.cloud.provider, runner,
+                          nfs=config.nfs)
+    obs, _ = rec.plan_now()
+    if obs.storage.missing:
+        raise BackupError(f"drive {drive!r} is not whole ({obs.storage.missing}); no snapshot set of it now")
+    members = [v for v in obs.volumes if v.member and v.device]
+    if not members:
+        raise BackupError(f"drive {drive!r} has no volume in use on this VM to snapshot (is it online?)")
+    removing = [v.id for v in members if v.bookkeeping]
+    if removing:
+        log.info("a volume of the drive is being removed; it is in the set all the same (part of the filesystem "
+                 "until its removal ends)", drive=drive, volumes=removing)
+    if obs.mounted:
+        thaw_if_frozen(spec.mount_path, drive)
+    fs = rec.layout.fs.show(spec.mount_path) if obs.mounted else None
+    when = datetime.now(timezone.utc)
+    set_id = new_set_id(drive, when)
+    extra = {**config.cloud.tags, **(spec.tags or {})}
+    made: list[Snapshot] = []
+    freeze_seconds: float | None = None
+    changed: str | None = None
+    paths = [v.device for v in members if v.device]
+    try:
+        with frozen(spec.mount_path) if obs.mounted else contextlib.nullcontext(time.monotonic()) as began:
+            for index, vol in enumerate(members):
+                tags = member_tags(set_id, drive, index, len(members), spec.layout.value, vol.id, vol.size_gib,
+                                   fs.uuid if fs else "", when, extra)
+                made.append(cloud.create_snapshot(vol.id, f"bsud snapshot set {set_id}: drive {drive}, volume "
+                                                  f"{index + 1} of {len(members)}", tags))
+            now = rec.layout.observe(paths)
+            if now.missing or set(now.members) != set(paths):
+                seen = now.missing or f"members now: {', '.join(sorted(now.members))}"
+                changed = (f"the drive's volumes changed while it was frozen ({seen}): a grow or a removal of "
+                           "bsud's daemon; take another set")
+            if obs.mounted:
+                freeze_seconds = time.monotonic() - began
+    except BsudError as exc:
+        _mark(cloud, made, f"not every volume was snapshotted: {exc}")
+        raise BackupError(f"snapshot set {set_id} of drive {drive!r} is incomplete ({len(made)} of {len(members)} "
+                          f"snapshots): {exc}") from None
+    if changed:
+        _mark(cloud, made, changed)
+        raise BackupError(f"snapshot set {set_id} of drive {drive!r} is incomplete: {changed}")
+    (taken,) = group(made)
+    log.info("snapshot set taken", drive=drive, set=set_id, volumes=len(made), freeze_seconds=freeze_seconds,
+             seconds=round(time.monotonic() - started, 3))
+    return Taken(taken, freeze_seconds, time.monotonic() - started)
+
+
+def _mark(cloud: CloudProvider, made: list[Snapshot], why: str) -> None:
+    """Mark each snapshot made of an incomplete set (a failure here leaves the set recognisable by its count)."""
+    for snap in made:
+        try:
+            cloud.set_snapshot_tag(snap.id, SNAPSHOT_INCOMPLETE_TAG, why[:255])
+        except BsudError as exc:
+            log.warning("could not mark a snapshot of an incomplete set", snapshot=snap.id, error=str(exc))
+
+
+def delete_set(cloud: CloudProvider, set_id: str) -> list[str]:
+    """Delete every snapshot of a set; the ids deleted. Unknown set: an error naming it."""
+    ids = [s.id for s in cloud.list_snapshots() if s.tags.get(SNAPSHOT_SET_TAG) == set_id]
+    if not ids:
+        raise BackupError(f"no snapshot set {set_id!r} (see 'bsud snapshots')")
+    for snap_id in ids:
+        cloud.delete_snapshot(snap_id)
+    return ids

@@ -1,0 +1,75 @@
+"""Snapshots through the EC2 provider against moto: a set's tags at creation, the listing (own snapshots carrying
+the set tag), a mark added later, a volume made from a snapshot, deletion (twice: the second finds nothing); and
+the preflight's note when the credentials may not make the snapshot calls."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from datetime import datetime, timezone
+
+import boto3
+import pytest
+
+from bsud.backup.sets import group, member_tags
+from bsud.cloud.base import VolumeOptions
+from bsud.naming import COMPLETED, SNAPSHOT_INCOMPLETE_TAG
+
+pytestmark = pytest.mark.cloud
+
+
+def test_a_set_is_tagged_listed_restored_from_and_deleted(cloud, ec2):
+    vols = [cloud.create_volume("data", size, "gp2") for size in (1, 2)]
+    ec2.create_snapshot(VolumeId=vols[0].id, Description="someone else's")  # no set tag: not listed
+    when = datetime(2026, 12, 5, 11, 49, 58, tzinfo=timezone.utc)
+    made = [cloud.create_snapshot(v.id, f"member {i}", member_tags("data-x", "data", i, 2, "lvm", v.id, v.size_gib,
+                                                                     "uuid-1", when, {"team": "a"}))
+            for i, v in enumerate(vols)]
+    assert [s.volume_id for s in made] == [v.id for v in vols]
+    listed = cloud.list_snapshots()
+    assert sorted(s.id for s in listed) == sorted(s.id for s in made)
+    (snap_set,) = group(listed)
+    assert snap_set.id == "data-x" and snap_set.count == 2 and snap_set.state == COMPLETED and snap_set.restorable
+    assert snap_set.time == "2026-12-05T11:49:58Z" and snap_set.size_gib == 3 and snap_set.layout == "lvm"
+    assert snap_set.members[1].tags["team"] == "a"
+
+    restored = cloud.create_volume("copy", 2, "gp2", VolumeOptions(snapshot_id=made[1].id))
+    item = ec2.describe_volumes(VolumeIds=[restored.id])["Volumes"][0]
+    assert item["SnapshotId"] == made[1].id and item["Size"] == 2
+
+    cloud.set_snapshot_tag(made[0].id, SNAPSHOT_INCOMPLETE_TAG, "a test said so")
+    (marked,) = group(cloud.list_snapshots())
+    assert not marked.restorable and marked.problems == ("a test said so",)
+
+    for snap in made:
+        cloud.delete_snapshot(snap.id)
+        cloud.delete_snapshot(snap.id)  # gone already: nothing to do
+    assert cloud.list_snapshots() == []
+    assert len(ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]) >= 1  # the untagged one is not bsud's
+
+
+def test_the_preflight_notes_snapshot_calls_the_credentials_may_not_make(make_cloud, instance_id, moto_endpoint):
+    iam = boto3.client("iam", region_name="us-east-1", endpoint_url=moto_endpoint)
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Resource": "*", "Action": [
+        "ec2:DescribeVolumes", "ec2:DescribeInstances", "ec2:CreateVolume", "ec2:CreateTags", "ec2:AttachVolume",
+        "ec2:DetachVolume", "ec2:DeleteVolume"]}]}
+    iam.create_user(UserName="bsud-nosnap")
+    iam.put_user_policy(UserName="bsud-nosnap", PolicyName="bsud", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName="bsud-nosnap")["AccessKey"]
+    cloud = make_cloud(instance_id)
+    narrow = type(cloud)(cloud.settings, key["AccessKeyId"], key["SecretAccessKey"], identity=cloud.identity())
+
+    def auth(count: str) -> None:
+        urllib.request.urlopen(urllib.request.Request(f"{moto_endpoint}/moto-api/reset-auth", data=count.encode(),
+                                                      headers={"Content-Type": "text/plain"}, method="POST"),
+                               timeout=10)
+
+    auth("0")
+    try:
+        notes = narrow.check_permissions()
+    finally:
+        auth("inf")
+    assert notes == ["snapshots: the cloud refuses ec2:DescribeSnapshots, ec2:CreateSnapshot, ec2:DeleteSnapshot to "
+                     "these credentials: 'bsud snapshot' and drives made from a snapshot set will fail; grant them "
+                     "if you take snapshots (docs/cloud.md)"]
+

@@ -1,0 +1,242 @@
+"""Snapshot sets on the local provider with real loop devices and btrfs: a two-volume drive snapshotted while a
+writer runs (the writer only pauses), the set's images mounted as one filesystem with the data as of the freeze;
+the freeze never outlives bsud (its guard thaws after a kill -9); a set with a failed snapshot is incomplete."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from bsud.backup.freeze import FITHAW, FIFREEZE, frozen, thaw_if_frozen
+from bsud.backup.sets import INCOMPLETE, group
+from bsud.backup.take import BackupError, take_set
+from bsud.cloud.local import LocalCloud
+from bsud.config import load_config
+from bsud.host import mounts
+from bsud.naming import COMPLETED, SNAPSHOT_INCOMPLETE_TAG
+
+from .conftest import teardown_dir
+from .daemon_harness import ROOT, DaemonHarness, checksums
+
+pytestmark = pytest.mark.host
+
+MIB = 1024**2
+
+
+@pytest.fixture
+def btrfs_mount(workdir: Path):
+    image = workdir / "fs.img"
+    subprocess.run(["truncate", "-s", "1G", str(image)], check=True)
+    loop = subprocess.run(["losetup", "--find", "--show", str(image)], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    subprocess.run(["mkfs.btrfs", "-q", "-f", loop], check=True, capture_output=True)
+    point = workdir / "mnt"
+    point.mkdir()
+    subprocess.run(["mount", loop, str(point)], check=True)
+    yield point
+
+
+def write_later(path: Path) -> tuple[threading.Thread, list[float]]:
+    """A write with fsync in a thread; the list gets the time it finished."""
+    done: list[float] = []
+
+    def run() -> None:
+        with open(path, "wb") as fh:
+            fh.write(b"x" * MIB)
+            os.fsync(fh.fileno())
+        done.append(time.monotonic())
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, done
+
+
+def test_a_freeze_holds_writes_until_the_thaw(btrfs_mount: Path):
+    with frozen(str(btrfs_mount)):
+        thread, done = write_later(btrfs_mount / "held.bin")
+        time.sleep(1.0)
+        assert done == [], "a write went through a frozen filesystem"
+        thawed_at = time.monotonic()
+    thread.join(10)
+    assert done and done[0] >= thawed_at
+    assert (btrfs_mount / "held.bin").stat().st_size == MIB
+    assert thaw_if_frozen(str(btrfs_mount), "t") is False  # nothing frozen
+
+
+FREEZE_AND_DIE = """
+import os, signal, sys
+from bsud.backup.freeze import frozen
+with frozen(sys.argv[1], max_seconds=300):
+    print("frozen", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_bsud_killed_while_frozen_is_thawed_by_its_guard_at_once(btrfs_mount: Path):
+    proc = subprocess.Popen([sys.executable, "-c", FREEZE_AND_DIE, str(btrfs_mount)], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "frozen"
+    assert proc.wait(30) == -signal.SIGKILL
+    started = time.monotonic()
+    thread, done = write_later(btrfs_mount / "after.bin")
+    thread.join(15)
+    assert done, "the filesystem stayed frozen after bsud was killed"
+    print(f"\nthawed by the guard {done[0] - started:.2f} s after the kill was seen")
+
+
+def test_a_filesystem_left_frozen_is_thawed_at_the_next_start(btrfs_mount: Path):
+    # frozen with no guard (as if bsud and its guard were killed together)
+    fd = os.open(btrfs_mount, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        import fcntl
+        fcntl.ioctl(fd, FIFREEZE, 0)
+        assert thaw_if_frozen(str(btrfs_mount), "t") is True
+        with pytest.raises(OSError):
+            fcntl.ioctl(fd, FITHAW, 0)  # EINVAL: thawed already
+    finally:
+        os.close(fd)
+
+
+class Paced(threading.Thread):
+    """Appends 1 MiB blocks at ``rate`` bytes/s, fsyncing each; records each block's digest and the longest wait for
+    one write (a freeze shows as a pause, never as an error)."""
+
+    def __init__(self, path: Path, rate: float) -> None:
+        super().__init__(daemon=True)
+        self.path, self.rate = path, rate
+        self.halt = threading.Event()
+        self.blocks: list[bytes] = []
+        self.error: OSError | None = None
+        self.longest = 0.0
+
+    def run(self) -> None:
+        with open(self.path, "ab") as fh:
+            while not self.halt.is_set():
+                block = os.urandom(MIB)
+                began = time.monotonic()
+                try:
+                    fh.write(block)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                except OSError as exc:
+                    self.error = exc
+                    return
+                self.longest = max(self.longest, time.monotonic() - began)
+                self.blocks.append(hashlib.sha256(block).digest())
+                self.halt.wait(MIB / self.rate)
+
+
+def bsud(h: DaemonHarness, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bsud", "-c", str(h.config_path), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_a_snapshot_set_of_a_two_volume_drive_while_written_restores_the_data_as_of_the_freeze(workdir: Path):
+    h = DaemonHarness(workdir, drive="snapd", **{"max-used-space-perc": 50, "min-used-space-perc": 5,
+                                                "disk-scale-factor-perc": 100})
+    try:
+        h.start()
+        h.wait_online(volumes=1)
+        h.fill("before.bin", 600)  # past 50 % of 1 GiB: a second volume joins
+        h.wait_online(volumes=2, timeout=180)
+        stable = checksums(h.mount)
+        writer = Paced(h.mount / "written.bin", 8e6)
+        writer.start()
+        time.sleep(2)
+        done = bsud(h, "snapshot", "snapd")
+        at_snapshot = len(writer.blocks)
+        time.sleep(2)
+        writer.halt.set()
+        writer.join(30)
+        assert done.returncode == 0, done.stderr
+        assert writer.error is None, f"the writer failed during the snapshot: {writer.error}"
+        print(f"\n{done.stdout.strip()}\nthe writer's longest wait for one block: {writer.longest:.2f} s")
+        listed = json.loads(bsud(h, "snapshots", "--json").stdout)
+        (snap_set,) = listed
+        assert snap_set["state"] == COMPLETED and snap_set["volumes"] == 2 and snap_set["restorable"]
+        assert snap_set["drive"] == "snapd" and snap_set["layout"] == "btrfs" and snap_set["fs_uuid"]
+        assert "frozen" in done.stdout and snap_set["id"] in done.stdout
+
+        # The set is one filesystem: with the live drive offline, its images mount as the drive did at the freeze.
+        h.write_config(target="offline")
+        h.signal(signal.SIGHUP)
+        h.wait_for("offline", lambda s: s.get("phase") == "offline", timeout=120)
+        assert h.stop() == 0
+        cloud = LocalCloud(load_config(h.config_path).cloud)
+        images = [s.backing_file for s in group(cloud.list_snapshots())[0].snapshots()]
+        view = workdir / "restored"
+        view.mkdir()
+        loops = [subprocess.run(["losetup", "--find", "--show", "--read-only", img], check=True,
+                                capture_output=True, text=True).stdout.strip() for img in images]
+        subprocess.run(["btrfs", "device", "scan", *loops], check=True, capture_output=True)
+        subprocess.run(["mount", "-o", "ro", loops[0], str(view)], check=True)
+        try:
+            for name, digest in stable.items():
+                assert hashlib.sha256((view / name).read_bytes()).hexdigest() == digest, f"{name} differs"
+            data = (view / "written.bin").read_bytes()
+            blocks = [hashlib.sha256(data[i:i + MIB]).digest() for i in range(0, len(data) - len(data) % MIB, MIB)]
+            # every block fsynced before the snapshot returned is there, each as written; none torn
+            assert len(data) % MIB == 0 and blocks == writer.blocks[:len(blocks)]
+            assert len(blocks) >= at_snapshot - 1, (len(blocks), at_snapshot)
+        finally:
+            subprocess.run(["umount", str(view)], check=False)
+            for loop in loops:
+                subprocess.run(["btrfs", "device", "scan", "--forget", loop], capture_output=True)
+                subprocess.run(["losetup", "-d", loop], check=False)
+
+        gone = bsud(h, "delete-snapshot-set", "--yes", snap_set["id"])
+        assert gone.returncode == 0, gone.stderr
+        assert json.loads(bsud(h, "snapshots", "--json").stdout) == []
+        assert not list((h.state_dir / "snapshots").glob("*.img"))
+    finally:
+        h.close()
+        teardown_dir(workdir)
+
+
+class FailingSecond(LocalCloud):
+    """The local cloud, whose second CreateSnapshot fails (as a cloud's API may)."""
+
+    calls = 0
+
+    def create_snapshot(self, volume_id, description, tags):
+        FailingSecond.calls += 1
+        if FailingSecond.calls == 2:
+            from bsud.errors import CloudError
+            raise CloudError("CreateSnapshot", "InternalError: the cloud failed", volume_id=volume_id)
+        return super().create_snapshot(volume_id, description, tags)
+
+
+def test_a_failed_snapshot_leaves_an_incomplete_set_and_the_drive_thawed(workdir: Path):
+    h = DaemonHarness(workdir, drive="snapf", **{"max-used-space-perc": 50, "min-used-space-perc": 5,
+                                                "disk-scale-factor-perc": 100})
+    try:
+        h.start()
+        h.wait_online(volumes=1)
+        h.fill("before.bin", 600)
+        h.wait_online(volumes=2, timeout=180)
+        config = load_config(h.config_path)
+        with pytest.raises(BackupError) as info:
+            take_set(config, "snapf", FailingSecond(config.cloud))
+        assert "incomplete (1 of 2 snapshots)" in str(info.value) and "InternalError" in str(info.value)
+        thread, done = write_later(h.mount / "after.bin")
+        thread.join(10)
+        assert done, "the drive stayed frozen after a failed snapshot"
+        (snap_set,) = group(LocalCloud(config.cloud).list_snapshots())
+        assert snap_set.state == INCOMPLETE and not snap_set.restorable
+        assert "no snapshot of member 1 of 2" in snap_set.problems
+        assert any("not every volume was snapshotted" in p for p in snap_set.problems)
+        assert next(iter(snap_set.members.values())).tags[SNAPSHOT_INCOMPLETE_TAG]
+        listed = bsud(h, "snapshots", "snapf")
+        assert "incomplete" in listed.stdout and "1/2 volumes" in listed.stdout
+        assert mounts.mount_at(str(h.mount)) is not None
+        assert h.stop() == 0
+    finally:
+        h.close()
