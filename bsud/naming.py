@@ -33,6 +33,8 @@ SNAPSHOT_SIZE_TAG = "osc.bsud.snapshot-volume-gib"
 SNAPSHOT_FS_TAG = "osc.bsud.snapshot-fs-uuid"
 SNAPSHOT_TIME_TAG = "osc.bsud.snapshot-time"
 SNAPSHOT_INCOMPLETE_TAG = "osc.bsud.snapshot-incomplete"
+#: On a volume made from a snapshot set for a drive (``from-snapshot-set``): "<set>:<member>/<members>".
+RESTORED_FROM_TAG = "osc.bsud.restored-from"
 #: States of a snapshot (EC2 vocabulary).
 PENDING, COMPLETED = "pending", "completed"
 #: The one LV of a drive's VG (the VG is named after the drive).

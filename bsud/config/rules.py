@@ -181,6 +181,15 @@ def check_semantics(cfg: _ConfigFile, path: str) -> tuple[list[ConfigError], lis
             problem(name, "disk-scale-factor-perc", f"must be between 1 and 100 (got {d.disk_scale_factor_perc})")
         for why in mount_option_problems(d.mount_options):
             problem(name, "mount-options", why)
+        if d.from_snapshot_set is not None:
+            if not re.fullmatch(r"[A-Za-z0-9+_.-]{1,127}", d.from_snapshot_set):
+                problem(name, "from-snapshot-set", f"{d.from_snapshot_set!r} is not a snapshot set id (as 'bsud "
+                        "snapshots' lists them, e.g. data-20261205T114958Z-4c90)")
+            elif d.ha is not None:
+                problem(name, "from-snapshot-set", "a highly available drive is not made from a snapshot set")
+            elif d.layout.value != "btrfs":
+                problem(name, "from-snapshot-set", f"restoring a set works with layout 'btrfs' for now, not "
+                        f"{d.layout.value!r} (restore an lvm set by hand: docs/backups.md)")
         attach = ATTACH_LIMITS[cloud.provider]
         if not 1 <= d.max_bsu_count <= attach.volumes:
             problem(name, "max-bsu-count", f"must be between 1 and {attach.volumes} ({attach.why}; "

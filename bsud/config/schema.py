@@ -110,6 +110,8 @@ class DriveConfig(_Section):
     #: btrfs and VFS mount options (``"compress=zstd:3,noatime"`` or a list): at every mount, and by remount on a
     #: mounted drive (bsud.config.mount_options).
     mount_options: tuple[str, ...] = ()
+    #: Made from this snapshot set when it has no volume yet (``bsud snapshots`` lists the sets).
+    from_snapshot_set: str | None = None
 
     @field_validator("mount_options", mode="before")
     @classmethod

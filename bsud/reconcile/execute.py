@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from bsud.backup.restore import adopt, restore_volumes
 from bsud.cloud.base import CloudProvider, VolumeOptions
 from bsud.config import DriveConfig, Provider, provisioned_iops, volume_limits
 from bsud.config.mount_options import missing as missing_options
@@ -19,12 +20,12 @@ from bsud.host.layouts import ReplicatedLvmLayout, StorageLayout
 from bsud.host.preempt import Preempted
 from bsud.host.safety import probe
 from bsud.logs import get_logger
-from bsud.naming import AVAILABLE, DELETED, DELETING, DRIVE_TAG, NEW, STATE_TAG
-from bsud.reconcile.model import (EVACUATED, Action, Activate, ApplyExports, ApplyMountOptions, AttachPeerVolume,
-                                  AttachVolume,
-                                  CreatePeerVolume, CreateVolume, Deactivate, DeleteVolume, DetachVolume, Grow, Join,
-                                  MakeFilesystem, MarkVolume, Mount, Outcome, Refresh, Remount, RemoveFromDrive,
-                                  ResizeReplica, RetireVolume, Unmount, WithdrawExports)
+from bsud.naming import AVAILABLE, DELETED, DELETING, DRIVE_TAG, NEW, RESTORED_FROM_TAG, STATE_TAG
+from bsud.reconcile.model import (EVACUATED, Action, Activate, AdoptRestored, ApplyExports, ApplyMountOptions,
+                                  AttachPeerVolume, AttachVolume, CreatePeerVolume, CreateVolume, Deactivate,
+                                  DeleteVolume, DetachVolume, Grow, Join, MakeFilesystem, MarkVolume, Mount, Outcome,
+                                  Refresh, Remount, RemoveFromDrive, ResizeReplica, RestoreVolumes, RetireVolume,
+                                  Unmount, WithdrawExports)
 
 log = get_logger("bsud.reconcile.execute")
 
@@ -118,6 +119,10 @@ class Executor:
                 changed = self._remount()
             case ApplyMountOptions():
                 changed = self._apply_mount_options()
+            case RestoreVolumes():
+                changed = restore_volumes(self.cloud, self.spec, action.set_id, self.attach_timeout)
+            case AdoptRestored():
+                changed = adopt(self.cloud, self.spec, action.set_id, self._restored_devices(), self.layout.runner)
             case ApplyExports():
                 changed = self._apply_exports()
             case WithdrawExports():
@@ -320,6 +325,16 @@ class Executor:
             found, tags = self._resolve(action.volume_id)
             return self.layout.ensure_filesystem(found, tags)
         return self.layout.ensure_filesystem()
+
+    def _restored_devices(self) -> list[str]:
+        """The devices of the drive's volumes made from a snapshot set, in the set's member order."""
+        me = self.cloud.identity().instance_id
+        made = [v for v in self.cloud.list_volumes() if v.drive == self.spec.name and v.tags.get(RESTORED_FROM_TAG)]
+        made.sort(key=lambda v: int(v.tags[RESTORED_FROM_TAG].rpartition(":")[2].partition("/")[0] or 0))
+        found = [find_device(VolumeRef.from_volume(v, me), self.cloud.device_rules) for v in made]
+        if any(f is None for f in found):
+            raise ActionError("a volume made from the snapshot set has no device here yet", temporary=True)
+        return [f.device for f in found if f is not None]
 
     def _mount(self) -> bool:
         return self.layout.mount(self._devices(), self.spec.mount_path, self.spec.mount_options)

@@ -35,6 +35,8 @@ class VolumeObs:
     #: The drive's data on it: what taking it out of the drive has to move (btrfs: the used bytes of the chunks
     #: with a stripe on it; lvm: the btrfs data its extents hold). None: not read (not needed, or unreadable).
     live_bytes: int | None = None
+    #: Made from a snapshot set for this drive (``from-snapshot-set``): "<set>:<member>/<members>", else None.
+    restored_from: str | None = None
 
     @property
     def size_bytes(self) -> int:
@@ -158,6 +160,22 @@ class CreateVolume(Action):
     size_gib: int = 0
 
     changes_cloud: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class RestoreVolumes(Action):
+    """Make the drive's volumes from the snapshot set ``set_id`` (those not made yet), one per member."""
+
+    set_id: str = ""
+    changes_cloud: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class AdoptRestored(Action):
+    """Give the filesystem on the volumes made from snapshot set ``set_id`` an identity of this drive's (a new
+    fsid, the drive's label): it is a copy of another drive's, which may be mounted on this very VM."""
+
+    set_id: str = ""
 
 
 @dataclass(frozen=True)

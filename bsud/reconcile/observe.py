@@ -25,7 +25,7 @@ from bsud.host.layouts import LayoutState, StorageLayout
 from bsud.host.safety import probe
 from bsud.host.space import Space
 from bsud.logs import get_logger
-from bsud.naming import STATE_TAG
+from bsud.naming import RESTORED_FROM_TAG, STATE_TAG
 from bsud.reconcile.model import DriveObs, ExportsObs, PeerObs, PeerVolume, UsageObs, VolumeObs
 
 log = get_logger("bsud.reconcile.observe")
@@ -228,7 +228,7 @@ def _observe_volume(spec: DriveConfig, layout: StorageLayout, vol: Volume, me: s
         id=vol.id, size_gib=vol.size_gib, state=vol.state, bookkeeping=vol.tags.get(STATE_TAG) or None,
         attached_here=attached is not None, attached_elsewhere=elsewhere.instance_id if elsewhere else None,
         device=res.device if res else None, device_error=error, member=member, blank=blank, own=own,
-        foreign=foreign,
+        foreign=foreign, restored_from=vol.tags.get(RESTORED_FROM_TAG) or None,
     )
 
 

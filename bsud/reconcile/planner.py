@@ -28,10 +28,10 @@ from bsud.config import DriveConfig, Target
 from bsud.naming import AVAILABLE, CREATING, DEFAULT_MAX_VOLUME_GIB, DELETED, DELETING, ERROR
 from bsud.reconcile.assembly import ASSEMBLY
 from bsud.reconcile.leaving import Step, down, plan_evacuated, plan_removals, at, up
-from bsud.reconcile.model import (EVACUATED, NEW, REMOVING, ApplyExports, ApplyMountOptions, AttachVolume, Blocked,
-                                  CreateVolume, Deactivate, DeleteVolume, DetachVolume, Direction, DriveObs, Grow,
-                                  Idle, Join, MarkVolume, Mount, Phase, Plan, Refresh, Remount, ScaleDecision,
-                                  Unmount, VolumeObs, Wait, WithdrawExports)
+from bsud.reconcile.model import (EVACUATED, NEW, REMOVING, AdoptRestored, ApplyExports, ApplyMountOptions,
+                                  AttachVolume, Blocked, CreateVolume, Deactivate, DeleteVolume, DetachVolume,
+                                  Direction, DriveObs, Grow, Idle, Join, MarkVolume, Mount, Phase, Plan, Refresh,
+                                  Remount, RestoreVolumes, ScaleDecision, Unmount, VolumeObs, Wait, WithdrawExports)
 from bsud.reconcile.replicated import plan_peer, plan_replicated, plan_replicated_offline
 from bsud.reconcile.scaling import scale_decision
 
@@ -63,7 +63,15 @@ def _plan_cloud(spec: DriveConfig, obs: DriveObs, vols: list[VolumeObs]) -> Step
             return at(Phase.ATTACHING, MarkVolume(volume_id=v.id, value="", reason=f"{v.id} is attached: "
                                                   f"dropping its '{NEW}' mark"))
     if not live:
+        if spec.from_snapshot_set:
+            return at(Phase.CREATING, RestoreVolumes(set_id=spec.from_snapshot_set, reason="the drive has no volume "
+                                                     f"yet: making them from snapshot set {spec.from_snapshot_set}"))
         return at(Phase.CREATING, CreateVolume(size_gib=spec.initial_size_gib, reason="the drive has no volume yet"))
+    restoring = _restoring(live)
+    if restoring is not None and restoring[1] > len(restoring[2]):
+        return at(Phase.CREATING, RestoreVolumes(set_id=restoring[0], reason=f"{len(restoring[2])} of the "
+                                                 f"{restoring[1]} volumes made from snapshot set {restoring[0]}: "
+                                                 "making the others"))
     for v in live:
         if v.state == AVAILABLE and not v.attached_here:
             why = f"{v.id} is not attached"
@@ -82,6 +90,32 @@ def _plan_cloud(spec: DriveConfig, obs: DriveObs, vols: list[VolumeObs]) -> Step
     if creating:
         return at(Phase.CREATING, Wait(reason=f"waiting for {', '.join(creating)} to be created"))
     return None
+
+
+def _restoring(live: list[VolumeObs]) -> tuple[str, int, list[VolumeObs]] | None:
+    """The drive's volumes made from a snapshot set that is not the drive's own yet (none a member or carrying the
+    drive's signature): the set, how many members it has, those made. None otherwise."""
+    made = [v for v in live if v.restored_from]
+    if not made or any(v.member or v.own for v in made):
+        return None
+    set_id, _, place = made[0].restored_from.rpartition(":")  # type: ignore[union-attr]
+    try:
+        count = int(place.partition("/")[2])
+    except ValueError:
+        count = len(made)
+    return set_id, count, made
+
+
+def _plan_restore(live: list[VolumeObs]) -> Step | None:
+    """Volumes made from a snapshot set, all attached here: the filesystem they hold is another drive's copy (its
+    fsid, its label) — made this drive's before anything else looks at it (the gate sees it as foreign until then)."""
+    restoring = _restoring(live)
+    if restoring is None:
+        return None
+    set_id, count, made = restoring
+    return at(Phase.ASSEMBLING, AdoptRestored(set_id=set_id, reason=f"the {count} volumes made from snapshot set "
+                                              f"{set_id} hold a copy of another drive's filesystem: giving it this "
+                                              "drive's identity (a new fsid, its label)"))
 
 
 def _plan_host(obs: DriveObs, live: list[VolumeObs]) -> Step | None:
@@ -158,7 +192,7 @@ def _plan_online(spec: DriveConfig, obs: DriveObs, max_volume_gib: int) -> Plan:
     members = [v for v in live if v.member]
     removing = [v for v in live if v.bookkeeping == REMOVING]
     fresh = [v for v in live if not v.member and (v.blank or v.own) and v.bookkeeping != REMOVING]
-    step = _plan_cloud(spec, obs, vols) or _plan_host(obs, live)
+    step = _plan_cloud(spec, obs, vols) or _plan_restore(live) or _plan_host(obs, live)
     if step is None:
         for v in removing:
             if not v.member and v.blank:

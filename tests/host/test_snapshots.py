@@ -240,3 +240,98 @@ def test_a_failed_snapshot_leaves_an_incomplete_set_and_the_drive_thawed(workdir
         assert h.stop() == 0
     finally:
         h.close()
+
+
+def test_a_set_restored_to_a_new_drive_beside_the_live_one_holds_the_data_as_of_the_snapshot(workdir: Path):
+    live = DaemonHarness(workdir, drive="orig", **{"max-used-space-perc": 50, "min-used-space-perc": 5,
+                                                  "disk-scale-factor-perc": 100})
+    copy: DaemonHarness | None = None
+    try:
+        live.start()
+        live.wait_online(volumes=1)
+        live.fill("before.bin", 600)
+        live.wait_online(volumes=2, timeout=180)
+        at_snapshot = checksums(live.mount)
+        taken = bsud(live, "snapshot", "orig")
+        assert taken.returncode == 0, taken.stderr
+        set_id = taken.stdout.split(":")[0]
+        live.fill("after.bin", 50)  # the live drive goes on; the copy must not see this
+
+        (workdir / "copy").mkdir()
+        copy = DaemonHarness(workdir / "copy", drive="copy", cloud=live.cloud,
+                             **{"from-snapshot-set": set_id, "max-used-space-perc": 50, "min-used-space-perc": 5,
+                                "disk-scale-factor-perc": 100})
+        copy.start()
+        st = copy.wait_online(volumes=2, timeout=180)
+        assert checksums(copy.mount) == at_snapshot
+        assert checksums(live.mount) == {**at_snapshot, "after.bin": checksums(live.mount)["after.bin"]}
+        entry_live, entry_copy = mounts.mount_at(str(live.mount)), mounts.mount_at(str(copy.mount))
+        assert entry_live is not None and entry_copy is not None
+        shown = subprocess.run(["btrfs", "filesystem", "show", str(copy.mount)], capture_output=True,
+                               text=True).stdout
+        original = subprocess.run(["btrfs", "filesystem", "show", str(live.mount)], capture_output=True,
+                                  text=True).stdout
+        assert "Label: 'bsud-copy'" in shown and "Label: 'bsud-orig'" in original
+        assert shown.split("uuid: ")[1].split()[0] != original.split("uuid: ")[1].split()[0]
+        log = copy.log_path.read_text()
+        assert '"action": "RestoreVolumes"' in log and '"action": "AdoptRestored"' in log
+        assert '"action": "MakeFilesystem"' not in log, "a restored drive is never formatted"
+        # the restored drive scales like any other: written past max-used-space-perc (50 %), it grows
+        need = int(0.5 * st["size_bytes"] - st["used_bytes"]) // MIB + 300
+        copy.fill("grow.bin", need)
+        copy.wait_for("a third volume", lambda s: len(s.get("volumes", [])) == 3 and s.get("action") == "Idle",
+                      timeout=180)
+        assert all(v["member"] for v in copy.status()["volumes"]) and st["name"] == "copy"
+        assert copy.stop() == 0 and live.stop() == 0
+    finally:
+        if copy is not None:
+            copy.close()
+        live.close()
+
+
+def test_an_incomplete_set_is_never_restored(workdir: Path):
+    live = DaemonHarness(workdir, drive="orig2", **{"max-used-space-perc": 50, "min-used-space-perc": 5,
+                                                   "disk-scale-factor-perc": 100})
+    copy: DaemonHarness | None = None
+    try:
+        live.start()
+        live.wait_online(volumes=1)
+        live.fill("before.bin", 600)
+        live.wait_online(volumes=2, timeout=180)
+        config = load_config(live.config_path)
+        FailingSecond.calls = 0
+        with pytest.raises(BackupError):
+            take_set(config, "orig2", FailingSecond(config.cloud))
+        (snap_set,) = group(LocalCloud(config.cloud).list_snapshots())
+        (workdir / "copy").mkdir()
+        copy = DaemonHarness(workdir / "copy", drive="copy2", cloud=live.cloud, **{"from-snapshot-set": snap_set.id})
+        copy.start()
+        st = copy.wait_for("the refusal", lambda s: "is incomplete" in (s.get("last_error") or ""), timeout=60)
+        assert "never restored" in st["last_error"] and st.get("volumes", []) == []
+        assert not [v for v in LocalCloud(config.cloud).list_volumes() if v.drive == "copy2"]
+        assert copy.stop() == 0 and live.stop() == 0
+    finally:
+        if copy is not None:
+            copy.close()
+        live.close()
+
+
+def test_isolated_commands_see_only_the_given_devices_and_the_host_keeps_its_dev(btrfs_mount: Path, workdir: Path):
+    from bsud.backup.isolate import isolated
+    from bsud.runner import Runner
+
+    other = workdir / "other.img"
+    subprocess.run(["truncate", "-s", "300M", str(other)], check=True)
+    loop = subprocess.run(["losetup", "--find", "--show", str(other)], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    try:
+        subprocess.run(["mkfs.btrfs", "-q", "-f", loop], check=True, capture_output=True)
+        everywhere = subprocess.run(["blkid", "-c", "/dev/null", "-t", "TYPE=btrfs", "-o", "device"],
+                                    capture_output=True, text=True).stdout.split()
+        assert loop in everywhere and len(everywhere) >= 2
+        seen = isolated(Runner(), [loop], [["blkid", "-c", "/dev/null", "-t", "TYPE=btrfs", "-o", "device"],
+                                           ["ls", "/dev"]]).split()
+        assert seen == [loop, loop.rsplit("/", 1)[1], "null"]
+        assert os.path.exists("/dev/null") and os.path.exists(loop) and len(os.listdir("/dev")) > 10
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=False)
