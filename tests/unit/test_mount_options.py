@@ -108,3 +108,18 @@ def test_each_bad_option_is_one_line_naming_file_drive_and_field(tmp_path: Path)
     assert lines == [f"{path}: drive 'data': field 'mount-options': 'compress=zstd:20': zstd's level is 1 to 15",
                      f"{path}: drive 'data': field 'mount-options': 'degraded' is refused: it mounts a drive with "
                      "a volume missing; bsud blocks such a drive and says what is missing"]
+
+
+@pytest.mark.parametrize(("drive", "line"), [
+    ({"from-snapshot-set": "not a set!"}, "field 'from-snapshot-set': 'not a set!' is not a snapshot set id"),
+    ({"from-snapshot-set": "data-20261205T114958Z-4c90", "layout": "lvm"},
+     "field 'from-snapshot-set': restoring a set works with layout 'btrfs' for now, not 'lvm'"),
+])
+def test_from_snapshot_set_is_checked_at_load(tmp_path: Path, drive, line):
+    path = tmp_path / "bsud.json"
+    path.write_text(json.dumps({"cloud": {"provider": "local", "state-dir": str(tmp_path / "state")},
+                                "drives": [{"name": "data", "target": "online", "mount-path": "/srv/data",
+                                            "layout": "btrfs", **drive}]}))
+    with pytest.raises(InvalidConfig) as info:
+        load_config(str(path))
+    assert line in str(info.value)
