@@ -7,6 +7,8 @@ moto would still carry out a request whose answer the hook replaced.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import urllib.request
 from collections.abc import Iterator
 
@@ -85,3 +87,34 @@ def make_cloud(moto_endpoint: str, aws_env: None):
 @pytest.fixture
 def cloud(make_cloud, instance_id: str) -> Ec2Cloud:
     return make_cloud(instance_id)
+
+
+@pytest.fixture
+def narrow_cloud(make_cloud, instance_id: str, moto_endpoint: str):
+    """``narrow_cloud(actions)``: a provider whose credentials are an IAM user of moto allowed only ``actions``,
+    and a context in which moto enforces IAM (it does not by default)."""
+    iam = boto3.client("iam", region_name="us-east-1", endpoint_url=moto_endpoint)
+
+    def auth(count: str) -> None:
+        urllib.request.urlopen(urllib.request.Request(f"{moto_endpoint}/moto-api/reset-auth", data=count.encode(),
+                                                      headers={"Content-Type": "text/plain"}, method="POST"),
+                               timeout=10)
+
+    @contextlib.contextmanager
+    def enforced() -> Iterator[None]:
+        auth("0")
+        try:
+            yield
+        finally:
+            auth("inf")
+
+    def make(name: str, actions: list[str]):
+        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Resource": "*", "Action": actions}]}
+        iam.create_user(UserName=name)
+        iam.put_user_policy(UserName=name, PolicyName="bsud", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName=name)["AccessKey"]
+        cloud = make_cloud(instance_id)
+        return type(cloud)(cloud.settings, key["AccessKeyId"], key["SecretAccessKey"], identity=cloud.identity())
+
+    make.enforced = enforced  # type: ignore[attr-defined]
+    return make

@@ -246,36 +246,14 @@ def test_permission_preflight_passes_with_every_permission(cloud, ec2):
     assert len(ec2.describe_volumes()["Volumes"]) == before  # DryRun: nothing made
 
 
-def test_permission_preflight_names_what_is_missing(make_cloud, instance_id, moto_endpoint):
+def test_permission_preflight_names_what_is_missing(narrow_cloud):
     """moto's IAM enforcement: a user whose policy lacks ec2:DeleteVolume and ec2:DetachVolume."""
-    import json
-    import urllib.request
-
-    import boto3
-
     from bsud.cloud.preflight import PermissionMissing
 
-    iam = boto3.client("iam", region_name="us-east-1", endpoint_url=moto_endpoint)
-    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Resource": "*", "Action": [
-        "ec2:DescribeVolumes", "ec2:DescribeInstances", "ec2:CreateVolume", "ec2:CreateTags",
-        "ec2:AttachVolume"]}]}
-    iam.create_user(UserName="bsud-narrow")
-    iam.put_user_policy(UserName="bsud-narrow", PolicyName="bsud", PolicyDocument=json.dumps(policy))
-    key = iam.create_access_key(UserName="bsud-narrow")["AccessKey"]
-    cloud = make_cloud(instance_id)
-    narrow = type(cloud)(cloud.settings, key["AccessKeyId"], key["SecretAccessKey"], identity=cloud.identity())
-
-    def auth(count: str) -> None:
-        urllib.request.urlopen(urllib.request.Request(f"{moto_endpoint}/moto-api/reset-auth", data=count.encode(),
-                                                      headers={"Content-Type": "text/plain"}, method="POST"),
-                               timeout=10)
-
-    auth("0")
-    try:
-        with pytest.raises(PermissionMissing) as info:
-            narrow.check_permissions()
-    finally:
-        auth("inf")
+    narrow = narrow_cloud("bsud-narrow", ["ec2:DescribeVolumes", "ec2:DescribeInstances", "ec2:CreateVolume",
+                                          "ec2:CreateTags", "ec2:AttachVolume"])
+    with narrow_cloud.enforced(), pytest.raises(PermissionMissing) as info:
+        narrow.check_permissions()
     assert str(info.value).startswith("the cloud refuses ec2:DetachVolume, ec2:DeleteVolume to these credentials")
     assert "docs/cloud.md" in str(info.value)
 

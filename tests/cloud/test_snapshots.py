@@ -4,11 +4,8 @@ the preflight's note when the credentials may not make the snapshot calls."""
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from datetime import datetime, timezone
 
-import boto3
 import pytest
 
 from bsud.backup.sets import group, member_tags
@@ -48,28 +45,12 @@ def test_a_set_is_tagged_listed_restored_from_and_deleted(cloud, ec2):
     assert len(ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]) >= 1  # the untagged one is not bsud's
 
 
-def test_the_preflight_notes_snapshot_calls_the_credentials_may_not_make(make_cloud, instance_id, moto_endpoint):
-    iam = boto3.client("iam", region_name="us-east-1", endpoint_url=moto_endpoint)
-    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Resource": "*", "Action": [
-        "ec2:DescribeVolumes", "ec2:DescribeInstances", "ec2:CreateVolume", "ec2:CreateTags", "ec2:AttachVolume",
-        "ec2:DetachVolume", "ec2:DeleteVolume"]}]}
-    iam.create_user(UserName="bsud-nosnap")
-    iam.put_user_policy(UserName="bsud-nosnap", PolicyName="bsud", PolicyDocument=json.dumps(policy))
-    key = iam.create_access_key(UserName="bsud-nosnap")["AccessKey"]
-    cloud = make_cloud(instance_id)
-    narrow = type(cloud)(cloud.settings, key["AccessKeyId"], key["SecretAccessKey"], identity=cloud.identity())
-
-    def auth(count: str) -> None:
-        urllib.request.urlopen(urllib.request.Request(f"{moto_endpoint}/moto-api/reset-auth", data=count.encode(),
-                                                      headers={"Content-Type": "text/plain"}, method="POST"),
-                               timeout=10)
-
-    auth("0")
-    try:
+def test_the_preflight_notes_snapshot_calls_the_credentials_may_not_make(narrow_cloud):
+    narrow = narrow_cloud("bsud-nosnap", ["ec2:DescribeVolumes", "ec2:DescribeInstances", "ec2:CreateVolume",
+                                          "ec2:CreateTags", "ec2:AttachVolume", "ec2:DetachVolume",
+                                          "ec2:DeleteVolume"])
+    with narrow_cloud.enforced():
         notes = narrow.check_permissions()
-    finally:
-        auth("inf")
     assert notes == ["snapshots: the cloud refuses ec2:DescribeSnapshots, ec2:CreateSnapshot, ec2:DeleteSnapshot to "
                      "these credentials: 'bsud snapshot' and drives made from a snapshot set will fail; grant them "
                      "if you take snapshots (docs/cloud.md)"]
-

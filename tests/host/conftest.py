@@ -80,3 +80,16 @@ def verify_files(sums: dict[str, str]) -> None:
     subprocess.run(["sync"], check=True)
     for path, digest in sums.items():
         assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == digest, f"{path} changed"
+
+
+@pytest.fixture
+def btrfs_loop(workdir: Path):
+    """A fresh 1 GiB btrfs on a loop device (not mounted) and an empty directory to mount it on."""
+    image = workdir / "fs.img"
+    subprocess.run(["truncate", "-s", "1G", str(image)], check=True)
+    loop = subprocess.run(["losetup", "--find", "--show", str(image)], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    subprocess.run(["mkfs.btrfs", "-q", "-f", loop], check=True, capture_output=True)
+    point = workdir / "mnt"
+    point.mkdir()
+    yield loop, str(point)

@@ -5,7 +5,6 @@ the daemon mounting a drive with them, then applying a changed list by remount (
 from __future__ import annotations
 
 import signal
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -24,19 +23,6 @@ OPTIONS = ["compress", "compress=zstd", "compress=zstd:15", "compress=zlib:9", "
            "nodiscard", "ssd", "nossd", "ssd_spread", "noacl", "nobarrier", "notreelog", "flushoncommit",
            "max_inline=0", "metadata_ratio=4", "nodatacow", "nodatasum", "noexec", "nosuid", "nodev",
            "user_subvol_rm_allowed", "skip_balance", "acl", "barrier", "datacow", "commit=30"]
-
-
-@pytest.fixture
-def btrfs_loop(workdir: Path):
-    image = workdir / "fs.img"
-    image.write_bytes(b"")
-    subprocess.run(["truncate", "-s", "1G", str(image)], check=True)
-    loop = subprocess.run(["losetup", "--find", "--show", str(image)], check=True, capture_output=True,
-                          text=True).stdout.strip()
-    subprocess.run(["mkfs.btrfs", "-q", "-f", loop], check=True, capture_output=True)
-    point = workdir / "mnt"
-    point.mkdir()
-    yield loop, str(point)
 
 
 def in_effect(point: str, option: str) -> bool:
