@@ -98,7 +98,12 @@ def thaw_drives_left_frozen(drives: Iterable[DriveConfig], runner: Runner) -> li
         if entry is None or entry.fstype != "btrfs" or spec.ha is not None:
             continue
         if entry.source != lv_mapper_path(spec.name):
-            found = DriveFilesystem(spec.name, runner).show(spec.mount_path)
+            try:
+                found = DriveFilesystem(spec.name, runner).show(spec.mount_path)
+            except BsudError as exc:  # never a reason not to start: the drive's own step says what is wrong
+                log.warning("could not tell whether the drive's filesystem is frozen", drive=spec.name,
+                            error=str(exc))
+                continue
             if found is None or found.label != label_for(spec.name):
                 continue
         if thaw_if_frozen(spec.mount_path, spec.name):
