@@ -111,6 +111,29 @@ def test_a_filesystem_left_frozen_is_thawed_at_the_next_start(btrfs_mount: Path)
         os.close(fd)
 
 
+def test_the_daemon_thaws_its_drive_left_frozen_when_it_starts(workdir: Path):
+    h = DaemonHarness(workdir, drive="frozen")
+    try:
+        h.start()
+        h.wait_online(volumes=1)
+        assert h.stop() == 0
+        fd = os.open(h.mount, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            import fcntl
+            fcntl.ioctl(fd, FIFREEZE, 0)  # as a bsud killed together with its guard between freeze and thaw leaves it
+        finally:
+            os.close(fd)
+        h.start()
+        h.wait_online(volumes=1)
+        assert "drive was left frozen (a snapshot interrupted between freeze and thaw): thawed" in h.tail(200)
+        thread, done = write_later(h.mount / "after.bin")
+        thread.join(10)
+        assert done, "still frozen"
+        assert h.stop() == 0
+    finally:
+        h.close()
+
+
 class Paced(threading.Thread):
     """Appends 1 MiB blocks at ``rate`` bytes/s, fsyncing each; records each block's digest and the longest wait for
     one write (a freeze shows as a pause, never as an error)."""
