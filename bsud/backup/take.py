@@ -3,8 +3,9 @@
 1. The drive as bsud sees it (cloud tags and host, one observation): it must be whole; its member volumes, in
    order, are the set's members. A drive left frozen by an earlier run is thawed first.
 2. Freeze the mounted filesystem (btrfs commits: every device holds one consistent state), start one snapshot per
-   member — the cloud fixes each one's content at the call — check from the host that the drive still has exactly
-   those members (a grow or a removal of the daemon's in between would make the set a different drive), thaw.
+   member, all at once — the cloud fixes each one's content at the call — check from the host that the drive still
+   has exactly those members (a grow or a removal of the daemon's in between would make the set a different drive),
+   thaw.
    An unmounted drive is not frozen (nothing writes to it).
 3. A call that failed, or members that changed: the snapshots made are marked incomplete (with why) and the command
    fails; such a set is listed as incomplete and never restored.
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -27,10 +30,15 @@ from bsud.errors import BsudError
 from bsud.logs import get_logger
 from bsud.naming import SNAPSHOT_INCOMPLETE_TAG, SNAPSHOT_SET_TAG
 from bsud.reconcile.engine import DriveReconciler
+from bsud.reconcile.model import VolumeObs
 from bsud.reconcile.observe import CloudSnapshot
 from bsud.runner import Runner
 
 log = get_logger("bsud.backup")
+
+
+#: CreateSnapshot calls in flight at once.
+MAX_PARALLEL = 16
 
 
 class BackupError(BsudError):
@@ -78,11 +86,9 @@ def take_set(config: Config, drive: str, cloud: CloudProvider, runner: Runner | 
     paths = [v.device for v in members if v.device]
     try:
         with frozen(spec.mount_path) if obs.mounted else contextlib.nullcontext(time.monotonic()) as began:
-            for index, vol in enumerate(members):
-                tags = member_tags(set_id, drive, index, len(members), spec.layout.value, vol.id, vol.size_gib,
-                                   fs.uuid if fs else "", when, extra)
-                made.append(cloud.create_snapshot(vol.id, f"bsud snapshot set {set_id}: drive {drive}, volume "
-                                                  f"{index + 1} of {len(members)}", tags))
+            start_snapshots(cloud, members, made, lambda index, vol: member_tags(
+                set_id, drive, index, len(members), spec.layout.value, vol.id, vol.size_gib, fs.uuid if fs else "",
+                when, extra), f"bsud snapshot set {set_id}: drive {drive}")
             now = rec.layout.observe(paths)
             if now.missing or set(now.members) != set(paths):
                 seen = now.missing or f"members now: {', '.join(sorted(now.members))}"
@@ -101,6 +107,28 @@ def take_set(config: Config, drive: str, cloud: CloudProvider, runner: Runner | 
     log.info("snapshot set taken", drive=drive, set=set_id, volumes=len(made), freeze_seconds=freeze_seconds,
              seconds=round(time.monotonic() - started, 3))
     return Taken(taken, freeze_seconds, time.monotonic() - started)
+
+
+def start_snapshots(cloud: CloudProvider, members: list[VolumeObs], made: list[Snapshot],
+                    tags: Callable[[int, VolumeObs], dict[str, str]], description: str) -> None:
+    """One CreateSnapshot per member, all at once (the freeze lasts as long as the slowest call, not their sum;
+    the daemon's API rate limit still spaces them). Each snapshot made is appended to ``made``, in member order;
+    the first failure is raised once every call has ended."""
+    def one(index: int, vol: VolumeObs) -> Snapshot:
+        return cloud.create_snapshot(vol.id, f"{description}, volume {index + 1} of {len(members)}",
+                                     tags(index, vol))
+
+    with ThreadPoolExecutor(max_workers=min(len(members), MAX_PARALLEL), thread_name_prefix="snapshot") as pool:
+        futures = [pool.submit(one, index, vol) for index, vol in enumerate(members)]
+    failure: BaseException | None = None
+    for future in futures:
+        error = future.exception()
+        if error is None:
+            made.append(future.result())
+        elif failure is None:
+            failure = error
+    if failure is not None:
+        raise failure
 
 
 def _mark(cloud: CloudProvider, made: list[Snapshot], why: str) -> None:

@@ -288,14 +288,20 @@ class LocalCloud(CloudProvider):
         sparse copy reads the volume's data)."""
         snapshot_id = f"snap-{secrets.token_hex(4)}"
         with self._locked() as meta:
-            entry = meta["volumes"].get(volume_id)
-            if entry is None:
+            if volume_id not in meta["volumes"]:
                 raise VolumeStateError(volume_id, "deleted", " (it no longer exists)")
             self.snapshot_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            path = self.snapshot_path(snapshot_id)
-            tmp = path.with_name(f".{path.name}.tmp")
-            self._copy(self.image_path(volume_id), tmp)
-            os.replace(tmp, path)
+        # The copy outside the lock: snapshots of several volumes are copied side by side (a leftover .tmp of a copy
+        # interrupted is no snapshot: nothing refers to it).
+        path = self.snapshot_path(snapshot_id)
+        tmp = path.with_name(f".{path.name}.tmp")
+        self._copy(self.image_path(volume_id), tmp)
+        os.replace(tmp, path)
+        with self._locked() as meta:
+            entry = meta["volumes"].get(volume_id)
+            if entry is None:
+                path.unlink(missing_ok=True)
+                raise VolumeStateError(volume_id, "deleted", " (it was deleted during its snapshot)")
             meta["snapshots"][snapshot_id] = {"volume_id": volume_id, "size_gib": int(entry["size_gib"]),
                                               "tags": dict(tags), "description": description,
                                               "start_time": time.time(), "state": COMPLETED}
