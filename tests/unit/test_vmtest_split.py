@@ -71,3 +71,33 @@ def test_a_pairs_bridge_plugs_each_volume_into_the_guest_named_and_unplugs_it_fr
     missing = vmtest.Bridge(tmp_path, {"a": FakeQmp()}).handle({"op": "plug", "volume": "vol-0c", "size_gib": 1,
                                                                 "node": "b"})
     assert not missing["ok"] and "no guest 'b'" in missing["error"]
+
+
+class SlowQmp(FakeQmp):
+    """A guest that releases the disk only after the first wait gave up (QEMU then says the device is gone)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waited = 0
+        self.deleted = False
+
+    def execute(self, command: str, **arguments: object) -> None:
+        if command == "device_del" and self.deleted:
+            raise RuntimeError(f"QMP device_del: Device '{arguments['id']}' not found")
+        super().execute(command, **arguments)
+
+    def wait_event(self, name: str, device_id: str, timeout: float) -> bool:
+        self.waited += 1
+        self.deleted = True  # released, but after the wait
+        return False
+
+
+def test_an_unplug_the_guest_was_slow_to_release_completes_when_asked_again(tmp_path):
+    vmtest = load_vmtest()
+    qmp = SlowQmp()
+    bridge = vmtest.Bridge(tmp_path, {"a": qmp})
+    assert bridge.handle({"op": "plug", "volume": "vol-0a", "size_gib": 1}) == {"ok": True}
+    first = bridge.handle({"op": "unplug", "volume": "vol-0a"})
+    assert not first["ok"] and "did not release d-vol-0a within 120 s" in first["error"]
+    assert bridge.handle({"op": "unplug", "volume": "vol-0a"}) == {"ok": True}  # gone now: blockdev-del, done
+    assert [c for c, _ in qmp.calls][-1] == "blockdev-del" and "vol-0a" not in bridge.plugged
