@@ -113,7 +113,10 @@ def logged(h: DaemonHarness, text: str) -> bool:
 
 def test_volumes_taken_away_behind_its_back(vm, tmp_path: Path, capsys):
     vm.bridge.flavour = "virtio"
-    h = ec2_harness(vm, tmp_path, DRIVE)
+    # No scale-down meanwhile: 0.8 GiB on 1 + 4 GiB is under the default 40 %, and a right-size (issue 21) adding a
+    # volume while the test takes one away made a third volume (two CI failures: "online with 2 volumes" never
+    # came; "bsud created or deleted a volume" before the deletion it checks).
+    h = ec2_harness(vm, tmp_path, DRIVE, **{"min-used-space-perc": 5})
     other = vm.ec2.run_instances(ImageId=vm.ec2.describe_images()["Images"][0]["ImageId"], MinCount=1, MaxCount=1,
                                  Placement={"AvailabilityZone": ZONE})["Instances"][0]["InstanceId"]
     try:
