@@ -144,9 +144,10 @@ class Guard:
 def frozen(mount_point: str, max_seconds: float = MAX_FREEZE_SECONDS) -> Iterator[float]:
     """The filesystem frozen for the block (yields when the freeze began, monotonic); thawed in every path."""
     guard = Guard(mount_point, max_seconds)
-    thawed = False
+    thawed = True  # until bsud froze it: a freeze refused (another tool's, EBUSY) is not the guard's to undo
     try:
         freeze(mount_point)
+        thawed = False
         began = time.monotonic()
         try:
             yield began

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bsud.backup.freeze import FITHAW, FIFREEZE, frozen, thaw_if_frozen
+from bsud.backup.freeze import FIFREEZE, FITHAW, FreezeError, frozen, thaw_if_frozen
 from bsud.backup.sets import INCOMPLETE, group
 from bsud.backup.take import BackupError, take_set
 from bsud.cloud.local import LocalCloud
@@ -346,3 +346,20 @@ def test_isolated_commands_see_only_the_given_devices_and_the_host_keeps_its_dev
         assert os.path.exists("/dev/null") and os.path.exists(loop) and len(os.listdir("/dev")) > 10
     finally:
         subprocess.run(["losetup", "-d", loop], check=False)
+
+
+def test_a_filesystem_frozen_by_another_tool_is_refused_and_left_frozen(btrfs_mount: Path):
+    subprocess.run(["fsfreeze", "--freeze", str(btrfs_mount)], check=True)
+    try:
+        with pytest.raises(FreezeError) as info:
+            with frozen(str(btrfs_mount)):
+                pass
+        assert "frozen already" in str(info.value)
+        time.sleep(0.5)
+        thread, done = write_later(btrfs_mount / "held.bin")
+        time.sleep(1.0)
+        assert done == [], "bsud (or its guard) thawed another tool's freeze"
+    finally:
+        subprocess.run(["fsfreeze", "--unfreeze", str(btrfs_mount)], check=True)
+    thread.join(10)
+    assert done
