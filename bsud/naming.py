@@ -33,8 +33,29 @@ SNAPSHOT_SIZE_TAG = "osc.bsud.snapshot-volume-gib"
 SNAPSHOT_FS_TAG = "osc.bsud.snapshot-fs-uuid"
 SNAPSHOT_TIME_TAG = "osc.bsud.snapshot-time"
 SNAPSHOT_INCOMPLETE_TAG = "osc.bsud.snapshot-incomplete"
+#: Put on every snapshot of a set, in one call, once ``bsud snapshot`` has thawed and checked the drive: a set
+#: without it was never confirmed (the command killed before its end) and is incomplete.
+SNAPSHOT_CONFIRMED_TAG = "osc.bsud.snapshot-confirmed"
 #: On a volume made from a snapshot set for a drive (``from-snapshot-set``): "<set>:<member>/<members>".
 RESTORED_FROM_TAG = "osc.bsud.restored-from"
+
+
+def member_place(text: str | None) -> tuple[int, int] | None:
+    """``"<i>/<n>"`` (a snapshot's member tag; the end of a ``RESTORED_FROM_TAG`` value) → ``(i, n)``; None when
+    it is not that."""
+    try:
+        index, count = (int(x) for x in (text or "").split("/"))
+    except ValueError:
+        return None
+    return (index, count) if 0 <= index < count else None
+
+
+def restored_from(tag: str) -> tuple[str, tuple[int, int] | None]:
+    """A ``RESTORED_FROM_TAG`` value → the set's id and the member's place in it (see :func:`member_place`)."""
+    set_id, _, place = tag.rpartition(":")
+    return set_id, member_place(place)
+
+
 #: States of a snapshot (EC2 vocabulary).
 PENDING, COMPLETED = "pending", "completed"
 #: The one LV of a drive's VG (the VG is named after the drive).

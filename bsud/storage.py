@@ -68,5 +68,8 @@ class LayoutState:
     missing: str | None = None                   # what of the drive's storage is absent, in words
     stale: tuple[str, ...] = ()                  # devices still mapped although they went away (lvm)
     lv_missing: bool = False                     # lvm: PVs in the drive's VG but no LV (stopped before lvcreate)
+    #: lvm: the label of the btrfs on the active LV ("" for none; None when not read): a drive made from a snapshot
+    #: set is the drive's own only once its filesystem carries the drive's label (the last step of the adoption).
+    fs_label: str | None = None
     #: A highly available drive: its DRBD resource (None for any other drive).
     replication: Replication | None = None

@@ -7,18 +7,25 @@ cannot be told apart from its copy by ``btrfs-progs``' device scan: so the copy 
 only the superblocks are rewritten, the metadata keeps the old UUID as its ``metadata_uuid``) and the drive's
 label, both run where the only block devices are the copy's (:mod:`bsud.backup.isolate`). Each step is checked
 from the devices' superblocks first, so a step interrupted (kill -9) is done again or found done.
+
+The ``lvm`` layout's copy is first a VG of the original drive's name with its PV and VG UUIDs, all of them shown
+twice to LVM when the original is on this VM too: ``vgimportclone`` gives it new UUIDs and this drive's name (the
+VG's name is the drive's), the VG is activated, and the btrfs on its LV gets a new fsid and the label as above.
 """
 
 from __future__ import annotations
 
+import os
+
 from bsud.backup.isolate import isolated
 from bsud.backup.sets import SnapshotSet, group
 from bsud.cloud.base import CloudProvider, VolumeOptions
-from bsud.config import DriveConfig
+from bsud.config import DriveConfig, Layout
 from bsud.errors import BsudError, CommandError
+from bsud.host.lvm import Lvm
 from bsud.host.safety import probe
 from bsud.logs import get_logger
-from bsud.naming import RESTORED_FROM_TAG, SNAPSHOT_SIZE_TAG, label_for
+from bsud.naming import RESTORED_FROM_TAG, SNAPSHOT_SIZE_TAG, label_for, lv_path
 from bsud.runner import Runner
 
 log = get_logger("bsud.backup.restore")
@@ -66,17 +73,73 @@ def restore_volumes(cloud: CloudProvider, spec: DriveConfig, set_id: str, timeou
 
 def adopt(cloud: CloudProvider, spec: DriveConfig, set_id: str, devices: list[str], runner: Runner) -> bool:
     """The copy on ``devices`` (every volume of the drive made from the set, attached here) made this drive's: a
-    new fsid, the drive's label. False when it already is."""
+    new fsid, the drive's label (lvm: first the VG renamed, new UUIDs). False when it already is."""
     snap_set = restorable_set(cloud, spec, set_id)
     if len(devices) != snap_set.count:
         raise RestoreError(f"drive {spec.name!r}: {len(devices)} devices for the {snap_set.count} volumes of snapshot "
                            f"set {set_id}", temporary=True)
+    changed = False
+    fs_devices = devices
+    if spec.layout is Layout.LVM:
+        changed = _adopt_vg(spec, snap_set, devices, runner)
+        fs_devices = [lv_path(spec.name)]
+    return _adopt_btrfs(spec, snap_set, fs_devices, runner) or changed
+
+
+def _adopt_vg(spec: DriveConfig, snap_set: SnapshotSet, devices: list[str], runner: Runner) -> bool:
+    """The copy's VG given this drive's name and new PV/VG UUIDs (``vgimportclone``), then activated."""
+    lvm = Lvm(runner)
+    ours = spec.name
+
+    def vgs() -> set[str]:
+        # Only these devices (--devices): with the original on this VM, LVM sees every PV twice and reports either.
+        found = {os.path.realpath(pv.name): pv.vg_name for pv in lvm.pvs(devices, only=True)}
+        names = {found.get(os.path.realpath(dev)) for dev in devices}
+        if None in names or "" in names:
+            raise RestoreError(f"drive {spec.name!r}: the devices made from snapshot set {snap_set.id} "
+                               f"({', '.join(devices)}) are not all PVs of a VG: not the copy of drive "
+                               f"{snap_set.drive!r}'s lvm layout; not touching them")
+        return names  # type: ignore[return-value]
+
+    changed = False
+    names = vgs()
+    if names != {ours}:
+        if names != {snap_set.drive}:
+            raise RestoreError(f"drive {spec.name!r}: the devices made from snapshot set {snap_set.id} hold VG(s) "
+                               f"{', '.join(sorted(names))}, not drive {snap_set.drive!r}'s; not touching them")
+        if lvm.vg(ours) is not None or os.path.lexists(f"/dev/{ours}"):
+            raise RestoreError(f"drive {spec.name!r}: a VG or /dev/{ours} of that name exists on this machine "
+                               "already, so the copy's VG cannot take the drive's name; rename the drive")
+        try:
+            lvm.vgimportclone(ours, devices, import_devices=lvm.devices_file_enabled())
+        except CommandError as exc:
+            raise RestoreError(f"drive {spec.name!r}: vgimportclone of the copy from snapshot set {snap_set.id} "
+                               f"failed: {exc}") from None
+        if vgs() != {ours}:
+            raise RestoreError(f"drive {spec.name!r}: after vgimportclone the copy's VG is not named {ours!r}")
+        log.info("the copy's VG renamed after the drive, new UUIDs", drive=spec.name, set=snap_set.id,
+                 original=snap_set.drive)
+        changed = True
+    lv = lvm.lv(ours)
+    if lv is None:
+        raise RestoreError(f"drive {spec.name!r}: the copy's VG has no LV; not the copy of a bsud drive")
+    if not lv.active:
+        lvm.vgchange(ours, True)
+        changed = True
+    return changed
+
+
+def _adopt_btrfs(spec: DriveConfig, snap_set: SnapshotSet, devices: list[str], runner: Runner) -> bool:
+    """The btrfs on ``devices`` (the volumes' devices, or the LV) given a new fsid and the drive's label."""
+    set_id = snap_set.id
     theirs, ours = label_for(snap_set.drive), label_for(spec.name)
+    # A drive of the original bsud (lvm) has no label: its copy is known by the set's fsid.
+    known = (theirs, ours, "") if spec.layout is Layout.LVM else (theirs, ours)
 
     def identities() -> dict[str, dict[str, str]]:
         found = {dev: probe(runner, dev).blkid for dev in devices}
         for dev, seen in found.items():
-            if seen.get("TYPE") != "btrfs" or seen.get("LABEL") not in (theirs, ours):
+            if seen.get("TYPE") != "btrfs" or seen.get("LABEL", "") not in known:
                 raise RestoreError(f"drive {spec.name!r}: {dev} (made from snapshot set {set_id}) holds "
                                    f"{seen.get('TYPE') or 'nothing known'} labelled {seen.get('LABEL')!r}, not the "
                                    f"copy of drive {snap_set.drive!r}'s btrfs; not touching it")
@@ -84,16 +147,16 @@ def adopt(cloud: CloudProvider, spec: DriveConfig, set_id: str, devices: list[st
             raise RestoreError(f"drive {spec.name!r}: the devices made from snapshot set {set_id} disagree on their "
                                "filesystem's UUID; not touching them")
         return found
-
     seen = identities()
     first = next(iter(seen.values()))
     changed = False
+    node = os.path.realpath(devices[0])  # the isolated /dev has the device nodes, not their links (/dev/<vg>/…)
     try:
         if first.get("UUID") == snap_set.fs_uuid:
-            isolated(runner, devices, [["btrfstune", "-m", devices[0]]])
+            isolated(runner, devices, [["btrfstune", "-m", node]])
             changed = True
         if first.get("LABEL") != ours:
-            isolated(runner, devices, [["btrfs", "filesystem", "label", devices[0], ours]])
+            isolated(runner, devices, [["btrfs", "filesystem", "label", node, ours]])
             changed = True
     except CommandError as exc:
         raise RestoreError(f"drive {spec.name!r}: giving the copy from snapshot set {set_id} a new identity failed: "

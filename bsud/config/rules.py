@@ -187,9 +187,6 @@ def check_semantics(cfg: _ConfigFile, path: str) -> tuple[list[ConfigError], lis
                         "snapshots' lists them, e.g. data-20261205T114958Z-4c90)")
             elif d.ha is not None:
                 problem(name, "from-snapshot-set", "a highly available drive is not made from a snapshot set")
-            elif d.layout.value != "btrfs":
-                problem(name, "from-snapshot-set", f"restoring a set works with layout 'btrfs' for now, not "
-                        f"{d.layout.value!r} (restore an lvm set by hand: docs/backups.md)")
         attach = ATTACH_LIMITS[cloud.provider]
         if not 1 <= d.max_bsu_count <= attach.volumes:
             problem(name, "max-bsu-count", f"must be between 1 and {attach.volumes} ({attach.why}; "

@@ -210,12 +210,14 @@ class Lvm:
             return []
         return stale_slaves(f"{os.major(rdev)}:{os.minor(rdev)}")
 
-    def pvs(self, devices: list[str] | None = None) -> list[PhysicalVolume]:
-        """PVs among ``devices`` (all when None); devices that are not PVs are left out."""
+    def pvs(self, devices: list[str] | None = None, only: bool = False) -> list[PhysicalVolume]:
+        """PVs among ``devices`` (all when None); devices that are not PVs are left out. ``only``: LVM looks at
+        these devices and no other (``--devices``), so that a PV it also sees elsewhere (a clone's duplicate) is
+        reported on them."""
         if devices == []:
             return []
         argv = ["lvm", "pvs", "--reportformat", "json", "--units", "b", "--nosuffix", "-o", _PV_FIELDS,
-                *(devices or [])]
+                *(["--devices", ",".join(devices or [])] if only else []), *(devices or [])]
         # Exit 5 with the found ones still reported when some devices are not PVs.
         return parse_pvs(self.runner.run(argv, timeout=120, ok_codes=(0, 5), quiet=True).stdout)
 
@@ -309,6 +311,12 @@ class Lvm:
     def refresh(self, vg: str) -> None:
         """Reload the LV's table from the metadata onto the PVs' devices as they are now."""
         self.runner.run(["lvm", "lvchange", "--refresh", f"{vg}/{LV_NAME}"], timeout=300)
+
+    def vgimportclone(self, vg: str, devices: list[str], import_devices: bool) -> None:
+        """The VG on ``devices`` (a clone: all its PVs) given new PV and VG UUIDs and the name ``vg``, imported;
+        ``import_devices``: and listed in LVM's devices file."""
+        self.runner.run(["lvm", "vgimportclone", "--basevgname", vg, *(["--importdevices"] if import_devices else []),
+                         *devices], timeout=300)
 
     def vgchange(self, vg: str, active: bool) -> None:
         self.runner.run(["lvm", "vgchange", "-a", "y" if active else "n", vg], timeout=300)

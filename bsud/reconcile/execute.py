@@ -20,7 +20,7 @@ from bsud.host.layouts import ReplicatedLvmLayout, StorageLayout
 from bsud.host.preempt import Preempted
 from bsud.host.safety import probe
 from bsud.logs import get_logger
-from bsud.naming import AVAILABLE, DELETED, DELETING, DRIVE_TAG, NEW, RESTORED_FROM_TAG, STATE_TAG
+from bsud.naming import AVAILABLE, DELETED, DELETING, DRIVE_TAG, NEW, RESTORED_FROM_TAG, STATE_TAG, restored_from
 from bsud.reconcile.model import (EVACUATED, Action, Activate, AdoptRestored, ApplyExports, ApplyMountOptions,
                                   AttachPeerVolume, AttachVolume, CreatePeerVolume, CreateVolume, Deactivate,
                                   DeleteVolume, DetachVolume, Grow, Join, MakeFilesystem, MarkVolume, Mount, Outcome,
@@ -330,7 +330,7 @@ class Executor:
         """The devices of the drive's volumes made from a snapshot set, in the set's member order."""
         me = self.cloud.identity().instance_id
         made = [v for v in self.cloud.list_volumes() if v.drive == self.spec.name and v.tags.get(RESTORED_FROM_TAG)]
-        made.sort(key=lambda v: int(v.tags[RESTORED_FROM_TAG].rpartition(":")[2].partition("/")[0] or 0))
+        made.sort(key=lambda v: (restored_from(v.tags[RESTORED_FROM_TAG])[1] or (0, 0))[0])
         found = [find_device(VolumeRef.from_volume(v, me), self.cloud.device_rules) for v in made]
         if any(f is None for f in found):
             raise ActionError("a volume made from the snapshot set has no device here yet", temporary=True)

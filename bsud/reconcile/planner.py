@@ -24,8 +24,9 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from bsud.config import DriveConfig, Target
-from bsud.naming import AVAILABLE, CREATING, DEFAULT_MAX_VOLUME_GIB, DELETED, DELETING, ERROR
+from bsud.config import DriveConfig, Layout, Target
+from bsud.naming import (AVAILABLE, CREATING, DEFAULT_MAX_VOLUME_GIB, DELETED, DELETING, ERROR, label_for,
+                         restored_from)
 from bsud.reconcile.assembly import ASSEMBLY
 from bsud.reconcile.leaving import Step, down, plan_evacuated, plan_removals, at, up
 from bsud.reconcile.model import (EVACUATED, NEW, REMOVING, AdoptRestored, ApplyExports, ApplyMountOptions,
@@ -67,7 +68,7 @@ def _plan_cloud(spec: DriveConfig, obs: DriveObs, vols: list[VolumeObs]) -> Step
             return at(Phase.CREATING, RestoreVolumes(set_id=spec.from_snapshot_set, reason="the drive has no volume "
                                                      f"yet: making them from snapshot set {spec.from_snapshot_set}"))
         return at(Phase.CREATING, CreateVolume(size_gib=spec.initial_size_gib, reason="the drive has no volume yet"))
-    restoring = _restoring(live)
+    restoring = _restoring(spec, obs, live)
     if restoring is not None and restoring[1] > len(restoring[2]):
         return at(Phase.CREATING, RestoreVolumes(set_id=restoring[0], reason=f"{len(restoring[2])} of the "
                                                  f"{restoring[1]} volumes made from snapshot set {restoring[0]}: "
@@ -92,30 +93,34 @@ def _plan_cloud(spec: DriveConfig, obs: DriveObs, vols: list[VolumeObs]) -> Step
     return None
 
 
-def _restoring(live: list[VolumeObs]) -> tuple[str, int, list[VolumeObs]] | None:
-    """The drive's volumes made from a snapshot set that is not the drive's own yet (none a member or carrying the
-    drive's signature): the set, how many members it has, those made. None otherwise."""
+def _restoring(spec: DriveConfig, obs: DriveObs, live: list[VolumeObs]) -> tuple[str, int, list[VolumeObs]] | None:
+    """The drive's volumes made from a snapshot set that is not the drive's own yet: the set, how many members it
+    has, those made. None otherwise. Own: one of them is a member or carries the drive's signature (btrfs: its
+    label; lvm: a PV of its VG) — and, lvm, the btrfs on its LV carries the drive's label (the adoption's last
+    step: its VG renamed by ``vgimportclone`` is not the whole of it)."""
     made = [v for v in live if v.restored_from]
-    if not made or any(v.member or v.own for v in made):
+    if not made:
         return None
-    set_id, _, place = made[0].restored_from.rpartition(":")  # type: ignore[union-attr]
-    try:
-        count = int(place.partition("/")[2])
-    except ValueError:
-        count = len(made)
-    return set_id, count, made
+    label = obs.storage.fs_label
+    if any(v.member or v.own for v in made) and label in (None, label_for(spec.name)):
+        return None
+    set_id, place = restored_from(made[0].restored_from or "")
+    return set_id, place[1] if place else len(made), made
 
 
-def _plan_restore(live: list[VolumeObs]) -> Step | None:
+def _plan_restore(spec: DriveConfig, obs: DriveObs, live: list[VolumeObs]) -> Step | None:
     """Volumes made from a snapshot set, all attached here: the filesystem they hold is another drive's copy (its
-    fsid, its label) — made this drive's before anything else looks at it (the gate sees it as foreign until then)."""
-    restoring = _restoring(live)
+    fsid, its label; lvm: its VG's name and UUIDs) — made this drive's before anything else looks at it (the gate
+    sees it as foreign until then)."""
+    restoring = _restoring(spec, obs, live)
     if restoring is None:
         return None
     set_id, count, made = restoring
     return at(Phase.ASSEMBLING, AdoptRestored(set_id=set_id, reason=f"the {count} volumes made from snapshot set "
                                               f"{set_id} hold a copy of another drive's filesystem: giving it this "
-                                              "drive's identity (a new fsid, its label)"))
+                                              "drive's identity (a new fsid, its label"
+                                              + ("; the VG renamed, new UUIDs)" if spec.layout is Layout.LVM
+                                                 else ")")))
 
 
 def _plan_host(obs: DriveObs, live: list[VolumeObs]) -> Step | None:
@@ -192,7 +197,7 @@ def _plan_online(spec: DriveConfig, obs: DriveObs, max_volume_gib: int) -> Plan:
     members = [v for v in live if v.member]
     removing = [v for v in live if v.bookkeeping == REMOVING]
     fresh = [v for v in live if not v.member and (v.blank or v.own) and v.bookkeeping != REMOVING]
-    step = _plan_cloud(spec, obs, vols) or _plan_restore(live) or _plan_host(obs, live)
+    step = _plan_cloud(spec, obs, vols) or _plan_restore(spec, obs, live) or _plan_host(obs, live)
     if step is None:
         for v in removing:
             if not v.member and v.blank:

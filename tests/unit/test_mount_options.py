@@ -112,8 +112,6 @@ def test_each_bad_option_is_one_line_naming_file_drive_and_field(tmp_path: Path)
 
 @pytest.mark.parametrize(("drive", "line"), [
     ({"from-snapshot-set": "not a set!"}, "field 'from-snapshot-set': 'not a set!' is not a snapshot set id"),
-    ({"from-snapshot-set": "data-20261205T114958Z-4c90", "layout": "lvm"},
-     "field 'from-snapshot-set': restoring a set works with layout 'btrfs' for now, not 'lvm'"),
 ])
 def test_from_snapshot_set_is_checked_at_load(tmp_path: Path, drive, line):
     path = tmp_path / "bsud.json"
@@ -123,3 +121,12 @@ def test_from_snapshot_set_is_checked_at_load(tmp_path: Path, drive, line):
     with pytest.raises(InvalidConfig) as info:
         load_config(str(path))
     assert line in str(info.value)
+
+
+@pytest.mark.parametrize("layout", ["btrfs", "lvm"])
+def test_a_set_is_restored_to_either_layout(tmp_path: Path, layout):
+    path = tmp_path / "bsud.json"
+    path.write_text(json.dumps({"cloud": {"provider": "local", "state-dir": str(tmp_path / "state")},
+                                "drives": [{"name": "copy", "target": "online", "mount-path": "/srv/copy",
+                                            "layout": layout, "from-snapshot-set": "data-20261205T114958Z-4c90"}]}))
+    assert load_config(str(path)).drive("copy").from_snapshot_set == "data-20261205T114958Z-4c90"

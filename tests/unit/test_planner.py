@@ -41,7 +41,7 @@ def usage(used_gib: float, total_gib: float) -> UsageObs:
     return UsageObs(used=used, free=int(total_gib * GIB) - used, size=int(total_gib * GIB))
 
 
-STORAGE_FIELDS = ("has_filesystem", "move_in_progress", "lv_missing", "missing", "stale")
+STORAGE_FIELDS = ("has_filesystem", "move_in_progress", "lv_missing", "missing", "stale", "fs_label")
 
 
 def online(*vols: VolumeObs, used: float | None = None, **kw) -> DriveObs:
@@ -507,6 +507,19 @@ EXPORTS_TABLE = [
                                  vol("v2", member=False, foreign="btrfs labelled bsud-orig",
                                      restored_from="d-set:1/2"))), ("AdoptRestored", {"set_id": "d-set"}),
      "assembling"),
+    # lvm: vgimportclone makes the copy's PVs the drive's (own) before its btrfs has the drive's label: the
+    # adoption is not over until the label is there (it is the last step)
+    ("an-lvm-copy-whose-vg-is-renamed-is-adopted-on", spec(from_snapshot_set="d-set", layout=Layout.LVM),
+     DriveObs(name="d", volumes=(vol("v1", member=False, own=True, restored_from="d-set:0/2"),
+                                 vol("v2", member=False, own=True, restored_from="d-set:1/2")),
+              storage=LayoutState(fs_label="bsud-orig", active=True, has_filesystem=True)),
+     ("AdoptRestored", {"set_id": "d-set"}), "assembling"),
+    ("an-lvm-copy-is-adopted-on-when-its-pvs-are-members", spec(from_snapshot_set="d-set", layout=Layout.LVM),
+     online(vol("v1", restored_from="d-set:0/2"), vol("v2", restored_from="d-set:1/2"), used=13,
+            fs_label="bsud-orig"), ("AdoptRestored", {"set_id": "d-set"}), "assembling"),
+    ("an-adopted-lvm-copy-is-an-ordinary-drive", spec(from_snapshot_set="d-set", layout=Layout.LVM),
+     online(vol("v1", restored_from="d-set:0/2"), vol("v2", restored_from="d-set:1/2"), used=13,
+            fs_label="bsud-d"), ("Idle", {}), "online"),
     ("an-adopted-copy-is-an-ordinary-drive", spec(from_snapshot_set="d-set"),
      online(vol("v1", restored_from="d-set:0/2"), vol("v2", restored_from="d-set:1/2"), used=13), ("Idle", {}),
      "online"),

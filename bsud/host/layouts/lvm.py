@@ -49,10 +49,12 @@ class LvmLayout(StorageLayout):
         lv = next((x for x in lvs if x.name == LV_NAME), None)
         moving = any(x.is_pvmove for x in lvs)
         has_fs = False
+        label: str | None = None
         stale: list[str] = []
         if lv is not None and lv.active and os.path.exists(self.lv_path):
             found = probe(self.runner, self.lv_path)
             has_fs = found.type == self.fs.fstype
+            label = found.blkid.get("LABEL", "") if has_fs else None
             stale = self.lvm.stale_devices(self.lv_path) if self.stale_check else []
         missing = None
         if group is not None and group.missing_pv_count:
@@ -69,7 +71,7 @@ class LvmLayout(StorageLayout):
         return LayoutState(
             members=members, has_filesystem=has_fs, fs_device=self.lv_path if lv else None,
             active=bool(lv and lv.active), move_in_progress=moving, missing=missing, stale=tuple(stale),
-            lv_missing=bool(members) and lv is None,
+            lv_missing=bool(members) and lv is None, fs_label=label,
         )
 
     def drive_active(self, state: LayoutState, mounted: bool) -> bool:
