@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     snap = sub.add_parser("snapshot", parents=[common],
                           help="a snapshot set of a drive: its filesystem frozen, one snapshot per volume, thawed")
     snap.add_argument("drive", metavar="DRIVE", help="a drive of the config")
+    snap.add_argument("--keep", type=int, metavar="N",
+                      help="then delete the drive's older sets but the newest N (this one included), and its "
+                           "incomplete sets older than this one")
     snaps = sub.add_parser("snapshots", parents=[common],
                            help="the snapshot sets (of DRIVE) with their state: completed, pending, incomplete")
     snaps.add_argument("drive", nargs="?", metavar="DRIVE", help="only this drive's sets")
@@ -284,7 +287,7 @@ def _command(config_path: str, args: argparse.Namespace) -> int:
     if command == "delete-drive":
         return cmd_delete_drive(config, args.drives, args.all, args.yes)
     if command == "snapshot":
-        return cmd_snapshot(config, args.drive)
+        return cmd_snapshot(config, args.drive, args.keep)
     if command == "snapshots":
         return cmd_snapshots(config, args.drive, args.json)
     if command == "delete-snapshot-set":

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from bsud.cloud.base import Snapshot
-from bsud.naming import (COMPLETED, ERROR, PENDING, SNAPSHOT_DRIVE_TAG, SNAPSHOT_FS_TAG, SNAPSHOT_INCOMPLETE_TAG,
+from bsud.naming import (COMPLETED, ERROR, PENDING, SNAPSHOT_CONFIRMED_TAG, SNAPSHOT_DRIVE_TAG, SNAPSHOT_FS_TAG, SNAPSHOT_INCOMPLETE_TAG,
                          SNAPSHOT_LAYOUT_TAG, SNAPSHOT_MEMBER_TAG, SNAPSHOT_SET_TAG, SNAPSHOT_SIZE_TAG,
-                         SNAPSHOT_SOURCE_TAG, SNAPSHOT_TIME_TAG)
+                         SNAPSHOT_SOURCE_TAG, SNAPSHOT_TIME_TAG, member_place)
 
 INCOMPLETE = "incomplete"
 
@@ -35,14 +35,6 @@ def member_tags(set_id: str, drive: str, index: int, count: int, layout: str, so
             SNAPSHOT_MEMBER_TAG: f"{index}/{count}", SNAPSHOT_LAYOUT_TAG: layout, SNAPSHOT_SOURCE_TAG: source,
             SNAPSHOT_SIZE_TAG: str(size_gib), SNAPSHOT_FS_TAG: fs_uuid,
             SNAPSHOT_TIME_TAG: when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
-
-
-def _member(tag: str | None) -> tuple[int, int] | None:
-    try:
-        index, count = (int(x) for x in (tag or "").split("/"))
-    except ValueError:
-        return None
-    return (index, count) if 0 <= index < count else None
 
 
 @dataclass(frozen=True)
@@ -96,7 +88,7 @@ def group(snapshots: Iterable[Snapshot]) -> list[SnapshotSet]:
         members: dict[int, Snapshot] = {}
         counts = set()
         for snap in snaps:
-            place = _member(snap.tags.get(SNAPSHOT_MEMBER_TAG))
+            place = member_place(snap.tags.get(SNAPSHOT_MEMBER_TAG))
             if place is None:
                 problems.append(f"{snap.id} has no valid member tag")
                 continue
@@ -115,8 +107,22 @@ def group(snapshots: Iterable[Snapshot]) -> list[SnapshotSet]:
         lacking = [str(i) for i in range(count) if i not in members]
         if lacking:
             problems.append(f"no snapshot of member{'s' if len(lacking) > 1 else ''} {', '.join(lacking)} of {count}")
+        if not problems and any(not snap.tags.get(SNAPSHOT_CONFIRMED_TAG) for snap in snaps):
+            problems.append("never confirmed: its 'bsud snapshot' did not end (killed after the snapshots were "
+                            "started, or running still)")
         found.append(SnapshotSet(id=set_id, drive=first.get(SNAPSHOT_DRIVE_TAG, ""),
                                  layout=first.get(SNAPSHOT_LAYOUT_TAG, ""), fs_uuid=first.get(SNAPSHOT_FS_TAG, ""),
                                  time=first.get(SNAPSHOT_TIME_TAG, ""), count=count, members=members,
                                  problems=tuple(problems)))
     return sorted(found, key=lambda s: (s.time, s.id))
+
+
+def superseded(sets: Iterable[SnapshotSet], drive: str, keep: int, taken: SnapshotSet) -> list[SnapshotSet]:
+    """What ``bsud snapshot --keep N`` deletes once ``taken`` (a set of ``drive`` just made) is there: the drive's
+    sets beyond the newest ``keep`` that are not incomplete (``taken`` always among those kept), and its
+    incomplete sets older than ``taken`` (never restorable). Another drive's sets are never touched."""
+    mine = [s for s in sets if s.drive == drive and s.id != taken.id]
+    good = sorted((s for s in mine if s.state != INCOMPLETE), key=lambda s: (s.time, s.id), reverse=True)
+    old = good[max(keep - 1, 0):]
+    broken = [s for s in mine if s.state == INCOMPLETE and (s.time, s.id) < (taken.time, taken.id)]
+    return sorted(old + broken, key=lambda s: (s.time, s.id))

@@ -8,7 +8,9 @@
    thaw.
    An unmounted drive is not frozen (nothing writes to it).
 3. A call that failed, or members that changed: the snapshots made are marked incomplete (with why) and the command
-   fails; such a set is listed as incomplete and never restored.
+   fails; such a set is listed as incomplete and never restored. Else the set is confirmed: one tag on all its
+   snapshots, in one call. A set never confirmed (the command killed after starting the snapshots) is incomplete
+   too: nothing says its members were still the drive's.
 
 Timing is measured: the freeze (from FIFREEZE to FITHAW) and the whole set.
 """
@@ -16,6 +18,7 @@ Timing is measured: the freeze (from FIFREEZE to FITHAW) and the whole set.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,12 +26,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from bsud.backup.freeze import frozen, thaw_if_frozen
-from bsud.backup.sets import SnapshotSet, group, member_tags, new_set_id
+from bsud.backup.sets import SnapshotSet, group, member_tags, new_set_id, superseded
 from bsud.cloud.base import CloudProvider, Snapshot
 from bsud.config import Config
 from bsud.errors import BsudError
 from bsud.logs import get_logger
-from bsud.naming import SNAPSHOT_INCOMPLETE_TAG, SNAPSHOT_SET_TAG
+from bsud.naming import SNAPSHOT_CONFIRMED_TAG, SNAPSHOT_INCOMPLETE_TAG, SNAPSHOT_SET_TAG
 from bsud.reconcile.engine import DriveReconciler
 from bsud.reconcile.model import VolumeObs
 from bsud.reconcile.observe import CloudSnapshot
@@ -103,6 +106,13 @@ def take_set(config: Config, drive: str, cloud: CloudProvider, runner: Runner | 
     if changed:
         _mark(cloud, made, changed)
         raise BackupError(f"snapshot set {set_id} of drive {drive!r} is incomplete: {changed}")
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        cloud.tag_snapshots([s.id for s in made], SNAPSHOT_CONFIRMED_TAG, stamp)
+    except BsudError as exc:
+        raise BackupError(f"snapshot set {set_id} of drive {drive!r} was taken, but confirming it failed ({exc}): "
+                          "it is listed as incomplete; take another") from None
+    made = [dataclasses.replace(s, tags={**s.tags, SNAPSHOT_CONFIRMED_TAG: stamp}) for s in made]
     (taken,) = group(made)
     log.info("snapshot set taken", drive=drive, set=set_id, volumes=len(made), freeze_seconds=freeze_seconds,
              seconds=round(time.monotonic() - started, 3))
@@ -138,6 +148,17 @@ def _mark(cloud: CloudProvider, made: list[Snapshot], why: str) -> None:
             cloud.set_snapshot_tag(snap.id, SNAPSHOT_INCOMPLETE_TAG, why[:255])
         except BsudError as exc:
             log.warning("could not mark a snapshot of an incomplete set", snapshot=snap.id, error=str(exc))
+
+
+def prune(cloud: CloudProvider, taken: SnapshotSet, keep: int) -> list[str]:
+    """The drive's sets ``--keep`` lets go deleted (:func:`~bsud.backup.sets.superseded`); their ids."""
+    gone = []
+    for old in superseded(group(cloud.list_snapshots()), taken.drive, keep, taken):
+        for snap in old.snapshots():
+            cloud.delete_snapshot(snap.id)
+        log.info("snapshot set deleted (--keep)", drive=taken.drive, set=old.id, state=old.state, keep=keep)
+        gone.append(old.id)
+    return gone
 
 
 def delete_set(cloud: CloudProvider, set_id: str) -> list[str]:

@@ -204,6 +204,11 @@ class CloudProvider(ABC):
     def set_snapshot_tag(self, snapshot_id: str, key: str, value: str) -> None:
         raise CloudError("CreateTags", f"the {type(self).__name__} provider makes no snapshots")
 
+    def tag_snapshots(self, snapshot_ids: list[str], key: str, value: str) -> None:
+        """One tag on several snapshots (a provider that can: in one call)."""
+        for snapshot_id in snapshot_ids:
+            self.set_snapshot_tag(snapshot_id, key, value)
+
     def delete_snapshot(self, snapshot_id: str) -> None:
         """Delete a snapshot (gone already: nothing to do)."""
         raise CloudError("DeleteSnapshot", f"the {type(self).__name__} provider makes no snapshots")

@@ -302,6 +302,11 @@ class Ec2Cloud(CloudProvider):
     def set_snapshot_tag(self, snapshot_id: str, key: str, value: str) -> None:
         self._call("CreateTags", Resources=[snapshot_id], Tags=[{"Key": key, "Value": value}])
 
+    def tag_snapshots(self, snapshot_ids: list[str], key: str, value: str) -> None:
+        """CreateTags over the snapshots, up to 100 resources a call (one call for any set of bsud's)."""
+        for i in range(0, len(snapshot_ids), 100):
+            self._call("CreateTags", Resources=snapshot_ids[i:i + 100], Tags=[{"Key": key, "Value": value}])
+
     def delete_snapshot(self, snapshot_id: str) -> None:
         try:
             self._call("DeleteSnapshot", SnapshotId=snapshot_id)

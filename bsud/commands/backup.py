@@ -11,12 +11,16 @@ from bsud.config import Config
 from bsud.errors import BsudError
 
 
-def cmd_snapshot(config: Config, drive: str) -> int:
-    from bsud.backup.take import take_set
+def cmd_snapshot(config: Config, drive: str, keep: int | None = None) -> int:
+    from bsud.backup.take import prune, take_set
     from bsud.cloud import make_provider
 
+    if keep is not None and keep < 1:
+        say(f"bsud: snapshot: --keep {keep}: keep at least the set just taken (1 or more)")
+        return EXIT_ERROR
+    cloud = make_provider(config)
     try:
-        taken = take_set(config, drive, make_provider(config))
+        taken = take_set(config, drive, cloud)
     except BsudError as exc:
         say(f"bsud: snapshot: {exc}")
         return EXIT_ERROR
@@ -25,6 +29,14 @@ def cmd_snapshot(config: Config, drive: str) -> int:
     print(f"{s.id}: drive {s.drive}, {len(s.members)} volumes "
           f"({', '.join(f'{m.volume_id} → {m.id}' for m in s.snapshots())}), {frozen}, {taken.seconds:.2f} s in all, "
           f"{s.state}")
+    if keep is not None:
+        try:
+            gone = prune(cloud, s, keep)
+        except BsudError as exc:
+            say(f"bsud: snapshot: set {s.id} taken, but deleting the older sets (--keep {keep}) failed: {exc}")
+            return EXIT_ERROR
+        for set_id in gone:
+            print(f"{set_id}: deleted (--keep {keep})")
     return EXIT_OK
 
 

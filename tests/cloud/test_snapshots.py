@@ -10,7 +10,7 @@ import pytest
 
 from bsud.backup.sets import group, member_tags
 from bsud.cloud.base import VolumeOptions
-from bsud.naming import COMPLETED, SNAPSHOT_INCOMPLETE_TAG
+from bsud.naming import COMPLETED, SNAPSHOT_CONFIRMED_TAG, SNAPSHOT_INCOMPLETE_TAG
 
 pytestmark = pytest.mark.cloud
 
@@ -23,6 +23,9 @@ def test_a_set_is_tagged_listed_restored_from_and_deleted(cloud, ec2):
                                                                      "uuid-1", when, {"team": "a"}))
             for i, v in enumerate(vols)]
     assert [s.volume_id for s in made] == [v.id for v in vols]
+    (unconfirmed,) = group(cloud.list_snapshots())
+    assert not unconfirmed.restorable and unconfirmed.problems[0].startswith("never confirmed")
+    cloud.tag_snapshots([s.id for s in made], SNAPSHOT_CONFIRMED_TAG, "2026-12-05T11:50:03Z")  # one CreateTags
     listed = cloud.list_snapshots()
     assert sorted(s.id for s in listed) == sorted(s.id for s in made)
     (snap_set,) = group(listed)

@@ -177,7 +177,8 @@ def said_when_failed(request, capsys):
 
 def test_the_installed_unit_verifies_and_is_hardened_without_a_mount_namespace(op, capsys):
     verify = sh("systemd-analyze", "verify", "/lib/systemd/system/bsud.service",
-                "/lib/systemd/system/bsud-wait-online@.service", check=False)
+                "/lib/systemd/system/bsud-wait-online@.service", "/lib/systemd/system/bsud-snapshot@.service",
+                "/lib/systemd/system/bsud-snapshot@.timer", check=False)
     ours = [line for line in (verify.stdout + verify.stderr).splitlines() if "bsud" in line]
     assert verify.returncode == 0 and not ours, verify.stdout + verify.stderr
     security = sh("systemd-analyze", "security", "--no-pager", "bsud.service", check=False).stdout
@@ -300,6 +301,39 @@ def test_loop_devices_work_through_the_hardened_unit(op, capsys):
     wait_for("the EC2 drive taken up again", converged)
     say(capsys, f"local provider under the hardened unit: systemctl restart returned in {took:.1f} s with the loop "
                 "drive mounted (READY=1), then deleted with its loop devices")
+
+
+def test_the_snapshot_timer_takes_sets_of_the_drive_and_keeps_the_newest(op, capsys):
+    """bsud-snapshot@.timer/.service as shipped: the timer enabled has a next run; the service (what the timer
+    starts) takes a set of the EC2 drive — the bridge copies the disks — and, kept to 1 by a drop-in, deletes the
+    older one."""
+    timer, service = f"bsud-snapshot@{DRIVE}.timer", f"bsud-snapshot@{DRIVE}.service"
+    drop_in = Path(f"/etc/systemd/system/{service}.d/keep.conf")
+    drop_in.parent.mkdir(parents=True, exist_ok=True)
+    drop_in.write_text("[Service]\nEnvironment=BSUD_SNAPSHOT_KEEP=1\n")
+    sh("systemctl", "daemon-reload")
+    try:
+        sh("systemctl", "enable", "--now", timer)
+        assert show("ActiveState", timer) == "active" and show("NextElapseUSecRealtime", timer)
+        runs = []
+        for _ in range(2):
+            began = time.monotonic()
+            sh("systemctl", "start", service)  # a oneshot: returns once the set is taken (or fails)
+            runs.append(time.monotonic() - began)
+            assert show("Result", service) == "success"
+        said = sh("journalctl", "-u", service, "--no-pager", "-o", "cat", check=False).stdout
+        sets = json.loads(sh("bsud", "-c", str(CONFIG), "snapshots", DRIVE, "--json").stdout)
+        assert len(sets) == 1 and sets[0]["state"] == "completed", sets
+        assert f"{sets[0]['id']}: drive {DRIVE}" in said and "deleted (--keep 1)" in said, said
+        assert mounted() and status()["drives"][DRIVE]["phase"] == "online"
+        sh("bsud", "-c", str(CONFIG), "delete-snapshot-set", "--yes", sets[0]["id"])
+        say(capsys, f"bsud-snapshot@ service under systemd: {runs[0]:.1f} s and {runs[1]:.1f} s a set (the second "
+                    "deleting the first)")
+    finally:
+        sh("systemctl", "disable", "--now", timer, check=False)
+        drop_in.unlink(missing_ok=True)
+        drop_in.parent.rmdir()
+        sh("systemctl", "daemon-reload")
 
 
 def test_reload_applies_a_good_config_and_fails_naming_the_problem_of_a_bad_one(op):
