@@ -9,7 +9,9 @@
 - ``after:cloud:<method>`` — after a cloud call (``detach_volume``…) has completed.
 
 ``BSUD_CRASH_GROUP=1`` kills bsud's whole process group (its lvm/btrfs child with it), not only bsud: start it
-in a session of its own. Production code knows nothing of this: the hooks are wrapped around it here.
+in a session of its own. ``BSUD_CRASH_GUARDS=1`` kills its freeze guards too (children of their own session,
+see bsud.backup.freeze), first: bsud and its guard gone together, as a cgroup-wide kill leaves them. Production
+code knows nothing of this: the hooks are wrapped around it here.
 """
 
 from __future__ import annotations
@@ -29,9 +31,30 @@ WHEN, _, REST = os.environ.get("BSUD_CRASH", "").partition(":")
 LAYER, _, TARGET = REST.partition(":")
 GROUP = os.environ.get("BSUD_CRASH_GROUP") == "1"
 DELAY = float(os.environ.get("BSUD_CRASH_DELAY", "0.3"))
+GUARDS = os.environ.get("BSUD_CRASH_GUARDS") == "1"
+
+
+def guards() -> list[int]:
+    """This process's children that are freeze guards (``python -m bsud.backup.freeze``)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                ppid = int(fh.read().rpartition(")")[2].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                argv = fh.read().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == os.getpid() and b"bsud.backup.freeze" in argv:
+            found.append(int(entry))
+    return found
 
 
 def die(where: str) -> None:
+    if GUARDS:
+        for pid in guards():
+            os.kill(pid, signal.SIGKILL)
+            print(f"crashpoint: SIGKILL the freeze guard {pid}", file=sys.stderr, flush=True)
     print(f"crashpoint: SIGKILL {'the process group' if GROUP else 'bsud'} {where}", file=sys.stderr, flush=True)
     if GROUP:
         os.killpg(os.getpgrp(), signal.SIGKILL)

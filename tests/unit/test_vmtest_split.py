@@ -4,6 +4,7 @@ routing of a pair's disks to the guest whose instance the volume is attached to.
 
 from __future__ import annotations
 
+import os
 import importlib.util
 from pathlib import Path
 
@@ -101,3 +102,27 @@ def test_an_unplug_the_guest_was_slow_to_release_completes_when_asked_again(tmp_
     assert not first["ok"] and "did not release d-vol-0a within 120 s" in first["error"]
     assert bridge.handle({"op": "unplug", "volume": "vol-0a"}) == {"ok": True}  # gone now: blockdev-del, done
     assert [c for c, _ in qmp.calls][-1] == "blockdev-del" and "vol-0a" not in bridge.plugged
+
+
+def test_a_snapshot_copies_the_disk_at_the_call_and_a_volume_made_from_it_gets_the_copy(tmp_path):
+    vmtest = load_vmtest()
+    bridge = vmtest.Bridge(tmp_path, {"a": FakeQmp()})
+    disk = tmp_path / "vol-0a.img"
+    with open(disk, "wb") as fh:
+        fh.truncate(1 << 30)
+        fh.seek(5 << 20)
+        fh.write(b"at the call")
+    assert bridge.handle({"op": "snapshot", "volume": "vol-0a", "snapshot": "snap-01"})["ok"]
+    with open(disk, "r+b") as fh:  # written after the call: not in the snapshot
+        fh.seek(5 << 20)
+        fh.write(b"afterwards!")
+    assert bridge.handle({"op": "restore", "volume": "vol-0b", "snapshot": "snap-01"})["ok"]
+    made = (tmp_path / "vol-0b.img").read_bytes()
+    assert len(made) == 1 << 30 and made[5 << 20:(5 << 20) + 11] == b"at the call"
+    assert os.stat(tmp_path / "snap-01.img").st_blocks * 512 < 1 << 20  # sparse
+    assert bridge.handle({"op": "plug", "volume": "vol-0b", "size_gib": 1}) == {"ok": True}
+    assert not bridge.handle({"op": "restore", "volume": "vol-0b", "snapshot": "snap-01"})["ok"]  # plugged
+    assert bridge.handle({"op": "delete-snapshot", "volume": "vol-0", "snapshot": "snap-01"}) == {"ok": True}
+    assert not (tmp_path / "snap-01.img").exists()
+    assert bridge.handle({"op": "snapshot", "volume": "vol-0c", "snapshot": "snap-02"})["empty"]  # never plugged
+    assert not bridge.handle({"op": "snapshot", "volume": "vol-0a", "snapshot": "../x"})["ok"]

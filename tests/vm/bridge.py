@@ -6,6 +6,11 @@ DeleteVolume. When moto accepts one, it asks the host (scripts/vmtest.py) over t
 identity of the chosen cloud flavour, before answering bsud. bsud's production EC2
 provider talks to this endpoint unchanged.
 
+Snapshots hold data too (moto keeps only their metadata): CreateSnapshot has the host copy the volume's disk at
+the call, CreateVolume with a SnapshotId copies the snapshot into the new volume's disk, DeleteSnapshot removes the
+copy. ``fail_snapshots`` (volume ids) makes CreateSnapshot of those volumes fail as the cloud's would (an
+``IncorrectState`` error, moto not asked): an incomplete snapshot set, for real.
+
 In a pair of guests (scripts/vmtest.py's ``Pair``: ``BSUD_VM_NODE=a``) the one moto serves both: it listens on
 a's network address too (``endpoint_for_peer``), and a volume attached to an instance registered in ``nodes``
 (b's) is plugged into that guest (``"node": "b"``).
@@ -90,6 +95,8 @@ class BridgedMoto:
         self.instance_id: str | None = None
         #: …unless that instance stands for the pair's other guest: instance id → node (``"b"``).
         self.nodes: dict[str, str] = {}
+        #: Volumes whose CreateSnapshot fails (see the module's doc).
+        self.fail_snapshots: set[str] = set()
 
     def node_of(self, instance_id: str | None) -> str | None:
         """The guest a volume attached to ``instance_id`` is plugged into: ``"a"`` (this one), another node of the
@@ -108,6 +115,19 @@ class BridgedMoto:
             self.host.request(op="unplug", volume=vol, node=node)
             del self.plugged[vol]
         self.nodes.clear()
+        self.fail_snapshots.clear()
+
+    def _snapshot_data(self, action: str, form: dict[str, str], answer: bytes) -> None:
+        """The host's copy behind a snapshot call moto accepted (see the module's doc)."""
+        def field(name: str) -> str:
+            m = re.search(rf"<{name}>([^<]+)</{name}>".encode(), answer)
+            return m.group(1).decode() if m else ""
+        if action == "CreateSnapshot":
+            self.host.request(op="snapshot", volume=form.get("VolumeId", ""), snapshot=field("snapshotId"))
+        elif action == "CreateVolume":
+            self.host.request(op="restore", volume=field("volumeId"), snapshot=form["SnapshotId"])
+        else:
+            self.host.request(op="delete-snapshot", volume="vol-0", snapshot=form.get("SnapshotId", ""))
 
     @staticmethod
     def _region(environ: dict[str, Any]) -> str:
@@ -126,7 +146,16 @@ class BridgedMoto:
             captured["status"], captured["headers"] = status, headers
             return lambda _data: None
 
+        if action == "CreateSnapshot" and form.get("VolumeId") in self.fail_snapshots:
+            error = (f"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>IncorrectState"
+                     f"</Code><Message>snapshot of {form['VolumeId']} refused (tests: fail_snapshots)</Message>"
+                     "</Error></Errors><RequestID>bridge</RequestID></Response>").encode()
+            start_response("400 Bad Request", [("Content-Type", "text/xml"), ("Content-Length", str(len(error)))])
+            return [error]
         chunks = b"".join(self.app(environ, capture))
+        if captured["status"].startswith("200") and (action in ("CreateSnapshot", "DeleteSnapshot") or (
+                action == "CreateVolume" and form.get("SnapshotId"))):
+            self._snapshot_data(action, form, chunks)
         if captured["status"].startswith("200") and action in ("AttachVolume", "DetachVolume", "DeleteVolume"):
             vol = form.get("VolumeId", "")
             node = self.node_of(form.get("InstanceId")) if action == "AttachVolume" else None
