@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -19,6 +20,15 @@ from dataclasses import dataclass
 from bsud.errors import CommandError, MissingToolsError
 from bsud.logs import get_logger
 from bsud.watch import operation
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    """The argv that runs ``python -m <module> <args>`` with this bsud importable, however bsud was started: the
+    Debian package's /usr/bin/bsud puts /opt/bsud/lib on its own ``sys.path``, which a child python does not inherit
+    (``-m`` alone: "No module named 'bsud'"). The module sees ``sys.argv[1:] == args`` as with ``-m``."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = f"import runpy, sys; sys.path.insert(0, {root!r}); runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"
+    return [sys.executable, "-s", "-c", code, *args]
 
 log = get_logger("bsud.runner")
 

@@ -45,7 +45,7 @@ def guards() -> list[int]:
                 argv = fh.read().split(b"\0")
         except (OSError, ValueError, IndexError):
             continue
-        if ppid == os.getpid() and b"bsud.backup.freeze" in argv:
+        if ppid == os.getpid() and any(b"bsud.backup.freeze" in word for word in argv):
             found.append(int(entry))
     return found
 

@@ -33,7 +33,7 @@ from bsud.host import mounts
 from bsud.host.filesystem import DriveFilesystem
 from bsud.logs import get_logger
 from bsud.naming import label_for, lv_mapper_path
-from bsud.runner import Runner
+from bsud.runner import Runner, python_module
 
 log = get_logger("bsud.backup.freeze")
 
@@ -118,7 +118,7 @@ class Guard:
         self.mount_point = mount_point
         read_end, self._write_end = os.pipe()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bsud.backup.freeze", mount_point, str(max_seconds)],
+            python_module("bsud.backup.freeze", mount_point, str(max_seconds)),
             stdin=read_end, stdout=subprocess.PIPE, close_fds=True, start_new_session=True)
         os.close(read_end)
         assert self.proc.stdout is not None

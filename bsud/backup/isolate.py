@@ -15,15 +15,15 @@ import os
 import subprocess
 import sys
 
-from bsud.runner import Runner
+from bsud.runner import Runner, python_module
 
 
 def isolated(runner: Runner, devices: list[str], commands: list[list[str]]) -> str:
     """Run ``commands`` (argument lists) where /dev holds only ``devices``; what they printed. A failure raises the
     runner's CommandError (with what the command said)."""
     spec = json.dumps({"devices": [os.path.realpath(d) for d in devices], "commands": commands})
-    return runner.run(["unshare", "--mount", "--propagation", "private", "--", sys.executable, "-m", "bsud.backup.isolate",
-                spec], timeout=600).stdout
+    return runner.run(["unshare", "--mount", "--propagation", "private", "--",
+                       *python_module("bsud.backup.isolate", spec)], timeout=600).stdout
 
 
 def main(argv: list[str]) -> int:
