@@ -44,6 +44,7 @@ from bsud.cloud import make_provider  # noqa: E402
 from bsud.cloud.local import LocalCloud  # noqa: E402
 from bsud.config import load_config  # noqa: E402
 from bsud.logs import configure_logging  # noqa: E402
+from tests.host.conftest import teardown_dir  # noqa: E402
 from tests.host.daemon_harness import DaemonHarness  # noqa: E402
 
 MIB = 1024**2
@@ -150,28 +151,15 @@ def by_hand(h: DaemonHarness, cloud: LocalCloud) -> tuple[float, float, list[str
     return freeze, time.monotonic() - started, made
 
 
-def loops_under(directory: Path) -> list[str]:
-    out = subprocess.run(["losetup", "--json", "--list"], capture_output=True, text=True).stdout
-    devices = json.loads(out).get("loopdevices", []) if out.strip() else []
-    return [d["name"] for d in devices if (d.get("back-file") or "").startswith(str(directory))]
-
-
 def release(directory: Path) -> None:
-    """What is left under ``directory`` after bsud's delete-drive (nothing, unless it failed): its mounts unmounted
-    (thawed first), its loop devices — only those backed by a file under it — detached, then the directory."""
+    """What is left under ``directory`` after bsud's delete-drive (nothing, unless it failed): its mounts thawed,
+    then unmounted and its loop devices — only those backed by a file under it — detached (the host tests'
+    teardown), then the directory."""
     with open("/proc/self/mountinfo") as fh:
         points = [line.split()[4] for line in fh if line.split()[4].startswith(str(directory))]
-    for point in sorted(points, reverse=True):
+    for point in points:
         subprocess.run(["fsfreeze", "--unfreeze", point], capture_output=True)
-        subprocess.run(["umount", "-l", point], capture_output=True)
-    for _ in range(20):
-        loops = loops_under(directory)
-        if not loops:
-            break
-        for dev in loops:
-            subprocess.run(["btrfs", "device", "scan", "--forget", dev], capture_output=True)
-            subprocess.run(["losetup", "-d", dev], capture_output=True)
-        time.sleep(0.2)
+    teardown_dir(directory)
     subprocess.run(["rm", "-rf", str(directory)], check=False)
 
 

@@ -168,21 +168,30 @@ def bsud(h: DaemonHarness, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+def snapshot_while_written(h: DaemonHarness, rate: float, settle: float = 2
+                           ) -> tuple[subprocess.CompletedProcess, Paced, int, int]:
+    """``bsud snapshot`` of the harness's drive while a :class:`Paced` writer appends to written.bin: the command
+    (it succeeded, and the writer saw no error), the writer (stopped), the blocks it had written before the command
+    started and when it returned."""
+    writer = Paced(h.mount / "written.bin", rate)
+    writer.start()
+    time.sleep(settle)
+    before = len(writer.blocks)
+    done = bsud(h, "snapshot", h.drive)
+    after = len(writer.blocks)
+    time.sleep(2)
+    writer.halt.set()
+    writer.join(60)
+    assert done.returncode == 0, done.stderr
+    assert writer.error is None, f"the writer failed during the snapshot: {writer.error}"
+    return done, writer, before, after
+
+
 def test_a_snapshot_set_of_a_two_volume_drive_while_written_restores_the_data_as_of_the_freeze(workdir: Path):
     h = two_volume_drive(workdir, "snapd")
     try:
         stable = checksums(h.mount)
-        writer = Paced(h.mount / "written.bin", 8e6)
-        writer.start()
-        time.sleep(2)
-        before_snapshot = len(writer.blocks)
-        done = bsud(h, "snapshot", "snapd")
-        after_snapshot = len(writer.blocks)
-        time.sleep(2)
-        writer.halt.set()
-        writer.join(30)
-        assert done.returncode == 0, done.stderr
-        assert writer.error is None, f"the writer failed during the snapshot: {writer.error}"
+        done, writer, before_snapshot, after_snapshot = snapshot_while_written(h, 8e6)
         print(f"\n{done.stdout.strip()}\nthe writer's longest wait for one block: {writer.longest:.2f} s")
         listed = json.loads(bsud(h, "snapshots", "--json").stdout)
         (snap_set,) = listed

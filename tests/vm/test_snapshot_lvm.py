@@ -23,7 +23,7 @@ import pytest
 from bsud.naming import SNAPSHOT_SET_TAG
 
 from ..host.daemon_harness import ROOT, DaemonHarness, checksums
-from ..host.test_snapshots import MIB, Paced, bsud, write_later
+from ..host.test_snapshots import MIB, bsud, snapshot_while_written, write_later
 from .conftest import ec2_harness
 
 pytestmark = pytest.mark.vm
@@ -58,17 +58,7 @@ def test_snapshot_sets_of_an_lvm_drive_restore_beside_it_and_never_stay_frozen(v
         stable = checksums(live.mount)
 
         # 1. A set taken while a writer appends fsynced blocks: the writer only waits.
-        writer = Paced(live.mount / "written.bin", 2e6)
-        writer.start()
-        time.sleep(3)
-        before = len(writer.blocks)
-        taken = bsud(live, "snapshot", "orig")
-        after = len(writer.blocks)
-        time.sleep(2)
-        writer.halt.set()
-        writer.join(60)
-        assert taken.returncode == 0, taken.stderr
-        assert writer.error is None, f"the writer failed during the snapshot: {writer.error}"
+        taken, writer, before, after = snapshot_while_written(live, 2e6, settle=3)
         set_id = taken.stdout.split(":")[0]
         figures.append(f"snapshot set of 2 volumes: {taken.stdout.strip()}; the writer's longest wait "
                        f"{writer.longest:.2f} s")
