@@ -79,10 +79,11 @@ def vm(bridge, tmp_path: Path):
     subprocess.run(["udevadm", "settle"], capture_output=True)
 
 
-def ec2_harness(vm: VmCloud, workdir: Path, drive: str, **drive_settings: object) -> DaemonHarness:
+def ec2_harness(vm: VmCloud, workdir: Path, drive: str, daemon: dict[str, object] | None = None,
+                **drive_settings: object) -> DaemonHarness:
     """A daemon on an lvm drive, the EC2 provider against the bridged moto (disks hot-plugged into the VM)."""
     return DaemonHarness(
-        workdir, drive=drive, layout="lvm",
+        workdir, drive=drive, layout="lvm", daemon=daemon,
         cloud={"provider": "ec2", "endpoint": vm.bridge.endpoint, "region": REGION, "instance-id": vm.instance_id,
                "availability-zone": ZONE, "api-calls-per-second": 50},
         extra={"authentication": {"access-key": "testing", "secret-key": "testing"}}, **drive_settings)
