@@ -354,23 +354,23 @@ class Bridge:
 # --- main ---------------------------------------------------------------------------------------
 
 #: Rough guest seconds per test file under TCG (measured), to split the lane over parallel guests.
-WEIGHTS = {  # guest seconds per file, two guests side by side: the CI run of 2026-12-05 at 4697091 (host lanes beside)
-    # runner 1 = exports + fill + ganesha 1327 s, systemd guest 833 s, pair 668 s; runner 2 = the rest 2414 s: each
-    # guest's files scaled to its measured total
-    "test_crash_lvm.py": 765,  # 560 MiB of data (thresholds 50/20 %)
-    "test_daemon_lvm.py": 400,  # 560 MiB per flavour; rate-peak 10 s: 264 s alone (was 690 under load)
-    "test_exports.py": 715,
-    "test_lvm_layout.py": 440,
-    "test_fill_lvm.py": 430,  # 1.25 GiB per rate
-    "test_faults_lvm.py": 420,  # + issue 21: a burst during a pvmove
-    "test_systemd.py": 625,  # issue 20's operator cases, the package installed and purged; bsud-snapshot@ twice
-    "test_ha_gateway.py": 235,  # + the systemd guest's boot (80 s), paid once for both files
-    "test_ganesha.py": 185,
-    "test_snapshot_lvm.py": 330,  # issue 24: a set while written, failed, killed twice, restored beside (248 s alone)
-    "test_devices.py": 33,
+WEIGHTS = {  # guest seconds per file, two guests side by side: the CI run of 2026-12-05 at 39940be (host lanes beside
+    # for the first ~21 minutes: a file then takes about twice its time alone); runner 1 = fill + daemon + ganesha
+    # 1312 s, systemd guest 864 s, pair 685 s; runner 2 = crash + exports + snapshot + faults + lvm layout 2610 s
+    "test_crash_lvm.py": 825,  # 560 MiB of data (thresholds 50/10 %), 21 kill points
+    "test_exports.py": 610,
+    "test_daemon_lvm.py": 565,  # 560 MiB per flavour; rate-peak 10 s: 264 s alone
+    "test_snapshot_lvm.py": 460,  # issue 24: a set while written, failed, killed twice, restored beside (248 s alone)
+    "test_fill_lvm.py": 455,  # 1.25 GiB per rate
+    "test_lvm_layout.py": 345,
+    "test_faults_lvm.py": 310,  # + issue 21: a burst during a pvmove
+    "test_ganesha.py": 190,
+    "test_devices.py": 30,
     "test_boot.py": 14,
-    "test_ha_grow.py": 520,  # a pair: both bsuds, DRBD, two grows, two kill -9 (460 s, the pair alone)
-    "test_ha_drbd.py": 190,  # a pair: guest a 183 s (a 256 MiB resync; the last grow --assume-clean: none)
+    "test_systemd.py": 620,  # issue 20's operator cases, the package installed and purged; bsud-snapshot@ twice
+    "test_ha_gateway.py": 244,  # + the systemd guest's boot, paid once for both files
+    "test_ha_grow.py": 500,  # a pair: both bsuds, DRBD, two grows, two kill -9
+    "test_ha_drbd.py": 185,  # a pair: a 256 MiB resync; the last grow --assume-clean: none
 }
 #: Test files that need systemd as PID 1: a runner's run in one guest of their own, booted with systemd.
 SYSTEMD_FILES = frozenset({"test_systemd.py",
