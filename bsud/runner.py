@@ -27,7 +27,8 @@ def python_module(module: str, *args: str) -> list[str]:
     Debian package's /usr/bin/bsud puts /opt/bsud/lib on its own ``sys.path``, which a child python does not inherit
     (``-m`` alone: "No module named 'bsud'"). The module sees ``sys.argv[1:] == args`` as with ``-m``."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    code = f"import runpy, sys; sys.path.insert(0, {root!r}); runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"
+    code = (f"import runpy, sys; sys.path.insert(0, {root!r}); "
+            f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)")
     return [sys.executable, "-s", "-c", code, *args]
 
 log = get_logger("bsud.runner")

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from bsud.cloud.base import Snapshot
-from bsud.naming import (COMPLETED, ERROR, PENDING, SNAPSHOT_CONFIRMED_TAG, SNAPSHOT_DRIVE_TAG, SNAPSHOT_FS_TAG, SNAPSHOT_INCOMPLETE_TAG,
-                         SNAPSHOT_LAYOUT_TAG, SNAPSHOT_MEMBER_TAG, SNAPSHOT_SET_TAG, SNAPSHOT_SIZE_TAG,
-                         SNAPSHOT_SOURCE_TAG, SNAPSHOT_TIME_TAG, member_place)
+from bsud.naming import (COMPLETED, ERROR, PENDING, SNAPSHOT_CONFIRMED_TAG, SNAPSHOT_DRIVE_TAG, SNAPSHOT_FS_TAG,
+                         SNAPSHOT_INCOMPLETE_TAG, SNAPSHOT_LAYOUT_TAG, SNAPSHOT_MEMBER_TAG, SNAPSHOT_SET_TAG,
+                         SNAPSHOT_SIZE_TAG, SNAPSHOT_SOURCE_TAG, SNAPSHOT_TIME_TAG, member_place)
 
 INCOMPLETE = "incomplete"
 
