@@ -84,8 +84,10 @@ def test_a_drive_oversized_by_a_burst_comes_back_to_its_ideal_size(harness: Daem
     sizes_after_burst = sorted(v["size_gib"] for v in grown["volumes"])
     assert sizes_after_burst[0] == 1 and max(sizes_after_burst) >= 4, sizes_after_burst
 
+    deleting = time.time()
     (h.mount / "burst.bin").unlink()
     subprocess.run(["btrfs", "filesystem", "sync", str(h.mount)], check=True)
+    deleted = time.time()
 
     used = (keep1.written + keep2.written)
     ideal = math.ceil(used / ((75 + 30) / 2 - 5) * 100 / GIB)
@@ -99,9 +101,14 @@ def test_a_drive_oversized_by_a_burst_comes_back_to_its_ideal_size(harness: Daem
     final = h.wait_for(f"the drive back to at most {ideal + 1} GiB", settled, timeout=120)
     counters.stop()
 
-    done = [r for r in removals(h.log_path) if r["start"] >= on_disk]
+    # A removal that ran while the test deleted the burst is not judged: the delete's commit writes to the devices
+    # that stay, and the burst's extents counted live when the removal was planned may be freed before or after
+    # their chunk is relocated (bench/cost.py, whose deletes race such a removal: 0.60 × in one run, 1.65 × in another).
+    started_after = [r for r in removals(h.log_path) if r["start"] >= on_disk]
+    done = [r for r in started_after if r["end"] is None or not (r["start"] < deleted and r["end"] > deleting)]
     assert done, h.tail()
-    lines = []
+    lines = [f"not judged (ran while the test deleted the burst): {r['volume']}" for r in started_after
+             if r not in done]
     for r in done:
         assert r["live"] is not None and r["end"] is not None, r
         moved = counters.written(r["start"], r["end"], r["volume"])
