@@ -67,7 +67,7 @@ def take_set(config: Config, drive: str, cloud: CloudProvider, runner: Runner | 
                           "the filesystem on the Primary instead)")
     rec = DriveReconciler(spec, cloud, CloudSnapshot(cloud, max_age=0), config.cloud.provider, runner,
                           nfs=config.nfs)
-    obs, _ = rec.plan_now()
+    obs, _ = rec.observe()
     if obs.storage.missing:
         raise BackupError(f"drive {drive!r} is not whole ({obs.storage.missing}); no snapshot set of it now")
     members = [v for v in obs.volumes if v.member and v.device]
