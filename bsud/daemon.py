@@ -301,7 +301,8 @@ class Daemon:
         ident = self.cloud.identity()
         log.info("bsud starting", version=__version__, instance=ident.instance_id, zone=ident.availability_zone,
                  provider=self.config.cloud.provider.value, drives=[d.name for d in self.config.drives])
-        thaw_drives_left_frozen(self.config.drives, Runner())  # a snapshot's freeze never outlives its bsud
+        # a snapshot's freeze never outlives its bsud (one that runs now keeps its own)
+        thaw_drives_left_frozen(self.config.drives, Runner(), self.config.daemon.status_file)
         signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
         signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
         signal.signal(signal.SIGHUP, lambda *_: self.reload_event.set())

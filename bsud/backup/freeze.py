@@ -31,6 +31,7 @@ from bsud.config import DriveConfig
 from bsud.errors import BsudError
 from bsud.host import mounts
 from bsud.host.filesystem import DriveFilesystem
+from bsud.lock import snapshot_running
 from bsud.logs import get_logger
 from bsud.naming import label_for, lv_mapper_path
 from bsud.runner import Runner, python_module
@@ -89,13 +90,17 @@ def thaw_if_frozen(mount_point: str, drive: str) -> bool:
     return thawed
 
 
-def thaw_drives_left_frozen(drives: Iterable[DriveConfig], runner: Runner) -> list[str]:
+def thaw_drives_left_frozen(drives: Iterable[DriveConfig], runner: Runner, status_file: str | None = None) -> list[str]:
     """At the daemon's start: each drive mounted on its path (bsud's btrfs: its label, or its LV) and frozen is
-    thawed. The drives thawed."""
+    thawed — but for a drive a ``bsud snapshot`` is taking a set of now (its lock, next to ``status_file``): that
+    freeze is the snapshot's, and its guard thaws it. The drives thawed."""
     thawed = []
     for spec in drives:
         entry = mounts.mount_at(spec.mount_path)
         if entry is None or entry.fstype != "btrfs" or spec.ha is not None:
+            continue
+        if status_file is not None and snapshot_running(status_file, spec.name):
+            log.info("a 'bsud snapshot' of the drive is running: its freeze, if any, is left to it", drive=spec.name)
             continue
         if entry.source != lv_mapper_path(spec.name):
             try:
@@ -128,10 +133,13 @@ class Guard:
             raise FreezeError(f"the freeze guard of {mount_point} did not start")
 
     def close(self, thawed: bool) -> None:
-        """bsud thawed (``thawed``): the guard leaves; else it thaws now."""
+        """bsud thawed (``thawed``): the guard leaves; else it thaws now. A guard gone already (it thawed at
+        ``max_seconds``) is not told."""
         try:
             if thawed:
                 os.write(self._write_end, b"thawed\n")
+        except BrokenPipeError:
+            pass
         finally:
             os.close(self._write_end)
         try:
@@ -142,9 +150,14 @@ class Guard:
 
 @contextlib.contextmanager
 def frozen(mount_point: str, max_seconds: float = MAX_FREEZE_SECONDS) -> Iterator[float]:
-    """The filesystem frozen for the block (yields when the freeze began, monotonic); thawed in every path."""
+    """The filesystem frozen for the block (yields when the freeze began, monotonic); thawed in every path.
+
+    Raises :class:`FreezeError` after a block that ended normally when the filesystem was no longer frozen at its
+    end: something thawed it meanwhile (the guard at ``max_seconds``, a ``fsfreeze -u``, a daemon starting), and
+    what the block did was not done at one instant."""
     guard = Guard(mount_point, max_seconds)
     thawed = True  # until bsud froze it: a freeze refused (another tool's, EBUSY) is not the guard's to undo
+    held = True
     try:
         freeze(mount_point)
         thawed = False
@@ -152,9 +165,13 @@ def frozen(mount_point: str, max_seconds: float = MAX_FREEZE_SECONDS) -> Iterato
         try:
             yield began
         finally:
-            thawed = thaw(mount_point) or True
+            held = thaw(mount_point)
+            thawed = True
     finally:
         guard.close(thawed)
+    if not held:
+        raise FreezeError(f"{mount_point} was thawed by something else while it was to be frozen (after "
+                          f"{time.monotonic() - began:.1f} s; the guard thaws at {max_seconds:g} s): not one instant")
 
 
 def guard_main(mount_point: str, max_seconds: float) -> int:

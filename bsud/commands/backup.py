@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from bsud.commands.common import EXIT_ERROR, EXIT_OK, say
 from bsud.config import Config
 from bsud.errors import BsudError
+from bsud.lock import snapshot_lock
+
+if TYPE_CHECKING:
+    from bsud.cloud.base import CloudProvider
 
 
 def cmd_snapshot(config: Config, drive: str, keep: int | None = None) -> int:
-    from bsud.backup.take import prune, take_set
     from bsud.cloud import make_provider
 
     if keep is not None and keep < 1:
@@ -20,10 +24,17 @@ def cmd_snapshot(config: Config, drive: str, keep: int | None = None) -> int:
         return EXIT_ERROR
     cloud = make_provider(config)
     try:
-        taken = take_set(config, drive, cloud)
+        with snapshot_lock(config.daemon.status_file, drive):
+            return _snapshot(config, drive, keep, cloud)
     except BsudError as exc:
         say(f"bsud: snapshot: {exc}")
         return EXIT_ERROR
+
+
+def _snapshot(config: Config, drive: str, keep: int | None, cloud: CloudProvider) -> int:
+    from bsud.backup.take import prune, take_set
+
+    taken = take_set(config, drive, cloud)  # a BsudError: said by the caller
     s = taken.set
     frozen = f"frozen {taken.freeze_seconds:.2f} s" if taken.freeze_seconds is not None else "not mounted: not frozen"
     print(f"{s.id}: drive {s.drive}, {len(s.members)} volumes "
@@ -69,7 +80,10 @@ def cmd_delete_snapshot_set(config: Config, set_ids: list[str], yes: bool) -> in
             say("bsud: delete-snapshot-set: this deletes backups; refusing without --yes (stdin is not a terminal "
                 "to ask on)")
             return EXIT_ERROR
-        answer = input(f"Delete snapshot set{'s' if len(set_ids) > 1 else ''} {' '.join(set_ids)}? Type yes: ")
+        try:
+            answer = input(f"Delete snapshot set{'s' if len(set_ids) > 1 else ''} {' '.join(set_ids)}? Type yes: ")
+        except EOFError:  # Ctrl-D: no answer
+            answer = ""
         if answer.strip() != "yes":
             say("bsud: delete-snapshot-set: not confirmed; nothing deleted", 6)
             return EXIT_ERROR

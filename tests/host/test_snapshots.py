@@ -16,13 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from bsud.backup.freeze import FIFREEZE, FITHAW, FreezeError, frozen, thaw_if_frozen
+from bsud.backup.freeze import FIFREEZE, FITHAW, FreezeError, frozen, thaw_drives_left_frozen, thaw_if_frozen
 from bsud.backup.sets import INCOMPLETE, group
 from bsud.backup.take import BackupError, take_set
 from bsud.cloud.local import LocalCloud
 from bsud.config import load_config
 from bsud.host import mounts
-from bsud.naming import COMPLETED, SNAPSHOT_INCOMPLETE_TAG
+from bsud.lock import snapshot_lock
+from bsud.naming import COMPLETED, SNAPSHOT_INCOMPLETE_TAG, label_for
+from bsud.runner import Runner
 
 from .conftest import teardown_dir
 from .daemon_harness import ROOT, DaemonHarness, checksums
@@ -372,3 +374,60 @@ def test_a_filesystem_frozen_by_another_tool_is_refused_and_left_frozen(btrfs_mo
         subprocess.run(["fsfreeze", "--unfreeze", str(btrfs_mount)], check=True)
     thread.join(10)
     assert done
+
+
+def test_a_freeze_thawed_by_something_else_meanwhile_is_an_error(btrfs_mount: Path):
+    # e.g. a daemon starting, or another tool's fsfreeze -u, while the volumes are snapshotted: not one instant
+    with pytest.raises(FreezeError, match="was thawed by something else while it was to be frozen"):
+        with frozen(str(btrfs_mount)):
+            subprocess.run(["fsfreeze", "--unfreeze", str(btrfs_mount)], check=True)
+    thread, done = write_later(btrfs_mount / "after.bin")
+    thread.join(10)
+    assert done
+
+
+def test_the_daemons_start_leaves_a_running_snapshots_freeze_to_it(btrfs_loop, workdir: Path):
+    loop, point = btrfs_loop
+    subprocess.run(["btrfs", "filesystem", "label", loop, label_for("snapd")], check=True)
+    subprocess.run(["mount", loop, point], check=True)
+    config = workdir / "bsud.json"
+    status = str(workdir / "status.json")
+    config.write_text(json.dumps({
+        "cloud": {"provider": "local", "state-dir": str(workdir / "state"), "instance-id": "i-lock"},
+        "daemon": {"status-file": status},
+        "drives": [{"name": "snapd", "target": "online", "mount-path": point}]}))
+    drives = load_config(str(config)).drives
+    with snapshot_lock(status, "snapd"), frozen(point):
+        assert thaw_drives_left_frozen(drives, Runner(), status) == []
+        thread, done = write_later(Path(point) / "held.bin")
+        time.sleep(0.5)
+        assert done == [], "the daemon's start thawed a running snapshot's freeze"
+    thread.join(10)
+    assert done
+    # no snapshot running: a freeze left behind is the daemon's to thaw
+    subprocess.run(["fsfreeze", "--freeze", point], check=True)
+    assert thaw_drives_left_frozen(drives, Runner(), status) == ["snapd"]
+
+
+def test_a_freeze_the_guard_ended_at_its_limit_is_an_error_not_a_broken_pipe(btrfs_mount: Path):
+    with pytest.raises(FreezeError, match="the guard thaws at 1 s"):
+        with frozen(str(btrfs_mount), max_seconds=1):
+            time.sleep(2.5)  # an API call hanging: the guard thaws and leaves
+
+
+def test_a_set_of_a_drive_not_mounted_records_its_filesystems_uuid_from_its_device(workdir: Path):
+    # without it, a restore beside the drive could not give the copy a new UUID: two filesystems of one UUID
+    h = DaemonHarness(workdir, drive="snapu")
+    try:
+        h.start()
+        h.wait_online(volumes=1)
+        uuid = subprocess.run(["findmnt", "-n", "-o", "UUID", str(h.mount)], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        assert h.stop() == 0
+        subprocess.run(["umount", str(h.mount)], check=True)
+        config = load_config(h.config_path)
+        taken = take_set(config, "snapu", LocalCloud(config.cloud))
+        assert taken.freeze_seconds is None  # nothing mounted: nothing to freeze
+        assert uuid and taken.set.fs_uuid == uuid and taken.set.restorable
+    finally:
+        h.close()
