@@ -107,6 +107,8 @@ def group(snapshots: Iterable[Snapshot]) -> list[SnapshotSet]:
         lacking = [str(i) for i in range(count) if i not in members]
         if lacking:
             problems.append(f"no snapshot of member{'s' if len(lacking) > 1 else ''} {', '.join(lacking)} of {count}")
+        if not first.get(SNAPSHOT_FS_TAG):
+            problems.append("no filesystem UUID recorded: a copy restored beside the drive would share its UUID")
         if not problems and any(not snap.tags.get(SNAPSHOT_CONFIRMED_TAG) for snap in snaps):
             problems.append("never confirmed: its 'bsud snapshot' did not end (killed after the snapshots were "
                             "started, or running still)")

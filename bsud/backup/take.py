@@ -28,10 +28,11 @@ from datetime import datetime, timezone
 from bsud.backup.freeze import frozen, thaw_if_frozen
 from bsud.backup.sets import SnapshotSet, group, member_tags, new_set_id, superseded
 from bsud.cloud.base import CloudProvider, Snapshot
-from bsud.config import Config
+from bsud.config import Config, DriveConfig, Layout
 from bsud.errors import BsudError
+from bsud.host.safety import probe
 from bsud.logs import get_logger
-from bsud.naming import SNAPSHOT_CONFIRMED_TAG, SNAPSHOT_INCOMPLETE_TAG, SNAPSHOT_SET_TAG
+from bsud.naming import SNAPSHOT_CONFIRMED_TAG, SNAPSHOT_INCOMPLETE_TAG, SNAPSHOT_SET_TAG, lv_path
 from bsud.reconcile.engine import DriveReconciler
 from bsud.reconcile.model import VolumeObs
 from bsud.reconcile.observe import CloudSnapshot
@@ -79,7 +80,7 @@ def take_set(config: Config, drive: str, cloud: CloudProvider, runner: Runner | 
                  "until its removal ends)", drive=drive, volumes=removing)
     if obs.mounted:
         thaw_if_frozen(spec.mount_path, drive)
-    fs = rec.layout.fs.show(spec.mount_path) if obs.mounted else None
+    fs_uuid = _fs_uuid(spec, rec, obs.mounted, [v.device for v in members if v.device], rec.layout.runner)
     when = datetime.now(timezone.utc)
     set_id = new_set_id(drive, when)
     extra = {**config.cloud.tags, **(spec.tags or {})}
@@ -90,7 +91,7 @@ def take_set(config: Config, drive: str, cloud: CloudProvider, runner: Runner | 
     try:
         with frozen(spec.mount_path) if obs.mounted else contextlib.nullcontext(time.monotonic()) as began:
             start_snapshots(cloud, members, made, lambda index, vol: member_tags(
-                set_id, drive, index, len(members), spec.layout.value, vol.id, vol.size_gib, fs.uuid if fs else "",
+                set_id, drive, index, len(members), spec.layout.value, vol.id, vol.size_gib, fs_uuid,
                 when, extra), f"bsud snapshot set {set_id}: drive {drive}")
             now = rec.layout.observe(paths)
             if now.missing or set(now.members) != set(paths):
@@ -117,6 +118,27 @@ def take_set(config: Config, drive: str, cloud: CloudProvider, runner: Runner | 
     log.info("snapshot set taken", drive=drive, set=set_id, volumes=len(made), freeze_seconds=freeze_seconds,
              seconds=round(time.monotonic() - started, 3))
     return Taken(taken, freeze_seconds, time.monotonic() - started)
+
+
+def _fs_uuid(spec: DriveConfig, rec: DriveReconciler, mounted: bool, devices: list[str], runner: Runner) -> str:
+    """The UUID of the drive's btrfs, which a restore beside the original must change (two filesystems of one UUID
+    on a VM are one to the kernel): from the mount, else from the superblock of its first device (the LV)."""
+    uuid = ""
+    if mounted:
+        found = rec.layout.fs.show(spec.mount_path)
+        uuid = found.uuid if found is not None else ""
+    else:
+        device = lv_path(spec.name) if spec.layout is Layout.LVM else (devices[0] if devices else "")
+        try:
+            seen = probe(runner, device).blkid if device else {}
+        except BsudError:
+            seen = {}
+        uuid = seen.get("UUID", "") if seen.get("TYPE") == "btrfs" else ""
+    if not uuid:
+        raise BackupError(f"drive {spec.name!r}: its filesystem's UUID cannot be read "
+                          f"({'mounted' if mounted else 'not mounted'}); a set without it could not be restored "
+                          "beside the drive. Bring the drive online and take the set again")
+    return uuid
 
 
 def start_snapshots(cloud: CloudProvider, members: list[VolumeObs], made: list[Snapshot],

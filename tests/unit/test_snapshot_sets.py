@@ -7,8 +7,8 @@ from datetime import datetime, timezone
 
 from bsud.backup.sets import INCOMPLETE, group, member_tags, new_set_id, superseded
 from bsud.cloud.base import Snapshot
-from bsud.naming import (COMPLETED, ERROR, PENDING, SNAPSHOT_CONFIRMED_TAG, SNAPSHOT_INCOMPLETE_TAG,
-                         SNAPSHOT_MEMBER_TAG)
+from bsud.naming import (COMPLETED, ERROR, PENDING, SNAPSHOT_CONFIRMED_TAG, SNAPSHOT_FS_TAG,
+                         SNAPSHOT_INCOMPLETE_TAG, SNAPSHOT_MEMBER_TAG)
 
 WHEN = datetime(2026, 12, 5, 11, 0, 0, tzinfo=timezone.utc)
 
@@ -48,6 +48,14 @@ def test_a_member_tag_that_makes_no_sense_is_a_problem():
     bad = Snapshot(**{**bad.__dict__, "tags": {**bad.tags, SNAPSHOT_MEMBER_TAG: "2/1"}})
     (found,) = group([bad])
     assert found.problems[0] == "s1 has no valid member tag" and not found.restorable
+
+
+def test_a_set_without_its_filesystems_uuid_is_never_restorable():
+    # a copy restored beside the drive must get a new UUID, which only the recorded one tells apart
+    bare = snap("s1", "a", 0, 1, **{SNAPSHOT_FS_TAG: ""})
+    (found,) = group([bare])
+    assert found.problems == ("no filesystem UUID recorded: a copy restored beside the drive would share its UUID",)
+    assert found.state == INCOMPLETE and not found.restorable
 
 
 def test_set_ids_sort_by_time_and_name_the_drive():
