@@ -1,10 +1,11 @@
 """Whether a volume may leave a drive: the drive's used % once capacity is gone, the writes that hold a removal
 back, and when a removal under way is abandoned. Pure.
 
-One formula says what a removal leaves (:func:`used_percent_after`): the data pool as btrfs counts it (``used +
-free``) less the bytes of the filesystem that go. The rule that starts a removal (a replacement at max-bsu-count,
-a way down in ``bsud.reconcile.shrink``), the one that holds it back for a burst and the one that abandons it all
-count with it, so that what one allows the other does not undo at once.
+One formula says what a removal leaves (:func:`used_percent_after`, :func:`usage_after`): the data pool as btrfs
+counts it (``used + free``) less the bytes of the filesystem that go, and the metadata pool less its share of them.
+The rule that starts a removal (a replacement at max-bsu-count, a way down in ``bsud.reconcile.shrink``), the one
+that holds it back for a burst and the one that abandons it all count with it, so that what one allows the other
+does not undo at once.
 """
 
 from __future__ import annotations
@@ -38,6 +39,20 @@ def ideal_bytes(spec: DriveConfig, usage: UsageObs) -> int:
 def data_capacity_after(usage: UsageObs, removed_bytes: int) -> int:
     """The data pool once ``removed_bytes`` of the filesystem are gone (what its used % is counted on)."""
     return usage.used + usage.free - removed_bytes
+
+
+def usage_after(usage: UsageObs, removed_bytes: int) -> UsageObs:
+    """The drive's space once ``removed_bytes`` of the filesystem are gone: the data pool less them, and the
+    metadata pool less its share of them — its free room counts the unallocated space, which a removal takes, at
+    two device bytes a byte (DUP). A removal judged on the data alone can leave the metadata full: the trigger then
+    grows the drive again, the shrink removes the volume again, for ever."""
+    return replace(usage, free=max(0, usage.free - removed_bytes),
+                   metadata_free=max(0, usage.metadata_free - removed_bytes // 2))
+
+
+def metadata_percent_after(usage: UsageObs, removed_bytes: int) -> float:
+    """Metadata used % once ``removed_bytes`` of the filesystem are gone (see :func:`usage_after`)."""
+    return usage_after(usage, removed_bytes).metadata_percent
 
 
 def used_percent_after(usage: UsageObs, removed_bytes: int) -> float:
@@ -89,5 +104,5 @@ def removal_no_longer_fits(spec: DriveConfig, usage: UsageObs, pace: Pace, membe
     Its used % is :func:`used_percent_after` (the trigger's first rule reads it on the drive without the volume):
     a removal is abandoned at ``max-used-space-perc`` counted as it was started, on the data pool."""
     gone = leaving_bytes(usage, members, volume)
-    up = scale_up_reason(spec, replace(usage, free=max(0, usage.free - gone)), pace)
+    up = scale_up_reason(spec, usage_after(usage, gone), pace)
     return f"the drive needs space ({up})" if up else None

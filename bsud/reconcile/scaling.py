@@ -16,7 +16,7 @@ import math
 from bsud.config import DriveConfig
 from bsud.naming import REMOVING
 from bsud.reconcile.model import CreateVolume, Direction, MarkVolume, Pace, ScaleDecision, UsageObs, VolumeObs
-from bsud.reconcile.removal import burst_blocks_removal, used_percent_after
+from bsud.reconcile.removal import burst_blocks_removal, metadata_percent_after, used_percent_after
 from bsud.reconcile.shrink import shrink_decision
 from bsud.reconcile.trigger import rate_sized, rate_text, scale_up_reason, time_to_full
 
@@ -53,7 +53,8 @@ def _replace_smallest(spec: DriveConfig, members: list[VolumeObs], usage: UsageO
     smallest = min(members, key=lambda v: (v.size_gib, v.id))
     after = used_percent_after(usage, smallest.size_bytes)
     burst = burst_blocks_removal(spec, usage, pace, smallest.size_bytes)
-    if after < spec.max_used_space_perc and burst is None:
+    metadata_fits = metadata_percent_after(usage, smallest.size_bytes) < spec.max_used_space_perc
+    if after < spec.max_used_space_perc and metadata_fits and burst is None:
         why = f"{count} volumes reach max-bsu-count {spec.max_bsu_count}"
         return ScaleDecision(MarkVolume(volume_id=smallest.id, value=REMOVING,
                                         reason=f"{why}: replacing the smallest ({smallest.size_gib} GiB) keeps a "
@@ -61,7 +62,8 @@ def _replace_smallest(spec: DriveConfig, members: list[VolumeObs], usage: UsageO
                              Direction.DOWN, why)
     if up:
         return ScaleDecision(reason=up, note=(f"{up}, but {count} volumes is max-bsu-count and "
-                                              + (burst or "the data would not fit without the smallest")
+                                              + (burst or ("the data" if metadata_fits else "its metadata")
+                                                 + " would not fit without the smallest")
                                               + f"; raise max-bsu-count or free space{_left_text(usage, pace)}"))
     return ScaleDecision()
 

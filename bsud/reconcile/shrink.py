@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from bsud.config import DriveConfig
 from bsud.naming import GIB, REMOVING
 from bsud.reconcile.model import CreateVolume, Direction, MarkVolume, Pace, ScaleDecision, UsageObs, VolumeObs
-from bsud.reconcile.removal import (IDEAL_MARGIN, burst_blocks_removal, ideal_bytes, middle_percent,
-                                    used_percent_after)
+from bsud.reconcile.removal import (IDEAL_MARGIN, burst_blocks_removal, ideal_bytes, metadata_percent_after,
+                                    middle_percent, used_percent_after)
 
 MIB = 1024**2
 #: A volume is added to move data onto (a replacement) only when the drive ends up at most this fraction of its
@@ -87,10 +87,15 @@ def shrink_options(spec: DriveConfig, members: list[VolumeObs], usage: UsageObs,
     def used_at(capacity_gib: int) -> float:
         return used_percent_after(usage, (total - capacity_gib) * GIB)
 
+    def fits(capacity_gib: int, limit: float) -> bool:
+        # the data, and the metadata too: a drive whose metadata the removal fills is grown again at once
+        removed = (total - capacity_gib) * GIB
+        return used_percent_after(usage, removed) <= limit and metadata_percent_after(usage, removed) <= limit
+
     # The ideal size counted as the drive will be (its metadata and system chunks take their share of any size):
     # one counted on the data alone can end over the middle, where the next plan would take the new volume out again
     ideal_gib = math.ceil(ideal_bytes(spec, usage) / GIB)
-    while ideal_gib < total and used_at(ideal_gib) > max(middle - IDEAL_MARGIN, 1.0):
+    while ideal_gib < total and not fits(ideal_gib, max(middle - IDEAL_MARGIN, 1.0)):
         ideal_gib += 1
 
     def order(removed: list[VolumeObs]) -> tuple[str, ...]:
@@ -105,18 +110,18 @@ def shrink_options(spec: DriveConfig, members: list[VolumeObs], usage: UsageObs,
         if not removed:
             continue
         after = used_at(cap)
-        if cap >= spec.initial_size_gib and after <= middle:
+        if cap >= spec.initial_size_gib and fits(cap, middle):
             options.append(Shrink(
                 keep=tuple(v.id for v in keep), remove=order(removed), add_gib=0, add_first=False,
                 moved=all_live - kept, capacity_gib=cap, used_after=after,
                 converged=after > spec.min_used_space_perc or cap <= ideal_gib))
         add = ideal_gib - cap
-        if add < 1 or add > max_volume_gib or ideal_gib > total * REPLACE_AT_MOST or used_at(ideal_gib) > middle:
+        if add < 1 or add > max_volume_gib or ideal_gib > total * REPLACE_AT_MOST or not fits(ideal_gib, middle):
             continue
         slot = len(members) + 1 <= spec.max_bsu_count
         room = spec.max_total_size_gib is None or total + add <= spec.max_total_size_gib
         first = slot and room
-        if not first and not (keep and after <= middle):
+        if not first and not (keep and fits(cap, middle)):
             continue  # no room to add it first, and the data does not fit on what stays until it comes
         options.append(Shrink(
             keep=tuple(v.id for v in keep), remove=order(removed), add_gib=add, add_first=first,
