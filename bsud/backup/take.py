@@ -74,6 +74,11 @@ def take_set(config: Config, drive: str, cloud: CloudProvider, runner: Runner | 
     members = [v for v in obs.volumes if v.member and v.device]
     if not members:
         raise BackupError(f"drive {drive!r} has no volume in use on this VM to snapshot (is it online?)")
+    if obs.storage.move_in_progress:
+        # A pvmove copies extents under the filesystem, which a freeze does not hold: the snapshots of its source and
+        # its destination could disagree on where the LV's data is.
+        raise BackupError(f"drive {drive!r}: a pvmove of its data is in progress (a volume being removed); no "
+                          "snapshot set of it until it ends")
     removing = [v.id for v in members if v.bookkeeping]
     if removing:
         log.info("a volume of the drive is being removed; it is in the set all the same (part of the filesystem "
@@ -94,8 +99,9 @@ def take_set(config: Config, drive: str, cloud: CloudProvider, runner: Runner | 
                 set_id, drive, index, len(members), spec.layout.value, vol.id, vol.size_gib, fs_uuid,
                 when, extra), f"bsud snapshot set {set_id}: drive {drive}")
             now = rec.layout.observe(paths)
-            if now.missing or set(now.members) != set(paths):
-                seen = now.missing or f"members now: {', '.join(sorted(now.members))}"
+            if now.missing or set(now.members) != set(paths) or now.move_in_progress:
+                seen = now.missing or ("a pvmove started" if now.move_in_progress else
+                                       f"members now: {', '.join(sorted(now.members))}")
                 changed = (f"the drive's volumes changed while it was frozen ({seen}): a grow or a removal of "
                            "bsud's daemon; take another set")
             if obs.mounted:
