@@ -20,7 +20,7 @@ import os
 from bsud.backup.isolate import isolated
 from bsud.backup.sets import SnapshotSet, group
 from bsud.cloud.base import CloudProvider, VolumeOptions
-from bsud.config import DriveConfig, Layout
+from bsud.config import DriveConfig, Layout, Provider
 from bsud.errors import BsudError, CommandError
 from bsud.host.lvm import Lvm
 from bsud.host.safety import probe
@@ -51,9 +51,10 @@ def restorable_set(cloud: CloudProvider, spec: DriveConfig, set_id: str) -> Snap
     return found
 
 
-def restore_volumes(cloud: CloudProvider, spec: DriveConfig, set_id: str, timeout: float) -> bool:
-    """One volume per member of the set not made yet (tagged with the drive and ``RESTORED_FROM_TAG``); False when
-    all were made already."""
+def restore_volumes(cloud: CloudProvider, spec: DriveConfig, provider: Provider, set_id: str, timeout: float) -> bool:
+    """One volume per member of the set not made yet (tagged with the drive and ``RESTORED_FROM_TAG``), with the
+    drive's volume options (type, IOPS, throughput, encryption: an io1 volume needs its IOPS, and a drive asked
+    encrypted gets encrypted copies); False when all were made already."""
     snap_set = restorable_set(cloud, spec, set_id)
     made = {v.tags.get(RESTORED_FROM_TAG) for v in cloud.list_volumes() if v.drive == spec.name}
     created = False
@@ -62,8 +63,8 @@ def restore_volumes(cloud: CloudProvider, spec: DriveConfig, set_id: str, timeou
         if tag in made:
             continue
         size = int(snap.tags.get(SNAPSHOT_SIZE_TAG) or snap.size_gib)
-        vol = cloud.create_volume(spec.name, size, spec.disk_type.value, VolumeOptions(
-            tags={**(spec.tags or {}), RESTORED_FROM_TAG: tag}, snapshot_id=snap.id))
+        vol = cloud.create_volume(spec.name, size, spec.disk_type.value, VolumeOptions.for_drive(
+            spec, provider, size, {RESTORED_FROM_TAG: tag}, snapshot_id=snap.id))
         log.info("volume made from a snapshot", drive=spec.name, set=set_id, member=index, snapshot=snap.id,
                  volume=vol.id, size_gib=size)
         cloud.wait_available(vol.id, timeout=timeout)

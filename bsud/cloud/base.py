@@ -19,7 +19,7 @@ from bsud.logs import get_logger
 from bsud.naming import AVAILABLE, DELETED, DRIVE_TAG, ERROR, device_suffix
 
 if TYPE_CHECKING:
-    from bsud.config import Config
+    from bsud.config import Config, DriveConfig, Provider
 
 log = get_logger("bsud.cloud")
 
@@ -51,6 +51,20 @@ class VolumeOptions:
     tags: Mapping[str, str] = field(default_factory=dict)  # the user's, beside bsud's own
     #: Made from this snapshot (its content, at least its size): a restore (``from-snapshot-set``).
     snapshot_id: str | None = None
+
+    @classmethod
+    def for_drive(cls, spec: DriveConfig, provider: Provider, size_gib: int, tags: Mapping[str, str],
+                  snapshot_id: str | None = None) -> VolumeOptions:
+        """A volume of ``size_gib`` for the drive ``spec`` (a new one, or one made from a snapshot): its IOPS (per
+        GiB where the drive asks, within the type's limits), throughput, encryption, the user's tags and ``tags``."""
+        from bsud.config import provisioned_iops, volume_limits
+
+        limits = volume_limits(provider, spec.disk_type)
+        iops = spec.disk_iops
+        if spec.disk_iops_per_gib is not None and limits is not None and limits.max_iops_per_gib:
+            iops = provisioned_iops(size_gib, spec.disk_iops_per_gib, limits)
+        return cls(iops=iops, throughput=spec.disk_throughput, encrypted=bool(spec.encrypted),
+                   kms_key_id=spec.kms_key_id, tags={**(spec.tags or {}), **tags}, snapshot_id=snapshot_id)
 
 
 @dataclass(frozen=True)

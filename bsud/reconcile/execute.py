@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 
 from bsud.backup.restore import adopt, restore_volumes
 from bsud.cloud.base import CloudProvider, VolumeOptions
-from bsud.config import DriveConfig, Provider, provisioned_iops, volume_limits
+from bsud.config import DriveConfig, Provider
 from bsud.config.mount_options import missing as missing_options
 from bsud.errors import AttachmentLimitError, BsudError
 from bsud.host import mounts
@@ -120,7 +120,8 @@ class Executor:
             case ApplyMountOptions():
                 changed = self._apply_mount_options()
             case RestoreVolumes():
-                changed = restore_volumes(self.cloud, self.spec, action.set_id, self.attach_timeout)
+                changed = restore_volumes(self.cloud, self.spec, self.provider, action.set_id,
+                                          self.attach_timeout)
             case AdoptRestored():
                 changed = adopt(self.cloud, self.spec, action.set_id, self._restored_devices(), self.layout.runner)
             case ApplyExports():
@@ -175,14 +176,9 @@ class Executor:
         spec = self.spec
         for_peer = isinstance(action, CreatePeerVolume)
         drive = self._peer_drive(action.peer_drive) if for_peer else spec.name
-        limits = volume_limits(self.provider, spec.disk_type)
-        iops = spec.disk_iops
-        if spec.disk_iops_per_gib is not None and limits is not None and limits.max_iops_per_gib:
-            iops = provisioned_iops(action.size_gib, spec.disk_iops_per_gib, limits)
         # Marked new from its first moment: a volume never attached holds nothing, and can be deleted unseen if the
         # VM takes no more volumes (the mark is dropped as soon as it is attached).
-        options = VolumeOptions(iops=iops, throughput=spec.disk_throughput, encrypted=bool(spec.encrypted),
-                                kms_key_id=spec.kms_key_id, tags={**(spec.tags or {}), STATE_TAG: NEW})
+        options = VolumeOptions.for_drive(spec, self.provider, action.size_gib, {STATE_TAG: NEW})
         vol = self.cloud.create_volume(drive, action.size_gib, spec.disk_type.value, options)
         self.created = vol.id
         if for_peer:

@@ -8,8 +8,10 @@ from datetime import datetime, timezone
 
 import pytest
 
+from bsud.backup.restore import restore_volumes
 from bsud.backup.sets import group, member_tags
 from bsud.cloud.base import VolumeOptions
+from bsud.config import DiskType, DriveConfig, Layout, Provider, Target
 from bsud.naming import COMPLETED, SNAPSHOT_CONFIRMED_TAG, SNAPSHOT_INCOMPLETE_TAG
 
 pytestmark = pytest.mark.cloud
@@ -57,3 +59,23 @@ def test_the_preflight_notes_snapshot_calls_the_credentials_may_not_make(narrow_
     assert notes == ["snapshots: the cloud refuses ec2:DescribeSnapshots, ec2:CreateSnapshot, ec2:DeleteSnapshot to "
                      "these credentials: 'bsud snapshot' and drives made from a snapshot set will fail; grant them "
                      "if you take snapshots (docs/cloud.md)"]
+
+
+def test_volumes_restored_from_a_set_get_the_drives_volume_options(cloud, ec2):
+    # an io1 volume is refused without its IOPS; a drive asked encrypted gets encrypted copies
+    vols = [cloud.create_volume("orig", size, "gp2") for size in (4, 8)]
+    when = datetime(2026, 12, 5, 19, 0, 0, tzinfo=timezone.utc)
+    made = [cloud.create_snapshot(v.id, f"member {i}", member_tags("orig-x", "orig", i, 2, "btrfs", v.id,
+                                                                     v.size_gib, "uuid-2", when))
+            for i, v in enumerate(vols)]
+    cloud.tag_snapshots([s.id for s in made], SNAPSHOT_CONFIRMED_TAG, "2026-12-05T19:00:05Z")
+    spec = DriveConfig(name="copy", target=Target.ONLINE, mount_path="/mnt/copy", layout=Layout.BTRFS,
+                       disk_type=DiskType.IO1, disk_iops_per_gib=50, encrypted=True, from_snapshot_set="orig-x",
+                       tags={"team": "b"})
+    assert restore_volumes(cloud, spec, Provider.EC2, "orig-x", timeout=60) is True
+    items = sorted((v for v in ec2.describe_volumes()["Volumes"]
+                    if {"Key": "osc.bsud.drive-name", "Value": "copy"} in v.get("Tags", [])), key=lambda v: v["Size"])
+    assert [(v["Size"], v["VolumeType"], v["Iops"], v["Encrypted"], v["SnapshotId"]) for v in items] == \
+        [(4, "io1", 200, True, made[0].id), (8, "io1", 400, True, made[1].id)]
+    assert all({"Key": "team", "Value": "b"} in v["Tags"] for v in items)
+    assert restore_volumes(cloud, spec, Provider.EC2, "orig-x", timeout=60) is False  # all made: nothing more
