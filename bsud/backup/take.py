@@ -170,12 +170,15 @@ def start_snapshots(cloud: CloudProvider, members: list[VolumeObs], made: list[S
 
 
 def _mark(cloud: CloudProvider, made: list[Snapshot], why: str) -> None:
-    """Mark each snapshot made of an incomplete set (a failure here leaves the set recognisable by its count)."""
-    for snap in made:
-        try:
-            cloud.set_snapshot_tag(snap.id, SNAPSHOT_INCOMPLETE_TAG, why[:255])
-        except BsudError as exc:
-            log.warning("could not mark a snapshot of an incomplete set", snapshot=snap.id, error=str(exc))
+    """Mark the snapshots made of an incomplete set, in one call (a failure here leaves the set recognisable as
+    incomplete all the same: it is never confirmed)."""
+    if not made:
+        return
+    try:
+        cloud.tag_snapshots([snap.id for snap in made], SNAPSHOT_INCOMPLETE_TAG, why[:255])
+    except BsudError as exc:
+        log.warning("could not mark the snapshots of an incomplete set", snapshots=[s.id for s in made],
+                    error=str(exc))
 
 
 def prune(cloud: CloudProvider, taken: SnapshotSet, keep: int) -> list[str]:
