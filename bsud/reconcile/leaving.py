@@ -5,7 +5,7 @@ online plan (:data:`Step`), which these and the planner return.
 
 from __future__ import annotations
 
-from bsud.config import DriveConfig
+from bsud.config import DriveConfig, Layout
 from bsud.naming import AVAILABLE
 from bsud.reconcile.model import (EVACUATED, REMOVING, Action, AttachVolume, Blocked, Direction, DriveObs,
                                   Grow, MarkVolume, Phase, RemoveFromDrive, RetireVolume, VolumeObs, Wait)
@@ -64,7 +64,8 @@ def plan_removals(spec: DriveConfig, obs: DriveObs, members: list[VolumeObs],
             return down(MarkVolume(volume_id=v.id, value="", reason=f"abandoning the removal of {v.id}: "
                                    f"{held[v.id]}; it stays in the drive"))
         if v.member and obs.usage is not None:
-            why = removal_no_longer_fits(spec, obs.usage, obs.pace, members, v)
+            shrunk_to = ideal_bytes(spec, obs.usage) if spec.layout is Layout.LVM else None  # RemoveFromDrive's keep
+            why = removal_no_longer_fits(spec, obs.usage, obs.pace, members, v, shrunk_to)
             if why and obs.can_grow and not obs.storage.move_in_progress:
                 # Space first, the tag after: a stopped move's shrunk filesystem takes back what the drive has now
                 # (one step sooner — the burst is writing meanwhile); the abandon is planned again next.

@@ -94,7 +94,7 @@ def leaving_bytes(usage: UsageObs, members: list[VolumeObs], volume: VolumeObs) 
 
 
 def removal_no_longer_fits(spec: DriveConfig, usage: UsageObs, pace: Pace, members: list[VolumeObs],
-                           volume: VolumeObs) -> str | None:
+                           volume: VolumeObs, keep: int | None = None) -> str | None:
     """Why a removal in progress must be abandoned (the volume stays), or None. Growth comes first.
 
     The drive is judged as it will be without the volume — as the sampler judged it while the removal's move ran
@@ -102,7 +102,14 @@ def removal_no_longer_fits(spec: DriveConfig, usage: UsageObs, pace: Pace, membe
     started again into the same burst, and stopped again, and the drive would never grow.
 
     Its used % is :func:`used_percent_after` (the trigger's first rule reads it on the drive without the volume):
-    a removal is abandoned at ``max-used-space-perc`` counted as it was started, on the data pool."""
+    a removal is abandoned at ``max-used-space-perc`` counted as it was started, on the data pool.
+
+    ``keep``: the size the removal shrinks the filesystem to while it moves the data (lvm: the ideal size, below
+    what the volumes that stay hold): the sampler judges the drive at that size then, and so does this — else a
+    writer the shrunk drive cannot take would stop the move, and the removal would be started again, for as long as
+    the writer runs."""
     gone = leaving_bytes(usage, members, volume)
+    if keep is not None:
+        gone = max(gone, (usage.size or usage.used + usage.free) - keep)
     up = scale_up_reason(spec, usage_after(usage, gone), pace)
     return f"the drive needs space ({up})" if up else None

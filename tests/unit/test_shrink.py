@@ -8,7 +8,7 @@ the one with the most room), then the drive is planned again, until the planner 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -377,3 +377,26 @@ def test_a_drive_grown_for_its_metadata_is_not_shrunk_back_into_it():
     decision = scale_decision(s, vols, after, 14901, Pace())
     assert decision.action is None, decision.action
     assert all(o.remove != ("n",) for o in shrink_options(s, vols, after, 14901))
+
+
+def test_an_lvm_removal_is_judged_at_the_size_its_move_shrinks_the_drive_to():
+    # lvm shrinks the filesystem to the ideal size (here 10 GiB) before the pvmove, below the 20 GiB the volumes that
+    # stay hold: a 40 MB/s writer is "full in 131 s" there, fewer than 3 grow times of 60 s, so the sampler stops the
+    # move — judged at 20 GiB the removal looked fine and was started again, and stopped again, for as long as the
+    # writer ran. Judged at the shrunk size it is abandoned.
+    defaults = dict(initial_size_gib=10, max_used_space_perc=85, min_used_space_perc=40, disk_scale_factor_perc=20)
+    s = spec(layout=Layout.LVM, **defaults)
+    vols = [VolumeObs(id=i, size_gib=10, state="in-use", attached_here=True, device=f"/dev/{i}", member=True,
+                      live_bytes=5 * GIB // 3, bookkeeping=REMOVING if i == "a" else None) for i in "abc"]
+    writer = Pace(write_rate=40e6, recent_peak=40e6, grow_seconds=60)
+    obs = DriveObs(name="d", volumes=tuple(vols), mounted=True, active=True, pace=writer,
+                   storage=LayoutState(members=frozenset(v.device for v in vols), has_filesystem=True, active=True,
+                                       fs_device="/dev/d/bsud"),
+                   usage=UsageObs(used=5 * GIB, free=25 * GIB, size=30 * GIB))
+    action = plan(s, obs).action
+    assert isinstance(action, MarkVolume) and action.volume_id == "a" and action.value == "", action
+    assert "abandoning the removal of a" in action.reason
+    quiet = plan(s, replace(obs, pace=Pace(grow_seconds=60))).action  # no writer: the removal goes on
+    assert type(quiet).__name__ == "RemoveFromDrive" and quiet.keep_bytes == 10 * GIB
+    btrfs = plan(spec(layout=Layout.BTRFS, **defaults), obs).action  # btrfs removes the device whole: judged at 20 GiB
+    assert type(btrfs).__name__ == "RemoveFromDrive"
