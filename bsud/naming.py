@@ -38,6 +38,9 @@ SNAPSHOT_INCOMPLETE_TAG = "osc.bsud.snapshot-incomplete"
 SNAPSHOT_CONFIRMED_TAG = "osc.bsud.snapshot-confirmed"
 #: On a volume made from a snapshot set for a drive (``from-snapshot-set``): "<set>:<member>/<members>".
 RESTORED_FROM_TAG = "osc.bsud.restored-from"
+#: Beside it: the set's drive and its filesystem's UUID, "<drive>/<uuid>" — what the adoption needs, should the set
+#: be deleted once its volumes are made (a --keep of the original drive, an operator's delete-snapshot-set).
+RESTORED_OF_TAG = "osc.bsud.restored-of"
 
 
 def member_place(text: str | None) -> tuple[int, int] | None:

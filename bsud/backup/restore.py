@@ -25,7 +25,7 @@ from bsud.errors import BsudError, CommandError
 from bsud.host.lvm import Lvm
 from bsud.host.safety import probe
 from bsud.logs import get_logger
-from bsud.naming import RESTORED_FROM_TAG, SNAPSHOT_SIZE_TAG, label_for, lv_path
+from bsud.naming import RESTORED_FROM_TAG, RESTORED_OF_TAG, SNAPSHOT_SIZE_TAG, label_for, lv_path, restored_from
 from bsud.runner import Runner
 
 log = get_logger("bsud.backup.restore")
@@ -35,12 +35,16 @@ class RestoreError(BsudError):
     pass
 
 
+class SetGone(RestoreError):
+    """No snapshot set of that id (any more)."""
+
+
 def restorable_set(cloud: CloudProvider, spec: DriveConfig, set_id: str) -> SnapshotSet:
     """The set, complete and of the drive's layout; else a permanent error saying what to do."""
     chosen = [s for s in group(cloud.list_snapshots()) if s.id == set_id]
     if not chosen:
-        raise RestoreError(f"drive {spec.name!r}: snapshot set {set_id!r} does not exist ('bsud snapshots' lists "
-                           "them); nothing made")
+        raise SetGone(f"drive {spec.name!r}: snapshot set {set_id!r} does not exist ('bsud snapshots' lists "
+                      "them); nothing made")
     found = chosen[0]
     if not found.restorable:
         raise RestoreError(f"drive {spec.name!r}: snapshot set {set_id} is incomplete ({'; '.join(found.problems)})"
@@ -64,7 +68,8 @@ def restore_volumes(cloud: CloudProvider, spec: DriveConfig, provider: Provider,
             continue
         size = int(snap.tags.get(SNAPSHOT_SIZE_TAG) or snap.size_gib)
         vol = cloud.create_volume(spec.name, size, spec.disk_type.value, VolumeOptions.for_drive(
-            spec, provider, size, {RESTORED_FROM_TAG: tag}, snapshot_id=snap.id))
+            spec, provider, size, {RESTORED_FROM_TAG: tag, RESTORED_OF_TAG: f"{snap_set.drive}/{snap_set.fs_uuid}"},
+            snapshot_id=snap.id))
         log.info("volume made from a snapshot", drive=spec.name, set=set_id, member=index, snapshot=snap.id,
                  volume=vol.id, size_gib=size)
         cloud.wait_available(vol.id, timeout=timeout)
@@ -72,10 +77,17 @@ def restore_volumes(cloud: CloudProvider, spec: DriveConfig, provider: Provider,
     return created
 
 
-def adopt(cloud: CloudProvider, spec: DriveConfig, set_id: str, devices: list[str], runner: Runner) -> bool:
-    """The copy on ``devices`` (every volume of the drive made from the set, attached here) made this drive's: a
-    new fsid, the drive's label (lvm: first the VG renamed, new UUIDs). False when it already is."""
-    snap_set = restorable_set(cloud, spec, set_id)
+def adopt(cloud: CloudProvider, spec: DriveConfig, set_id: str, devices: list[str], runner: Runner,
+          volume_tags: list[dict[str, str]] | None = None) -> bool:
+    """The copy on ``devices`` (every volume of the drive made from the set, attached here; ``volume_tags``: their
+    tags) made this drive's: a new fsid, the drive's label (lvm: first the VG renamed, new UUIDs). False when it
+    already is. A set deleted since its volumes were made is read from their tags."""
+    try:
+        snap_set = restorable_set(cloud, spec, set_id)
+    except SetGone as exc:
+        snap_set = _set_of_volumes(spec, set_id, volume_tags or [])
+        if snap_set is None:
+            raise exc from None
     if len(devices) != snap_set.count:
         raise RestoreError(f"drive {spec.name!r}: {len(devices)} devices for the {snap_set.count} volumes of snapshot "
                            f"set {set_id}", temporary=True)
@@ -85,6 +97,24 @@ def adopt(cloud: CloudProvider, spec: DriveConfig, set_id: str, devices: list[st
         changed = _adopt_vg(spec, snap_set, devices, runner)
         fs_devices = [lv_path(spec.name)]
     return _adopt_btrfs(spec, snap_set, fs_devices, runner) or changed
+
+
+def _set_of_volumes(spec: DriveConfig, set_id: str, volume_tags: list[dict[str, str]]) -> SnapshotSet | None:
+    """The set as its volumes' tags tell it (the set itself gone): every member made, all of one set, each naming
+    the set's drive and filesystem UUID; None otherwise."""
+    places = [restored_from(t.get(RESTORED_FROM_TAG, "")) for t in volume_tags]
+    of = {t.get(RESTORED_OF_TAG, "") for t in volume_tags}
+    if not places or len(of) != 1 or any(s != set_id or p is None for s, p in places):
+        return None
+    drive, _, fs_uuid = next(iter(of)).partition("/")
+    counts = {p[1] for _, p in places if p is not None}
+    indexes = sorted(p[0] for _, p in places if p is not None)
+    if not drive or not fs_uuid or len(counts) != 1 or indexes != list(range(next(iter(counts)))):
+        return None
+    log.warning("snapshot set gone since its volumes were made: adopting them as their tags tell", drive=spec.name,
+                set=set_id, original=drive)
+    return SnapshotSet(id=set_id, drive=drive, layout=spec.layout.value, fs_uuid=fs_uuid, time="",
+                       count=len(indexes))
 
 
 def _adopt_vg(spec: DriveConfig, snap_set: SnapshotSet, devices: list[str], runner: Runner) -> bool:

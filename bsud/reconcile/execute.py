@@ -123,7 +123,8 @@ class Executor:
                 changed = restore_volumes(self.cloud, self.spec, self.provider, action.set_id,
                                           self.attach_timeout)
             case AdoptRestored():
-                changed = adopt(self.cloud, self.spec, action.set_id, self._restored_devices(), self.layout.runner)
+                devices, tags = self._restored_devices()
+                changed = adopt(self.cloud, self.spec, action.set_id, devices, self.layout.runner, tags)
             case ApplyExports():
                 changed = self._apply_exports()
             case WithdrawExports():
@@ -322,15 +323,16 @@ class Executor:
             return self.layout.ensure_filesystem(found, tags)
         return self.layout.ensure_filesystem()
 
-    def _restored_devices(self) -> list[str]:
-        """The devices of the drive's volumes made from a snapshot set, in the set's member order."""
+    def _restored_devices(self) -> tuple[list[str], list[dict[str, str]]]:
+        """The devices of the drive's volumes made from a snapshot set, in the set's member order, and their
+        tags."""
         me = self.cloud.identity().instance_id
         made = [v for v in self.cloud.list_volumes() if v.drive == self.spec.name and v.tags.get(RESTORED_FROM_TAG)]
         made.sort(key=lambda v: (restored_from(v.tags[RESTORED_FROM_TAG])[1] or (0, 0))[0])
         found = [find_device(VolumeRef.from_volume(v, me), self.cloud.device_rules) for v in made]
         if any(f is None for f in found):
             raise ActionError("a volume made from the snapshot set has no device here yet", temporary=True)
-        return [f.device for f in found if f is not None]
+        return [f.device for f in found if f is not None], [dict(v.tags) for v in made]
 
     def _mount(self) -> bool:
         return self.layout.mount(self._devices(), self.spec.mount_path, self.spec.mount_options)

@@ -431,3 +431,31 @@ def test_a_set_of_a_drive_not_mounted_records_its_filesystems_uuid_from_its_devi
         assert uuid and taken.set.fs_uuid == uuid and taken.set.restorable
     finally:
         h.close()
+
+
+def test_a_set_deleted_once_its_volumes_are_made_is_adopted_from_their_tags(workdir: Path):
+    # an operator's delete-snapshot-set (or the original's --keep) between RestoreVolumes and the adoption: the data
+    # is all on the new volumes — the drive comes online from what their tags say, never blocked for good
+    live = two_volume_drive(workdir, "orig3")
+    copy: DaemonHarness | None = None
+    try:
+        at_snapshot = checksums(live.mount)
+        taken = bsud(live, "snapshot", "orig3")
+        assert taken.returncode == 0, taken.stderr
+        set_id = taken.stdout.split(":")[0]
+        (workdir / "copy3").mkdir()
+        copy = DaemonHarness(workdir / "copy3", drive="copy3", cloud=live.cloud,
+                             **{"from-snapshot-set": set_id, "max-used-space-perc": 50, "min-used-space-perc": 5})
+        copy.start(crash="before:action:AdoptRestored")
+        assert copy.wait_exit(180) == -signal.SIGKILL
+        gone = bsud(live, "delete-snapshot-set", "--yes", set_id)
+        assert gone.returncode == 0, gone.stderr
+        copy.start()
+        copy.wait_online(volumes=2, timeout=180)
+        assert checksums(copy.mount) == at_snapshot
+        assert "snapshot set gone since its volumes were made: adopting them as their tags tell" in copy.tail(300)
+        assert copy.stop() == 0 and live.stop() == 0
+    finally:
+        if copy is not None:
+            copy.close()
+        live.close()
