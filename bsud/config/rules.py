@@ -124,6 +124,22 @@ def check_daemon(daemon: DaemonSettings) -> list[tuple[str, str]]:
     return problems
 
 
+def _grow_then_shrink(d: DriveConfig, name: str, path: str) -> list[str]:
+    """A warning for thresholds and a factor whose classic grow lands under min-used-space-perc with the new volume
+    alone holding the data under the middle: the right size then moves the data onto it after every grow."""
+    grown = 1 + d.disk_scale_factor_perc / 100        # the new volume, the first one being 1
+    landed = d.max_used_space_perc / (1 + grown)      # used % right after the grow
+    alone = d.max_used_space_perc / grown             # used % on the new volume alone
+    middle = (d.min_used_space_perc + d.max_used_space_perc) / 2
+    if landed >= d.min_used_space_perc or alone > middle:
+        return []
+    return [f"{path}: drive {name!r}: a grow at max-used-space-perc ({d.max_used_space_perc}) with "
+            f"disk-scale-factor-perc {d.disk_scale_factor_perc} lands at {landed:.1f}% used, under "
+            f"min-used-space-perc ({d.min_used_space_perc}): after each grow the smaller volume's data is moved onto "
+            "the new one to bring the drive to its right size; lower min-used-space-perc or the factor to keep the "
+            "grows (docs/operations.md, \"The right size after a burst\")"]
+
+
 def check_semantics(cfg: _ConfigFile, path: str) -> tuple[list[ConfigError], list[str]]:
     problems: list[ConfigError] = []
     warnings: list[str] = []
@@ -179,6 +195,8 @@ def check_semantics(cfg: _ConfigFile, path: str) -> tuple[list[ConfigError], lis
                     f"max-used-space-perc ({d.max_used_space_perc}) <= 100")
         if not 1 <= d.disk_scale_factor_perc <= 100:
             problem(name, "disk-scale-factor-perc", f"must be between 1 and 100 (got {d.disk_scale_factor_perc})")
+        elif 0 < d.min_used_space_perc < d.max_used_space_perc <= 100 and d.ha is None:
+            warnings += _grow_then_shrink(d, name, path)
         for why in mount_option_problems(d.mount_options):
             problem(name, "mount-options", why)
         if d.from_snapshot_set is not None:

@@ -222,6 +222,20 @@ def test_iops_per_gib_ignored_with_gp2_is_a_warning_not_an_error():
     assert any("disk-iops-per-gib is ignored" in w for w in config.warnings)
 
 
+def test_thresholds_whose_classic_grow_is_shrunk_back_at_once_are_a_warning():
+    # issue 21's drive (30/75/100): a grow lands at 25 %, under min; the new volume alone holds the data at 37.5 %,
+    # under the middle: the right size moves the first volume's data onto it after every grow
+    config = parse({"drives": [drive(**{"min-used-space-perc": 30, "max-used-space-perc": 75,
+                                        "disk-scale-factor-perc": 100})]})
+    (warning,) = [w for w in config.warnings if "lands at" in w]
+    assert "lands at 25.0% used, under min-used-space-perc (30)" in warning
+    assert "lower min-used-space-perc or the factor" in warning
+    # the defaults (40/85/20) land at 38.6 % but the new volume alone would be at 70.8 %, over the middle: no warning
+    assert not [w for w in parse({"drives": [drive()]}).warnings if "lands at" in w]
+    assert not [w for w in parse({"drives": [drive(**{"disk-scale-factor-perc": 35})]}).warnings if "lands at" in w]
+    assert [w for w in parse({"drives": [drive(**{"disk-scale-factor-perc": 40})]}).warnings if "lands at" in w]
+
+
 @pytest.mark.parametrize(
     ("size", "per_gib", "expected"),
     [
