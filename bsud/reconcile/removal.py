@@ -43,11 +43,22 @@ def data_capacity_after(usage: UsageObs, removed_bytes: int) -> int:
 
 def usage_after(usage: UsageObs, removed_bytes: int) -> UsageObs:
     """The drive's space once ``removed_bytes`` of the filesystem are gone: the data pool less them, and the
-    metadata pool less its share of them — its free room counts the unallocated space, which a removal takes, at
-    two device bytes a byte (DUP). A removal judged on the data alone can leave the metadata full: the trigger then
-    grows the drive again, the shrink removes the volume again, for ever."""
-    return replace(usage, free=max(0, usage.free - removed_bytes),
-                   metadata_free=max(0, usage.metadata_free - removed_bytes // 2))
+    metadata pool with what is left for it. A removal judged on the data alone can leave the metadata full: the
+    trigger then grows the drive again, the shrink removes the volume again, for ever.
+
+    The metadata's free room is the free part of its chunks plus the unallocated space at two device bytes a byte
+    (DUP). A removal relocates the chunks onto what stays, the data packed into as many chunks as it needs: what
+    is left unallocated then is about the data pool's free room less the bytes removed (its chunks' slack is
+    given back by the packing). The unallocated space now is solved from the figures the kernel gives (``size`` =
+    data chunks + 2 × metadata chunks + unallocated, the system chunks neglected: an underestimate of the metadata's
+    room, on the safe side)."""
+    free = max(0, usage.free - removed_bytes)
+    if usage.metadata_used == 0 and usage.metadata_free == 0 or not usage.size:
+        return replace(usage, free=free)  # no metadata figures
+    unallocated = usage.free + usage.used + 2 * (usage.metadata_free + usage.metadata_used) - usage.size
+    unallocated = min(max(0, unallocated), usage.free)
+    in_chunks = max(0, usage.metadata_free - unallocated // 2)
+    return replace(usage, free=free, metadata_free=min(usage.metadata_free, in_chunks + free // 2))
 
 
 def metadata_percent_after(usage: UsageObs, removed_bytes: int) -> float:

@@ -400,3 +400,17 @@ def test_an_lvm_removal_is_judged_at_the_size_its_move_shrinks_the_drive_to():
     assert type(quiet).__name__ == "RemoveFromDrive" and quiet.keep_bytes == 10 * GIB
     btrfs = plan(spec(layout=Layout.BTRFS, **defaults), obs).action  # btrfs removes the device whole: judged at 20 GiB
     assert type(btrfs).__name__ == "RemoveFromDrive"
+
+
+def test_a_removal_counts_the_data_chunks_slack_its_packing_gives_the_metadata_back():
+    # tests/host/test_right_size.py's end: one 4 GiB volume, 0.7 GiB of data in 2 GiB of data chunks, metadata DUP
+    # hardly used. Counting the 2 GiB that go off the metadata's unallocated room alone left it none ("metadata
+    # full"), and the drive stayed at 4 GiB under min; the relocation packs the data and frees the chunks' slack.
+    mib = 1024**2
+    data_chunks, meta_chunks, system = 2 * GIB, 256 * mib, 32 * mib
+    unallocated = 4 * GIB - data_chunks - 2 * meta_chunks - system
+    used, meta_used = 700 * mib, 5 * mib
+    usage = UsageObs(used=used, free=data_chunks - used + unallocated, size=4 * GIB, metadata_used=meta_used,
+                     metadata_free=meta_chunks - meta_used + unallocated // 2)
+    action = scale_decision(spec(), [vol("a", 4, 0.7)], usage, 14901, Pace()).action
+    assert isinstance(action, CreateVolume) and action.size_gib == 2, action
