@@ -32,11 +32,9 @@ from bsud.reconcile.leaving import Step, down, plan_evacuated, plan_removals, at
 from bsud.reconcile.model import (EVACUATED, NEW, REMOVING, AdoptRestored, ApplyExports, ApplyMountOptions,
                                   AttachVolume, Blocked, CreateVolume, Deactivate, DeleteVolume, DetachVolume,
                                   Direction, DriveObs, Grow, Idle, Join, MarkVolume, Mount, Phase, Plan, Refresh,
-                                  Remount, RestoreVolumes, RetireVolume, ScaleDecision, Unmount, VolumeObs, Wait,
-                                  WithdrawExports)
+                                  Remount, RestoreVolumes, ScaleDecision, Unmount, VolumeObs, Wait, WithdrawExports)
 from bsud.reconcile.replicated import plan_peer, plan_replicated, plan_replicated_offline
 from bsud.reconcile.scaling import scale_decision
-from bsud.reconcile.trigger import scale_up_reason
 
 
 def _usable(obs: DriveObs, notes: list[str]) -> list[VolumeObs]:
@@ -48,19 +46,6 @@ def _usable(obs: DriveObs, notes: list[str]) -> list[VolumeObs]:
     return [v for v in vols if v.state != ERROR]
 
 
-def _grows_first(spec: DriveConfig, obs: DriveObs, vols: list[VolumeObs]) -> bool:
-    """Whether the drive needs space and can take a volume now: retiring an evacuated one (detach, then delete: tens
-    of seconds, minutes at worst, and no burst stops it) or attaching one to check it then waits until it grew. Not
-    when the VM refuses attachments (the retire frees a slot) nor at max-bsu-count or max-total-size-gib (it would
-    wait for ever)."""
-    if obs.usage is None or obs.attach_refused or scale_up_reason(spec, obs.usage, obs.pace) is None:
-        return False
-    members = [v for v in vols if v.member]
-    total = sum(v.size_gib for v in members)
-    return len(members) < spec.max_bsu_count and (spec.max_total_size_gib is None or
-                                                   total < spec.max_total_size_gib)
-
-
 def _plan_cloud(spec: DriveConfig, obs: DriveObs, vols: list[VolumeObs]) -> Step | None:
     """The volumes as the cloud has them: none attached elsewhere, the evacuated retired, each created, attached
     here and its device found."""
@@ -68,10 +53,9 @@ def _plan_cloud(spec: DriveConfig, obs: DriveObs, vols: list[VolumeObs]) -> Step
         if v.attached_elsewhere and not v.attached_here:
             return at(Phase.BLOCKED, Blocked(reason=f"volume {v.id} is attached to {v.attached_elsewhere}; detach "
                                              "it there (or remove its tag) to bring the drive online here"))
-    growing = _grows_first(spec, obs, vols)
     for v in vols:
         retiring = plan_evacuated(v) if v.bookkeeping == EVACUATED else None
-        if retiring is not None and not (growing and isinstance(retiring[0], (RetireVolume, AttachVolume, Wait))):
+        if retiring is not None:
             return retiring
     live = [v for v in vols if v.bookkeeping != EVACUATED]
     for v in live:

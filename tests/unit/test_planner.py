@@ -117,15 +117,6 @@ ONLINE_TABLE = [
     ("evacuated-attached-blank-is-retired", spec(),
      online(vol("v1"), vol("v2", 12, bookkeeping=EVACUATED, member=False, blank=True), used=2),
      ("RetireVolume", {"volume_id": "v2"})),
-    # a drive that needs space grows before a volume is retired (detach + delete: not stoppable by a burst)
-    ("evacuated-waits-while-the-drive-needs-space", spec(),
-     online(vol("v1"), vol("v2", 12, bookkeeping=EVACUATED, member=False, blank=True), used=9),
-     ("CreateVolume", {})),
-    ("evacuated-detached-waits-while-the-drive-needs-space", spec(),
-     online(vol("v1"), vol("v2", 12, state="available", bookkeeping=EVACUATED), used=9), ("CreateVolume", {})),
-    ("evacuated-is-retired-when-the-drive-cannot-grow-anyway", spec(max_bsu_count=1),
-     online(vol("v1"), vol("v2", 12, bookkeeping=EVACUATED, member=False, blank=True), used=9),
-     ("RetireVolume", {"volume_id": "v2"})),
     # issue 9 #5: a detached evacuated volume is attached and probed, never deleted unseen
     ("evacuated-detached-is-attached-to-be-checked", spec(),
      online(vol("v1"), vol("v2", 12, state="available", bookkeeping=EVACUATED), used=2),
