@@ -354,23 +354,26 @@ class Bridge:
 # --- main ---------------------------------------------------------------------------------------
 
 #: Rough guest seconds per test file under TCG (measured), to split the lane over parallel guests.
-WEIGHTS = {  # guest seconds per file, two guests side by side: the CI run of 2026-12-05 at 39940be (host lanes beside
-    # for the first ~21 minutes: a file then takes about twice its time alone); runner 1 = fill + daemon + ganesha
-    # 1312 s, systemd guest 864 s, pair 685 s; runner 2 = crash + exports + snapshot + faults + lvm layout 2610 s
-    "test_crash_lvm.py": 825,  # 560 MiB of data (thresholds 50/10 %), 21 kill points
-    "test_exports.py": 610,
-    "test_daemon_lvm.py": 565,  # 560 MiB per flavour; rate-peak 10 s: 264 s alone
-    "test_snapshot_lvm.py": 460,  # issue 24: a set while written, failed, killed twice, restored beside (248 s alone)
-    "test_fill_lvm.py": 455,  # 1.25 GiB per rate
-    "test_lvm_layout.py": 345,
-    "test_faults_lvm.py": 310,  # + issue 21: a burst during a pvmove
-    "test_ganesha.py": 190,
-    "test_devices.py": 30,
+WEIGHTS = {  # guest seconds per file, two guests side by side: the CI run of 2026-12-05 at 9518916 (host lanes beside
+    # for the first ~25 minutes: a file then takes about twice its time alone). Its split ran runner 1 = exports +
+    # daemon + lvm layout + faults 2133 s + systemd guest 902 s = 3035 s, runner 2 = crash + snapshot + fill + ganesha
+    # + devices + boot 2042 s + pair 721 s = 2763 s (CI 51 min 22 s); each file's weight below is its share of its
+    # guest's time then (runner 1's plain files ×1.17, runner 2's ×1.03 over the weights before): these split
+    # 2920 / 2875 s.
+    "test_crash_lvm.py": 850,  # 560 MiB of data (thresholds 50/10 %), 21 kill points
+    "test_exports.py": 713,
+    "test_daemon_lvm.py": 660,  # 560 MiB per flavour; rate-peak 10 s: 264 s alone
+    "test_snapshot_lvm.py": 474,  # issue 24: a set while written, failed, killed twice, restored beside (248 s alone)
+    "test_fill_lvm.py": 469,  # 1.25 GiB per rate
+    "test_lvm_layout.py": 403,
+    "test_faults_lvm.py": 362,  # + issue 21: a burst during a pvmove
+    "test_ganesha.py": 196,
+    "test_devices.py": 31,
     "test_boot.py": 14,
-    "test_systemd.py": 620,  # issue 20's operator cases, the package installed and purged; bsud-snapshot@ twice
-    "test_ha_gateway.py": 244,  # + the systemd guest's boot, paid once for both files
-    "test_ha_grow.py": 500,  # a pair: both bsuds, DRBD, two grows, two kill -9
-    "test_ha_drbd.py": 185,  # a pair: a 256 MiB resync; the last grow --assume-clean: none
+    "test_systemd.py": 647,  # issue 20's operator cases, the package installed and purged; bsud-snapshot@ twice
+    "test_ha_gateway.py": 255,  # + the systemd guest's boot, paid once for both files
+    "test_ha_grow.py": 526,  # a pair: both bsuds, DRBD, two grows, two kill -9
+    "test_ha_drbd.py": 195,  # a pair: a 256 MiB resync; the last grow --assume-clean: none
 }
 #: Test files that need systemd as PID 1: a runner's run in one guest of their own, booted with systemd.
 SYSTEMD_FILES = frozenset({"test_systemd.py",
