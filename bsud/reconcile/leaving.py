@@ -9,7 +9,7 @@ from bsud.config import DriveConfig, Layout
 from bsud.naming import AVAILABLE
 from bsud.reconcile.model import (EVACUATED, REMOVING, Action, AttachVolume, Blocked, Direction, DriveObs,
                                   Grow, MarkVolume, Phase, RemoveFromDrive, RetireVolume, VolumeObs, Wait)
-from bsud.reconcile.removal import ideal_bytes, removal_no_longer_fits
+from bsud.reconcile.removal import removal_no_longer_fits, shrink_keep_bytes
 
 #: A step of the online plan: the action, the drive's phase meanwhile, and the direction of a scaling step.
 Step = tuple[Action, Phase, Direction | None]
@@ -64,7 +64,7 @@ def plan_removals(spec: DriveConfig, obs: DriveObs, members: list[VolumeObs],
             return down(MarkVolume(volume_id=v.id, value="", reason=f"abandoning the removal of {v.id}: "
                                    f"{held[v.id]}; it stays in the drive"))
         if v.member and obs.usage is not None:
-            shrunk_to = ideal_bytes(spec, obs.usage) if spec.layout is Layout.LVM else None  # RemoveFromDrive's keep
+            shrunk_to = shrink_keep_bytes(spec, obs.usage) if spec.layout is Layout.LVM else None  # its keep_bytes
             why = removal_no_longer_fits(spec, obs.usage, obs.pace, members, v, shrunk_to)
             if why and obs.can_grow and not obs.storage.move_in_progress:
                 # Space first, the tag after: a stopped move's shrunk filesystem takes back what the drive has now
@@ -76,7 +76,7 @@ def plan_removals(spec: DriveConfig, obs: DriveObs, members: list[VolumeObs],
                                      "it stays in the drive"))
         if v.member or v.own:
             # own but not a member: an orphan PV left by a stop between vgreduce and pvremove.
-            keep = ideal_bytes(spec, obs.usage) if obs.usage else None
+            keep = shrink_keep_bytes(spec, obs.usage) if obs.usage else None
             data = f" ({v.live_bytes / 1024**2:.0f} MiB of the drive's data on it)" if v.live_bytes is not None else ""
             return down(RemoveFromDrive(volume_id=v.id, keep_bytes=keep, live_bytes=v.live_bytes,
                                         reason=f"moving data off {v.id} before it leaves the drive{data}"))

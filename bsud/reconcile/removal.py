@@ -36,6 +36,17 @@ def ideal_bytes(spec: DriveConfig, usage: UsageObs) -> int:
     return max(math.ceil(usage.used / target), spec.initial_size_gib * GIB)
 
 
+def shrink_keep_bytes(spec: DriveConfig, usage: UsageObs) -> int:
+    """The size an lvm removal shrinks the filesystem to before its pvmove: the ideal data pool
+    (:func:`ideal_bytes`) plus the device bytes the metadata (DUP) and system chunks take now (``size`` less the data
+    pool). Shrunk to the ideal alone, a metadata-heavy drive's resize fails with ENOSPC (the removal is held for an
+    hour), or leaves the data pool that much under the ideal."""
+    ideal = ideal_bytes(spec, usage)
+    if not usage.size:
+        return ideal  # no device figures
+    return ideal + max(0, usage.size - usage.used - usage.free)
+
+
 def data_capacity_after(usage: UsageObs, removed_bytes: int) -> int:
     """The data pool once ``removed_bytes`` of the filesystem are gone (what its used % is counted on)."""
     return usage.used + usage.free - removed_bytes

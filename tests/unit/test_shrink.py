@@ -402,6 +402,28 @@ def test_an_lvm_removal_is_judged_at_the_size_its_move_shrinks_the_drive_to():
     assert type(btrfs).__name__ == "RemoveFromDrive"
 
 
+def test_an_lvm_removal_shrinks_the_filesystem_to_the_ideal_data_pool_plus_its_metadata():
+    # many small files: 2 GiB of data, 3 GiB of metadata chunks (6 GiB on the devices, DUP). Shrunk to the ideal data
+    # pool alone (3.4 GiB), the resize fails with ENOSPC and the removal is held for an hour: the metadata and system
+    # chunks' device bytes come on top.
+    s = spec(layout=Layout.LVM, initial_size_gib=1, max_used_space_perc=85, min_used_space_perc=40,
+             disk_scale_factor_perc=20)
+    mib = 1024**2
+    meta_chunks, system = 3 * GIB, 32 * mib
+    vols = [VolumeObs(id=i, size_gib=10, state="in-use", attached_here=True, device=f"/dev/{i}", member=True,
+                      live_bytes=2 * GIB // 3, bookkeeping=REMOVING if i == "a" else None) for i in "abc"]
+    pool = 30 * GIB - 2 * meta_chunks - system
+    usage = UsageObs(used=2 * GIB, free=pool - 2 * GIB, size=30 * GIB, metadata_used=2 * GIB,
+                     metadata_free=GIB + (pool - 4 * GIB) // 2)
+    obs = DriveObs(name="d", volumes=tuple(vols), mounted=True, active=True, pace=Pace(grow_seconds=60),
+                   storage=LayoutState(members=frozenset(v.device for v in vols), has_filesystem=True, active=True,
+                                       fs_device="/dev/d/bsud"), usage=usage)
+    action = plan(s, obs).action
+    assert type(action).__name__ == "RemoveFromDrive", action
+    assert action.keep_bytes == ideal_bytes(s, usage) + 2 * meta_chunks + system
+    assert action.keep_bytes >= usage.used + 2 * meta_chunks + system + GIB  # the data, its metadata, and room
+
+
 def test_a_removal_counts_the_data_chunks_slack_its_packing_gives_the_metadata_back():
     # tests/host/test_right_size.py's end: one 4 GiB volume, 0.7 GiB of data in 2 GiB of data chunks, metadata DUP
     # hardly used. Counting the 2 GiB that go off the metadata's unallocated room alone left it none ("metadata
