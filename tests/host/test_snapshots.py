@@ -53,6 +53,42 @@ def two_volume_drive(workdir: Path, drive: str) -> DaemonHarness:
     return h
 
 
+class Drives:
+    """The daemons' drives a test makes, closed at its end (the last made first)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.made: list[DaemonHarness] = []
+
+    def two_volumes(self, drive: str) -> DaemonHarness:
+        """:func:`two_volume_drive` in the test's directory."""
+        h = two_volume_drive(self.workdir, drive)
+        self.made.append(h)
+        return h
+
+    def snapshot(self, h: DaemonHarness) -> str:
+        """``bsud snapshot`` of ``h``'s drive; the set's id."""
+        taken = bsud(h, "snapshot", h.drive)
+        assert taken.returncode == 0, taken.stderr
+        return taken.stdout.split(":")[0]
+
+    def restored(self, live: DaemonHarness, drive: str, set_id: str, **settings) -> DaemonHarness:
+        """A new drive ``drive`` made from snapshot set ``set_id`` in ``live``'s cloud (not started)."""
+        (self.workdir / drive).mkdir()
+        h = DaemonHarness(self.workdir / drive, drive=drive, cloud=live.cloud,
+                          **{"from-snapshot-set": set_id, **settings})
+        self.made.append(h)
+        return h
+
+
+@pytest.fixture
+def drives(workdir: Path):
+    made = Drives(workdir)
+    yield made
+    for h in reversed(made.made):
+        h.close()
+
+
 def write_later(path: Path) -> tuple[threading.Thread, list[float]]:
     """A write with fsync in a thread; the list gets the time it finished."""
     done: list[float] = []
@@ -274,68 +310,50 @@ def test_a_failed_snapshot_leaves_an_incomplete_set_and_the_drive_thawed(workdir
         h.close()
 
 
-def test_a_set_restored_to_a_new_drive_beside_the_live_one_holds_the_data_as_of_the_snapshot(workdir: Path):
-    live = two_volume_drive(workdir, "orig")
-    copy: DaemonHarness | None = None
-    try:
-        at_snapshot = checksums(live.mount)
-        taken = bsud(live, "snapshot", "orig")
-        assert taken.returncode == 0, taken.stderr
-        set_id = taken.stdout.split(":")[0]
-        live.fill("after.bin", 50)  # the live drive goes on; the copy must not see this
+def test_a_set_restored_to_a_new_drive_beside_the_live_one_holds_the_data_as_of_the_snapshot(drives: Drives):
+    live = drives.two_volumes("orig")
+    at_snapshot = checksums(live.mount)
+    set_id = drives.snapshot(live)
+    live.fill("after.bin", 50)  # the live drive goes on; the copy must not see this
 
-        (workdir / "copy").mkdir()
-        copy = DaemonHarness(workdir / "copy", drive="copy", cloud=live.cloud,
-                             **{"from-snapshot-set": set_id, "max-used-space-perc": 50, "min-used-space-perc": 5,
-                                "disk-scale-factor-perc": 100})
-        copy.start()
-        st = copy.wait_online(volumes=2, timeout=180)
-        assert checksums(copy.mount) == at_snapshot
-        assert checksums(live.mount) == {**at_snapshot, "after.bin": checksums(live.mount)["after.bin"]}
-        entry_live, entry_copy = mounts.mount_at(str(live.mount)), mounts.mount_at(str(copy.mount))
-        assert entry_live is not None and entry_copy is not None
-        shown = subprocess.run(["btrfs", "filesystem", "show", str(copy.mount)], capture_output=True,
-                               text=True).stdout
-        original = subprocess.run(["btrfs", "filesystem", "show", str(live.mount)], capture_output=True,
-                                  text=True).stdout
-        assert "Label: 'bsud-copy'" in shown and "Label: 'bsud-orig'" in original
-        assert shown.split("uuid: ")[1].split()[0] != original.split("uuid: ")[1].split()[0]
-        log = copy.log_path.read_text()
-        assert '"action": "RestoreVolumes"' in log and '"action": "AdoptRestored"' in log
-        assert '"action": "MakeFilesystem"' not in log, "a restored drive is never formatted"
-        # the restored drive scales like any other: written past max-used-space-perc (50 %), it grows
-        need = int(0.5 * st["size_bytes"] - st["used_bytes"]) // MIB + 300
-        copy.fill("grow.bin", need)
-        copy.wait_for("a third volume", lambda s: len(s.get("volumes", [])) == 3 and s.get("action") == "Idle",
-                      timeout=180)
-        assert all(v["member"] for v in copy.status()["volumes"]) and st["name"] == "copy"
-        assert copy.stop() == 0 and live.stop() == 0
-    finally:
-        if copy is not None:
-            copy.close()
-        live.close()
+    copy = drives.restored(live, "copy", set_id, **{"max-used-space-perc": 50, "min-used-space-perc": 5,
+                                                     "disk-scale-factor-perc": 100})
+    copy.start()
+    st = copy.wait_online(volumes=2, timeout=180)
+    assert checksums(copy.mount) == at_snapshot
+    assert checksums(live.mount) == {**at_snapshot, "after.bin": checksums(live.mount)["after.bin"]}
+    entry_live, entry_copy = mounts.mount_at(str(live.mount)), mounts.mount_at(str(copy.mount))
+    assert entry_live is not None and entry_copy is not None
+    shown = subprocess.run(["btrfs", "filesystem", "show", str(copy.mount)], capture_output=True, text=True).stdout
+    original = subprocess.run(["btrfs", "filesystem", "show", str(live.mount)], capture_output=True,
+                              text=True).stdout
+    assert "Label: 'bsud-copy'" in shown and "Label: 'bsud-orig'" in original
+    assert shown.split("uuid: ")[1].split()[0] != original.split("uuid: ")[1].split()[0]
+    log = copy.log_path.read_text()
+    assert '"action": "RestoreVolumes"' in log and '"action": "AdoptRestored"' in log
+    assert '"action": "MakeFilesystem"' not in log, "a restored drive is never formatted"
+    # the restored drive scales like any other: written past max-used-space-perc (50 %), it grows
+    need = int(0.5 * st["size_bytes"] - st["used_bytes"]) // MIB + 300
+    copy.fill("grow.bin", need)
+    copy.wait_for("a third volume", lambda s: len(s.get("volumes", [])) == 3 and s.get("action") == "Idle",
+                  timeout=180)
+    assert all(v["member"] for v in copy.status()["volumes"]) and st["name"] == "copy"
+    assert copy.stop() == 0 and live.stop() == 0
 
 
-def test_an_incomplete_set_is_never_restored(workdir: Path):
-    live = two_volume_drive(workdir, "orig2")
-    copy: DaemonHarness | None = None
-    try:
-        config = load_config(live.config_path)
-        FailingSecond.calls = 0
-        with pytest.raises(BackupError):
-            take_set(config, "orig2", FailingSecond(config.cloud))
-        (snap_set,) = group(LocalCloud(config.cloud).list_snapshots())
-        (workdir / "copy").mkdir()
-        copy = DaemonHarness(workdir / "copy", drive="copy2", cloud=live.cloud, **{"from-snapshot-set": snap_set.id})
-        copy.start()
-        st = copy.wait_for("the refusal", lambda s: "is incomplete" in (s.get("last_error") or ""), timeout=60)
-        assert "never restored" in st["last_error"] and st.get("volumes", []) == []
-        assert not [v for v in LocalCloud(config.cloud).list_volumes() if v.drive == "copy2"]
-        assert copy.stop() == 0 and live.stop() == 0
-    finally:
-        if copy is not None:
-            copy.close()
-        live.close()
+def test_an_incomplete_set_is_never_restored(drives: Drives):
+    live = drives.two_volumes("orig2")
+    config = load_config(live.config_path)
+    FailingSecond.calls = 0
+    with pytest.raises(BackupError):
+        take_set(config, "orig2", FailingSecond(config.cloud))
+    (snap_set,) = group(LocalCloud(config.cloud).list_snapshots())
+    copy = drives.restored(live, "copy2", snap_set.id)
+    copy.start()
+    st = copy.wait_for("the refusal", lambda s: "is incomplete" in (s.get("last_error") or ""), timeout=60)
+    assert "never restored" in st["last_error"] and st.get("volumes", []) == []
+    assert not [v for v in LocalCloud(config.cloud).list_volumes() if v.drive == "copy2"]
+    assert copy.stop() == 0 and live.stop() == 0
 
 
 def test_isolated_commands_see_only_the_given_devices_and_the_host_keeps_its_dev(btrfs_mount: Path, workdir: Path):
@@ -433,29 +451,19 @@ def test_a_set_of_a_drive_not_mounted_records_its_filesystems_uuid_from_its_devi
         h.close()
 
 
-def test_a_set_deleted_once_its_volumes_are_made_is_adopted_from_their_tags(workdir: Path):
+def test_a_set_deleted_once_its_volumes_are_made_is_adopted_from_their_tags(drives: Drives):
     # an operator's delete-snapshot-set (or the original's --keep) between RestoreVolumes and the adoption: the data
     # is all on the new volumes — the drive comes online from what their tags say, never blocked for good
-    live = two_volume_drive(workdir, "orig3")
-    copy: DaemonHarness | None = None
-    try:
-        at_snapshot = checksums(live.mount)
-        taken = bsud(live, "snapshot", "orig3")
-        assert taken.returncode == 0, taken.stderr
-        set_id = taken.stdout.split(":")[0]
-        (workdir / "copy3").mkdir()
-        copy = DaemonHarness(workdir / "copy3", drive="copy3", cloud=live.cloud,
-                             **{"from-snapshot-set": set_id, "max-used-space-perc": 50, "min-used-space-perc": 5})
-        copy.start(crash="before:action:AdoptRestored")
-        assert copy.wait_exit(180) == -signal.SIGKILL
-        gone = bsud(live, "delete-snapshot-set", "--yes", set_id)
-        assert gone.returncode == 0, gone.stderr
-        copy.start()
-        copy.wait_online(volumes=2, timeout=180)
-        assert checksums(copy.mount) == at_snapshot
-        assert "snapshot set gone since its volumes were made: adopting them as their tags tell" in copy.tail(300)
-        assert copy.stop() == 0 and live.stop() == 0
-    finally:
-        if copy is not None:
-            copy.close()
-        live.close()
+    live = drives.two_volumes("orig3")
+    at_snapshot = checksums(live.mount)
+    set_id = drives.snapshot(live)
+    copy = drives.restored(live, "copy3", set_id, **{"max-used-space-perc": 50, "min-used-space-perc": 5})
+    copy.start(crash="before:action:AdoptRestored")
+    assert copy.wait_exit(180) == -signal.SIGKILL
+    gone = bsud(live, "delete-snapshot-set", "--yes", set_id)
+    assert gone.returncode == 0, gone.stderr
+    copy.start()
+    copy.wait_online(volumes=2, timeout=180)
+    assert checksums(copy.mount) == at_snapshot
+    assert "snapshot set gone since its volumes were made: adopting them as their tags tell" in copy.tail(300)
+    assert copy.stop() == 0 and live.stop() == 0
