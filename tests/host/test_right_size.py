@@ -82,7 +82,9 @@ def test_a_drive_oversized_by_a_burst_comes_back_to_its_ideal_size(harness: Daem
                        lambda st: len(st.get("volumes", [])) >= 2 and st.get("action") == "Idle" and
                        all(v.get("member") for v in st["volumes"]), timeout=60)
     sizes_after_burst = sorted(v["size_gib"] for v in grown["volumes"])
-    assert sizes_after_burst[0] == 1 and max(sizes_after_burst) >= 4, sizes_after_burst
+    # the burst's volume is rate-sized: its size follows the rate this machine's writer reached (a CPU-starved CI saw
+    # 3 GiB); what the test needs is a drive the original's rule leaves oversized (asserted below)
+    assert sizes_after_burst[0] == 1 and len(sizes_after_burst) >= 2, sizes_after_burst
 
     deleting = time.time()
     (h.mount / "burst.bin").unlink()
